@@ -1,0 +1,106 @@
+"""Settings: typed, from `ray_config.yaml` app args, overridden by `LOUPE_*` environment.
+
+Topology (replicas, CPUs, batch sizes per deployment) lives in `ray_config.yaml`; what the
+service does (model, store, limits) is `LoupeSettings`. Nested fields use `__` in the
+environment, e.g. `LOUPE_LIMITS__MAX_LIMIT=50`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from encoders.clip import ClipOptions, TextOverflow
+from encoders.media import ImageLimits
+from encoders.sources import DEFAULT_MODEL
+
+BUNDLED_CLIP = "bundled:tiny-clip"
+DEFAULT_COLLECTION = "default"
+
+
+class RequestLimits(BaseModel):
+    # Largest request message the service accepts (bytes); the gRPC proxy is capped too.
+    max_request_bytes: int = 64 * 1024 * 1024
+    # Items (images or texts) in one IndexImages / IndexTexts call.
+    max_items_per_call: int = 64
+    # Largest `limit` a search may ask for.
+    max_limit: int = 100
+    # offset + limit may not exceed this (deep paging is a scan, not a search).
+    max_window: int = 1000
+    # Longest search query, in characters (the model reads ~77 tokens anyway).
+    max_query_chars: int = 1000
+    # Longest text item to index, in characters.
+    max_text_chars: int = 10_000
+    # Metadata keys per item and characters per string value.
+    max_metadata_keys: int = 64
+    max_metadata_value_chars: int = 4096
+    # Images: bytes, pixels, sides and formats (see encoders.media.ImageLimits).
+    image_max_bytes: int = 20 * 1024 * 1024
+    image_max_pixels: int = 40_000_000
+    image_max_side: int = 12_000
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels,
+                           max_side=self.image_max_side)
+
+
+class EncoderSettings(BaseModel):
+    # Model spec (encoders.sources); empty means the profile's default.
+    model: str = ""
+    # "auto", "cpu", "cuda".
+    device: str = "auto"
+    # "fp32", "fp16", "bf16".
+    precision: str = "fp32"
+    # torch threads per encoder replica; 0 = torch default.
+    threads: int = 0
+    # Images or texts per forward pass (also the Serve dynamic batch size).
+    batch_size: int = 32
+    # How long a batch waits to fill up before running (seconds).
+    batch_wait_timeout_s: float = 0.01
+    text_overflow: TextOverflow = TextOverflow.TRUNCATE
+
+
+class LoupeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOUPE_", env_nested_delimiter="__", extra="ignore")
+
+    # "default" runs the real models; "bundled" runs the small models shipped in the package.
+    profile: Literal["default", "bundled"] = "default"
+    # Embedded Qdrant Edge data folder (ignored when qdrant_url is set).
+    data_dir: str = "./loupe-data"
+    # Qdrant server URL; set it to use qdrant-client instead of the embedded store.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    # When set, every call must send `authorization: Bearer <key>` or `x-api-key: <key>`.
+    api_key: str | None = None
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+
+    @model_validator(mode="after")
+    def _absolute_data_dir(self) -> "LoupeSettings":
+        # Ray workers do not share the caller's working directory.
+        self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        return self
+
+    @property
+    def clip_model(self) -> str:
+        if self.encoder.model:
+            return self.encoder.model
+        return BUNDLED_CLIP if self.profile == "bundled" else DEFAULT_MODEL
+
+    def clip_options(self) -> ClipOptions:
+        e = self.encoder
+        return ClipOptions(model=self.clip_model, device=e.device, precision=e.precision, threads=e.threads,
+                           batch_size=e.batch_size, text_overflow=e.text_overflow)
+
+
+def load_settings(args: dict[str, Any] | None = None) -> LoupeSettings:
+    """App args (from YAML) first, then LOUPE_* environment variables win."""
+    args = dict(args or {})
+    env_keys = {k[len("LOUPE_"):].lower().split("__")[0] for k in os.environ if k.startswith("LOUPE_")}
+    for key in env_keys:
+        args.pop(key, None)
+    return LoupeSettings(**args)

@@ -1,0 +1,167 @@
+"""Plain-Python workers behind the Serve deployments, usable without Ray (unit tests, CLI).
+
+`EncoderWorker` turns untrusted bytes and texts into vectors; the index side is
+`indexing.index.Index` itself. The `*Calls` adapters give both the same async face, so
+`services.api.LoupeApi` runs unchanged over Serve handles or in-process objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from encoders.clip import ClipEncoder, TextEmbedding
+from encoders.errors import InvalidInput
+from encoders.media import decode_image
+from indexing.types import CollectionSchema
+from services.config import LoupeSettings
+
+VECTOR_NAME = "clip"
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    model_id: str
+    model_version: str
+    dim: int
+    context_length: int
+    profile: str
+
+    def schema(self) -> CollectionSchema:
+        return CollectionSchema(vector_name=VECTOR_NAME, dim=self.dim, model_id=self.model_id,
+                                model_version=self.model_version)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    vector: np.ndarray
+    width: int
+    height: int
+
+
+class EncoderWorker:
+    """Decodes and validates images, then embeds the valid ones in one batch."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        self.clip = ClipEncoder(settings.clip_options()).load()
+        self.image_limits = settings.limits.image_limits()
+        self._info = EncoderInfo(self.clip.model_id, self.clip.model_version, self.clip.dim,
+                                 self.clip.context_length, settings.profile)
+
+    def info(self) -> EncoderInfo:
+        return self._info
+
+    def encode_images(self, blobs: list[bytes]) -> list[EncodedImage | InvalidInput]:
+        """One result per blob, in order: a vector, or the reason the blob was rejected."""
+        results: list[Any] = [None] * len(blobs)
+        good, images = [], []
+        for i, blob in enumerate(blobs):
+            try:
+                decoded = decode_image(blob, self.image_limits)
+            except InvalidInput as exc:
+                results[i] = exc
+                continue
+            good.append((i, decoded.width, decoded.height))
+            images.append(decoded.image)
+        vectors = self.clip.encode_images(images) if images else []
+        for (i, width, height), vector in zip(good, vectors):
+            results[i] = EncodedImage(vector, width, height)
+        return results
+
+    def encode_texts(self, texts: list[str]) -> TextEmbedding:
+        return self.clip.encode_texts(texts)
+
+
+class ThreadCalls:
+    """Async face over a local object: each call runs in a worker thread."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str):
+        method = getattr(self._target, name)
+
+        async def call(*args, **kwargs):
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+class HandleCalls:
+    """Async face over a Serve deployment handle: `await calls.x(...)` is `handle.x.remote(...)`."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str):
+        method = getattr(self._handle, name)
+
+        async def call(*args, **kwargs):
+            return await method.remote(*args, **kwargs)
+
+        return call
+
+
+class IndexWorker:
+    """Owns the store. Each method is one round trip from the ingress: check, resolve, act."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        from indexing import open_store
+        from indexing.index import Index
+
+        self.backend = "qdrant-client" if settings.qdrant_url else "qdrant-edge"
+        self.index = Index(open_store(data_dir=settings.data_dir, url=settings.qdrant_url,
+                                      api_key=settings.qdrant_api_key))
+
+    def ping(self) -> str:
+        self.index.collections()
+        return self.backend
+
+    def add(self, name: str, schema: CollectionSchema, items: list) -> list[tuple[str, bool]]:
+        self.index.ensure_collection(name, schema)
+        return self.index.upsert(name, items, schema)
+
+    def search(self, name: str, schema: CollectionSchema, vector: np.ndarray, *, limit: int, offset: int,
+               modalities: tuple, conditions: tuple, score_threshold: float | None,
+               exclude_ids: tuple[str, ...] = ()) -> list[tuple[dict, float]]:
+        self.index.require_collection(name, schema)
+        flt = self.index.resolve_filter(name, conditions) if conditions else None
+        return self.index.search(name, vector, limit=limit, offset=offset, modalities=modalities, filter=flt,
+                                 score_threshold=score_threshold, exclude_ids=exclude_ids)
+
+    def vector_of(self, name: str, schema: CollectionSchema, public_id: str) -> tuple[dict, np.ndarray]:
+        self.index.require_collection(name, schema)
+        return self.index.get_vector(name, public_id)
+
+    def get(self, name: str, public_id: str) -> dict:
+        self._require_exists(name)
+        return self.index.get(name, public_id)
+
+    def delete_ids(self, name: str, ids: list[str]) -> int:
+        self._require_exists(name)
+        return self.index.delete_ids(name, ids)
+
+    def delete_where(self, name: str, conditions: tuple) -> int:
+        self._require_exists(name)
+        return self.index.delete_where(name, self.index.resolve_filter(name, conditions))
+
+    def count(self, name: str, conditions: tuple, modalities: tuple) -> int:
+        self._require_exists(name)
+        flt = self.index.resolve_filter(name, conditions) if conditions else None
+        return self.index.count(name, flt, modalities)
+
+    def collections(self) -> list[tuple[str, CollectionSchema, int]]:
+        return self.index.collections()
+
+    def close(self) -> None:
+        self.index.store.close()
+
+    def _require_exists(self, name: str) -> None:
+        from encoders.errors import NotFound
+
+        if self.index.store.get_schema(name) is None:
+            names = self.index.store.list_collections()
+            raise NotFound(f"collection {name!r} does not exist; existing: {', '.join(names) or 'none yet'}")
