@@ -1,0 +1,379 @@
+"""Embedded backend: one Qdrant Edge shard per collection, in this process.
+
+Layout of the data folder:
+
+    <data_dir>/.loupe.lock             flock held while a process owns the folder
+    <data_dir>/<collection>/collection.json   schema + info blob (written atomically)
+    <data_dir>/<collection>/shard/     the EdgeShard (segments, WAL, edge_config.json)
+
+A collection exists once its collection.json exists; the shard is created first, so a crash
+in between leaves a shard without a sidecar, which the next create replaces.
+
+Durability: the shard's WAL is on (the default), so every `update()` survives a crash and is
+replayed by `EdgeShard.load`; `close()` also flushes segments so reopening is fast.
+
+qdrant-edge raises plain `Exception` with a message for everything (no exception types), so
+errors are translated by message here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import qdrant_edge as qe
+
+from encoders.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
+from indexing.types import (
+    INDEXED_KEYWORD_FIELDS,
+    CollectionSchema,
+    Condition,
+    Filter,
+    Point,
+    ScoredPoint,
+)
+
+_SIDECAR = "collection.json"
+_SHARD = "shard"
+_LOCK = ".loupe.lock"
+_FORMAT = 1
+# Messages of qdrant-edge errors that mean "the request is wrong", not "the store is broken".
+_BAD_INPUT_PREFIXES = ("Wrong input", "Vector dimension error", "Not existing vector name")
+
+
+class EdgeStore:
+    """VectorStore over Qdrant Edge shards in `data_dir`, owned by this process only."""
+
+    def __init__(self, data_dir: str) -> None:
+        self._root = os.path.abspath(data_dir)
+        try:
+            os.makedirs(self._root, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot create data folder {self._root}: {e}") from e
+        self._lock_file = _lock_folder(self._root)
+        self._mu = threading.RLock()
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._sidecars: dict[str, dict[str, Any]] = {}
+        self._closed = False
+
+    # -- collections -----------------------------------------------------------------------
+
+    def create_collection(self, name: str, schema: CollectionSchema) -> None:
+        with self._mu:
+            self._check_open()
+            if self._sidecar(name) is not None:
+                return
+            shard_dir = os.path.join(self._dir(name), _SHARD)
+            sidecar = {"format": _FORMAT, "schema": _schema_to_json(schema), "info": {}}
+            with self._errors("create", name):
+                # Leftover of a create that crashed before writing the sidecar.
+                shutil.rmtree(shard_dir, ignore_errors=True)
+                shard = _new_shard(shard_dir, schema)
+                try:
+                    _write_json_atomic(os.path.join(self._dir(name), _SIDECAR), sidecar)
+                except BaseException:
+                    shard.close()  # release its WAL so a retry can replace the folder
+                    raise
+            self._shards[name] = shard
+            self._sidecars[name] = sidecar
+
+    def get_schema(self, name: str) -> CollectionSchema | None:
+        with self._mu:
+            self._check_open()
+            sidecar = self._sidecar(name)
+        return None if sidecar is None else CollectionSchema(**sidecar["schema"])
+
+    def list_collections(self) -> list[str]:
+        with self._mu:
+            self._check_open()
+            with self._errors("list collections in", self._root):
+                entries = sorted(os.listdir(self._root))
+        return [e for e in entries if os.path.isfile(os.path.join(self._root, e, _SIDECAR))]
+
+    def get_info(self, name: str) -> dict[str, Any]:
+        with self._mu:
+            return dict(self._require_sidecar(name)["info"])
+
+    def update_info(self, name: str, patch: dict[str, Any]) -> None:
+        with self._mu:
+            sidecar = self._require_sidecar(name)
+            updated = {**sidecar, "info": {**sidecar["info"], **patch}}
+            with self._errors("update info of", name):
+                _write_json_atomic(os.path.join(self._dir(name), _SIDECAR), updated)
+            self._sidecars[name] = updated
+
+    def optimize(self, name: str) -> bool:
+        # Edge runs no background optimizer: until this is called, new points sit in plain
+        # (brute-force) segments. It blocks (~30 s for 30k x 512 on 2 cores) but reads and
+        # writes from other threads keep working meanwhile.
+        shard = self._shard(name)
+        with self._errors("optimize", name):
+            return bool(shard.optimize())
+
+    # -- points ----------------------------------------------------------------------------
+
+    def upsert(self, name: str, points: list[Point]) -> None:
+        shard, vector_name = self._shard(name), self._vector_name(name)
+        edge_points = [qe.Point(p.point_id, {vector_name: _as_list(p.vector)}, p.payload) for p in points]
+        with self._errors("write to", name):
+            shard.update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool = False) -> list[Point]:
+        shard, vector_name = self._shard(name), self._vector_name(name)
+        with self._errors("read from", name):
+            # The stub marks with_payload/with_vector optional; the binary requires both.
+            records = shard.retrieve(list(point_ids), True, [vector_name] if with_vectors else False)
+        return [
+            Point(
+                point_id=str(r.id),
+                vector=_vector_of(r.vector, vector_name) if with_vectors else None,
+                payload=dict(r.payload or {}),
+            )
+            for r in records
+        ]
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[ScoredPoint]:
+        shard, vector_name = self._shard(name), self._vector_name(name)
+        request = qe.SearchRequest(
+            query=qe.Query.Nearest(_as_list(vector), using=vector_name),
+            limit=limit,
+            offset=offset,
+            filter=to_edge_filter(filter),
+            with_payload=True,
+            with_vector=False,
+            score_threshold=score_threshold,
+        )
+        with self._errors("search", name):
+            hits = shard.search(request)
+        return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in hits]
+
+    def delete(self, name: str, point_ids: list[str]) -> None:
+        shard = self._shard(name)
+        with self._errors("delete from", name):
+            shard.update(qe.UpdateOperation.delete_points(list(point_ids)))
+
+    def delete_by_filter(self, name: str, filter: Filter) -> int:
+        shard = self._shard(name)
+        edge_filter = to_edge_filter(filter) or qe.Filter()
+        with self._errors("delete from", name):
+            # Deletes report no count; counting first is exact because this process alone
+            # writes the shard and Index serialises its writes.
+            n = shard.count(qe.CountRequest(exact=True, filter=edge_filter))
+            if n:
+                shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+        return int(n)
+
+    def count(self, name: str, filter: Filter | None = None) -> int:
+        shard = self._shard(name)
+        with self._errors("count", name):
+            return int(shard.count(qe.CountRequest(exact=True, filter=to_edge_filter(filter))))
+
+    def close(self) -> None:
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+            shards, self._shards = self._shards, {}
+            failures: list[StoreUnavailable] = []
+            for name, shard in shards.items():
+                try:
+                    with self._errors("close", name):
+                        # Not needed for durability (the WAL is), but reopening then has no
+                        # WAL to replay.
+                        shard.flush()
+                        shard.close()
+                except LoupeError as e:  # close the others all the same
+                    failures.append(StoreUnavailable(e.reason))
+            self._lock_file.close()  # releases the flock
+            if failures:
+                raise failures[0]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> str:
+        # Index validates names; this guards the filesystem against anything that slips by.
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise InvalidInput(f"invalid collection name {name!r}", field="collection")
+        return os.path.join(self._root, name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"the embedded store at {self._root} is closed")
+
+    def _sidecar(self, name: str) -> dict[str, Any] | None:
+        if name in self._sidecars:
+            return self._sidecars[name]
+        path = os.path.join(self._dir(name), _SIDECAR)
+        if not os.path.isfile(path):
+            return None
+        with self._errors("read", name):
+            with open(path, encoding="utf-8") as f:
+                sidecar = json.load(f)
+        self._sidecars[name] = sidecar
+        return sidecar
+
+    def _require_sidecar(self, name: str) -> dict[str, Any]:
+        self._check_open()
+        sidecar = self._sidecar(name)
+        if sidecar is None:
+            raise NotFound(f"collection {name!r} does not exist in {self._root}", field="collection")
+        return sidecar
+
+    def _vector_name(self, name: str) -> str:
+        with self._mu:
+            return self._require_sidecar(name)["schema"]["vector_name"]
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        with self._mu:
+            self._require_sidecar(name)
+            shard = self._shards.get(name)
+            if shard is None:
+                with self._errors("open", name):
+                    shard = qe.EdgeShard.load(os.path.join(self._dir(name), _SHARD))
+                self._shards[name] = shard
+            return shard
+
+    @contextmanager
+    def _errors(self, action: str, name: str) -> Iterator[None]:
+        try:
+            yield
+        except LoupeError:
+            raise
+        except (TypeError, AttributeError):
+            raise  # our bug (e.g. an argument the binding cannot convert), not the store's
+        except Exception as e:  # qdrant-edge raises bare Exception; OSError from files
+            message = str(e)
+            if message.startswith(_BAD_INPUT_PREFIXES):
+                raise InvalidInput(f"embedded store rejected the request on {name!r}: {message}") from e
+            raise StoreUnavailable(f"embedded store at {self._root} failed to {action} {name!r}: {message}") from e
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+
+def to_edge_filter(filter: Filter | None) -> qe.Filter | None:
+    if filter is None or filter.is_empty():
+        return None
+    return qe.Filter(
+        must=[_condition(c) for c in filter.must] or None,
+        must_not=[_condition(c) for c in filter.must_not] or None,
+    )
+
+
+def _condition(c: Condition) -> Any:
+    if c.range is not None:
+        r = c.range
+        return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
+    if c.any_of is not None:
+        values = list(c.any_of)
+        if all(isinstance(v, str) for v in values) or all(_is_int(v) for v in values):
+            return qe.FieldCondition(c.key, match=qe.MatchAny(values))
+        # MatchAny takes only strings or only integers: OR single matches instead.
+        return qe.Filter(should=[_condition(Condition(key=c.key, equals=v)) for v in values])
+    value = c.equals
+    if isinstance(value, float):
+        # Qdrant has no float equality; a closed range is the same test.
+        return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=value, lte=value))
+    if isinstance(value, bool):
+        # The binding tries int before bool, and Python's True *is* an int, so MatchValue(True)
+        # becomes MatchValue(1) and never matches a stored boolean. numpy.bool_ is not an int
+        # and is extracted as a real bool.
+        value = np.bool_(value)
+    return qe.FieldCondition(c.key, match=qe.MatchValue(value))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _new_shard(shard_dir: str, schema: CollectionSchema) -> qe.EdgeShard:
+    vectors = {schema.vector_name: qe.EdgeVectorParams(size=schema.dim, distance=qe.Distance.Cosine)}
+    shard = qe.EdgeShard.create(shard_dir, qe.EdgeConfig(vectors=vectors))
+    try:
+        # Indexes on an empty shard cost nothing to build and keep filtered search and id
+        # lookups fast as the collection grows.
+        for field in INDEXED_KEYWORD_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+        shard.flush()
+    except BaseException:
+        shard.close()
+        raise
+    return shard
+
+
+def _as_list(vector: np.ndarray) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+
+
+def _vector_of(vectors: Any, vector_name: str) -> np.ndarray | None:
+    if not vectors or vector_name not in vectors:
+        return None
+    return np.asarray(vectors[vector_name], dtype=np.float32)
+
+
+def _schema_to_json(schema: CollectionSchema) -> dict[str, Any]:
+    return {
+        "vector_name": schema.vector_name,
+        "dim": schema.dim,
+        "model_id": schema.model_id,
+        "model_version": schema.model_version,
+    }
+
+
+def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    # write-fsync-rename-fsync: a crash leaves either the old file or the new one, never half.
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _lock_folder(root: str) -> Any:
+    """Take the folder for this process; a second owner would corrupt the WALs."""
+    path = os.path.join(root, _LOCK)
+    try:
+        f = open(path, "a+", encoding="utf-8")
+    except OSError as e:
+        raise StoreUnavailable(f"cannot open lock file {path}: {e}") from e
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise StoreUnavailable(
+            f"data folder {root} is in use by another store (pid {holder}); "
+            "only one process may open it: stop the other one, or use a Qdrant server to share data"
+        ) from e
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

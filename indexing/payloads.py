@@ -1,0 +1,157 @@
+"""What an item looks like going in (`NewItem`), its checks, and the payload stored for it.
+
+Payload of every point (both backends):
+    id, modality, sha256, sources[], meta{}, model_id, model_version, created_at, updated_at,
+    plus text (text items) and width/height (images).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from encoders.errors import InvalidInput
+from indexing.types import CollectionSchema, Modality
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Metadata keys become payload paths ("meta.<key>"): no dots, brackets, quotes or spaces,
+# which Qdrant's JSON paths would read as structure.
+_META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_MAX_ID_LEN = 512
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class NewItem:
+    """One encoded item to store. `vector` is float32 and L2-normalised by the encoder."""
+
+    public_id: str | None
+    sha256: str
+    modality: Modality
+    vector: np.ndarray
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def check_item(item: NewItem, index: int, schema: CollectionSchema) -> list[InvalidInput]:
+    """Every problem of one item, each naming the request field at fault."""
+    at = f"items[{index}]"
+    problems: list[InvalidInput] = []
+    if item.public_id is not None and not (
+        isinstance(item.public_id, str) and 0 < len(item.public_id) <= _MAX_ID_LEN and item.public_id.isprintable()
+    ):
+        problems.append(InvalidInput(f"id must be 1-{_MAX_ID_LEN} printable characters, or left out", field=f"{at}.id"))
+    if not isinstance(item.sha256, str) or not _SHA256.match(item.sha256.lower()):
+        problems.append(InvalidInput("sha256 must be 64 hex digits", field=f"{at}.sha256"))
+    if not isinstance(item.modality, Modality):
+        problems.append(InvalidInput(f"unknown modality {item.modality!r}", field=f"{at}.modality"))
+    problems += _check_vector(item.vector, schema.dim, f"{at}.vector")
+    if item.source is not None and not isinstance(item.source, str):
+        problems.append(InvalidInput("source must be a string", field=f"{at}.source"))
+    if item.text is not None and not isinstance(item.text, str):
+        problems.append(InvalidInput("text must be a string", field=f"{at}.text"))
+    for name in ("width", "height"):
+        value = getattr(item, name)
+        if value is not None and not (_is_int(value) and value > 0):
+            problems.append(InvalidInput(f"{name} must be a positive integer", field=f"{at}.{name}"))
+    if not isinstance(item.metadata, dict):
+        problems.append(InvalidInput("metadata must be a map", field=f"{at}.metadata"))
+    else:
+        for key, value in item.metadata.items():
+            problems += _check_meta(key, value, f"{at}.metadata")
+    return problems
+
+
+def _check_vector(vector: Any, dim: int, at: str) -> list[InvalidInput]:
+    if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.shape[0] != dim:
+        shape = getattr(vector, "shape", None)
+        return [InvalidInput(f"vector must have shape ({dim},), got {shape}", field=at)]
+    if not np.all(np.isfinite(vector)):
+        return [InvalidInput("vector has NaN or infinite values", field=at)]
+    return []
+
+
+def _check_meta(key: Any, value: Any, at: str) -> list[InvalidInput]:
+    if not isinstance(key, str) or not _META_KEY.match(key):
+        return [
+            InvalidInput(
+                f"metadata key {key!r} must start with a letter or '_' and hold only letters, digits, '_' or '-' "
+                "(at most 64)",
+                field=f"{at}.{key}",
+            )
+        ]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if value_type(v) is None:
+            return [
+                InvalidInput(
+                    f"metadata {key!r} must be a string, integer, finite number, boolean or a list of those",
+                    field=f"{at}.{key}",
+                )
+            ]
+    return []
+
+
+def value_type(v: Any) -> str | None:
+    """ "str" | "int" | "float" | "bool" for a storable metadata scalar, else None."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int" if _INT64[0] <= v <= _INT64[1] else None
+    if isinstance(v, float):
+        return "float" if math.isfinite(v) else None
+    if isinstance(v, str):
+        return "str"
+    return None
+
+
+def meta_types(metadata: dict[str, Any]) -> dict[str, set[str]]:
+    """Field name -> value types in one item's metadata (list values count per element)."""
+    out: dict[str, set[str]] = {}
+    for key, value in metadata.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        out[key] = {t for t in map(value_type, values) if t is not None}
+    return out
+
+
+def build_payload(
+    item: NewItem, key: str, schema: CollectionSchema, previous: dict[str, Any] | None, now: float
+) -> dict[str, Any]:
+    """The payload to store: new facts replace old ones, history (created_at, sources,
+    metadata keys not given again) is kept."""
+    sources = list(previous.get("sources", [])) if previous else []
+    if item.source and item.source not in sources:
+        sources.append(item.source)
+    meta = dict(previous.get("meta", {})) if previous else {}
+    meta.update({k: list(v) if isinstance(v, tuple) else v for k, v in item.metadata.items()})
+    payload: dict[str, Any] = {
+        "id": key,
+        "modality": item.modality.value,
+        "sha256": item.sha256.lower(),
+        "sources": sources,
+        "meta": meta,
+        "model_id": schema.model_id,
+        "model_version": schema.model_version,
+        "created_at": previous.get("created_at", now) if previous else now,
+        "updated_at": now,
+    }
+    # Modality-specific fields come from the new item only: an id re-used for other content
+    # must not keep the old image's size or text.
+    if item.text is not None:
+        payload["text"] = item.text
+    if item.width is not None:
+        payload["width"] = int(item.width)
+    if item.height is not None:
+        payload["height"] = int(item.height)
+    return payload
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

@@ -1,0 +1,307 @@
+"""Server backend: qdrant-client against a Qdrant server, or its local mode for tests.
+
+The schema and the info blob live in the collection's own metadata (Qdrant >= 1.16), so a
+collection carries what it was built with wherever it is copied or snapshotted:
+
+    metadata = {"loupe_schema": {...}, "loupe_info.<key>": <value>, ...}
+
+Info keys are separate top-level entries because the server merges metadata updates per
+top-level key: two replicas recording different fields at once then cannot overwrite each
+other.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+from pydantic import ValidationError
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
+
+from encoders.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
+from indexing.types import (
+    INDEXED_KEYWORD_FIELDS,
+    CollectionSchema,
+    Condition,
+    Filter,
+    Point,
+    ScoredPoint,
+)
+
+_SCHEMA_KEY = "loupe_schema"
+_INFO_PREFIX = "loupe_info."
+
+
+class QdrantStore:
+    """VectorStore over qdrant-client. Give exactly one of `url`, `path`, `location`."""
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        path: str | None = None,
+        location: str | None = None,
+        timeout_s: int = 10,
+    ) -> None:
+        self._where = url or path or location or ":memory:"
+        # Local mode ignores payload indexes (and warns about them); only a server builds them.
+        self._local = url is None
+        try:
+            if url is not None:
+                # No version check: it is a network call in the constructor; failures should
+                # surface on first use as StoreUnavailable, like every other call.
+                self._client = QdrantClient(url=url, api_key=api_key, timeout=timeout_s, check_compatibility=False)
+            elif path is not None:
+                self._client = QdrantClient(path=path)
+            else:
+                self._client = QdrantClient(location=location or ":memory:")
+        except Exception as e:  # e.g. local folder already held by another client
+            raise StoreUnavailable(f"cannot open Qdrant at {self._where}: {e}") from e
+        # Vector names never change for a collection; caching saves a round trip per call.
+        self._vector_names: dict[str, str] = {}
+
+    # -- collections -----------------------------------------------------------------------
+
+    def create_collection(self, name: str, schema: CollectionSchema) -> None:
+        with self._errors("create collection", name):
+            if self._client.collection_exists(name):
+                return
+            try:
+                self._client.create_collection(
+                    name,
+                    vectors_config={
+                        schema.vector_name: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE)
+                    },
+                    metadata={_SCHEMA_KEY: _schema_to_json(schema)},
+                )
+            except (UnexpectedResponse, ValueError):
+                if self._client.collection_exists(name):
+                    return  # created concurrently by another replica; caller compares schemas
+                raise
+            if not self._local:
+                for field in INDEXED_KEYWORD_FIELDS:
+                    self._client.create_payload_index(
+                        name, field, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
+                    )
+            metadata = self._client.get_collection(name).config.metadata or {}
+        if _SCHEMA_KEY not in metadata:
+            # A server without collection metadata (older than 1.16) silently drops it; every
+            # later call would then report a model mismatch, so say what is wrong now.
+            raise StoreUnavailable(
+                f"Qdrant at {self._where} did not keep the metadata of collection {name!r}; "
+                "Loupe stores the collection's model there and needs a Qdrant server that supports "
+                "collection metadata (1.16 or newer)"
+            )
+
+    def get_schema(self, name: str) -> CollectionSchema | None:
+        with self._errors("read collection", name):
+            if not self._client.collection_exists(name):
+                return None
+            config = self._client.get_collection(name).config
+        stored = (config.metadata or {}).get(_SCHEMA_KEY)
+        if stored:
+            return CollectionSchema(**stored)
+        # Not created by Loupe (or a server too old to keep metadata): describe what is
+        # there with an unknown model, so Index reports a ModelMismatch instead of using it.
+        vectors = config.params.vectors
+        if isinstance(vectors, dict) and len(vectors) == 1:
+            ((vector_name, params),) = vectors.items()
+        elif isinstance(vectors, models.VectorParams):
+            vector_name, params = "", vectors
+        else:
+            vector_name, params = "", None
+        dim = params.size if params else 0
+        return CollectionSchema(vector_name=vector_name, dim=dim, model_id="", model_version="")
+
+    def list_collections(self) -> list[str]:
+        with self._errors("list collections", ""):
+            return sorted(c.name for c in self._client.get_collections().collections)
+
+    def get_info(self, name: str) -> dict[str, Any]:
+        with self._errors("read collection", name):
+            metadata = self._client.get_collection(name).config.metadata or {}
+        return {k[len(_INFO_PREFIX) :]: v for k, v in metadata.items() if k.startswith(_INFO_PREFIX)}
+
+    def update_info(self, name: str, patch: dict[str, Any]) -> None:
+        with self._errors("update collection", name):
+            self._client.update_collection(name, metadata={_INFO_PREFIX + k: v for k, v in patch.items()})
+
+    def optimize(self, name: str) -> bool:
+        return False  # the server optimizes in the background; local mode has no indexes
+
+    # -- points ----------------------------------------------------------------------------
+
+    def upsert(self, name: str, points: list[Point]) -> None:
+        vector_name = self._vector_name(name)
+        structs = [
+            models.PointStruct(id=p.point_id, vector={vector_name: _as_list(p.vector)}, payload=p.payload)
+            for p in points
+        ]
+        with self._errors("write to", name):
+            self._client.upsert(name, points=structs, wait=True)
+
+    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool = False) -> list[Point]:
+        vector_name = self._vector_name(name) if with_vectors else None
+        with self._errors("read from", name):
+            records = self._client.retrieve(
+                name, list(point_ids), with_payload=True, with_vectors=[vector_name] if vector_name else False
+            )
+        return [
+            Point(
+                point_id=str(r.id),
+                vector=_vector_of(r.vector, vector_name) if vector_name else None,
+                payload=dict(r.payload or {}),
+            )
+            for r in records
+        ]
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[ScoredPoint]:
+        vector_name = self._vector_name(name)
+        with self._errors("search", name):
+            response = self._client.query_points(
+                name,
+                query=_as_list(vector),
+                using=vector_name,
+                limit=limit,
+                offset=offset or None,
+                query_filter=to_qdrant_filter(filter),
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [
+            ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {}))
+            for h in response.points
+        ]
+
+    def delete(self, name: str, point_ids: list[str]) -> None:
+        with self._errors("delete from", name):
+            self._client.delete(name, points_selector=models.PointIdsList(points=list(point_ids)), wait=True)
+
+    def delete_by_filter(self, name: str, filter: Filter) -> int:
+        qfilter = to_qdrant_filter(filter) or models.Filter()
+        with self._errors("delete from", name):
+            # Deletes report no count. Another writer may slip in between on a shared server;
+            # the count is then approximate, the deletion itself is not.
+            n = self._client.count(name, count_filter=qfilter, exact=True).count
+            if n:
+                self._client.delete(name, points_selector=models.FilterSelector(filter=qfilter), wait=True)
+        return int(n)
+
+    def count(self, name: str, filter: Filter | None = None) -> int:
+        with self._errors("count", name):
+            return int(self._client.count(name, count_filter=to_qdrant_filter(filter), exact=True).count)
+
+    def close(self) -> None:
+        with self._errors("close", ""):
+            self._client.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _vector_name(self, name: str) -> str:
+        if name not in self._vector_names:
+            schema = self.get_schema(name)
+            if schema is None:
+                raise NotFound(f"collection {name!r} does not exist in Qdrant at {self._where}", field="collection")
+            self._vector_names[name] = schema.vector_name
+        return self._vector_names[name]
+
+    @contextmanager
+    def _errors(self, action: str, name: str) -> Iterator[None]:
+        target = f" {name!r}" if name else ""
+        try:
+            yield
+        except LoupeError:
+            raise
+        except ValidationError:
+            raise  # a request we built wrong: our bug, not the store's
+        except UnexpectedResponse as e:
+            detail = _response_detail(e)
+            if e.status_code == 404:
+                raise NotFound(f"collection{target} not found in Qdrant at {self._where}: {detail}") from e
+            if e.status_code in (400, 422):
+                raise InvalidInput(f"Qdrant at {self._where} rejected the request to {action}{target}: {detail}") from e
+            raise StoreUnavailable(
+                f"Qdrant at {self._where} failed to {action}{target} (HTTP {e.status_code}): {detail}"
+            ) from e
+        except (ApiException, httpx.HTTPError, OSError) as e:
+            raise StoreUnavailable(f"cannot reach Qdrant at {self._where} to {action}{target}: {e}") from e
+        except (ValueError, RuntimeError) as e:
+            # Local mode reports a missing collection and a closed client with these.
+            if "not found" in str(e).lower():
+                raise NotFound(f"collection{target} not found in Qdrant at {self._where}") from e
+            raise StoreUnavailable(f"Qdrant at {self._where} failed to {action}{target}: {e}") from e
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+
+def to_qdrant_filter(filter: Filter | None) -> models.Filter | None:
+    if filter is None or filter.is_empty():
+        return None
+    return models.Filter(
+        must=[_condition(c) for c in filter.must] or None,
+        must_not=[_condition(c) for c in filter.must_not] or None,
+    )
+
+
+def _condition(c: Condition) -> Any:
+    if c.range is not None:
+        r = c.range
+        return models.FieldCondition(key=c.key, range=models.Range(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
+    if c.any_of is not None:
+        values = list(c.any_of)
+        if all(isinstance(v, str) for v in values) or all(_is_int(v) for v in values):
+            return models.FieldCondition(key=c.key, match=models.MatchAny(any=values))
+        # MatchAny takes only strings or only integers: OR single matches instead.
+        return models.Filter(should=[_condition(Condition(key=c.key, equals=v)) for v in values])
+    if isinstance(c.equals, float):
+        # Qdrant has no float equality; a closed range is the same test.
+        return models.FieldCondition(key=c.key, range=models.Range(gte=c.equals, lte=c.equals))
+    return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.equals))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _as_list(vector: np.ndarray) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+
+
+def _vector_of(vectors: Any, vector_name: str) -> np.ndarray | None:
+    if not isinstance(vectors, dict) or vector_name not in vectors:
+        return None
+    return np.asarray(vectors[vector_name], dtype=np.float32)
+
+
+def _schema_to_json(schema: CollectionSchema) -> dict[str, Any]:
+    return {
+        "vector_name": schema.vector_name,
+        "dim": schema.dim,
+        "model_id": schema.model_id,
+        "model_version": schema.model_version,
+    }
+
+
+def _response_detail(e: UnexpectedResponse) -> str:
+    try:
+        return str(e.structured().get("status", {}).get("error", "")) or e.reason_phrase
+    except Exception:  # body not JSON
+        return e.reason_phrase or str(e.status_code)

@@ -1,0 +1,127 @@
+"""What each backend does on its own: ownership, durability, connection errors, indexes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from qdrant_client import models
+
+from encoders.errors import ModelMismatch, NotFound, StoreUnavailable
+from indexing import open_store
+from indexing.edge import EdgeStore
+from indexing.index import Index, NewItem
+from indexing.qdrant_server import QdrantStore
+from indexing.types import INDEXED_KEYWORD_FIELDS, CollectionSchema, Modality
+
+SCHEMA = CollectionSchema(vector_name="clip", dim=4, model_id="m", model_version="1")
+
+
+def _item(n: int) -> NewItem:
+    v = np.zeros(4, np.float32)
+    v[n % 4] = 1
+    return NewItem(public_id=f"i{n}", sha256=f"{n:064x}", modality=Modality.IMAGE, vector=v)
+
+
+def test_open_store_picks_backend(tmp_path):
+    edge = open_store(data_dir=str(tmp_path / "d"))
+    assert isinstance(edge, EdgeStore)
+    edge.close()
+    server = open_store(data_dir=str(tmp_path / "ignored"), url="http://127.0.0.1:1")
+    assert isinstance(server, QdrantStore)
+    with pytest.raises(ValueError):
+        open_store()
+
+
+def test_edge_folder_has_one_owner(tmp_path):
+    first = EdgeStore(str(tmp_path))
+    with pytest.raises(StoreUnavailable) as e:
+        EdgeStore(str(tmp_path))
+    assert str(tmp_path) in e.value.reason
+    first.close()
+    EdgeStore(str(tmp_path)).close()  # free again once closed
+
+
+def test_edge_closed_store_is_unavailable(tmp_path):
+    index = Index(EdgeStore(str(tmp_path)))
+    index.upsert("c", [_item(1)], SCHEMA)
+    index.close()
+    with pytest.raises(StoreUnavailable):
+        index.count("c")
+    with pytest.raises(StoreUnavailable):
+        Index(index.store).collections()
+
+
+def test_edge_indexes_builtin_keyword_fields(tmp_path):
+    store = EdgeStore(str(tmp_path))
+    store.create_collection("c", SCHEMA)
+    assert set(INDEXED_KEYWORD_FIELDS) <= set(store._shard("c").info().payload_schema)
+    store.close()
+
+
+def test_edge_survives_a_crash_without_close(tmp_path):
+    # The WAL, not close(), is what makes writes durable: kill the writer mid-life.
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {sys.path[0]!r})
+        sys.path.insert(0, os.getcwd())
+        import numpy as np
+        from indexing.edge import EdgeStore
+        from indexing.index import Index, NewItem
+        from indexing.types import CollectionSchema, Modality
+        index = Index(EdgeStore({str(tmp_path)!r}))
+        schema = CollectionSchema("clip", 4, "m", "1")
+        vectors = np.eye(4, dtype=np.float32)
+        items = [NewItem(f"i{{n}}", f"{{n:064x}}", Modality.IMAGE, vectors[n], metadata={{"k": n}}) for n in range(3)]
+        index.upsert("c", items, schema)
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    index = Index(EdgeStore(str(tmp_path)))
+    assert index.count("c") == 3
+    assert index.get("c", "i2")["meta"] == {"k": 2}
+    index.close()
+
+
+def test_qdrant_unreachable_names_the_url():
+    index = Index(QdrantStore(url="http://127.0.0.1:1", timeout_s=2))
+    with pytest.raises(StoreUnavailable) as e:
+        index.collections()
+    assert "http://127.0.0.1:1" in e.value.reason
+    with pytest.raises(StoreUnavailable) as e:
+        index.ensure_collection("c", SCHEMA)
+    assert "http://127.0.0.1:1" in e.value.reason
+
+
+def test_qdrant_local_folder_has_one_owner(tmp_path):
+    first = QdrantStore(path=str(tmp_path))
+    with pytest.raises(StoreUnavailable):
+        QdrantStore(path=str(tmp_path))
+    first.close()
+
+
+def test_qdrant_foreign_collection_is_a_mismatch():
+    store = QdrantStore(location=":memory:")
+    store._client.create_collection(
+        "foreign", vectors_config={"clip": models.VectorParams(size=4, distance=models.Distance.COSINE)}
+    )
+    index = Index(store)
+    with pytest.raises(ModelMismatch) as e:
+        index.ensure_collection("foreign", SCHEMA)
+    assert "not created by Loupe" in e.value.reason
+    store.close()
+
+
+def test_qdrant_memory_mode_runs_the_basics():
+    index = Index(QdrantStore(location=":memory:"))
+    assert index.upsert("c", [_item(1), _item(2)], SCHEMA) == [("i1", True), ("i2", True)]
+    hits = index.search("c", np.array([0, 1, 0, 0], np.float32), limit=1)
+    assert [p["id"] for p, _ in hits] == ["i1"]
+    with pytest.raises(NotFound):
+        index.get("c", "i3")
+    index.close()
