@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         from services.launch import serve
 
         return serve(config=args.config, bundled=args.bundled_models, data_dir=args.data_dir, port=args.port,
-                     qdrant_url=args.qdrant_url, model=args.model)
+                     qdrant_url=args.qdrant_url, model=args.model, http_port=args.http_port)
     try:
         with LoupeClient(args.target, api_key=args.api_key, timeout_s=args.timeout) as client:
             return COMMANDS[args.command](client, args)
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bundled-models", action="store_true", help="run on the small models shipped with Loupe")
     s.add_argument("--data-dir", default=os.environ.get("LOUPE_DATA_DIR", "./loupe-data"))
     s.add_argument("--port", type=int, default=None, help="gRPC port (default: from the config)")
+    s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
     s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
     s.add_argument("--model", default=None, help="CLIP model spec (see README)")
 

@@ -7,7 +7,6 @@ environment, e.g. `LOUPE_LIMITS__MAX_LIMIT=50`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,8 +75,16 @@ class LoupeSettings(BaseSettings):
     qdrant_api_key: str | None = None
     # When set, every call must send `authorization: Bearer <key>` or `x-api-key: <key>`.
     api_key: str | None = None
+    # Build the vector index (HNSW) after this many new points, once writes pause; 0 = never.
+    optimize_after_points: int = 5000
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Environment beats the YAML app args (init); nested values are deep-merged.
+        return env_settings, init_settings
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> "LoupeSettings":
@@ -99,8 +106,4 @@ class LoupeSettings(BaseSettings):
 
 def load_settings(args: dict[str, Any] | None = None) -> LoupeSettings:
     """App args (from YAML) first, then LOUPE_* environment variables win."""
-    args = dict(args or {})
-    env_keys = {k[len("LOUPE_"):].lower().split("__")[0] for k in os.environ if k.startswith("LOUPE_")}
-    for key in env_keys:
-        args.pop(key, None)
-    return LoupeSettings(**args)
+    return LoupeSettings(**(args or {}))

@@ -67,14 +67,12 @@ class _IndexOwner:
 
     def __init__(self, settings: LoupeSettings) -> None:
         self.worker = IndexWorker(settings)
-        # Qdrant Edge has one writer and calls run in threads: serialise them.
-        self._lock = asyncio.Lock()
 
 
-def _locked(name: str):
+def _in_thread(name: str):
+    # indexing.Index serialises writes itself; reads run in parallel.
     async def method(self, *args, **kwargs):
-        async with self._lock:
-            return await asyncio.to_thread(getattr(self.worker, name), *args, **kwargs)
+        return await asyncio.to_thread(getattr(self.worker, name), *args, **kwargs)
 
     method.__name__ = name
     return method
@@ -82,7 +80,7 @@ def _locked(name: str):
 
 # Serve looks methods up by name on the class, so they are real attributes, one per worker call.
 for _name in ("ping", "add", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
-    setattr(_IndexOwner, _name, _locked(_name))
+    setattr(_IndexOwner, _name, _in_thread(_name))
 
 IndexDeployment = serve.deployment(name="Index")(_IndexOwner)
 

@@ -15,7 +15,7 @@ PROXY_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def render_config(config: str | Path, *, bundled: bool = False, data_dir: str | None = None, port: int | None = None,
-                  qdrant_url: str | None = None, model: str | None = None) -> dict:
+                  qdrant_url: str | None = None, model: str | None = None, http_port: int | None = None) -> dict:
     """The Serve config with the CLI's choices written into the app args."""
     cfg = yaml.safe_load(Path(config).read_text())
     app = cfg["applications"][0]
@@ -32,6 +32,8 @@ def render_config(config: str | Path, *, bundled: bool = False, data_dir: str | 
         app_args.setdefault("encoder", {})["model"] = model
     if port is not None:
         cfg.setdefault("grpc_options", {})["port"] = port
+    if http_port is not None:
+        cfg.setdefault("http_options", {})["port"] = http_port
     return cfg
 
 
@@ -61,3 +63,80 @@ def serve(config: str, **overrides) -> int:
         return 130
     finally:
         os.unlink(fh.name)
+
+
+class ServiceProcess:
+    """`loupe serve` in a child process, for tests and benchmarks: start, wait for SERVING, stop.
+
+        with ServiceProcess(["--bundled-models", "--data-dir", d]) as svc:
+            LoupeClient(svc.target)...
+    """
+
+    def __init__(self, serve_args: list[str], *, log_path: Path, start_timeout_s: float = 420) -> None:
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.start_timeout_s = start_timeout_s
+        self.cmd = [sys.executable, "-m", "services.cli", "serve", *serve_args, "--port", str(self.port),
+                    "--http-port", str(free_port())]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServiceProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        try:
+            self._wait_serving()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_serving(self) -> None:
+        import time
+
+        from services.client import LoupeCallError, LoupeClient
+
+        deadline = time.monotonic() + self.start_timeout_s
+        with LoupeClient(self.target, timeout_s=10) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"loupe serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.health() == "SERVING":
+                        return
+                except LoupeCallError:
+                    pass
+                time.sleep(2)
+        raise RuntimeError(f"loupe serve not SERVING after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGINT)  # serve run tears down Serve and its local Ray
+        try:
+            self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            ray_bin = Path(sys.executable).with_name("ray")
+            subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True)

@@ -75,6 +75,52 @@ class EncoderWorker:
         return self.clip.encode_texts(texts)
 
 
+class Optimizer:
+    """Builds the vector index once enough new points have arrived and writes have paused.
+
+    Qdrant Edge keeps new points in a brute-force segment until `optimize()` runs; that call
+    takes tens of seconds per 25k points on 2 cores, so it runs in a background thread while
+    searches and upserts go on.
+    """
+
+    QUIET_S = 3.0
+
+    def __init__(self, index, after_points: int) -> None:
+        import threading
+
+        self.index, self.after_points = index, after_points
+        self._pending: dict[str, int] = {}
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loupe-optimizer", daemon=True)
+        if after_points > 0:
+            self._thread.start()
+
+    def wrote(self, name: str, new_points: int) -> None:
+        import time
+
+        self._pending[name] = self._pending.get(name, 0) + new_points
+        self._last_write = time.monotonic()
+
+    def _loop(self) -> None:
+        import logging
+        import time
+
+        while not self._stop.wait(1.0):
+            if time.monotonic() - self._last_write < self.QUIET_S:
+                continue
+            for name, count in list(self._pending.items()):
+                if count >= self.after_points:
+                    self._pending[name] = 0
+                    try:
+                        self.index.optimize(name)
+                    except Exception:  # the next search still works, unoptimised
+                        logging.getLogger("loupe").exception("optimize of %s failed", name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class ThreadCalls:
     """Async face over a local object: each call runs in a worker thread."""
 
@@ -115,6 +161,7 @@ class IndexWorker:
         self.backend = "qdrant-client" if settings.qdrant_url else "qdrant-edge"
         self.index = Index(open_store(data_dir=settings.data_dir, url=settings.qdrant_url,
                                       api_key=settings.qdrant_api_key))
+        self.optimizer = Optimizer(self.index, settings.optimize_after_points)
 
     def ping(self) -> str:
         self.index.collections()
@@ -122,7 +169,9 @@ class IndexWorker:
 
     def add(self, name: str, schema: CollectionSchema, items: list) -> list[tuple[str, bool]]:
         self.index.ensure_collection(name, schema)
-        return self.index.upsert(name, items, schema)
+        stored = self.index.upsert(name, items, schema)
+        self.optimizer.wrote(name, sum(created for _, created in stored))
+        return stored
 
     def search(self, name: str, schema: CollectionSchema, vector: np.ndarray, *, limit: int, offset: int,
                modalities: tuple, conditions: tuple, score_threshold: float | None,
@@ -157,6 +206,7 @@ class IndexWorker:
         return self.index.collections()
 
     def close(self) -> None:
+        self.optimizer.stop()
         self.index.store.close()
 
     def _require_exists(self, name: str) -> None:
