@@ -4,8 +4,8 @@
     python -m protos.generate --check    # exit 1 if they are stale (used by the tests)
 
 The .proto files import each other as "loupe/v1/x.proto" (the public layout clients use),
-so protoc emits `from loupe.v1 import x_pb2`; we rewrite that to `protos.loupe.v1` because
-the Python package is `protos`.
+so protoc emits `from loupe.v1 import x_pb2` and registers messages under module
+`loupe.v1.x_pb2`; we rewrite both to `protos.loupe.v1` because the Python package is `protos`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def _render(out_dir: Path) -> dict[str, str]:
     rendered = {}
     for path in sorted((out_dir / "loupe" / "v1").glob("*_pb2*.py*")):
         text = re.sub(r"^from loupe\.v1 import", "from protos.loupe.v1 import", path.read_text(), flags=re.M)
+        # The module name the messages register under must be importable, or pickling fails
+        # (Serve pickles requests between the proxy and the replicas).
+        text = re.sub(r"'loupe\.v1\.(\w+_pb2)'", r"'protos.loupe.v1.\1'", text)
         source = path.name.split("_pb2")[0] + ".proto"
         rendered[path.name] = HEADER.format(name=f"loupe/v1/{source}") + text
     return rendered
