@@ -102,17 +102,14 @@ def store_latency(backend: str, n: int, queries: int) -> dict:
         if backend == "qdrant-edge":
             store = open_store(data_dir=tmp)
         else:
-            from indexing.qdrant_server import QdrantServerStore
+            from indexing.qdrant_server import QdrantStore
 
-            store = QdrantServerStore.local(path=tmp)
+            store = QdrantStore(path=tmp)
         index = Index(store)
         rate = seed_collection(index, "bench", n)
-        optimize = getattr(store, "optimize", None)
-        opt_s = 0.0
-        if optimize:
-            start = time.perf_counter()
-            optimize("bench")
-            opt_s = time.perf_counter() - start
+        start = time.perf_counter()
+        index.optimize("bench")
+        opt_s = time.perf_counter() - start
         rng = np.random.default_rng(1)
         qs = rng.standard_normal((queries, 512)).astype(np.float32)
         qs /= np.linalg.norm(qs, axis=1, keepdims=True)
@@ -146,7 +143,7 @@ def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: 
     index = Index(open_store(data_dir=str(data_dir)))
     for n in sizes:
         seed_collection(index, f"bench{n}", n)
-        getattr(index.store, "optimize", lambda name: None)(f"bench{n}")
+        index.optimize(f"bench{n}")
     index.store.close()
     out: dict = {}
     with ServiceProcess(["--model", MODEL, "--data-dir", str(data_dir)], log_path=workdir / "serve.log") as svc:

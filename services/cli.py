@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from services.launch import serve
 
-        return serve(config=args.config, bundled=args.bundled_models, data_dir=args.data_dir, port=args.port,
+        return serve(config=args.config, ray_address=args.ray_address, bundled=args.bundled_models, data_dir=args.data_dir, port=args.port,
                      qdrant_url=args.qdrant_url, model=args.model, http_port=args.http_port)
     try:
         with LoupeClient(args.target, api_key=args.api_key, timeout_s=args.timeout) as client:
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
     s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
     s.add_argument("--model", default=None, help="CLIP model spec (see README)")
+    s.add_argument("--ray-address", default=None,
+                   help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray")
 
     i = sub.add_parser("index", help="index image files or folders (recursively)")
     i.add_argument("paths", nargs="*", type=Path)

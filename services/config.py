@@ -22,7 +22,8 @@ DEFAULT_COLLECTION = "default"
 
 
 class RequestLimits(BaseModel):
-    # Largest request message the service accepts (bytes); the gRPC proxy is capped too.
+    # Largest request message (bytes). `loupe serve` caps the gRPC proxy at this size; larger
+    # requests fail with RESOURCE_EXHAUSTED before they are read.
     max_request_bytes: int = 64 * 1024 * 1024
     # Items (images or texts) in one IndexImages / IndexTexts call.
     max_items_per_call: int = 64

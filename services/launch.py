@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-# The gRPC proxy accepts up to 2 GiB by default; Loupe's own request cap is far lower.
-PROXY_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from services.config import RequestLimits
 
 
 def render_config(config: str | Path, *, bundled: bool = False, data_dir: str | None = None, port: int | None = None,
@@ -37,28 +36,33 @@ def render_config(config: str | Path, *, bundled: bool = False, data_dir: str | 
     return cfg
 
 
-def serve_env() -> dict[str, str]:
+def serve_env(cfg: dict) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(PROXY_MAX_MESSAGE_BYTES))
+    # The gRPC proxy accepts 2 GiB by default; cap it at the config's request limit, so an
+    # over-size request fails with RESOURCE_EXHAUSTED before it is read into memory.
+    limits = cfg["applications"][0].get("args", {}).get("limits", {})
+    max_bytes = limits.get("max_request_bytes", RequestLimits().max_request_bytes)
+    env.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(max_bytes))
     env.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(256 * 1024 * 1024))
     # Usage stats would try to reach the internet.
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return env
 
 
-def serve(config: str, **overrides) -> int:
+def serve(config: str, ray_address: str | None = None, **overrides) -> int:
     cfg = render_config(config, **overrides)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     serve_bin = Path(sys.executable).with_name("serve")
-    cmd = [str(serve_bin) if serve_bin.exists() else "serve", "run", fh.name]
+    # "local" starts a private Ray instance; give an address to deploy onto a running cluster.
+    cmd = [str(serve_bin) if serve_bin.exists() else "serve", "run", "--address", ray_address or "local", fh.name]
     app_args = cfg["applications"][0]["args"]
     print(f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
           f"gRPC port {cfg.get('grpc_options', {}).get('port', 9000)}", file=sys.stderr, flush=True)
     # Serve's working dir must let replicas import this project's packages.
     cwd = Path(__file__).resolve().parent.parent
     try:
-        return subprocess.call(cmd, env=serve_env(), cwd=cwd)
+        return subprocess.call(cmd, env=serve_env(cfg), cwd=cwd)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -1,0 +1,80 @@
+"""Overload and over-size requests, on a second service with a tight queue and a small cap."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import yaml
+
+from encoders.bundled.shapes import make_pairs
+from protos.loupe.v1 import index_pb2, index_pb2_grpc
+from services.client import ImageInput, LoupeCallError, LoupeClient
+from services.launch import ServiceProcess
+from services.cli import DEFAULT_CONFIG
+
+pytestmark = pytest.mark.slow
+
+REQUEST_CAP = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def tight_service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tight")
+    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    app = cfg["applications"][0]
+    app["args"]["limits"]["max_request_bytes"] = REQUEST_CAP
+    for dep in app["deployments"]:
+        if dep["name"] == "Ingress":
+            dep["max_ongoing_requests"], dep["max_queued_requests"] = 1, 1
+    config = root / "tight.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    args = ["--config", str(config), "--bundled-models", "--data-dir", str(root / "data")]
+    with ServiceProcess(args, log_path=root / "serve.log") as svc:
+        yield svc
+
+
+def _batch(seed: int) -> list[ImageInput]:
+    out = []
+    for img, _ in make_pairs(48, seed=seed, size=256):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append(ImageInput(buf.getvalue()))
+    return out
+
+
+def test_overload_is_resource_exhausted_not_a_hang(tight_service):
+    batches = [_batch(seed) for seed in range(12)]
+
+    def send(batch):
+        with LoupeClient(tight_service.target, timeout_s=120) as client:
+            try:
+                return len(client.index_images(batch, collection="load"))
+            except LoupeCallError as exc:
+                return exc
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        outcomes = list(pool.map(send, batches))
+    rejected = [o for o in outcomes if isinstance(o, LoupeCallError)]
+    stored = [o for o in outcomes if isinstance(o, int)]
+    assert rejected and stored, outcomes
+    assert all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED for e in rejected), rejected
+    with LoupeClient(tight_service.target) as client:
+        assert client.health() == "SERVING"
+        assert client.count(collection="load") <= sum(stored)  # shapes may repeat across batches
+
+
+def test_request_over_the_size_cap(tight_service):
+    big = 8 * 1024 * 1024
+    options = [("grpc.max_send_message_length", 2 * big)]
+    with grpc.insecure_channel(tight_service.target, options=options) as channel:
+        stub = index_pb2_grpc.IndexServiceStub(channel)
+        request = index_pb2.IndexImagesRequest(items=[index_pb2.ImageItem(data=b"\xff" * big)])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.IndexImages(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in info.value.details()
+    with LoupeClient(tight_service.target) as client:
+        assert client.health() == "SERVING"
