@@ -15,10 +15,12 @@ class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODALITY_IMAGE: _ClassVar[Modality]
     MODALITY_TEXT: _ClassVar[Modality]
     MODALITY_AUDIO_SEGMENT: _ClassVar[Modality]
+    MODALITY_AUDIO: _ClassVar[Modality]
 MODALITY_UNSPECIFIED: Modality
 MODALITY_IMAGE: Modality
 MODALITY_TEXT: Modality
 MODALITY_AUDIO_SEGMENT: Modality
+MODALITY_AUDIO: Modality
 
 class Range(_message.Message):
     __slots__ = ("gte", "gt", "lte", "lt")
@@ -57,7 +59,7 @@ class Filter(_message.Message):
     def __init__(self, must: _Optional[_Iterable[_Union[FieldCondition, _Mapping]]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "modality", "sources", "metadata", "text", "sha256", "model_id", "model_version", "width", "height", "created_at", "updated_at", "collection")
+    __slots__ = ("id", "modality", "sources", "metadata", "text", "sha256", "model_id", "model_version", "width", "height", "created_at", "updated_at", "collection", "parent_id", "start_s", "end_s", "language", "duration_s")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +73,11 @@ class Item(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
     id: str
     modality: Modality
     sources: _containers.RepeatedScalarFieldContainer[str]
@@ -84,4 +91,9 @@ class Item(_message.Message):
     created_at: float
     updated_at: float
     collection: str
-    def __init__(self, id: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., sources: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text: _Optional[str] = ..., sha256: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., collection: _Optional[str] = ...) -> None: ...
+    parent_id: str
+    start_s: float
+    end_s: float
+    language: str
+    duration_s: float
+    def __init__(self, id: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., sources: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text: _Optional[str] = ..., sha256: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., collection: _Optional[str] = ..., parent_id: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., language: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...

@@ -146,3 +146,41 @@ class StatusResponse(_message.Message):
     collections: _containers.RepeatedCompositeFieldContainer[CollectionStatus]
     version: str
     def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., store_backend: _Optional[str] = ..., collections: _Optional[_Iterable[_Union[CollectionStatus, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+
+class IndexAudioRequest(_message.Message):
+    __slots__ = ("collection", "data", "id", "source", "metadata", "language")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    data: bytes
+    id: str
+    source: str
+    metadata: _struct_pb2.Struct
+    language: str
+    def __init__(self, collection: _Optional[str] = ..., data: _Optional[bytes] = ..., id: _Optional[str] = ..., source: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., language: _Optional[str] = ...) -> None: ...
+
+class IndexAudioResponse(_message.Message):
+    __slots__ = ("id", "created", "duration_s", "language", "language_probability", "segment_count", "model_id", "transcriber_model_id", "collection")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIBER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created: bool
+    duration_s: float
+    language: str
+    language_probability: float
+    segment_count: int
+    model_id: str
+    transcriber_model_id: str
+    collection: str
+    def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ..., duration_s: _Optional[float] = ..., language: _Optional[str] = ..., language_probability: _Optional[float] = ..., segment_count: _Optional[int] = ..., model_id: _Optional[str] = ..., transcriber_model_id: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...

@@ -47,6 +47,11 @@ class IndexServiceStub:
                 request_serializer=loupe_dot_v1_dot_index__pb2.IndexTextsRequest.SerializeToString,
                 response_deserializer=loupe_dot_v1_dot_index__pb2.IndexResponse.FromString,
                 _registered_method=True)
+        self.IndexAudio = channel.unary_unary(
+                '/loupe.v1.IndexService/IndexAudio',
+                request_serializer=loupe_dot_v1_dot_index__pb2.IndexAudioRequest.SerializeToString,
+                response_deserializer=loupe_dot_v1_dot_index__pb2.IndexAudioResponse.FromString,
+                _registered_method=True)
         self.GetItem = channel.unary_unary(
                 '/loupe.v1.IndexService/GetItem',
                 request_serializer=loupe_dot_v1_dot_index__pb2.GetItemRequest.SerializeToString,
@@ -88,6 +93,15 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IndexAudio(self, request, context):
+        """Transcribe a recording and index it: one point for the recording (full transcript) and
+        one per chunk of segments (audio_segment, with start/end seconds). Re-indexing the same
+        bytes with the same models re-uses the stored transcript.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetItem(self, request, context):
         """Get one item by its public id. NOT_FOUND if it does not exist.
         """
@@ -97,6 +111,7 @@ class IndexServiceServicer:
 
     def Delete(self, request, context):
         """Delete by ids (NOT_FOUND, nothing deleted, if any id is missing) or by filter.
+        Deleting a recording deletes its segments.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +143,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.IndexTexts,
                     request_deserializer=loupe_dot_v1_dot_index__pb2.IndexTextsRequest.FromString,
                     response_serializer=loupe_dot_v1_dot_index__pb2.IndexResponse.SerializeToString,
+            ),
+            'IndexAudio': grpc.unary_unary_rpc_method_handler(
+                    servicer.IndexAudio,
+                    request_deserializer=loupe_dot_v1_dot_index__pb2.IndexAudioRequest.FromString,
+                    response_serializer=loupe_dot_v1_dot_index__pb2.IndexAudioResponse.SerializeToString,
             ),
             'GetItem': grpc.unary_unary_rpc_method_handler(
                     servicer.GetItem,
@@ -205,6 +225,33 @@ class IndexService:
             '/loupe.v1.IndexService/IndexTexts',
             loupe_dot_v1_dot_index__pb2.IndexTextsRequest.SerializeToString,
             loupe_dot_v1_dot_index__pb2.IndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IndexAudio(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loupe.v1.IndexService/IndexAudio',
+            loupe_dot_v1_dot_index__pb2.IndexAudioRequest.SerializeToString,
+            loupe_dot_v1_dot_index__pb2.IndexAudioResponse.FromString,
             options,
             channel_credentials,
             insecure,
