@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from services.client import ImageInput, LoupeCallError, LoupeClient, TextInput
+from services.client import LoupeCallError, LoupeClient
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "ray_config.yaml"
@@ -126,7 +126,7 @@ def cmd_search(client: LoupeClient, args) -> int:
 
 def format_hits(result) -> str:
     rows = [("#", "score", "modality", "id", "source / text")]
-    for rank, h in enumerate(result.hits, 1 + 0):
+    for rank, h in enumerate(result.hits, 1):
         where = h.item.text or ", ".join(h.item.sources) or "-"
         rows.append((str(rank), f"{h.score:.4f}", h.item.modality, _short(h.id, 24), _short(where, 60)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

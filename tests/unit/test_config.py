@@ -1,0 +1,17 @@
+from services.config import BUNDLED_CLIP, load_settings
+
+
+def test_profile_picks_the_model(monkeypatch):
+    monkeypatch.delenv("LOUPE_PROFILE", raising=False)
+    assert load_settings({"profile": "bundled"}).clip_model == BUNDLED_CLIP
+    assert load_settings({}).clip_model == "ViT-B-32/laion2b_s34b_b79k"
+    assert load_settings({"encoder": {"model": "ViT-B-32/random"}}).clip_model == "ViT-B-32/random"
+
+
+def test_environment_overrides_yaml_args(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOUPE_PROFILE", "bundled")
+    monkeypatch.setenv("LOUPE_LIMITS__MAX_LIMIT", "7")
+    settings = load_settings({"profile": "default", "data_dir": str(tmp_path), "limits": {"max_window": 50}})
+    assert settings.profile == "bundled" and settings.limits.max_limit == 7
+    assert settings.limits.max_window == 50  # yaml values the environment does not touch survive
+    assert settings.data_dir == str(tmp_path.resolve())
