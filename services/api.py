@@ -10,22 +10,26 @@ from __future__ import annotations
 import hashlib
 
 from encoders.errors import BatchInvalid, InvalidInput
+from encoders.keywords import keyword_vector, query_vector
+from indexing.ids import item_key
 from indexing.index import NewItem
 from indexing.types import Modality
-from protos.loupe.v1 import common_pb2, index_pb2, search_pb2
+from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, search_pb2
 from services import convert
 from services.config import LoupeSettings
-from services.workers import EncodedImage, EncoderInfo
+from services.workers import EncodedImage, EncoderInfo, timed_texts
 
 DEFAULT_LIMIT = 10
 
 
 class LoupeApi:
-    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.encoder = encoder
         self.index = index
+        # None when the service runs without audio.
+        self.transcriber = transcriber
         self._info: EncoderInfo | None = None
 
     async def info(self) -> EncoderInfo:
@@ -65,8 +69,33 @@ class LoupeApi:
                 problems.append(exc)
         _raise_all(problems)
         embedded = await self.encoder.encode_texts([p["text"] for p in prepared])
-        items = [_new_item(p, Modality.TEXT, v) for p, v in zip(prepared, embedded.vectors)]
+        items = [_new_item(p, Modality.TEXT, v, keywords=keyword_vector(p["text"]))
+                 for p, v in zip(prepared, embedded.vectors)]
         return await self._store(name, items)
+
+    async def index_audio(self, req: index_pb2.IndexAudioRequest) -> index_pb2.IndexAudioResponse:
+        name = convert.collection_name(req.collection)
+        transcriber = self._require_transcriber()
+        if not req.data:
+            raise InvalidInput("audio is empty (0 bytes); send the file's contents", field="data")
+        p = self._prepare(req, None, content=req.data, text=None, prefix="")
+        transcript = await transcriber.transcribe(req.data, convert.language(req.language))
+        embedded = await self.encoder.embed_transcript(timed_texts(transcript.segments),
+                                                       self.settings.transcriber.chunk_overlap_tokens)
+        info, t = await self.info(), transcript.info
+        full_text = " ".join(seg.text.strip() for seg in transcript.segments)
+        recording = _new_item(p, Modality.AUDIO, embedded.recording_vector, keywords=keyword_vector(full_text),
+                              text=full_text, language=t.language, duration_s=t.duration_s)
+        rec_id = item_key(p["public_id"], p["sha256"])
+        segments = [_new_item({**p, "public_id": f"{rec_id}#{i}", "text": c.text}, Modality.AUDIO_SEGMENT, v,
+                              keywords=keyword_vector(c.text), parent_id=rec_id, start_s=c.start_s, end_s=c.end_s,
+                              language=t.language)
+                    for i, (c, v) in enumerate(zip(embedded.chunks, embedded.vectors))]
+        public_id, created = await self.index.add_recording(name, info.schema(), recording, segments)
+        return index_pb2.IndexAudioResponse(
+            id=public_id, created=created, duration_s=t.duration_s, language=t.language,
+            language_probability=t.language_probability, segment_count=len(segments), model_id=info.model_id,
+            transcriber_model_id=t.model_id, collection=name)
 
     async def get_item(self, req: index_pb2.GetItemRequest) -> common_pb2.Item:
         name = convert.collection_name(req.collection)
@@ -110,8 +139,12 @@ class LoupeApi:
     async def search_text(self, req: search_pb2.SearchTextRequest) -> search_pb2.SearchResponse:
         query = self._text(req.query, self.limits.max_query_chars, "query")
         opts = self._options(req.options)
+        mode = convert.search_mode(req.options.mode)
+        keywords = query_vector(query) if mode != "dense" else None
+        if mode == "keyword":
+            return await self._search(opts, None, mode=mode, keyword_query=keywords)
         embedded = await self.encoder.encode_texts([query])
-        response = await self._search(opts, embedded.vectors[0])
+        response = await self._search(opts, embedded.vectors[0], mode=mode, keyword_query=keywords)
         response.query_truncated = embedded.truncated[0]
         return response
 
@@ -128,19 +161,41 @@ class LoupeApi:
             return await self._search(opts, vector, exclude_ids=(req.id,))
         raise InvalidInput("set image (bytes) or id (an indexed item) to search by", field="query")
 
-    async def _search(self, opts: dict, vector, exclude_ids: tuple[str, ...] = ()) -> search_pb2.SearchResponse:
+    async def _search(self, opts: dict, vector, exclude_ids: tuple[str, ...] = (), mode: str = "dense",
+                      keyword_query=None) -> search_pb2.SearchResponse:
         info = await self.info()
         limit, offset = opts["limit"], opts["offset"]
         # One extra hit tells whether there is a next page.
         hits = await self.index.search(opts["name"], info.schema(), vector, limit=limit + 1, offset=offset,
                                        modalities=opts["modalities"], conditions=opts["conditions"],
-                                       score_threshold=opts["score_threshold"], exclude_ids=exclude_ids)
+                                       score_threshold=opts["score_threshold"], exclude_ids=exclude_ids,
+                                       mode=mode, keyword_query=keyword_query)
         response = search_pb2.SearchResponse(model_id=info.model_id)
         for payload, score in hits[:limit]:
             response.hits.add(item=convert.item(payload, opts["name"]), score=score)
         if len(hits) > limit and offset + 2 * limit <= self.limits.max_window:
             response.next_offset = offset + limit
         return response
+
+    # -- AudioService -----------------------------------------------------------------------
+    async def transcribe(self, req: audio_pb2.TranscribeRequest, stream):
+        """Yields TranscribeResponse messages: info first, then segments as they are decoded.
+
+        `stream(data, language, word_timestamps)` is the transcriber's streaming call (an
+        async iterator of TranscriptInfo then Segment objects)."""
+        self._require_transcriber()
+        if not req.data:
+            raise InvalidInput("audio is empty (0 bytes); send the file's contents", field="data")
+        language = convert.language(req.language)
+        async for part in stream(req.data, language, req.word_timestamps):
+            yield convert.transcript_part(part)
+
+    def _require_transcriber(self):
+        if self.transcriber is None:
+            from encoders.errors import ModelUnavailable
+
+            raise ModelUnavailable("this service runs without a transcriber; add the Transcriber deployment")
+        return self.transcriber
 
     # -- validation -------------------------------------------------------------------------
     def _options(self, o: search_pb2.SearchOptions) -> dict:
@@ -173,10 +228,11 @@ class LoupeApi:
             raise InvalidInput(f"{field} is {len(text)} characters; the limit is {max_chars}", field=field)
         return text
 
-    def _prepare(self, it, i: int, *, content: bytes, text: str | None) -> dict:
-        return {"public_id": convert.caller_id(it.id, f"items[{i}].id"), "sha256": hashlib.sha256(content).hexdigest(),
+    def _prepare(self, it, i: int | None, *, content: bytes, text: str | None, prefix: str | None = None) -> dict:
+        prefix = f"items[{i}]." if prefix is None else prefix
+        return {"public_id": convert.caller_id(it.id, f"{prefix}id"), "sha256": hashlib.sha256(content).hexdigest(),
                 "source": it.source or None, "text": text,
-                "metadata": convert.metadata(it.metadata, self.limits, f"items[{i}].metadata")}
+                "metadata": convert.metadata(it.metadata, self.limits, f"{prefix}metadata")}
 
     async def _store(self, name: str, items: list[NewItem]) -> index_pb2.IndexResponse:
         info = await self.info()
@@ -189,12 +245,15 @@ class LoupeApi:
     async def healthy(self) -> bool:
         await self.info()
         await self.index.ping()
+        if self.transcriber is not None:
+            await self.transcriber.model_id()
         return True
 
 
-def _new_item(p: dict, modality: Modality, vector, width: int | None = None, height: int | None = None) -> NewItem:
+def _new_item(p: dict, modality: Modality, vector, **extra) -> NewItem:
+    fields = {"text": p["text"], **extra}
     return NewItem(public_id=p["public_id"], sha256=p["sha256"], modality=modality, vector=vector,
-                   source=p["source"], metadata=p["metadata"], text=p["text"], width=width, height=height)
+                   source=p["source"], metadata=p["metadata"], **fields)
 
 
 def _raise_all(problems: list[InvalidInput]) -> None:

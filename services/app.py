@@ -8,7 +8,7 @@ from typing import Any
 from ray.serve import Application
 
 from services.config import load_settings
-from services.deployments import EncoderDeployment, IndexDeployment, Ingress
+from services.deployments import EncoderDeployment, IndexDeployment, Ingress, TranscriberDeployment
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -18,4 +18,5 @@ def build_app(args: dict[str, Any]) -> Application:
                                      settings.clip_model, settings.qdrant_url or settings.data_dir)
     encoder = EncoderDeployment.bind(settings)
     index = IndexDeployment.bind(settings)
-    return Ingress.bind(settings, encoder, index)
+    transcriber = TranscriberDeployment.bind(settings) if settings.audio else None
+    return Ingress.bind(settings, encoder, index, transcriber)

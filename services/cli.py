@@ -1,7 +1,8 @@
 """`loupe`: run the service and talk to it.
 
     loupe serve [--bundled-models]          start Ray Serve with ray_config.yaml
-    loupe index PATH... [--texts FILE]      index image files/folders (and texts)
+    loupe index PATH... [--texts FILE]      index image and audio files/folders (and texts)
+    loupe transcribe FILE                   print a timestamped transcript
     loupe search TEXT | --image FILE        search, print a table
     loupe delete ID... | --where k=v        delete items
     loupe status                            health, model, collections
@@ -18,6 +19,8 @@ from pathlib import Path
 from services.client import LoupeCallError, LoupeClient
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mka", ".aiff",
+                  ".aif", ".caf"}
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "ray_config.yaml"
 
 
@@ -56,12 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None,
                    help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray")
 
-    i = sub.add_parser("index", help="index image files or folders (recursively)")
+    i = sub.add_parser("index", help="index image and audio files or folders (recursively)")
     i.add_argument("paths", nargs="*", type=Path)
     i.add_argument("--texts", type=Path, help="also index each non-empty line of this file as a text item")
     i.add_argument("--meta", action="append", default=[], metavar="K=V", help="metadata for every item")
     i.add_argument("--batch-size", type=int, default=16)
+    i.add_argument("--language", default="", help="spoken language of audio files (default: detect)")
     _collection(i)
+
+    t = sub.add_parser("transcribe", help="print a timestamped transcript of an audio file (nothing is stored)")
+    t.add_argument("file", type=Path)
+    t.add_argument("--language", default="", help="e.g. en (default: detect)")
+    t.add_argument("--words", action="store_true", help="also print word timings")
 
     q = sub.add_parser("search", help="search by text, or by image with --image")
     q.add_argument("query", nargs="?", help="text query")
@@ -69,10 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--id", help="search by an indexed item's id")
     q.add_argument("--limit", type=int, default=10)
     q.add_argument("--offset", type=int, default=0)
-    q.add_argument("--modality", action="append", default=[], choices=["image", "text", "audio_segment"])
+    q.add_argument("--modality", action="append", default=[],
+                   choices=["image", "text", "audio_segment", "audio"])
     q.add_argument("--where", action="append", default=[], metavar="EXPR",
                    help="k=v, k=a|b (any of), k>=n, k<n ... (all must hold)")
     q.add_argument("--min-score", type=float, default=None)
+    q.add_argument("--mode", choices=["dense", "keyword", "hybrid"], default="dense",
+                   help="dense: CLIP; keyword: exact words/codes; hybrid: both, rank-fused")
     q.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _collection(q)
 
@@ -93,12 +105,13 @@ def cmd_index(client: LoupeClient, args) -> int:
     from services.indexer import index_paths
 
     meta = _where(args.meta) if args.meta else {}
-    files = _image_files(args.paths)
+    images, audio = _media_files(args.paths)
     texts = _text_lines(args.texts) if args.texts else []
-    if not files and not texts:
-        print("nothing to index: give image files/folders or --texts FILE", file=sys.stderr)
+    if not images and not audio and not texts:
+        print("nothing to index: give image or audio files/folders, or --texts FILE", file=sys.stderr)
         return 2
-    report = index_paths(client, files, texts, metadata=meta, collection=args.collection, batch_size=args.batch_size)
+    report = index_paths(client, images, texts, metadata=meta, collection=args.collection,
+                         batch_size=args.batch_size, audio=audio, language=args.language)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -106,6 +119,8 @@ def cmd_index(client: LoupeClient, args) -> int:
 def cmd_search(client: LoupeClient, args) -> int:
     opts = dict(limit=args.limit, offset=args.offset, modalities=args.modality, where=_where(args.where),
                 score_threshold=args.min_score, collection=args.collection)
+    if args.query and not (args.image or args.id):
+        opts["mode"] = args.mode
     if args.image:
         result = client.search_image(args.image.read_bytes(), **opts)
     elif args.id:
@@ -117,8 +132,11 @@ def cmd_search(client: LoupeClient, args) -> int:
         return 2
     if args.json:
         for h in result.hits:
-            print(json.dumps({"id": h.id, "score": round(h.score, 4), "modality": h.item.modality,
-                              "sources": h.item.sources, "text": h.item.text, "metadata": h.item.metadata}))
+            record = {"id": h.id, "score": round(h.score, 4), "modality": h.item.modality,
+                      "sources": h.item.sources, "text": h.item.text, "metadata": h.item.metadata}
+            if h.item.modality == "audio_segment":
+                record.update(parent_id=h.item.parent_id, start_s=h.item.start_s, end_s=h.item.end_s)
+            print(json.dumps(record))
     else:
         print(format_hits(result))
     return 0
@@ -127,7 +145,7 @@ def cmd_search(client: LoupeClient, args) -> int:
 def format_hits(result) -> str:
     rows = [("#", "score", "modality", "id", "source / text")]
     for rank, h in enumerate(result.hits, 1):
-        where = h.item.text or ", ".join(h.item.sources) or "-"
+        where = _where_found(h.item)
         rows.append((str(rank), f"{h.score:.4f}", h.item.modality, _short(h.id, 24), _short(where, 60)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -137,6 +155,34 @@ def format_hits(result) -> str:
     if result.query_truncated:
         footer += " (query was cut to the model's context length)"
     return "\n".join(lines + [footer])
+
+
+def _where_found(item) -> str:
+    source = item.sources[0] if item.sources else ""
+    if item.modality == "audio_segment":
+        return f"{source or item.parent_id} @ {clock(item.start_s)}-{clock(item.end_s)}: {item.text}"
+    if item.modality == "audio":
+        return f"{source or item.id} ({clock(item.duration_s)}): {item.text}"
+    return item.text or ", ".join(item.sources) or "-"
+
+
+def clock(seconds: float) -> str:
+    """01:23, or 1:02:03 past an hour."""
+    s = int(seconds)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m:02d}:{s % 60:02d}"
+
+
+def cmd_transcribe(client: LoupeClient, args) -> int:
+    for part in client.transcribe(args.file.read_bytes(), language=args.language, word_timestamps=args.words):
+        if hasattr(part, "language_probability"):
+            print(f"# {args.file}: {clock(part.duration_s)}, language {part.language} "
+                  f"(p={part.language_probability:.2f}), model {part.model_id}")
+            continue
+        print(f"[{clock(part.start_s)} - {clock(part.end_s)}] {part.text.strip()}", flush=True)
+        if args.words:
+            print("    " + " ".join(f"{w.text}@{w.start_s:.2f}" for w in part.words))
+    return 0
 
 
 def cmd_delete(client: LoupeClient, args) -> int:
@@ -158,7 +204,8 @@ def cmd_status(client: LoupeClient, args) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "delete": cmd_delete, "status": cmd_status}
+COMMANDS = {"index": cmd_index, "search": cmd_search, "delete": cmd_delete, "status": cmd_status,
+            "transcribe": cmd_transcribe}
 
 
 def _where(exprs: list[str]) -> dict:
@@ -190,14 +237,19 @@ def _scalar(text: str):
     return text
 
 
-def _image_files(paths: list[Path]) -> list[Path]:
-    files = []
+def _media_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(images, audio): folders are walked by extension; files named explicitly are sent as
+    audio when their extension says so, else as images (the server judges the content)."""
+    images, audio = [], []
     for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            files.append(path)  # named explicitly: let the server judge the content
-    return files
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in found:
+            suffix = p.suffix.lower()
+            if suffix in AUDIO_SUFFIXES:
+                audio.append(p)
+            elif suffix in IMAGE_SUFFIXES or not path.is_dir():
+                images.append(p)
+    return images, audio
 
 
 def _text_lines(path: Path) -> list[tuple[str, str]]:

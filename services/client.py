@@ -19,11 +19,14 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.loupe.v1 import common_pb2, index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
+from protos.loupe.v1 import (audio_pb2, audio_pb2_grpc, common_pb2, index_pb2, index_pb2_grpc, search_pb2,
+                             search_pb2_grpc)
 from services.errors import field_violations
 
 MODALITIES = {"image": common_pb2.MODALITY_IMAGE, "text": common_pb2.MODALITY_TEXT,
-              "audio_segment": common_pb2.MODALITY_AUDIO_SEGMENT}
+              "audio_segment": common_pb2.MODALITY_AUDIO_SEGMENT, "audio": common_pb2.MODALITY_AUDIO}
+MODES = {"dense": search_pb2.SEARCH_MODE_DENSE, "keyword": search_pb2.SEARCH_MODE_KEYWORD,
+         "hybrid": search_pb2.SEARCH_MODE_HYBRID}
 _MODALITY_NAMES = {v: k for k, v in MODALITIES.items()}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -64,12 +67,19 @@ class Item:
     model_id: str
     width: int = 0
     height: int = 0
+    # Audio: the recording a segment belongs to, its span, language and the recording's length.
+    parent_id: str = ""
+    start_s: float = 0.0
+    end_s: float = 0.0
+    language: str = ""
+    duration_s: float = 0.0
 
     @classmethod
     def from_proto(cls, m: common_pb2.Item) -> "Item":
         return cls(id=m.id, modality=_MODALITY_NAMES.get(m.modality, "unspecified"), sources=list(m.sources),
                    metadata=MessageToDict(m.metadata), text=m.text, model_id=m.model_id, width=m.width,
-                   height=m.height)
+                   height=m.height, parent_id=m.parent_id, start_s=m.start_s, end_s=m.end_s, language=m.language,
+                   duration_s=m.duration_s)
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,7 @@ class LoupeClient:
         self._index = index_pb2_grpc.IndexServiceStub(self.channel)
         self._search = search_pb2_grpc.SearchServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._audio = audio_pb2_grpc.AudioServiceStub(self.channel)
 
     def __enter__(self) -> "LoupeClient":
         return self
@@ -139,6 +150,22 @@ class LoupeClient:
             msg = request.items.add(text=it.text, id=it.id, source=it.source)
             msg.metadata.update(dict(it.metadata))
         return [(r.id, r.created) for r in self._call(self._index.IndexTexts, request).items]
+
+    def index_audio(self, data: bytes, *, id: str = "", source: str = "", metadata: Mapping[str, Any] | None = None,
+                    language: str = "", collection: str = "") -> index_pb2.IndexAudioResponse:
+        request = index_pb2.IndexAudioRequest(collection=collection, data=data, id=id, source=source,
+                                              language=language)
+        request.metadata.update(dict(metadata or {}))
+        return self._call(self._index.IndexAudio, request)
+
+    def transcribe(self, data: bytes, *, language: str = "", word_timestamps: bool = False):
+        """Yields the TranscriptInfo first, then each TranscriptSegment as the server decodes it."""
+        request = audio_pb2.TranscribeRequest(data=data, language=language, word_timestamps=word_timestamps)
+        try:
+            for message in self._audio.Transcribe(request, timeout=self.timeout_s, metadata=self._metadata):
+                yield message.info if message.HasField("info") else message.segment
+        except grpc.RpcError as error:
+            raise LoupeCallError(error) from None
 
     def get(self, id: str, *, collection: str = "") -> Item:
         return Item.from_proto(self._call(self._index.GetItem, index_pb2.GetItemRequest(collection=collection, id=id)))
@@ -181,8 +208,8 @@ class LoupeClient:
 
 def search_options(*, limit: int | None = None, offset: int = 0, modalities: Iterable[str] = (),
                    where: Mapping[str, Any] | None = None, score_threshold: float | None = None,
-                   collection: str = "") -> search_pb2.SearchOptions:
-    opts = search_pb2.SearchOptions(collection=collection, offset=offset,
+                   collection: str = "", mode: str = "dense") -> search_pb2.SearchOptions:
+    opts = search_pb2.SearchOptions(collection=collection, offset=offset, mode=MODES[mode],
                                     modalities=[MODALITIES[m] for m in modalities], filter=build_filter(where or {}))
     if limit is not None:
         opts.limit = limit

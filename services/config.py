@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from encoders.audio import AudioLimits
 from encoders.clip import ClipOptions, TextOverflow
 from encoders.media import ImageLimits
 from encoders.sources import DEFAULT_MODEL
@@ -42,10 +43,16 @@ class RequestLimits(BaseModel):
     image_max_bytes: int = 20 * 1024 * 1024
     image_max_pixels: int = 40_000_000
     image_max_side: int = 12_000
+    # Audio uploads: bytes and duration (seconds; 3 h of 16 kHz float32 is ~0.7 GB decoded).
+    audio_max_bytes: int = 64 * 1024 * 1024
+    audio_max_duration_s: float = 3 * 3600
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels,
                            max_side=self.image_max_side)
+
+    def audio_limits(self) -> AudioLimits:
+        return AudioLimits(max_bytes=self.audio_max_bytes, max_duration_s=self.audio_max_duration_s)
 
 
 class EncoderSettings(BaseModel):
@@ -64,6 +71,30 @@ class EncoderSettings(BaseModel):
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
 
 
+class TranscriberSettings(BaseModel):
+    # "faster-whisper" (CTranslate2; the fast one on CPU) or "openai-whisper".
+    backend: str = "faster-whisper"
+    # Whisper model spec (encoders.whisper_models); empty means "base".
+    model: str = ""
+    # "auto", "cpu", "cuda".
+    device: str = "auto"
+    # "auto" (int8 on CPU, float16 on GPU for faster-whisper) or a backend's own name.
+    compute_type: str = "auto"
+    # CPU threads for one transcription.
+    threads: int = 2
+    beam_size: int = 5
+    # Voice-activity filtering: no invented text over silence or music.
+    vad_filter: bool = True
+    # Per-word timings (they also make segment chunks' start/end exact).
+    word_timestamps: bool = True
+    # Words of overlap between consecutive chunks of a transcript, in CLIP tokens.
+    chunk_overlap_tokens: int = 4
+
+    @property
+    def spec(self) -> str:
+        return self.model or "base"
+
+
 class LoupeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOUPE_", env_nested_delimiter="__", extra="ignore")
 
@@ -79,6 +110,9 @@ class LoupeSettings(BaseSettings):
     # Build the vector index (HNSW) after this many new points, once writes pause; 0 = never.
     optimize_after_points: int = 5000
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    # Run the Transcriber deployment (audio indexing and transcription).
+    audio: bool = True
+    transcriber: TranscriberSettings = Field(default_factory=TranscriberSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
 
     @classmethod
@@ -98,6 +132,13 @@ class LoupeSettings(BaseSettings):
         if self.encoder.model:
             return self.encoder.model
         return BUNDLED_CLIP if self.profile == "bundled" else DEFAULT_MODEL
+
+    def transcribe_options(self):
+        from encoders.transcribe import TranscribeOptions
+
+        t = self.transcriber
+        return TranscribeOptions(beam_size=t.beam_size, vad_filter=t.vad_filter, word_timestamps=t.word_timestamps,
+                                 threads=t.threads, device=t.device, compute_type=t.compute_type)
 
     def clip_options(self) -> ClipOptions:
         e = self.encoder

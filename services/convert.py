@@ -11,13 +11,14 @@ from google.protobuf.json_format import MessageToDict
 
 from encoders.errors import InvalidInput
 from indexing.types import Condition, Modality, Range
-from protos.loupe.v1 import common_pb2
+from protos.loupe.v1 import audio_pb2, common_pb2
 from services.config import DEFAULT_COLLECTION, RequestLimits
 
 _MODALITY_TO_PROTO = {
     Modality.IMAGE: common_pb2.MODALITY_IMAGE,
     Modality.TEXT: common_pb2.MODALITY_TEXT,
     Modality.AUDIO_SEGMENT: common_pb2.MODALITY_AUDIO_SEGMENT,
+    Modality.AUDIO: common_pb2.MODALITY_AUDIO,
 }
 _MODALITY_FROM_PROTO = {v: k for k, v in _MODALITY_TO_PROTO.items()}
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -36,7 +37,8 @@ def modalities(values, field: str) -> tuple[Modality, ...]:
     out = []
     for i, value in enumerate(values):
         if value not in _MODALITY_FROM_PROTO:
-            raise InvalidInput(f"modality {value} is not one of IMAGE, TEXT, AUDIO_SEGMENT", field=f"{field}[{i}]")
+            raise InvalidInput(f"modality {value} is not one of IMAGE, TEXT, AUDIO_SEGMENT, AUDIO",
+                               field=f"{field}[{i}]")
         out.append(_MODALITY_FROM_PROTO[value])
     return tuple(dict.fromkeys(out))
 
@@ -140,7 +142,41 @@ def item(payload: dict[str, Any], collection: str) -> common_pb2.Item:
         model_id=payload.get("model_id", ""), model_version=payload.get("model_version", ""),
         width=int(payload.get("width") or 0), height=int(payload.get("height") or 0),
         created_at=float(payload.get("created_at") or 0), updated_at=float(payload.get("updated_at") or 0),
-        collection=collection)
+        collection=collection, parent_id=payload.get("parent_id") or "", start_s=float(payload.get("start_s") or 0),
+        end_s=float(payload.get("end_s") or 0), language=payload.get("language") or "",
+        duration_s=float(payload.get("duration_s") or 0))
     if payload.get("meta"):
         msg.metadata.update(payload["meta"])
     return msg
+
+
+_MODES = {0: "dense", 1: "keyword", 2: "hybrid"}
+
+
+def search_mode(value: int, field: str = "options.mode") -> str:
+    if value not in _MODES:
+        raise InvalidInput(f"search mode {value} is not one of DENSE, KEYWORD, HYBRID", field=field)
+    return _MODES[value]
+
+
+def language(code: str, field: str = "language") -> str | None:
+    code = code.strip().lower()
+    if not code:
+        return None
+    if not re.match(r"^[a-z]{2,3}$", code):
+        raise InvalidInput(f"language {code[:20]!r} must be an ISO 639-1 code like 'en', or empty to detect it",
+                           field=field)
+    return code
+
+
+def transcript_part(part) -> audio_pb2.TranscribeResponse:
+    """A TranscriptInfo or a Segment (encoders.transcribe) as a stream message."""
+    if hasattr(part, "language_probability"):
+        return audio_pb2.TranscribeResponse(info=audio_pb2.TranscriptInfo(
+            language=part.language, language_probability=part.language_probability, duration_s=part.duration_s,
+            model_id=part.model_id))
+    words = [audio_pb2.Word(start_s=w.start, end_s=w.end, text=w.text.strip(), probability=w.probability)
+             for w in part.words]
+    return audio_pb2.TranscribeResponse(segment=audio_pb2.TranscriptSegment(
+        start_s=part.start, end_s=part.end, text=part.text, words=words, avg_logprob=part.avg_logprob,
+        no_speech_prob=part.no_speech_prob))

@@ -14,15 +14,15 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from encoders.clip import TextEmbedding
-from protos.loupe.v1 import common_pb2, index_pb2, search_pb2
+from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, search_pb2
 from services.api import LoupeApi
 from services.config import LoupeSettings
 from services.errors import to_status
-from services.workers import EncoderWorker, HandleCalls, IndexWorker
+from services.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
 
 log = logging.getLogger("loupe")
 
-HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService")
+HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService")
 
 
 @serve.deployment(name="Encoder")
@@ -36,6 +36,9 @@ class EncoderDeployment:
 
     def info(self):
         return self.worker.info()
+
+    async def embed_transcript(self, segments, overlap_tokens: int):
+        return await asyncio.to_thread(self.worker.embed_transcript, segments, overlap_tokens)
 
     async def encode_images(self, blobs: list[bytes]) -> list:
         return await self._images(blobs)
@@ -79,27 +82,46 @@ def _in_thread(name: str):
 
 
 # Serve looks methods up by name on the class, so they are real attributes, one per worker call.
-for _name in ("ping", "add", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
+for _name in ("ping", "add", "add_recording", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
     setattr(_IndexOwner, _name, _in_thread(_name))
 
 IndexDeployment = serve.deployment(name="Index")(_IndexOwner)
 
 
+@serve.deployment(name="Transcriber")
+class TranscriberDeployment:
+    """Whisper in its own replica, so a long recording does not hold up image search."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        self.worker = TranscriberWorker(settings)
+
+    def model_id(self) -> str:
+        return self.worker.model_id()
+
+    def transcribe(self, data: bytes, language: str | None):
+        return self.worker.transcribe(data, language)
+
+    def stream(self, data: bytes, language: str | None, word_timestamps: bool):
+        """Sync generator (Serve runs it in a thread): info, then segments as decoded."""
+        info, segments, _ = self.worker.stream(data, language, word_timestamps)
+        yield info
+        yield from segments
+
+
 @serve.deployment(name="Ingress")
 class Ingress:
-    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None) -> None:
         self.settings = settings
-        self.api = LoupeApi(settings, HandleCalls(encoder), HandleCalls(index))
+        self._transcriber = transcriber
+        self.api = LoupeApi(settings, HandleCalls(encoder), HandleCalls(index),
+                            HandleCalls(transcriber) if transcriber is not None else None)
 
     async def _run(self, call, request, grpc_context, empty):
         try:
             self._authenticate(grpc_context)
             return await call(request)
         except Exception as exc:  # every error leaves through the one table
-            status = to_status(exc)
-            grpc_context.set_code(status.code)
-            grpc_context.set_details(status.details)
-            grpc_context.set_trailing_metadata(list(status.trailing_metadata))
+            _set_status(grpc_context, exc)
             return empty
 
     def _authenticate(self, grpc_context) -> None:
@@ -116,6 +138,21 @@ class Ingress:
 
     async def IndexTexts(self, request, grpc_context):
         return await self._run(self.api.index_texts, request, grpc_context, index_pb2.IndexResponse())
+
+    async def IndexAudio(self, request, grpc_context):
+        return await self._run(self.api.index_audio, request, grpc_context, index_pb2.IndexAudioResponse())
+
+    async def Transcribe(self, request, grpc_context):
+        """Server streaming: errors before or during the stream end it with a status code."""
+        try:
+            self._authenticate(grpc_context)
+            async for message in self.api.transcribe(request, self._stream_transcript):
+                yield message
+        except Exception as exc:  # every error leaves through the one table
+            _set_status(grpc_context, exc)
+
+    def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
+        return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
 
     async def GetItem(self, request, grpc_context):
         return await self._run(self.api.get_item, request, grpc_context, common_pb2.Item())
@@ -148,6 +185,13 @@ class Ingress:
             log.info("health check: not serving (%s)", exc)
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
+
+
+def _set_status(grpc_context, exc: BaseException) -> None:
+    status = to_status(exc)
+    grpc_context.set_code(status.code)
+    grpc_context.set_details(status.details)
+    grpc_context.set_trailing_metadata(list(status.trailing_metadata))
 
 
 def _split(results: list, sizes: list[int]) -> list[list]:

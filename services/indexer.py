@@ -24,6 +24,8 @@ class IndexReport:
     created: int = 0
     existing: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # One line per recording indexed (duration, language, segments).
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -31,15 +33,20 @@ class IndexReport:
         rate = done / self.seconds if self.seconds else 0.0
         lines = [f"indexed {done} item(s): {self.created} new, {self.existing} already present; "
                  f"{len(self.failed)} failed; {self.seconds:.1f} s ({rate:.1f} items/s)"]
+        lines += [f"  {note}" for note in self.notes]
         lines += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return "\n".join(lines)
 
 
 def index_paths(client: LoupeClient, files: list[Path], texts: list[tuple[str, str]], *,
-                metadata: dict[str, Any], collection: str, batch_size: int) -> IndexReport:
+                metadata: dict[str, Any], collection: str, batch_size: int, audio: list[Path] = (),
+                language: str = "") -> IndexReport:
     report, start = IndexReport(), time.monotonic()
-    with tqdm(total=len(files) + len(texts), unit="item", file=sys.stderr, mininterval=1.0,
+    with tqdm(total=len(files) + len(texts) + len(audio), unit="item", file=sys.stderr, mininterval=1.0,
               disable=None) as bar:
+        for path in audio:
+            _send_audio(client, path, report, metadata=metadata, collection=collection, language=language)
+            bar.update(1)
         for batch in _image_batches(files, batch_size, report, bar):
             items = [ImageInput(data, source=str(path), metadata=metadata) for path, data in batch]
             _send(lambda xs: client.index_images(xs, collection=collection), items,
@@ -99,6 +106,31 @@ def _send(call, items: list, names: list[str], report: IndexReport) -> None:
                 report.existing += 1
         return
     report.failed += [(n, "gave up after retries") for n in names]
+
+
+def _send_audio(client: LoupeClient, path: Path, report: IndexReport, **kwargs) -> None:
+    """One recording per call (the server transcribes it); retried when the server is busy."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        report.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
+        return
+    for attempt in range(RETRIES):
+        try:
+            result = client.index_audio(data, source=str(path), **kwargs)
+        except LoupeCallError as exc:
+            busy = exc.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+            if busy and attempt < RETRIES - 1:
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            report.failed.append((str(path), f"{exc.code.name}: {exc.reason}"))
+            return
+        if result.created:
+            report.created += 1
+        else:
+            report.existing += 1
+        report.notes.append(f"{path}: {result.duration_s:.1f} s, {result.language}, {result.segment_count} segment(s)")
+        return
 
 
 def _bad_items(exc: LoupeCallError, n: int) -> dict[int, str]:

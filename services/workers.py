@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from encoders.chunking import Chunk, TimedText, TimedWord, chunk_transcript
 from encoders.clip import ClipEncoder, TextEmbedding
 from encoders.errors import InvalidInput
+from encoders.transcribe import TranscriptInfo
 from encoders.media import decode_image
 from indexing.types import CollectionSchema
 from services.config import LoupeSettings
@@ -73,6 +75,70 @@ class EncoderWorker:
 
     def encode_texts(self, texts: list[str]) -> TextEmbedding:
         return self.clip.encode_texts(texts)
+
+    def embed_transcript(self, segments: list[TimedText], overlap_tokens: int) -> "EmbeddedTranscript":
+        """Chunks that fit the CLIP context, their vectors, and one vector for the recording."""
+        max_tokens = self.clip.context_length - 2  # start and end tokens
+        chunks = chunk_transcript(segments, self.clip.count_tokens, max_tokens, overlap_tokens)
+        vectors = self.clip.encode_texts([c.text for c in chunks]).vectors
+        if len(chunks):
+            # The recording as a whole: the mean direction of its chunks.
+            whole = vectors.mean(axis=0)
+            whole /= max(float(np.linalg.norm(whole)), 1e-12)
+        else:
+            whole = self.clip.encode_texts([""]).vectors[0]
+        return EmbeddedTranscript(chunks, vectors, whole.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class EmbeddedTranscript:
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    recording_vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Transcript:
+    info: "TranscriptInfo"
+    segments: list
+    sha256: str
+
+
+class TranscriberWorker:
+    """Decodes and validates audio, then runs Whisper on it."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        from encoders.transcribe import create_transcriber
+
+        self.options = settings.transcribe_options()
+        self.transcriber = create_transcriber(settings.transcriber.backend, settings.transcriber.spec,
+                                              self.options).load()
+        self.limits = settings.limits.audio_limits()
+
+    def model_id(self) -> str:
+        return self.transcriber.model_id
+
+    def stream(self, data: bytes, language: str | None, word_timestamps: bool | None = None):
+        """(info, segment iterator): segments are decoded as the caller iterates."""
+        from dataclasses import replace
+
+        from encoders.audio import decode_audio
+
+        audio = decode_audio(data, self.limits)
+        options = replace(self.options, language=language or None,
+                          word_timestamps=self.options.word_timestamps if word_timestamps is None else word_timestamps)
+        info, segments = self.transcriber.transcribe(audio.samples, options)
+        return info, segments, audio.sha256
+
+    def transcribe(self, data: bytes, language: str | None) -> Transcript:
+        info, segments, sha256 = self.stream(data, language)
+        return Transcript(info, list(segments), sha256)
+
+
+def timed_texts(segments) -> list[TimedText]:
+    """Whisper segments -> the chunker's input."""
+    return [TimedText(s.start, s.end, s.text, tuple(TimedWord(w.start, w.end, w.text) for w in s.words))
+            for s in segments]
 
 
 class Optimizer:
@@ -173,13 +239,23 @@ class IndexWorker:
         self.optimizer.wrote(name, sum(created for _, created in stored))
         return stored
 
-    def search(self, name: str, schema: CollectionSchema, vector: np.ndarray, *, limit: int, offset: int,
+    def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
+        """Store a recording and its segment chunks, replacing segments of an earlier version."""
+        self.index.ensure_collection(name, schema)
+        [(public_id, created)] = self.index.upsert(name, [recording], schema)
+        self.index.delete_children(name, public_id)
+        self.index.upsert(name, segments, schema)
+        self.optimizer.wrote(name, len(segments) + created)
+        return public_id, created
+
+    def search(self, name: str, schema: CollectionSchema, vector: np.ndarray | None, *, limit: int, offset: int,
                modalities: tuple, conditions: tuple, score_threshold: float | None,
-               exclude_ids: tuple[str, ...] = ()) -> list[tuple[dict, float]]:
+               exclude_ids: tuple[str, ...] = (), mode: str = "dense", keyword_query=None) -> list[tuple[dict, float]]:
         self.index.require_collection(name, schema)
         flt = self.index.resolve_filter(name, conditions) if conditions else None
         return self.index.search(name, vector, limit=limit, offset=offset, modalities=modalities, filter=flt,
-                                 score_threshold=score_threshold, exclude_ids=exclude_ids)
+                                 score_threshold=score_threshold, exclude_ids=exclude_ids, mode=mode,
+                                 keyword_query=keyword_query)
 
     def vector_of(self, name: str, schema: CollectionSchema, public_id: str) -> tuple[dict, np.ndarray]:
         self.index.require_collection(name, schema)

@@ -13,11 +13,18 @@ def test_where_expressions():
         "colour": "red", "size": ["s", "m"], "price": {"gte": 2.0, "lt": 10.0}, "n": 3, "sale": True}
 
 
-def test_image_files_walks_folders(tmp_path):
+def test_media_files_walks_folders(tmp_path):
     (tmp_path / "a").mkdir()
-    for name in ("a/x.JPG", "a/y.png", "a/notes.txt", "z.webp"):
+    for name in ("a/x.JPG", "a/y.png", "a/notes.txt", "z.webp", "a/call.MP3", "memo.flac"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in cli._image_files([tmp_path])] == ["x.JPG", "y.png", "z.webp"]
+    images, audio = cli._media_files([tmp_path])
+    assert [p.name for p in images] == ["x.JPG", "y.png", "z.webp"]
+    assert [p.name for p in audio] == ["call.MP3", "memo.flac"]
+    assert cli._media_files([tmp_path / "a" / "notes.txt"]) == ([tmp_path / "a" / "notes.txt"], [])
+
+
+def test_clock():
+    assert (cli.clock(83.9), cli.clock(3723)) == ("01:23", "1:02:03")
 
 
 def test_serve_config_overrides(tmp_path):
