@@ -9,6 +9,11 @@ Layout of the data folder:
 A collection exists once its collection.json exists; the shard is created first, so a crash
 in between leaves a shard without a sidecar, which the next create replaces.
 
+Keyword vectors: a collection created with `schema.keyword_vector` has a sparse vector of
+that name with the IDF modifier. A shard's vectors are fixed once created (loading it with
+a sparse vector it lacks fails: "config is incompatible with existing segments"), so older
+collections stay dense-only; their sidecar has no "keyword_vector".
+
 Durability: the shard's WAL is on (the default), so every `update()` survives a crash and is
 replayed by `EdgeShard.load`; `close()` also flushes segments so reopening is fast.
 
@@ -30,13 +35,16 @@ import numpy as np
 import qdrant_edge as qe
 
 from encoders.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
+from encoders.keywords import SparseVector
 from indexing.types import (
     INDEXED_KEYWORD_FIELDS,
+    RRF_K,
     CollectionSchema,
     Condition,
     Filter,
     Point,
     ScoredPoint,
+    keywords_unavailable,
 )
 
 _SIDECAR = "collection.json"
@@ -87,7 +95,7 @@ class EdgeStore:
         with self._mu:
             self._check_open()
             sidecar = self._sidecar(name)
-        return None if sidecar is None else CollectionSchema(**sidecar["schema"])
+        return None if sidecar is None else _schema_from_json(sidecar["schema"])
 
     def list_collections(self) -> list[str]:
         with self._mu:
@@ -119,21 +127,29 @@ class EdgeStore:
     # -- points ----------------------------------------------------------------------------
 
     def upsert(self, name: str, points: list[Point]) -> None:
-        shard, vector_name = self._shard(name), self._vector_name(name)
-        edge_points = [qe.Point(p.point_id, {vector_name: _as_list(p.vector)}, p.payload) for p in points]
+        shard, schema = self._shard(name), self._schema(name)
+        edge_points = []
+        for p in points:
+            vectors: dict[str, Any] = {schema.vector_name: _as_list(p.vector)}
+            if schema.keyword_vector and p.keywords:
+                # Empty sparse vectors are left out: stored, they would count in IDF statistics.
+                vectors[schema.keyword_vector] = _as_sparse(p.keywords)
+            edge_points.append(qe.Point(p.point_id, vectors, p.payload))
         with self._errors("write to", name):
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
 
     def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool = False) -> list[Point]:
-        shard, vector_name = self._shard(name), self._vector_name(name)
+        shard, schema = self._shard(name), self._schema(name)
+        names = [n for n in (schema.vector_name, schema.keyword_vector) if n]
         with self._errors("read from", name):
             # The stub marks with_payload/with_vector optional; the binary requires both.
-            records = shard.retrieve(list(point_ids), True, [vector_name] if with_vectors else False)
+            records = shard.retrieve(list(point_ids), True, names if with_vectors else False)
         return [
             Point(
                 point_id=str(r.id),
-                vector=_vector_of(r.vector, vector_name) if with_vectors else None,
+                vector=_vector_of(r.vector, schema.vector_name) if with_vectors else None,
                 payload=dict(r.payload or {}),
+                keywords=_sparse_of(r.vector, schema.keyword_vector) if with_vectors else None,
             )
             for r in records
         ]
@@ -160,7 +176,73 @@ class EdgeStore:
         )
         with self._errors("search", name):
             hits = shard.search(request)
-        return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in hits]
+        return _scored(hits)
+
+    def search_keywords(
+        self,
+        name: str,
+        query: SparseVector,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[ScoredPoint]:
+        shard, keyword_vector = self._shard(name), self._keyword_vector(name)
+        request = qe.SearchRequest(
+            query=qe.Query.Nearest(_as_sparse(query), using=keyword_vector),
+            limit=limit,
+            offset=offset,
+            filter=to_edge_filter(filter),
+            with_payload=True,
+            with_vector=False,
+            score_threshold=score_threshold,
+        )
+        with self._errors("search", name):
+            hits = shard.search(request)
+        return _scored(hits)
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        query: SparseVector,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        dense_threshold: float | None = None,
+        candidates: int,
+        rrf_k: int = RRF_K,
+    ) -> list[ScoredPoint]:
+        shard, keyword_vector, vector_name = self._shard(name), self._keyword_vector(name), self._vector_name(name)
+        edge_filter = to_edge_filter(filter)
+        # The filter goes on every stage: each ranking is cut to `candidates` after filtering,
+        # so a selective filter still gets full candidate lists.
+        request = qe.QueryRequest(
+            limit=limit,
+            offset=offset,
+            query=qe.Fusion.Rrf(k=rrf_k),
+            prefetches=[
+                qe.Prefetch(
+                    limit=candidates,
+                    query=qe.Query.Nearest(_as_list(vector), using=vector_name),
+                    filter=edge_filter,
+                    score_threshold=dense_threshold,
+                ),
+                qe.Prefetch(
+                    limit=candidates,
+                    query=qe.Query.Nearest(_as_sparse(query), using=keyword_vector),
+                    filter=edge_filter,
+                ),
+            ],
+            filter=edge_filter,
+            with_payload=True,
+            with_vector=False,
+        )
+        with self._errors("search", name):
+            hits = shard.query(request)
+        return _scored(hits)
 
     def delete(self, name: str, point_ids: list[str]) -> None:
         shard = self._shard(name)
@@ -234,9 +316,18 @@ class EdgeStore:
             raise NotFound(f"collection {name!r} does not exist in {self._root}", field="collection")
         return sidecar
 
-    def _vector_name(self, name: str) -> str:
+    def _schema(self, name: str) -> CollectionSchema:
         with self._mu:
-            return self._require_sidecar(name)["schema"]["vector_name"]
+            return _schema_from_json(self._require_sidecar(name)["schema"])
+
+    def _vector_name(self, name: str) -> str:
+        return self._schema(name).vector_name
+
+    def _keyword_vector(self, name: str) -> str:
+        keyword_vector = self._schema(name).keyword_vector
+        if not keyword_vector:
+            raise keywords_unavailable(name)
+        return keyword_vector
 
     def _shard(self, name: str) -> qe.EdgeShard:
         with self._mu:
@@ -245,6 +336,11 @@ class EdgeStore:
             if shard is None:
                 with self._errors("open", name):
                     shard = qe.EdgeShard.load(os.path.join(self._dir(name), _SHARD))
+                    try:
+                        _ensure_field_indexes(shard)  # shards made before a field was indexed
+                    except BaseException:
+                        shard.close()
+                        raise
                 self._shards[name] = shard
             return shard
 
@@ -306,17 +402,41 @@ def _is_int(v: Any) -> bool:
 
 def _new_shard(shard_dir: str, schema: CollectionSchema) -> qe.EdgeShard:
     vectors = {schema.vector_name: qe.EdgeVectorParams(size=schema.dim, distance=qe.Distance.Cosine)}
-    shard = qe.EdgeShard.create(shard_dir, qe.EdgeConfig(vectors=vectors))
+    sparse = (
+        {schema.keyword_vector: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if schema.keyword_vector else None
+    )
+    shard = qe.EdgeShard.create(shard_dir, qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse))
     try:
         # Indexes on an empty shard cost nothing to build and keep filtered search and id
         # lookups fast as the collection grows.
-        for field in INDEXED_KEYWORD_FIELDS:
-            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+        _ensure_field_indexes(shard)
         shard.flush()
     except BaseException:
         shard.close()
         raise
     return shard
+
+
+def _ensure_field_indexes(shard: qe.EdgeShard) -> None:
+    existing = set(shard.info().payload_schema)
+    for field in INDEXED_KEYWORD_FIELDS:
+        if field not in existing:
+            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+
+
+def _scored(hits: Any) -> list[ScoredPoint]:
+    return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in hits]
+
+
+def _as_sparse(keywords: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector([int(i) for i in keywords.indices], [float(v) for v in keywords.values])
+
+
+def _sparse_of(vectors: Any, keyword_vector: str | None) -> SparseVector | None:
+    if not keyword_vector or not vectors or keyword_vector not in vectors:
+        return None
+    stored = vectors[keyword_vector]
+    return SparseVector(list(stored.indices), [float(v) for v in stored.values])
 
 
 def _as_list(vector: np.ndarray) -> list[float]:
@@ -335,7 +455,19 @@ def _schema_to_json(schema: CollectionSchema) -> dict[str, Any]:
         "dim": schema.dim,
         "model_id": schema.model_id,
         "model_version": schema.model_version,
+        "keyword_vector": schema.keyword_vector,
     }
+
+
+def _schema_from_json(data: dict[str, Any]) -> CollectionSchema:
+    return CollectionSchema(
+        vector_name=data["vector_name"],
+        dim=data["dim"],
+        model_id=data["model_id"],
+        model_version=data["model_version"],
+        # Absent from sidecars written before keyword vectors existed: those shards have none.
+        keyword_vector=data.get("keyword_vector"),
+    )
 
 
 def _write_json_atomic(path: str, data: dict[str, Any]) -> None:

@@ -2,7 +2,11 @@
 
 Payload of every point (both backends):
     id, modality, sha256, sources[], meta{}, model_id, model_version, created_at, updated_at,
-    plus text (text items) and width/height (images).
+    plus, each only when the item sets it: text (text items, OCR text, transcripts),
+    width/height (images), parent_id (a segment's recording), start_s/end_s (a segment's
+    span in seconds), language (of the text, e.g. "en"), duration_s (a recording's length).
+
+The keyword (sparse) vector is stored as a vector, not in the payload.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from encoders.errors import InvalidInput
+from encoders.keywords import SparseVector
 from indexing.types import CollectionSchema, Modality
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -23,6 +28,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _MAX_ID_LEN = 512
 _INT64 = (-(2**63), 2**63 - 1)
+_UINT32_MAX = 2**32 - 1
+# BCP 47-like: "en", "pt-BR", "zh-Hant", "yue"; Whisper's codes fit.
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,4}$")
 
 
 @dataclass
@@ -38,6 +46,19 @@ class NewItem:
     text: str | None = None
     width: int | None = None
     height: int | None = None
+    # Keyword vector of the item's text (`encoders.keywords.keyword_vector`): captions, OCR
+    # text, transcripts. None or empty: the item is not found by keyword search.
+    keywords: SparseVector | None = None
+    # Public id of the item this one is part of (a transcript segment's recording); deleting
+    # the parent deletes it too.
+    parent_id: str | None = None
+    # Span of a segment within its recording, in seconds.
+    start_s: float | None = None
+    end_s: float | None = None
+    # Language of the text, e.g. "en" (as a transcriber reports it).
+    language: str | None = None
+    # Length of a recording, in seconds.
+    duration_s: float | None = None
 
 
 def check_item(item: NewItem, index: int, schema: CollectionSchema) -> list[InvalidInput]:
@@ -61,6 +82,34 @@ def check_item(item: NewItem, index: int, schema: CollectionSchema) -> list[Inva
         value = getattr(item, name)
         if value is not None and not (_is_int(value) and value > 0):
             problems.append(InvalidInput(f"{name} must be a positive integer", field=f"{at}.{name}"))
+    if item.keywords is not None:
+        problems += _check_keywords(item.keywords, f"{at}.keywords")
+    if item.parent_id is not None and not (
+        isinstance(item.parent_id, str) and 0 < len(item.parent_id) <= _MAX_ID_LEN and item.parent_id.isprintable()
+    ):
+        problems.append(
+            InvalidInput(
+                f"parent_id must be 1-{_MAX_ID_LEN} printable characters, or left out", field=f"{at}.parent_id"
+            )
+        )
+    for name in ("start_s", "end_s", "duration_s"):
+        value = getattr(item, name)
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
+            problems.append(InvalidInput(f"{name} must be a finite number of seconds >= 0", field=f"{at}.{name}"))
+    if (
+        _is_number(item.start_s)
+        and _is_number(item.end_s)
+        and math.isfinite(item.start_s)
+        and math.isfinite(item.end_s)
+        and item.end_s < item.start_s
+    ):
+        problems.append(InvalidInput(f"end_s ({item.end_s}) is before start_s ({item.start_s})", field=f"{at}.end_s"))
+    if item.language is not None and not (isinstance(item.language, str) and _LANGUAGE.match(item.language)):
+        problems.append(
+            InvalidInput(
+                f"language {item.language!r} must be a language code such as 'en' or 'pt-BR'", field=f"{at}.language"
+            )
+        )
     if not isinstance(item.metadata, dict):
         problems.append(InvalidInput("metadata must be a map", field=f"{at}.metadata"))
     else:
@@ -75,6 +124,21 @@ def _check_vector(vector: Any, dim: int, at: str) -> list[InvalidInput]:
         return [InvalidInput(f"vector must have shape ({dim},), got {shape}", field=at)]
     if not np.all(np.isfinite(vector)):
         return [InvalidInput("vector has NaN or infinite values", field=at)]
+    return []
+
+
+def _check_keywords(keywords: Any, at: str) -> list[InvalidInput]:
+    if not isinstance(keywords, SparseVector):
+        return [InvalidInput("keywords must be a SparseVector (encoders.keywords.keyword_vector)", field=at)]
+    indices, values = keywords.indices, keywords.values
+    if len(indices) != len(values):
+        return [InvalidInput(f"keywords have {len(indices)} indices but {len(values)} values", field=at)]
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i <= _UINT32_MAX for i in indices):
+        return [InvalidInput("keyword indices must be integers in 0..2^32-1", field=at)]
+    if len(set(indices)) != len(indices):
+        return [InvalidInput("keyword indices must be unique", field=at)]
+    if not all(_is_number(v) and math.isfinite(v) for v in values):
+        return [InvalidInput("keyword values must be finite numbers", field=at)]
     return []
 
 
@@ -150,8 +214,22 @@ def build_payload(
         payload["width"] = int(item.width)
     if item.height is not None:
         payload["height"] = int(item.height)
+    if item.parent_id is not None:
+        payload["parent_id"] = item.parent_id
+    for name in ("start_s", "end_s", "duration_s"):
+        value = getattr(item, name)
+        if value is not None:
+            # Always a float: filters on these fields compare as numbers either way, and one
+            # type per field keeps the field's recorded type stable.
+            payload[name] = float(value)
+    if item.language is not None:
+        payload["language"] = item.language
     return payload
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))

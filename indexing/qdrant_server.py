@@ -8,6 +8,12 @@ collection carries what it was built with wherever it is copied or snapshotted:
 Info keys are separate top-level entries because the server merges metadata updates per
 top-level key: two replicas recording different fields at once then cannot overwrite each
 other.
+
+Keyword vectors: collections are created with a sparse vector `schema.keyword_vector`
+("keywords") with `Modifier.IDF`; whether a collection has one is read from its vector
+config, not from the metadata, so collections created before keyword search report
+`keyword_vector=None`. Hybrid search is one `query_points` call: two prefetches fused by
+`RrfQuery` (server >= 1.16; local mode implements the same formula).
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from encoders.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
+from encoders.keywords import SparseVector
 from indexing.types import (
     INDEXED_KEYWORD_FIELDS,
+    KEYWORD_VECTOR,
+    RRF_K,
     CollectionSchema,
     Condition,
     Filter,
     Point,
     ScoredPoint,
+    keywords_unavailable,
 )
 
 _SCHEMA_KEY = "loupe_schema"
@@ -62,7 +72,7 @@ class QdrantStore:
         except Exception as e:  # e.g. local folder already held by another client
             raise StoreUnavailable(f"cannot open Qdrant at {self._where}: {e}") from e
         # Vector names never change for a collection; caching saves a round trip per call.
-        self._vector_names: dict[str, str] = {}
+        self._schemas: dict[str, CollectionSchema] = {}
 
     # -- collections -----------------------------------------------------------------------
 
@@ -76,6 +86,11 @@ class QdrantStore:
                     vectors_config={
                         schema.vector_name: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE)
                     },
+                    sparse_vectors_config=(
+                        {schema.keyword_vector: models.SparseVectorParams(modifier=models.Modifier.IDF)}
+                        if schema.keyword_vector
+                        else None
+                    ),
                     metadata={_SCHEMA_KEY: _schema_to_json(schema)},
                 )
             except (UnexpectedResponse, ValueError):
@@ -83,10 +98,7 @@ class QdrantStore:
                     return  # created concurrently by another replica; caller compares schemas
                 raise
             if not self._local:
-                for field in INDEXED_KEYWORD_FIELDS:
-                    self._client.create_payload_index(
-                        name, field, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
-                    )
+                self._ensure_field_indexes(name, set())
             metadata = self._client.get_collection(name).config.metadata or {}
         if _SCHEMA_KEY not in metadata:
             # A server without collection metadata (older than 1.16) silently drops it; every
@@ -103,8 +115,15 @@ class QdrantStore:
                 return None
             config = self._client.get_collection(name).config
         stored = (config.metadata or {}).get(_SCHEMA_KEY)
+        sparse = config.params.sparse_vectors or {}
         if stored:
-            return CollectionSchema(**stored)
+            return CollectionSchema(
+                vector_name=stored["vector_name"],
+                dim=stored["dim"],
+                model_id=stored["model_id"],
+                model_version=stored["model_version"],
+                keyword_vector=_keyword_vector_in(stored, sparse),
+            )
         # Not created by Loupe (or a server too old to keep metadata): describe what is
         # there with an unknown model, so Index reports a ModelMismatch instead of using it.
         vectors = config.params.vectors
@@ -115,7 +134,13 @@ class QdrantStore:
         else:
             vector_name, params = "", None
         dim = params.size if params else 0
-        return CollectionSchema(vector_name=vector_name, dim=dim, model_id="", model_version="")
+        return CollectionSchema(
+            vector_name=vector_name,
+            dim=dim,
+            model_id="",
+            model_version="",
+            keyword_vector=_keyword_vector_in({}, sparse),
+        )
 
     def list_collections(self) -> list[str]:
         with self._errors("list collections", ""):
@@ -136,25 +161,28 @@ class QdrantStore:
     # -- points ----------------------------------------------------------------------------
 
     def upsert(self, name: str, points: list[Point]) -> None:
-        vector_name = self._vector_name(name)
-        structs = [
-            models.PointStruct(id=p.point_id, vector={vector_name: _as_list(p.vector)}, payload=p.payload)
-            for p in points
-        ]
+        schema = self._schema(name)
+        structs = []
+        for p in points:
+            vectors: dict[str, Any] = {schema.vector_name: _as_list(p.vector)}
+            if schema.keyword_vector and p.keywords:
+                # Empty sparse vectors are left out: stored, they would count in IDF statistics.
+                vectors[schema.keyword_vector] = _as_sparse(p.keywords)
+            structs.append(models.PointStruct(id=p.point_id, vector=vectors, payload=p.payload))
         with self._errors("write to", name):
             self._client.upsert(name, points=structs, wait=True)
 
     def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool = False) -> list[Point]:
-        vector_name = self._vector_name(name) if with_vectors else None
+        schema = self._schema(name) if with_vectors else None
+        names = [n for n in (schema.vector_name, schema.keyword_vector) if n] if schema else []
         with self._errors("read from", name):
-            records = self._client.retrieve(
-                name, list(point_ids), with_payload=True, with_vectors=[vector_name] if vector_name else False
-            )
+            records = self._client.retrieve(name, list(point_ids), with_payload=True, with_vectors=names or False)
         return [
             Point(
                 point_id=str(r.id),
-                vector=_vector_of(r.vector, vector_name) if vector_name else None,
+                vector=_vector_of(r.vector, schema.vector_name) if schema else None,
                 payload=dict(r.payload or {}),
+                keywords=_sparse_of(r.vector, schema.keyword_vector) if schema else None,
             )
             for r in records
         ]
@@ -182,10 +210,71 @@ class QdrantStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return [
-            ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {}))
-            for h in response.points
-        ]
+        return _scored(response.points)
+
+    def search_keywords(
+        self,
+        name: str,
+        query: SparseVector,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[ScoredPoint]:
+        keyword_vector = self._keyword_vector(name)
+        with self._errors("search", name):
+            response = self._client.query_points(
+                name,
+                query=_as_sparse(query),
+                using=keyword_vector,
+                limit=limit,
+                offset=offset or None,
+                query_filter=to_qdrant_filter(filter),
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return _scored(response.points)
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        query: SparseVector,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        dense_threshold: float | None = None,
+        candidates: int,
+        rrf_k: int = RRF_K,
+    ) -> list[ScoredPoint]:
+        keyword_vector, vector_name = self._keyword_vector(name), self._vector_name(name)
+        qfilter = to_qdrant_filter(filter)
+        with self._errors("search", name):
+            # The server propagates the top-level filter into the prefetches; it is set on
+            # them too so the request means the same to anything that does not.
+            response = self._client.query_points(
+                name,
+                prefetch=[
+                    models.Prefetch(
+                        query=_as_list(vector),
+                        using=vector_name,
+                        limit=candidates,
+                        filter=qfilter,
+                        score_threshold=dense_threshold,
+                    ),
+                    models.Prefetch(query=_as_sparse(query), using=keyword_vector, limit=candidates, filter=qfilter),
+                ],
+                query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
+                limit=limit,
+                offset=offset or None,
+                query_filter=qfilter,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return _scored(response.points)
 
     def delete(self, name: str, point_ids: list[str]) -> None:
         with self._errors("delete from", name):
@@ -211,13 +300,31 @@ class QdrantStore:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _vector_name(self, name: str) -> str:
-        if name not in self._vector_names:
+    def _schema(self, name: str) -> CollectionSchema:
+        if name not in self._schemas:
             schema = self.get_schema(name)
             if schema is None:
                 raise NotFound(f"collection {name!r} does not exist in Qdrant at {self._where}", field="collection")
-            self._vector_names[name] = schema.vector_name
-        return self._vector_names[name]
+            if not self._local:
+                # Collections created before a field was indexed get the index on first use.
+                with self._errors("index fields of", name):
+                    self._ensure_field_indexes(name, set(self._client.get_collection(name).payload_schema or {}))
+            self._schemas[name] = schema
+        return self._schemas[name]
+
+    def _vector_name(self, name: str) -> str:
+        return self._schema(name).vector_name
+
+    def _keyword_vector(self, name: str) -> str:
+        keyword_vector = self._schema(name).keyword_vector
+        if not keyword_vector:
+            raise keywords_unavailable(name)
+        return keyword_vector
+
+    def _ensure_field_indexes(self, name: str, existing: set[str]) -> None:
+        for field in INDEXED_KEYWORD_FIELDS:
+            if field not in existing:
+                self._client.create_payload_index(name, field, field_schema=models.PayloadSchemaType.KEYWORD, wait=True)
 
     @contextmanager
     def _errors(self, action: str, name: str) -> Iterator[None]:
@@ -285,6 +392,21 @@ def _as_list(vector: np.ndarray) -> list[float]:
     return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
 
 
+def _as_sparse(keywords: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=[int(i) for i in keywords.indices], values=[float(v) for v in keywords.values])
+
+
+def _sparse_of(vectors: Any, keyword_vector: str | None) -> SparseVector | None:
+    if not keyword_vector or not isinstance(vectors, dict) or keyword_vector not in vectors:
+        return None
+    stored = vectors[keyword_vector]
+    return SparseVector(list(stored.indices), [float(v) for v in stored.values])
+
+
+def _scored(points: Any) -> list[ScoredPoint]:
+    return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in points]
+
+
 def _vector_of(vectors: Any, vector_name: str) -> np.ndarray | None:
     if not isinstance(vectors, dict) or vector_name not in vectors:
         return None
@@ -297,7 +419,14 @@ def _schema_to_json(schema: CollectionSchema) -> dict[str, Any]:
         "dim": schema.dim,
         "model_id": schema.model_id,
         "model_version": schema.model_version,
+        "keyword_vector": schema.keyword_vector,
     }
+
+
+def _keyword_vector_in(stored: dict[str, Any], sparse_vectors: dict[str, Any]) -> str | None:
+    """The collection's keyword vector if its config really has it (older collections do not)."""
+    wanted = stored.get("keyword_vector") or KEYWORD_VECTOR
+    return wanted if wanted in sparse_vectors else None
 
 
 def _response_detail(e: UnexpectedResponse) -> str:

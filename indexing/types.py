@@ -12,6 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from encoders.errors import ModelMismatch
+from encoders.keywords import SparseVector
+
 Scalar = str | int | float | bool
 
 
@@ -19,6 +22,38 @@ class Modality(str, Enum):
     IMAGE = "image"
     TEXT = "text"
     AUDIO_SEGMENT = "audio_segment"
+    # A whole recording: full transcript in "text", "duration_s"; its segments point at it
+    # with "parent_id".
+    AUDIO = "audio"
+
+
+class SearchMode(str, Enum):
+    """How `Index.search` ranks: CLIP vector, keyword (sparse) vector, or both fused (RRF)."""
+
+    DENSE = "dense"
+    KEYWORD = "keyword"
+    HYBRID = "hybrid"
+
+
+# Name of the sparse vector holding keyword weights (`encoders.keywords`), next to the dense one.
+KEYWORD_VECTOR = "keywords"
+
+
+class KeywordsUnavailable(ModelMismatch):
+    """Keyword or hybrid search on a collection created without a keyword vector.
+
+    A ModelMismatch (FAILED_PRECONDITION): the collection was built without the keyword
+    encoder, and only re-indexing its content into a new collection adds it.
+    """
+
+
+def keywords_unavailable(name: str) -> KeywordsUnavailable:
+    return KeywordsUnavailable(
+        f"collection {name!r} was created without a keyword vector (before keyword search existed), "
+        "so it cannot be searched by keywords; search it with mode 'dense', or re-index its content "
+        "into a new collection to make keyword and hybrid search available",
+        field="mode",
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +107,10 @@ class CollectionSchema:
     model_id: str
     # Hash or tag that changes whenever the weights change.
     model_version: str
+    # Name of the sparse keyword vector, or None for a collection created without one
+    # (before keyword search existed): keyword and hybrid search are then unavailable and
+    # keywords given to upsert are not stored. Not part of the model check.
+    keyword_vector: str | None = KEYWORD_VECTOR
 
 
 @dataclass
@@ -81,6 +120,8 @@ class Point:
     point_id: str
     vector: np.ndarray | None
     payload: dict[str, Any] = field(default_factory=dict)
+    # Keyword (sparse) vector; None or empty for none. Read back only with `with_vectors`.
+    keywords: SparseVector | None = None
 
 
 @dataclass(frozen=True)
@@ -92,11 +133,17 @@ class ScoredPoint:
 
 # Built-in payload fields holding keywords; both backends index them so filtered search,
 # id lookups and source filters stay fast on large collections.
-INDEXED_KEYWORD_FIELDS = ("id", "modality", "sha256", "sources")
+INDEXED_KEYWORD_FIELDS = ("id", "modality", "sha256", "sources", "parent_id", "language")
+
+# Reciprocal rank fusion of hybrid search: score = sum over the two rankings of
+# 1 / (RRF_K + rank), rank counted from 0 (Qdrant's formula). 60 is the constant of the
+# original RRF paper: an item found by both rankings outranks one found by only one.
+RRF_K = 60
 
 
 class VectorStore(Protocol):
-    """A thin backend: collections of points with one named dense vector and a payload.
+    """A thin backend: collections of points with one named dense vector, an optional named
+    sparse keyword vector (IDF applied by the store) and a payload.
 
     Everything Loupe-specific (ids, source merging, schema checks) lives in
     `indexing.index.Index`, above this protocol, so both backends behave the same.
@@ -136,7 +183,37 @@ class VectorStore(Protocol):
         offset: int = 0,
         filter: Filter | None = None,
         score_threshold: float | None = None,
-    ) -> list[ScoredPoint]: ...
+    ) -> list[ScoredPoint]:
+        """Nearest by the dense vector (cosine), best first."""
+
+    def search_keywords(
+        self,
+        name: str,
+        query: SparseVector,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[ScoredPoint]:
+        """Points sharing a term with `query`, by sum of query x stored value x IDF. The
+        collection must have `schema.keyword_vector`."""
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        query: SparseVector,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: Filter | None = None,
+        dense_threshold: float | None = None,
+        candidates: int,
+        rrf_k: int = RRF_K,
+    ) -> list[ScoredPoint]:
+        """RRF of the top `candidates` by dense vector (those scoring >= dense_threshold)
+        and the top `candidates` by keywords, both filtered; scores are RRF scores."""
 
     def delete(self, name: str, point_ids: list[str]) -> None: ...
 

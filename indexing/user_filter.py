@@ -25,6 +25,12 @@ BUILTIN_FIELDS: dict[str, tuple[str, frozenset[str]]] = {
     "height": ("height", frozenset({"int"})),
     "created_at": ("created_at", frozenset({"float"})),
     "updated_at": ("updated_at", frozenset({"float"})),
+    # Audio: a segment's recording, its span, a recording's length, the text's language.
+    "parent_id": ("parent_id", frozenset({"str"})),
+    "language": ("language", frozenset({"str"})),
+    "start_s": ("start_s", frozenset({"float"})),
+    "end_s": ("end_s", frozenset({"float"})),
+    "duration_s": ("duration_s", frozenset({"float"})),
 }
 _NUMERIC = frozenset({"int", "float"})
 

@@ -207,7 +207,8 @@ class LoupeApi:
             raise InvalidInput(f"offset {o.offset} + limit {limit} must stay within 0..{self.limits.max_window}; "
                                "narrow the query with a filter instead of paging deeper", field="options.offset")
         threshold = o.score_threshold if o.HasField("score_threshold") else None
-        if threshold is not None and not -1.0 <= threshold <= 1.0:
+        # Keyword mode thresholds a BM25 score (unbounded); the others a cosine.
+        if threshold is not None and o.mode != search_pb2.SEARCH_MODE_KEYWORD and not -1.0 <= threshold <= 1.0:
             raise InvalidInput(f"score_threshold {threshold} is outside -1..1 (cosine similarity)",
                                field="options.score_threshold")
         return {"name": convert.collection_name(o.collection, "options.collection"), "limit": limit,

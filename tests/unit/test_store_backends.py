@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 from qdrant_client import models
 
 from encoders.errors import ModelMismatch, NotFound, StoreUnavailable
+from encoders.keywords import keyword_vector, query_vector
 from indexing import open_store
 from indexing.edge import EdgeStore
 from indexing.index import Index, NewItem
 from indexing.qdrant_server import QdrantStore
-from indexing.types import INDEXED_KEYWORD_FIELDS, CollectionSchema, Modality
+from indexing.types import INDEXED_KEYWORD_FIELDS, CollectionSchema, KeywordsUnavailable, Modality
 
 SCHEMA = CollectionSchema(vector_name="clip", dim=4, model_id="m", model_version="1")
 
@@ -125,3 +128,75 @@ def test_qdrant_memory_mode_runs_the_basics():
     with pytest.raises(NotFound):
         index.get("c", "i3")
     index.close()
+
+
+# -- keyword vectors and collections from before them ----------------------------------------
+
+OLD_INDEXED = ("id", "modality", "sha256", "sources")
+
+
+def _keyword_item(n: int, text: str) -> NewItem:
+    item = _item(n)
+    item.text, item.keywords = text, keyword_vector(text)
+    return item
+
+
+def test_edge_collection_from_before_keywords_still_works(tmp_path):
+    # What an older Loupe wrote: dense-only shard, four indexes, sidecar without keyword_vector.
+    folder = tmp_path / "c"
+    shard = qe.EdgeShard.create(
+        str(folder / "shard"), qe.EdgeConfig(vectors={"clip": qe.EdgeVectorParams(size=4, distance=qe.Distance.Cosine)})
+    )
+    for field in OLD_INDEXED:
+        shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+    shard.close()
+    sidecar = {"format": 1, "info": {}, "schema": {"vector_name": "clip", "dim": 4, "model_id": "m", "model_version": "1"}}
+    (folder / "collection.json").write_text(json.dumps(sidecar))
+
+    store = EdgeStore(str(tmp_path))
+    index = Index(store)
+    assert index.schema("c") == CollectionSchema("clip", 4, "m", "1", keyword_vector=None)
+    index.require_collection("c", SCHEMA)  # the service's schema (with keywords) still fits
+    index.upsert("c", [_keyword_item(1, "error 0x80070005")], SCHEMA)  # keywords are dropped, not refused
+    assert [p["id"] for p, _ in index.search("c", np.array([0, 1, 0, 0], np.float32), limit=1)] == ["i1"]
+    with pytest.raises(KeywordsUnavailable):
+        index.search("c", None, limit=1, mode="keyword", keyword_query=query_vector("0x80070005"))
+    # Opening the shard added the payload indexes it lacked.
+    assert set(INDEXED_KEYWORD_FIELDS) <= set(store._shard("c").info().payload_schema)
+    index.close()
+
+
+def test_qdrant_collection_from_before_keywords_still_works():
+    store = QdrantStore(location=":memory:")
+    store._client.create_collection(
+        "c",
+        vectors_config={"clip": models.VectorParams(size=4, distance=models.Distance.COSINE)},
+        metadata={"loupe_schema": {"vector_name": "clip", "dim": 4, "model_id": "m", "model_version": "1"}},
+    )
+    index = Index(store)
+    assert index.schema("c").keyword_vector is None
+    index.upsert("c", [_keyword_item(1, "error 0x80070005")], SCHEMA)
+    assert index.count("c") == 1
+    with pytest.raises(KeywordsUnavailable):
+        index.search("c", np.ones(4, np.float32), limit=1, mode="hybrid", keyword_query=query_vector("error"))
+    index.close()
+
+
+def test_both_backends_apply_idf_in_the_store(tmp_path):
+    edge = EdgeStore(str(tmp_path / "e"))
+    edge.create_collection("c", SCHEMA)
+    config = json.loads((tmp_path / "e" / "c" / "shard" / "edge_config.json").read_text())
+    assert "idf" in json.dumps(config["sparse_vectors"]["keywords"]).lower()
+    server = QdrantStore(location=":memory:")
+    server.create_collection("c", SCHEMA)
+    sparse = server._client.get_collection("c").config.params.sparse_vectors
+    assert sparse["keywords"].modifier == models.Modifier.IDF
+    # A term in every document is worth less than a rare one, in both.
+    for store in (edge, server):
+        index = Index(store)
+        index.upsert("c", [_keyword_item(n, "common" if n else "common rare") for n in range(4)], SCHEMA)
+        (_, rare_and_common), *others = index.search(
+            "c", None, limit=10, mode="keyword", keyword_query=query_vector("common rare")
+        )
+        assert len(others) == 3 and all(score < rare_and_common / 2 for _, score in others)
+        index.close()

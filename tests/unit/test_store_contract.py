@@ -5,17 +5,19 @@ Vectors are tiny (dim 8) and hand-made so expected orderings are obvious.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
 from encoders.errors import InvalidInput, ModelMismatch, NotFound
+from encoders.keywords import SparseVector, keyword_vector, query_vector
 from indexing.edge import EdgeStore
-from indexing.ids import content_key
+from indexing.ids import content_key, point_id
 from indexing.index import Index, NewItem
 from indexing.qdrant_server import QdrantStore
-from indexing.types import CollectionSchema, Condition, Modality, Range
+from indexing.types import CollectionSchema, Condition, KeywordsUnavailable, Modality, Range
 
 DIM = 8
 SCHEMA = CollectionSchema(vector_name="clip", dim=DIM, model_id="bundled:tiny-clip", model_version="v1")
@@ -367,3 +369,336 @@ def test_persists_across_reopen(loaded: Index, reopen):
     index.upsert(COLL, [item(1, vec(1, 0), public_id="a", source="s9")], SCHEMA)
     assert index.count(COLL) == 5
     assert index.get(COLL, "a")["sources"] == ["s1", "s9"]
+
+
+# -- keywords, hybrid search, recordings ----------------------------------------------------
+#
+# A second shared store per backend: text items that look alike to CLIP (one dense direction
+# per group, tiny variations) but differ by an exact code, recordings with their segments,
+# images without text, and a collection created before keyword vectors existed.
+
+LEGACY = "legacy"
+DOCS = "docs"
+WINDOWS_CODES = ["0x80070005", "0x80070006", "0x80070015", "0x80070057", "0x80070002", "0x80070003",
+                 "0x8007000d", "0x80070020", "0x80070070", "0x80070422", "0x80070643", "0x80072efd"]
+
+
+def doc(num: int, public_id: str, text: str | None, vector: np.ndarray, /, *, modality=Modality.TEXT, **fields) -> NewItem:
+    meta = fields.pop("meta", {})
+    keywords = fields.pop("keywords", keyword_vector(text) if text else None)
+    return NewItem(
+        public_id=public_id,
+        sha256=sha(num),
+        modality=modality,
+        vector=vector,
+        metadata=meta,
+        text=text,
+        keywords=keywords,
+        **fields,
+    )
+
+
+def docs_items() -> list[NewItem]:
+    items = [
+        # Hybrid: "both" is near the query vector e0 *and* matches the keywords.
+        doc(100, "dense-only", "sunset over the harbour", vec(1, 0)),
+        doc(101, "both", "fan overheating, code QX-7731 on the display", vec(1, 0.3)),
+        doc(102, "kw-only", "service manual entry QX-7731", vec(0.05, 0, 0, 0, 0, 0, 0, 1)),
+        doc(103, "net", "Chrome shows ERR_CONNECTION_RESET on the login page", vec(0, 0, 0, 0, 0, 0, 1, 0.2)),
+        doc(104, "cam", "Nikon Z6 II camera firmware v2.3.1 release notes", vec(0, 0, 0, 0, 0, 0, 1, 0.4)),
+        doc(105, "img", None, vec(0, 0, 0, 0, 0, 0, 0.3, 1), modality=Modality.IMAGE, width=10, height=10),
+    ]
+    for i, code in enumerate(WINDOWS_CODES):  # near-identical to CLIP: one direction, tiny steps
+        items.append(
+            doc(200 + i, f"win-{code}", f"Windows Update failed with error {code}", vec(0, 0, 1, 0.01 * i),
+                meta={"os": "win11" if i % 2 else "win10"})
+        )
+    recordings = {
+        "rec-en": ("en", [(0.0, 4.0, "Welcome to the support call."),
+                          (4.0, 10.5, "The printer shows error E-42 after the firmware update."),
+                          (10.5, 13.0, "Please restart the printer.")]),
+        "rec-de": ("de", [(0.0, 5.0, "Der Drucker zeigt den Fehler E-42."),
+                          (5.0, 9.0, "Bitte den Drucker neu starten.")]),
+    }
+    n = 300
+    for r, (rec_id, (language, segments)) in enumerate(recordings.items()):
+        full = " ".join(text for _, _, text in segments)
+        items.append(doc(n, rec_id, full, vec(0, 0, 0, 0, 1, 0.1 * r), modality=Modality.AUDIO, language=language,
+                         duration_s=segments[-1][1]))
+        n += 1
+        for s, (start, end, text) in enumerate(segments):
+            items.append(doc(n, f"{rec_id}/{s}", text, vec(0, 0, 0, 0, 1, 0.1 * r, 0.05 * (s + 1)),
+                             modality=Modality.AUDIO_SEGMENT, parent_id=rec_id, start_s=start, end_s=end,
+                             language=language))
+            n += 1
+    return items
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def docs(request, tmp_path_factory) -> Index:
+    index = Index(BACKENDS[request.param](tmp_path_factory.mktemp("docs-" + request.param)), clock=Clock())
+    index.upsert(DOCS, docs_items(), SCHEMA)
+    index.upsert(LEGACY, [doc(1, "old", "error 0x80070005", vec(1))], DENSE_ONLY)
+    yield index
+    index.close()
+
+
+DENSE_ONLY = dataclasses.replace(SCHEMA, keyword_vector=None)
+
+
+def kw(index: Index, text: str, user_conditions=(), *, coll=DOCS, **kwargs) -> list[tuple[str, float]]:
+    f = index.resolve_filter(coll, list(user_conditions)) if user_conditions else None
+    hits = index.search(coll, None, limit=kwargs.pop("limit", 50), filter=f, mode="keyword",
+                        keyword_query=query_vector(text), **kwargs)
+    return [(payload["id"], score) for payload, score in hits]
+
+
+def kw_ids(index: Index, text: str, user_conditions=(), **kwargs) -> list[str]:
+    return [i for i, _ in kw(index, text, user_conditions, **kwargs)]
+
+
+def hybrid(index: Index, vector: np.ndarray, text: str, user_conditions=(), **kwargs) -> list[tuple[str, float]]:
+    f = index.resolve_filter(DOCS, list(user_conditions)) if user_conditions else None
+    hits = index.search(DOCS, vector, limit=kwargs.pop("limit", 50), filter=f, mode="hybrid",
+                        keyword_query=query_vector(text), **kwargs)
+    return [(payload["id"], score) for payload, score in hits]
+
+
+def test_keyword_search_finds_an_exact_code_among_lookalikes(docs: Index):
+    assert kw_ids(docs, "0x80070005") == ["win-0x80070005"]
+    assert kw_ids(docs, "80070005") == ["win-0x80070005"]  # hex digits alone
+    assert kw_ids(docs, "error 0x80070057")[0] == "win-0x80070057"
+    # CLIP alone cannot tell them apart: all lookalikes score about the same.
+    dense = docs.search(DOCS, vec(0, 0, 1), limit=len(WINDOWS_CODES))
+    assert {p["id"] for p, _ in dense} == {f"win-{c}" for c in WINDOWS_CODES}
+
+
+@pytest.mark.parametrize(
+    "query, expected_first",
+    [
+        ("ERR_CONNECTION_RESET", "net"),
+        ("connection reset", "net"),  # parts of a code find it
+        ("v2.3.1", "cam"),
+        ("Z6", "cam"),
+        ("QX-7731 overheating", "both"),
+        ("qx-7731 OVERHEATING", "both"),  # case-insensitive
+        ("QX-7731", "kw-only"),  # shorter text, higher BM25
+    ],
+)
+def test_keyword_search_codes_and_parts(docs: Index, query: str, expected_first: str):
+    assert kw_ids(docs, query)[0] == expected_first
+
+
+def test_keyword_search_scores_and_threshold(docs: Index):
+    hits = kw(docs, "windows update error 0x80070006")
+    assert hits[0][0] == "win-0x80070006"
+    # Any shared word makes a hit: the English printer recording and segment say "error" and "update".
+    assert {i for i, _ in hits} == {f"win-{c}" for c in WINDOWS_CODES} | {"rec-en", "rec-en/1"}
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True) and scores[-1] > 0
+    # The threshold is on the keyword (BM25) score.
+    between = (scores[0] + scores[1]) / 2
+    assert kw_ids(docs, "windows update error 0x80070006", score_threshold=between) == ["win-0x80070006"]
+
+
+def test_keyword_search_offset_and_exclude_ids(docs: Index):
+    everything = kw_ids(docs, "windows")
+    assert len(everything) == len(WINDOWS_CODES)
+    assert kw_ids(docs, "windows", limit=4) + kw_ids(docs, "windows", limit=4, offset=4) == everything[:8]
+    assert kw_ids(docs, "0x80070005 0x80070006", exclude_ids=["win-0x80070005"]) == ["win-0x80070006"]
+
+
+def test_items_without_text_are_not_keyword_hits(docs: Index):
+    assert "img" not in kw_ids(docs, "img")
+    assert kw_ids(docs, "zebra") == []
+
+
+def test_hybrid_ranks_an_item_matching_both_first(docs: Index):
+    hits = hybrid(docs, vec(1, 0), "QX-7731 overheating")
+    top = [i for i, _ in hits[:3]]
+    assert top[0] == "both"
+    assert set(top[1:]) == {"dense-only", "kw-only"}
+    # Scores are RRF scores: 1/(60 + rank) per ranking, summed.
+    assert hits[0][1] == pytest.approx(1 / 60 + 1 / 61, rel=1e-4)  # 2nd by CLIP, 1st by keywords
+    assert dict(hits)["dense-only"] == pytest.approx(1 / 60, rel=1e-4)  # 1st by CLIP, no keyword
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert len(hits) == len(docs_items())  # the dense ranking reaches every item
+
+
+def test_hybrid_threshold_applies_to_the_dense_ranking(docs: Index):
+    # cos(e0, (1, 0.3)) = 0.958; everything else but "dense-only" is below 0.9. Keyword
+    # matches enter regardless of their cosine ("kw-only" is at 0.05).
+    hits = hybrid(docs, vec(1, 0), "QX-7731", score_threshold=0.9)
+    assert {i for i, _ in hits} == {"dense-only", "both", "kw-only"}
+    assert hits[0][0] == "both"
+
+
+def test_hybrid_offset_pages(docs: Index):
+    full = [i for i, _ in hybrid(docs, vec(1, 0), "QX-7731 overheating", limit=6)]
+    page1 = [i for i, _ in hybrid(docs, vec(1, 0), "QX-7731 overheating", limit=3)]
+    page2 = [i for i, _ in hybrid(docs, vec(1, 0), "QX-7731 overheating", limit=3, offset=3)]
+    assert page1 + page2 == full
+
+
+GERMAN = [Condition(key="language", equals="de")]
+
+
+@pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
+def test_every_mode_filters_and_restricts_modalities(docs: Index, mode: str):
+    def run(conditions=(), **kwargs) -> list[str]:
+        f = docs.resolve_filter(DOCS, list(conditions)) if conditions else None
+        hits = docs.search(DOCS, vec(0, 0, 0, 0, 1), limit=50, filter=f, mode=mode,
+                           keyword_query=query_vector("printer Drucker E-42"), **kwargs)
+        return [p["id"] for p, _ in hits]
+
+    assert set(run(GERMAN)) == {"rec-de", "rec-de/0", "rec-de/1"}
+    assert set(run(GERMAN, modalities=(Modality.AUDIO_SEGMENT,))) == {"rec-de/0", "rec-de/1"}
+    assert set(run(modalities=(Modality.AUDIO,))) == {"rec-en", "rec-de"}
+    assert set(run([Condition(key="parent_id", equals="rec-en")])) == (
+        {"rec-en/1", "rec-en/2"} if mode == "keyword" else {"rec-en/0", "rec-en/1", "rec-en/2"}
+    )
+    assert set(run([Condition(key="start_s", range=Range(gte=4))], exclude_ids=["rec-de/1"])) == (
+        {"rec-en/1", "rec-en/2"}
+    )
+    assert run(modalities=(Modality.IMAGE,)) == ([] if mode == "keyword" else ["img"])
+
+
+def test_audio_payloads(docs: Index):
+    segment = docs.get(DOCS, "rec-en/1")
+    assert segment["modality"] == "audio_segment"
+    assert (segment["parent_id"], segment["start_s"], segment["end_s"], segment["language"]) == (
+        "rec-en", 4.0, 10.5, "en")
+    assert "duration_s" not in segment
+    recording = docs.get(DOCS, "rec-en")
+    assert (recording["modality"], recording["duration_s"], recording["language"]) == ("audio", 13.0, "en")
+    assert "parent_id" not in recording and "start_s" not in recording
+    assert "E-42" in recording["text"]
+    assert "parent_id" not in docs.get(DOCS, "net")
+    conditions = [Condition(key="duration_s", range=Range(gt=10)), Condition(key="language", any_of=("en", "fr"))]
+    assert docs.count(DOCS, docs.resolve_filter(DOCS, conditions)) == 1
+
+
+def test_unknown_mode_and_missing_queries(docs: Index):
+    with pytest.raises(InvalidInput) as e:
+        docs.search(DOCS, vec(1), limit=1, mode="semantic")
+    assert e.value.field == "mode"
+    assert all(m in e.value.reason for m in ("dense", "keyword", "hybrid", "semantic"))
+    with pytest.raises(InvalidInput) as e:
+        docs.search(DOCS, None, limit=1, mode="keyword")
+    assert e.value.field == "keyword_query"
+    with pytest.raises(InvalidInput) as e:
+        docs.search(DOCS, None, limit=1, mode="hybrid", keyword_query=query_vector("x"))
+    assert e.value.field == "vector"
+    with pytest.raises(InvalidInput) as e:
+        docs.search(DOCS, None, limit=1)  # dense is the default
+    assert e.value.field == "vector"
+    with pytest.raises(InvalidInput) as e:
+        docs.search(DOCS, None, limit=1, mode="keyword", keyword_query=query_vector("?!"))
+    assert e.value.field == "keyword_query"
+    # In hybrid mode a query without words leaves the dense ranking alone.
+    assert hybrid(docs, vec(1, 0), "?!")[0][0] == "dense-only"
+
+
+def test_keyword_search_on_a_collection_without_keyword_vector(docs: Index):
+    assert docs.schema(LEGACY).keyword_vector is None
+    assert docs.schema(DOCS).keyword_vector == "keywords"
+    assert ids(docs.search(LEGACY, vec(1), limit=5)) == ["old"]  # dense still works
+    for mode in ("keyword", "hybrid"):
+        with pytest.raises(KeywordsUnavailable) as e:
+            docs.search(LEGACY, vec(1), limit=5, mode=mode, keyword_query=query_vector("0x80070005"))
+        assert isinstance(e.value, ModelMismatch)  # FAILED_PRECONDITION for clients
+        assert LEGACY in e.value.reason and "dense" in e.value.reason
+    # The model check ignores the keyword vector: the service's schema still fits.
+    docs.require_collection(LEGACY, SCHEMA)
+    docs.ensure_collection(LEGACY, SCHEMA)
+
+
+def test_invalid_audio_and_keyword_fields_are_rejected(docs: Index):
+    bad = [
+        doc(1, "a", "x", vec(1), keywords=SparseVector([1, 1], [1.0, 1.0])),
+        doc(2, "b", "x", vec(1), keywords=SparseVector([1, 2], [1.0])),
+        doc(3, "c", "x", vec(1), keywords=SparseVector([2**32], [1.0])),
+        doc(4, "d", "x", vec(1), start_s=5.0, end_s=2.0),
+        doc(5, "e", "x", vec(1), duration_s=-1.0),
+        doc(6, "f", "x", vec(1), language="english please"),
+        doc(7, "g", "x", vec(1), parent_id=""),
+        doc(8, "h", "x", vec(1), start_s=float("nan")),
+    ]
+    with pytest.raises(InvalidInput) as e:
+        docs.upsert(DOCS, bad, SCHEMA)
+    fields = [p.field for p in e.value.problems]
+    assert fields == ["items[0].keywords", "items[1].keywords", "items[2].keywords", "items[3].end_s",
+                      "items[4].duration_s", "items[5].language", "items[6].parent_id", "items[7].start_s"]
+    for condition in (Condition(key="language", range=Range(gte=1)), Condition(key="start_s", equals="x")):
+        with pytest.raises(InvalidInput):
+            docs.resolve_filter(DOCS, [condition])
+
+
+def test_delete_children_and_cascade(reopen):
+    index = reopen()
+    index.upsert(DOCS, docs_items(), SCHEMA)
+    total = len(docs_items())
+    # Re-indexing changed content: drop the old segments, keep the recording.
+    assert index.delete_children(DOCS, "rec-en") == 3
+    assert index.get(DOCS, "rec-en")["id"] == "rec-en"
+    assert index.count(DOCS) == total - 3
+    assert index.delete_children(DOCS, "rec-en") == 0
+    assert index.delete_children(DOCS, "nobody") == 0
+    with pytest.raises(InvalidInput):
+        index.delete_children(DOCS, "")
+    new_segment = doc(900, "rec-en/0", "Changed words: toner cartridge", vec(0, 0, 0, 0, 1),
+                      modality=Modality.AUDIO_SEGMENT, parent_id="rec-en", start_s=0.0, end_s=3.0, language="en")
+    index.upsert(DOCS, [new_segment], SCHEMA)
+    assert kw_ids(index, "toner") == ["rec-en/0"]
+    assert kw_ids(index, "printer", modalities=(Modality.AUDIO_SEGMENT,)) == []
+    # Deleting a recording deletes its segments, and counts them.
+    assert index.delete_ids(DOCS, ["rec-de"]) == 3
+    for gone in ("rec-de", "rec-de/0", "rec-de/1"):
+        with pytest.raises(NotFound):
+            index.get(DOCS, gone)
+    # A segment named alongside its recording counts once.
+    assert index.delete_ids(DOCS, ["rec-en/0", "rec-en"]) == 2
+    assert index.count(DOCS) == total - 7
+    assert index.count(DOCS, modalities=(Modality.AUDIO, Modality.AUDIO_SEGMENT)) == 0
+    assert index.delete_ids(DOCS, ["net"]) == 1  # no children, nothing extra
+
+
+def test_keywords_reupsert_and_persist(reopen):
+    index = reopen()
+    items = docs_items()
+    index.upsert(DOCS, items, SCHEMA)
+    index.upsert(LEGACY, [doc(1, "old", "error 0x80070005", vec(1))], DENSE_ONLY)
+    first = kw(index, "0x80070005 windows update")
+    # Re-upserting the same items changes nothing that search sees.
+    assert {created for _, created in index.upsert(DOCS, items, SCHEMA)} == {False}
+    assert index.count(DOCS) == len(items)
+    again = kw(index, "0x80070005 windows update")
+    # Equal scores are ordered by id, so even ties come back in the same order.
+    assert again[0][0] == first[0][0] == "win-0x80070005"
+    assert [i for i, _ in again] == [i for i, _ in first]
+    assert dict(again) == pytest.approx(dict(first), rel=1e-5)
+    stored = index.store.retrieve(DOCS, [point_id(DOCS, "net")], with_vectors=True)[0].keywords
+
+    index = reopen()
+    assert index.schema(DOCS).keyword_vector == "keywords"
+    assert index.schema(LEGACY).keyword_vector is None
+    after = kw(index, "0x80070005 windows update")
+    assert [i for i, _ in after] == [i for i, _ in first]
+    assert dict(after) == pytest.approx(dict(first), rel=1e-5)
+    assert hybrid(index, vec(1, 0), "QX-7731 overheating")[0][0] == "both"
+    reread = index.store.retrieve(DOCS, [point_id(DOCS, "net")], with_vectors=True)[0].keywords
+    expected = keyword_vector("Chrome shows ERR_CONNECTION_RESET on the login page")
+    assert reread.indices == stored.indices == expected.indices
+    assert reread.values == pytest.approx(expected.values, rel=1e-6)
+    with pytest.raises(KeywordsUnavailable):
+        kw(index, "0x80070005", coll=LEGACY)
+
+    # New content replaces the keywords; an item given without keywords loses them.
+    index.upsert(DOCS, [doc(200, "win-0x80070005", "Windows Update failed with error 0x800f081f", vec(0, 0, 1))],
+                 SCHEMA)
+    assert kw_ids(index, "0x80070005") == []
+    assert kw_ids(index, "0x800f081f") == ["win-0x80070005"]
+    index.upsert(DOCS, [dataclasses.replace(items[3], keywords=None)], SCHEMA)
+    assert kw_ids(index, "ERR_CONNECTION_RESET") == []
+    assert index.get(DOCS, "net")["text"].startswith("Chrome")
