@@ -219,18 +219,24 @@ def main() -> None:
     images = jpegs(args.images)
     report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
               "model": MODEL, "raw": raw_throughput(images, args.batch, args.threads), "store": []}
+    save(report)
     if not args.skip_store:
         for n in args.sizes:
             for backend in ("qdrant-edge", "qdrant-client-local"):
                 report["store"].append(store_latency(backend, n, args.queries))
+                save(report)  # a long run keeps what it measured so far
     if not args.skip_service:
         with tempfile.TemporaryDirectory() as tmp:
             report["service"] = service_figures(images, args.batch, args.sizes, args.queries, Path(tmp))
         report["service_vs_raw_forward"] = round(report["service"]["service_images_per_s"]
                                                  / report["raw"]["forward_images_per_s"], 3)
+        save(report)
+    print_table(report)
+
+
+def save(report: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "search.json").write_text(json.dumps(report, indent=2))
-    print_table(report)
 
 
 def print_table(r: dict) -> None:

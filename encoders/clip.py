@@ -133,6 +133,12 @@ class ClipEncoder:
                    for chunk in _chunks(list(texts), self.options.batch_size)]
         return TextEmbedding(_concat(batches, self._embed_dim), truncated)
 
+    def count_tokens(self, text: str) -> int:
+        """BPE tokens of `text`, without the start/end tokens."""
+        self.load()
+        encode = getattr(self._tokenizer, "encode", None)
+        return len(encode(text)) if encode else len(text.split())
+
     def text_overflows(self, text: str) -> bool:
         """True when `text` has more tokens than fit between the start and end tokens."""
         encode = getattr(self._tokenizer, "encode", None)

@@ -76,7 +76,8 @@ class ServiceProcess:
             LoupeClient(svc.target)...
     """
 
-    def __init__(self, serve_args: list[str], *, log_path: Path, start_timeout_s: float = 420) -> None:
+    def __init__(self, serve_args: list[str], *, log_path: Path, start_timeout_s: float = 420,
+                 env: dict[str, str] | None = None) -> None:
         import socket
 
         def free_port() -> int:
@@ -91,6 +92,7 @@ class ServiceProcess:
         self.cmd = [sys.executable, "-m", "services.cli", "serve", *serve_args, "--port", str(self.port),
                     "--http-port", str(free_port())]
         self.proc: subprocess.Popen | None = None
+        self.env = env or {}
 
     def __enter__(self) -> "ServiceProcess":
         self.start()
@@ -100,7 +102,7 @@ class ServiceProcess:
         self.stop()
 
     def start(self) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+        env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), **self.env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)

@@ -16,6 +16,9 @@ from services.client import LoupeClient
 from services.launch import ServiceProcess
 
 LEGACY_COLLECTION = "legacy"
+# Small caps so the over-long and over-size audio cases stay cheap.
+AUDIO_MAX_DURATION_S = 120
+AUDIO_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -48,5 +51,8 @@ def service(tmp_path_factory) -> Service:
     root = tmp_path_factory.mktemp("loupe")
     data_dir = root / "data"
     _seed_legacy_collection(data_dir)
-    with ServiceProcess(["--bundled-models", "--data-dir", str(data_dir)], log_path=root / "serve.log") as proc:
+    env = {"LOUPE_LIMITS__AUDIO_MAX_DURATION_S": str(AUDIO_MAX_DURATION_S),
+           "LOUPE_LIMITS__AUDIO_MAX_BYTES": str(AUDIO_MAX_BYTES)}
+    args = ["--bundled-models", "--data-dir", str(data_dir)]
+    with ServiceProcess(args, log_path=root / "serve.log", env=env) as proc:
         yield Service(proc.target, data_dir, proc)
