@@ -150,6 +150,9 @@ class Ingress:
                 yield message
         except Exception as exc:  # every error leaves through the one table
             _set_status(grpc_context, exc)
+            # A stream only ends with the code set above when the handler raises (Serve then
+            # sends that code and reason; the trace stays in the server log).
+            raise StreamFailed(to_status(exc).details) from exc
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
@@ -185,6 +188,10 @@ class Ingress:
             log.info("health check: not serving (%s)", exc)
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
+
+
+class StreamFailed(Exception):
+    """Ends a server stream after its status code has been set on the context."""
 
 
 def _set_status(grpc_context, exc: BaseException) -> None:
