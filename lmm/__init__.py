@@ -1,0 +1,1 @@
+"""Vision-language models, prompts, guardrails and the Ask pipeline."""
