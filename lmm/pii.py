@@ -1,0 +1,351 @@
+"""Personal data in questions, OCR text and answers: find it, mask it, put back only what was ours.
+
+`find_pii(text)` lists emails, phone numbers, payment cards, IBANs, secrets (API keys, tokens,
+"password: X" pairs, high-entropy strings) and IP addresses, each with its span. Detection is
+deliberately conservative where a false hit would damage a support answer: a card must pass
+Luhn, an IBAN its country length and mod-97, and a phone number is refused when it looks like
+an error code, a date, a version or an IP address.
+
+`Masker` is per request. `mask()` swaps each distinct value for a stable placeholder
+("[EMAIL_1]"; the same value always gets the same one) and remembers the value, so `unmask()`
+can restore it in the answer. Values from retrieved items are masked with `restorable=False`:
+they get placeholders but are never put back, because they are not the asker's own data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+# Kinds, also the placeholder prefixes. Order = priority when two detections overlap.
+KINDS = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE")
+PLACEHOLDER = re.compile(r"\[(SECRET|EMAIL|IBAN|CARD|IP|PHONE)_(\d+)\]")
+
+
+@dataclass(frozen=True)
+class PiiFinding:
+    # One of KINDS.
+    kind: str
+    start: int
+    end: int
+    # The matched text; kept out of repr so findings can be logged.
+    value: str = field(repr=False)
+    # Finer label: "aws_access_key", "password_pair", "ipv6", ...
+    detail: str = ""
+    # Set by Masker.mask: the placeholder that replaced the value.
+    placeholder: str = ""
+
+
+# --- emails -----------------------------------------------------------------------------------
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(
+    r"(?<![\w.+%-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@" + _LABEL + r"(?:\." + _LABEL + r")*\.[A-Za-z]{2,24}\b"
+)
+
+
+def _emails(text: str) -> list[PiiFinding]:
+    return [PiiFinding("EMAIL", m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+_TOKENS = [(name, re.compile(pattern)) for name, pattern in (
+    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}\b"),
+    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
+    ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
+    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+    ("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"),
+    ("stripe_key", r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),
+    ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"),
+    ("bearer_token", r"(?<=\bBearer )[A-Za-z0-9._~+/-]{16,}=*"),
+    ("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"),
+)]
+_SECRET_NAMES = (r"password|passwd|pwd|passphrase|pass ?code|pin|secret|client[_ -]?secret|api[_ -]?key|apikey"
+                 r"|access[_ -]?key|secret[_ -]?key|private[_ -]?key|access[_ -]?token|auth[_ -]?token"
+                 r"|refresh[_ -]?token|session[_ -]?token|token")
+_PAIR = re.compile(r"(?i)\b(?:" + _SECRET_NAMES + r")\b[\"']?\s*(?P<sep>[:=]|\bis\b)\s*[\"']?"
+                   r"(?P<value>[^\s\"'<>,;]{4,})")
+# Status words a screenshot puts after "password:" / "token is"; they are not secrets.
+_NOT_SECRET = frozenset(
+    "incorrect invalid required expired missing wrong empty none null hidden changed reset "
+    "correct valid set unset weak strong too short long blank needed optional saved updated "
+    "revoked disabled enabled protected ******** ********** redacted".split()
+)
+_HEX_BLOB = re.compile(r"(?<![\w-])[0-9a-fA-F]{32,}(?![\w-])")
+_B64_BLOB = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![\w/+=-])")
+
+
+def _entropy(s: str) -> float:
+    counts = Counter(s)
+    return -sum(c / len(s) * math.log2(c / len(s)) for c in counts.values())
+
+
+def _secrets(text: str) -> list[PiiFinding]:
+    found = [PiiFinding("SECRET", m.start(), m.end(), m.group(), name)
+             for name, pattern in _TOKENS for m in pattern.finditer(text)]
+    for m in _PAIR.finditer(text):
+        value = m.group("value").rstrip(".")
+        if value.casefold() in _NOT_SECRET or set(value) <= {"*", "•", "."}:
+            continue
+        # "my password is hunter2" is a secret; "the password is incorrect" is not.
+        if m.group("sep").lower() == "is" and value.isalpha() and value.islower():
+            continue
+        found.append(PiiFinding("SECRET", m.start("value"), m.start("value") + len(value), value, "password_pair"))
+    for m in _HEX_BLOB.finditer(text):
+        s = m.group()
+        if _entropy(s.lower()) >= 3.0 and any(c.isdigit() for c in s) and any(c.isalpha() for c in s):
+            found.append(PiiFinding("SECRET", m.start(), m.end(), s, "hex_secret"))
+    for m in _B64_BLOB.finditer(text):
+        s = m.group()
+        classes = sum(any(f(c) for c in s) for f in (str.isupper, str.islower, str.isdigit))
+        # CamelCase names and paths have high entropy too, but they are mostly word-shaped
+        # runs ("Factory", "Name"); random keys rarely have three lower-case letters in a row.
+        wordy = sum(len(w) for w in re.findall(r"[A-Z]?[a-z]{3,}", s)) / len(s)
+        if classes == 3 and _entropy(s) >= 4.0 and wordy < 0.4:
+            found.append(PiiFinding("SECRET", m.start(), m.end(), s, "high_entropy"))
+    return found
+
+
+# --- payment cards and IBANs ------------------------------------------------------------------
+
+_CARD = re.compile(r"(?<![\w+.-])\d(?:[ -]?\d){12,18}(?![\w-]|\.\d)")
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when the digit string passes the Luhn checksum."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _cards(text: str) -> list[PiiFinding]:
+    found = []
+    for m in _CARD.finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
+            found.append(PiiFinding("CARD", m.start(), m.end(), m.group()))
+    return found
+
+
+# Country code -> IBAN length (ISO 13616 registry, the countries support traffic meets).
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24,
+    "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21,
+    "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LI": 21,
+    "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30,
+    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+}
+_IBAN = re.compile(r"(?i)(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
+
+
+def iban_ok(iban: str) -> bool:
+    """True when `iban` (spaces allowed) has its country's length and a valid mod-97 check."""
+    compact = iban.replace(" ", "").upper()
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _ibans(text: str) -> list[PiiFinding]:
+    found, pos = [], 0
+    while (m := _IBAN.search(text, pos)) is not None:
+        pos = m.start() + 1
+        length = IBAN_LENGTHS.get(m.group()[:2].upper())
+        if length is None:
+            continue
+        # The pattern may run on into a following code; cut at the country's length.
+        seen, end = 0, m.start()
+        for i, ch in enumerate(m.group()):
+            if ch != " ":
+                seen += 1
+            if seen == length:
+                end = m.start() + i + 1
+                break
+        candidate = text[m.start():end]
+        if seen == length and iban_ok(candidate) and not (end < len(text) and text[end].isalnum()):
+            found.append(PiiFinding("IBAN", m.start(), end, candidate))
+            pos = end
+    return found
+
+
+# --- IP addresses -----------------------------------------------------------------------------
+
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d|\w)")
+_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}(?![\w:])")
+_VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion\s*|\bver\.?\s*|\bbuild\s*)$")
+
+
+def _ips(text: str) -> list[PiiFinding]:
+    found = []
+    for m in _IPV4.finditer(text):
+        if _VERSION_BEFORE.search(text[max(0, m.start() - 10):m.start()]):
+            continue
+        try:
+            ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        found.append(PiiFinding("IP", m.start(), m.end(), m.group(), "ipv4"))
+    for m in _IPV6.finditer(text):
+        s = m.group()
+        if sum(1 for g in re.split(r"[:.]", s) if g) < 2:
+            continue
+        try:
+            ipaddress.IPv6Address(s)
+        except ValueError:
+            continue
+        found.append(PiiFinding("IP", m.start(), m.end(), s, "ipv6"))
+    return found
+
+
+# --- phone numbers ----------------------------------------------------------------------------
+
+_PHONE = re.compile(r"""
+    (?<![\w+.\-/:#])
+    (?:
+        \+\d{1,3}(?:[ .\-]?\(\d{1,4}\)|[ .\-]?\d{1,4})(?:[ .\-]?\d{2,8}){1,5}   # +44 20 7946 0958
+      | (?:1[ .\-])?\(\d{2,5}\)[ .\-]?\d{2,8}(?:[ .\-]\d{2,8}){0,3}            # (555) 123-4567
+      | (?:1[ .\-])?\d{2,5}(?:[ .\-]\d{2,8}){1,5}                              # 020 7946 0958
+    )
+    (?![\w\-/:]|[.,]\d)
+""", re.VERBOSE)
+_DATE = re.compile(r"^(?:\d{4}[-./ ]\d{1,2}[-./ ]\d{1,2}|\d{1,2}[-./ ]\d{1,2}[-./ ]\d{2,4})$")
+_NOT_PHONE_BEFORE = re.compile(
+    r"(?i)\b(?:error|err|code|status|build|version|ver|v|kb|ticket|order|case|invoice|serial|s/n|sn|"
+    r"ref|reference|id|model|part|sku|tracking|account|acct|no|number|line|page|port|pid)\b[\s#:.=-]*$"
+)
+_PHONE_WORD = re.compile(r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|contact|whatsapp|sms|text|dial|ring)\b")
+
+
+def _looks_like_phone(s: str, before: str) -> bool:
+    digits = re.sub(r"\D", "", s)
+    if _DATE.match(s):
+        return False
+    if _NOT_PHONE_BEFORE.search(before) and not _PHONE_WORD.search(before):
+        return False
+    if s.startswith("+"):
+        return 8 <= len(digits) <= 15
+    groups = re.findall(r"\d+", s)
+    if "." in s and [len(g) for g in groups][-3:] != [3, 3, 4]:
+        return False  # dotted numbers are versions or IPs unless shaped 555.123.4567
+    if s.startswith("(") or [len(g) for g in groups][-3:] == [3, 3, 4]:
+        return 10 <= len(digits) <= 11  # North American shape
+    # National trunk prefix 0 (UK, DE, FR, NL, ...): 020 7946 0958, 06-12345678, 01 23 45 67 89.
+    return s.startswith("0") and 9 <= len(digits) <= 12
+
+
+def _phones(text: str) -> list[PiiFinding]:
+    found = []
+    for m in _PHONE.finditer(text):
+        if _looks_like_phone(m.group(), text[max(0, m.start() - 30):m.start()]):
+            found.append(PiiFinding("PHONE", m.start(), m.end(), m.group()))
+    return found
+
+
+# --- all of them ------------------------------------------------------------------------------
+
+_DETECTORS = (_secrets, _emails, _ibans, _cards, _ips, _phones)
+
+
+def find_pii(text: str) -> list[PiiFinding]:
+    """Every piece of personal data in `text`, sorted by position, spans not overlapping.
+
+    When detections overlap, the kind earlier in KINDS wins, then the longer one."""
+    candidates = [f for detect in _DETECTORS for f in detect(text)]
+    candidates.sort(key=lambda f: (KINDS.index(f.kind), -(f.end - f.start), f.start))
+    taken: list[PiiFinding] = []
+    for f in candidates:
+        if all(f.end <= t.start or f.start >= t.end for t in taken):
+            taken.append(f)
+    return sorted(taken, key=lambda f: f.start)
+
+
+def _normal(kind: str, value: str) -> str:
+    """The form under which two spellings count as the same value."""
+    if kind in ("CARD", "PHONE"):
+        return ("+" if value.startswith("+") else "") + re.sub(r"\D", "", value)
+    if kind in ("IBAN", "IP"):
+        return value.replace(" ", "").upper()
+    if kind == "EMAIL":
+        return value.casefold()
+    return value
+
+
+class Masker:
+    """Masks personal data for one request and restores only that request's own values.
+
+    Never share a Masker between requests: it holds the raw values."""
+
+    def __init__(self) -> None:
+        self._placeholders: dict[tuple[str, str], str] = {}
+        self._values: dict[str, str] = {}
+        self._restorable: set[str] = set()
+        self._counts: Counter[str] = Counter()
+
+    def mask(self, text: str, *, restorable: bool = True) -> tuple[str, list[PiiFinding]]:
+        """`text` with each value replaced by its placeholder, and the findings (placeholder set).
+
+        `restorable=False` for text that is not the asker's (retrieved items): masked, never
+        restored by `unmask`."""
+        findings = find_pii(text)
+        out, last, masked = [], 0, []
+        for f in findings:
+            placeholder = self._placeholder(f, restorable)
+            out.append(text[last:f.start])
+            out.append(placeholder)
+            last = f.end
+            masked.append(replace(f, placeholder=placeholder))
+        out.append(text[last:])
+        return "".join(out), masked
+
+    def unmask(self, text: str) -> str:
+        """Put back the request's own values; other placeholders stay as they are."""
+        return PLACEHOLDER.sub(
+            lambda m: self._values[m.group()] if m.group() in self._restorable else m.group(), text
+        )
+
+    def placeholder_of(self, finding: PiiFinding) -> str | None:
+        """The placeholder already given to this value, or None if the request never had it."""
+        return self._placeholders.get((finding.kind, _normal(finding.kind, finding.value)))
+
+    def is_restorable(self, placeholder: str) -> bool:
+        return placeholder in self._restorable
+
+    def knows(self, placeholder: str) -> bool:
+        return placeholder in self._values
+
+    def counts(self) -> dict[str, int]:
+        """Distinct values masked so far, per kind (no values: safe to log)."""
+        return dict(self._counts)
+
+    def _placeholder(self, f: PiiFinding, restorable: bool) -> str:
+        key = (f.kind, _normal(f.kind, f.value))
+        placeholder = self._placeholders.get(key)
+        if placeholder is None:
+            self._counts[f.kind] += 1
+            placeholder = f"[{f.kind}_{self._counts[f.kind]}]"
+            self._placeholders[key] = placeholder
+            self._values[placeholder] = f.value
+        if restorable:
+            self._restorable.add(placeholder)
+        return placeholder
+
+    def __repr__(self) -> str:
+        return f"Masker({self.counts()})"
+
+
+def describe(findings: list[PiiFinding]) -> str:
+    """'2 emails, 1 card': what was found, without the values."""
+    counts = Counter(f.kind for f in findings)
+    return ", ".join(f"{n} {kind.lower()}{'s' if n > 1 else ''}" for kind, n in sorted(counts.items()))
