@@ -14,7 +14,7 @@ from encoders.keywords import keyword_vector, query_vector
 from indexing.ids import item_key
 from indexing.index import NewItem
 from indexing.types import Modality
-from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, search_pb2
+from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services import convert
 from services.config import LoupeSettings
 from services.workers import EncodedImage, EncoderInfo, timed_texts
@@ -23,13 +23,14 @@ DEFAULT_LIMIT = 10
 
 
 class LoupeApi:
-    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None) -> None:
+    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.encoder = encoder
         self.index = index
-        # None when the service runs without audio.
+        # None when the service runs without audio / without Ask.
         self.transcriber = transcriber
+        self.answerer = answerer
         self._info: EncoderInfo | None = None
 
     async def info(self) -> EncoderInfo:
@@ -53,7 +54,8 @@ class LoupeApi:
             if isinstance(result, InvalidInput):
                 problems.append(InvalidInput(f"items[{i}]: {result.reason}", field=f"items[{i}].data"))
         _raise_all(problems)
-        items = [_new_item(p, Modality.IMAGE, e.vector, width=e.width, height=e.height)
+        items = [_new_item({**p, "text": e.text or None}, Modality.IMAGE, e.vector, width=e.width, height=e.height,
+                           keywords=keyword_vector(e.text) if e.text else None)
                  for p, e in zip(prepared, encoded) if isinstance(e, EncodedImage)]
         return await self._store(name, items)
 
@@ -177,6 +179,22 @@ class LoupeApi:
             response.next_offset = offset + limit
         return response
 
+    # -- QAService --------------------------------------------------------------------------
+    async def ask(self, req: qa_pb2.AskRequest) -> qa_pb2.AskResponse:
+        if self.answerer is None:
+            from encoders.errors import ModelUnavailable
+
+            raise ModelUnavailable("this service runs without Ask; enable the Answerer deployment (ask.enabled)")
+        r = req.retrieval
+        if r.k < 0 or r.k > self.limits.max_limit:
+            raise InvalidInput(f"retrieval.k is {r.k}; it must be between 0 and {self.limits.max_limit}",
+                               field="retrieval.k")
+        retrieval = {"collection": convert.collection_name(r.collection, "retrieval.collection"),
+                     "conditions": convert.conditions(r.filter, "retrieval.filter"),
+                     "mode": convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else "hybrid"}
+        answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval)
+        return convert.answer(answer)
+
     # -- AudioService -----------------------------------------------------------------------
     async def transcribe(self, req: audio_pb2.TranscribeRequest, stream):
         """Yields TranscribeResponse messages: info first, then segments as they are decoded.
@@ -248,6 +266,8 @@ class LoupeApi:
         await self.index.ping()
         if self.transcriber is not None:
             await self.transcriber.model_id()
+        if self.answerer is not None:
+            await self.answerer.model_id()
         return True
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from ray.serve import Application
 
 from services.config import load_settings
-from services.deployments import EncoderDeployment, IndexDeployment, Ingress, TranscriberDeployment
+from services.deployments import (AnswererDeployment, EncoderDeployment, IndexDeployment, Ingress,
+                                  TranscriberDeployment)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -19,4 +20,5 @@ def build_app(args: dict[str, Any]) -> Application:
     encoder = EncoderDeployment.bind(settings)
     index = IndexDeployment.bind(settings)
     transcriber = TranscriberDeployment.bind(settings) if settings.audio else None
-    return Ingress.bind(settings, encoder, index, transcriber)
+    answerer = AnswererDeployment.bind(settings, encoder, index) if settings.ask.enabled else None
+    return Ingress.bind(settings, encoder, index, transcriber, answerer)

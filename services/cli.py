@@ -3,6 +3,7 @@
     loupe serve [--bundled-models]          start Ray Serve with ray_config.yaml
     loupe index PATH... [--texts FILE]      index image and audio files/folders (and texts)
     loupe transcribe FILE                   print a timestamped transcript
+    loupe ask [FILE...] "question"          ask about screenshots and/or indexed images
     loupe search TEXT | --image FILE        search, print a table
     loupe delete ID... | --where k=v        delete items
     loupe status                            health, model, collections
@@ -87,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="dense: CLIP; keyword: exact words/codes; hybrid: both, rank-fused")
     q.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _collection(q)
+
+    a = sub.add_parser("ask", help="ask about screenshots (files) and/or indexed images")
+    a.add_argument("args", nargs="+", metavar="[FILE...] QUESTION", help="image files, then the question")
+    a.add_argument("-k", type=int, default=None, help="indexed images to retrieve (default 3 without files, 0 with)")
+    a.add_argument("--where", action="append", default=[], metavar="EXPR")
+    a.add_argument("--json", action="store_true")
+    _collection(a)
 
     d = sub.add_parser("delete", help="delete items by id, or by --where filter")
     d.add_argument("ids", nargs="*")
@@ -204,7 +212,36 @@ def cmd_status(client: LoupeClient, args) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "delete": cmd_delete, "status": cmd_status,
+def cmd_ask(client: LoupeClient, args) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    *files, question = args.args
+    images = [Path(f).read_bytes() for f in files]
+    k = args.k if args.k is not None else (0 if images else 3)
+    answer = client.ask(question, images, k=k, collection=args.collection, where=_where(args.where) or None)
+    if args.json:
+        print(json.dumps(MessageToDict(answer, preserving_proto_field_name=True)))
+        return 0
+    verdict = qa_verdict(answer.verdict)
+    print(f"{verdict.upper()}: {answer.text}")
+    if answer.citations:
+        print("citations: " + ", ".join(answer.citations))
+    for g in answer.guards:
+        mark = "ok " if g.passed else "FAIL"
+        detail = "; ".join(x for x in (g.reason, g.action) if x)
+        print(f"  [{mark}] {g.guard}" + (f": {detail}" if detail else ""))
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(answer.timings_s.items()))
+    print(f"model {answer.model_id}, prompt {answer.prompt_version}, attempts {answer.attempts}; {timings}")
+    return 0 if verdict == "answered" else 1
+
+
+def qa_verdict(value: int) -> str:
+    from protos.loupe.v1 import qa_pb2
+
+    return qa_pb2.AnswerVerdict.Name(value).removeprefix("ANSWER_VERDICT_").lower()
+
+
+COMMANDS = {"index": cmd_index, "ask": cmd_ask, "search": cmd_search, "delete": cmd_delete, "status": cmd_status,
             "transcribe": cmd_transcribe}
 
 

@@ -19,8 +19,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.loupe.v1 import (audio_pb2, audio_pb2_grpc, common_pb2, index_pb2, index_pb2_grpc, search_pb2,
-                             search_pb2_grpc)
+from protos.loupe.v1 import (audio_pb2, audio_pb2_grpc, common_pb2, index_pb2, index_pb2_grpc, qa_pb2, qa_pb2_grpc,
+                             search_pb2, search_pb2_grpc)
 from services.errors import field_violations
 
 MODALITIES = {"image": common_pb2.MODALITY_IMAGE, "text": common_pb2.MODALITY_TEXT,
@@ -120,6 +120,7 @@ class LoupeClient:
         self._search = search_pb2_grpc.SearchServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._audio = audio_pb2_grpc.AudioServiceStub(self.channel)
+        self._qa = qa_pb2_grpc.QAServiceStub(self.channel)
 
     def __enter__(self) -> "LoupeClient":
         return self
@@ -191,6 +192,16 @@ class LoupeClient:
     def health(self, service: str = "") -> str:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    # -- ask --------------------------------------------------------------------------------
+    def ask(self, question: str, images: Iterable[bytes] = (), *, k: int = 0, collection: str = "",
+            where: Mapping[str, Any] | None = None, mode: str | None = None) -> qa_pb2.AskResponse:
+        """Ask about uploaded images and/or the `k` best indexed images. The response carries
+        the verdict (answered / abstained / blocked), citations and every guard's result."""
+        retrieval = qa_pb2.Retrieval(k=k, collection=collection, filter=build_filter(where or {}))
+        if mode is not None:
+            retrieval.mode = MODES[mode]
+        return self._call(self._qa.Ask, qa_pb2.AskRequest(question=question, images=list(images), retrieval=retrieval))
 
     # -- search -----------------------------------------------------------------------------
     def search_text(self, query: str, **options) -> SearchResult:

@@ -95,6 +95,40 @@ class TranscriberSettings(BaseModel):
         return self.model or "base"
 
 
+class OcrSettings(BaseModel):
+    # "auto": OCR images that look like screenshots or documents at index time; "always"; "never".
+    mode: Literal["auto", "always", "never"] = "auto"
+    # Engine (encoders.ocr); empty: the default, chosen by measured error rate (README).
+    engine: str = ""
+    threads: int = 2
+
+
+class AskSettings(BaseModel):
+    # Run the Answerer deployment (QAService.Ask).
+    enabled: bool = True
+    # "transformers" (a local or hub image-text-to-text model) or "openai" (a compatible endpoint).
+    backend: str = "transformers"
+    # Model spec; empty: the profile's ("bundled:tiny-vlm" or "HuggingFaceTB/SmolVLM-256M-Instruct").
+    model: str = ""
+    # For backend "openai": e.g. http://vllm:8000/v1 (key from LOUPE_VLM_API_KEY).
+    base_url: str | None = None
+    device: str = "auto"
+    max_new_tokens: int = 256
+    # Drafts per question (1 + retries) before abstaining.
+    max_attempts: int = 2
+    max_images: int = 4
+    max_question_chars: int = 2000
+    max_answer_chars: int = 2000
+    # Content check: answers containing these words are not returned.
+    blocked_words: list[str] = Field(default_factory=list)
+    # Questions about these topics are refused (blocked) before any model runs.
+    out_of_scope_topics: list[str] = Field(default_factory=list)
+    # Folders whose files retrieved items may be read from, so the model sees their pixels;
+    # otherwise it sees their stored text (OCR, captions) only.
+    image_roots: list[str] = Field(default_factory=list)
+    prompt: str = "ask/v1"
+
+
 class LoupeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOUPE_", env_nested_delimiter="__", extra="ignore")
 
@@ -110,6 +144,8 @@ class LoupeSettings(BaseSettings):
     # Build the vector index (HNSW) after this many new points, once writes pause; 0 = never.
     optimize_after_points: int = 5000
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
+    ask: AskSettings = Field(default_factory=AskSettings)
     # Run the Transcriber deployment (audio indexing and transcription).
     audio: bool = True
     transcriber: TranscriberSettings = Field(default_factory=TranscriberSettings)
@@ -132,6 +168,12 @@ class LoupeSettings(BaseSettings):
         if self.encoder.model:
             return self.encoder.model
         return BUNDLED_CLIP if self.profile == "bundled" else DEFAULT_MODEL
+
+    @property
+    def vlm_model(self) -> str:
+        if self.ask.model:
+            return self.ask.model
+        return "bundled:tiny-vlm" if self.profile == "bundled" else "HuggingFaceTB/SmolVLM-256M-Instruct"
 
     def transcribe_options(self):
         from encoders.transcribe import TranscribeOptions

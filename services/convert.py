@@ -11,7 +11,7 @@ from google.protobuf.json_format import MessageToDict
 
 from encoders.errors import InvalidInput
 from indexing.types import Condition, Modality, Range
-from protos.loupe.v1 import audio_pb2, common_pb2
+from protos.loupe.v1 import audio_pb2, common_pb2, qa_pb2
 from services.config import DEFAULT_COLLECTION, RequestLimits
 
 _MODALITY_TO_PROTO = {
@@ -180,3 +180,16 @@ def transcript_part(part) -> audio_pb2.TranscribeResponse:
     return audio_pb2.TranscribeResponse(segment=audio_pb2.TranscriptSegment(
         start_s=part.start, end_s=part.end, text=part.text, words=words, avg_logprob=part.avg_logprob,
         no_speech_prob=part.no_speech_prob))
+
+
+_VERDICTS = {"answered": qa_pb2.ANSWER_VERDICT_ANSWERED, "abstained": qa_pb2.ANSWER_VERDICT_ABSTAINED,
+             "blocked": qa_pb2.ANSWER_VERDICT_BLOCKED}
+
+
+def answer(a) -> qa_pb2.AskResponse:
+    """An lmm.types.Answer as the wire message."""
+    return qa_pb2.AskResponse(
+        text=a.text, citations=list(a.citations), verdict=_VERDICTS[a.verdict.value],
+        guards=[qa_pb2.GuardReport(guard=g.guard, passed=g.passed, reason=g.reason, action=g.action)
+                for g in a.guards],
+        model_id=a.model_id, prompt_version=a.prompt_version, timings_s=dict(a.timings), attempts=a.attempts)

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from encoders.clip import TextEmbedding
-from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, search_pb2
+from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services.api import LoupeApi
 from services.config import LoupeSettings
 from services.errors import to_status
@@ -22,7 +22,8 @@ from services.workers import EncoderWorker, HandleCalls, IndexWorker, Transcribe
 
 log = logging.getLogger("loupe")
 
-HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService")
+HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService",
+                   "loupe.v1.QAService")
 
 
 @serve.deployment(name="Encoder")
@@ -108,13 +109,30 @@ class TranscriberDeployment:
         yield from segments
 
 
+@serve.deployment(name="Answerer")
+class AnswererDeployment:
+    """VLM + OCR + guardrails; retrieves context through the Encoder and Index deployments."""
+
+    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+        from services.ask import AnswerWorker
+
+        self.worker = AnswerWorker(settings, HandleCalls(encoder), HandleCalls(index))
+
+    def model_id(self) -> str:
+        return self.worker.model_id
+
+    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict):
+        return await self.worker.ask(question, images, k, retrieval)
+
+
 @serve.deployment(name="Ingress")
 class Ingress:
-    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None) -> None:
+    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
         self.settings = settings
         self._transcriber = transcriber
         self.api = LoupeApi(settings, HandleCalls(encoder), HandleCalls(index),
-                            HandleCalls(transcriber) if transcriber is not None else None)
+                            HandleCalls(transcriber) if transcriber is not None else None,
+                            HandleCalls(answerer) if answerer is not None else None)
 
     async def _run(self, call, request, grpc_context, empty):
         try:
@@ -156,6 +174,9 @@ class Ingress:
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
+
+    async def Ask(self, request, grpc_context):
+        return await self._run(self.api.ask, request, grpc_context, qa_pb2.AskResponse())
 
     async def GetItem(self, request, grpc_context):
         return await self._run(self.api.get_item, request, grpc_context, common_pb2.Item())

@@ -42,6 +42,8 @@ class EncodedImage:
     vector: np.ndarray
     width: int
     height: int
+    # Text read by OCR ("" when OCR did not run or found nothing).
+    text: str = ""
 
 
 class EncoderWorker:
@@ -50,6 +52,14 @@ class EncoderWorker:
     def __init__(self, settings: LoupeSettings) -> None:
         self.clip = ClipEncoder(settings.clip_options()).load()
         self.image_limits = settings.limits.image_limits()
+        self.ocr_mode = settings.ocr.mode
+        self.ocr = None
+        if self.ocr_mode != "never":
+            from encoders.ocr import OcrOptions, create_ocr
+
+            engine = settings.ocr.engine or None
+            self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
+                                                     threads=settings.ocr.threads)).load()
         self._info = EncoderInfo(self.clip.model_id, self.clip.model_version, self.clip.dim,
                                  self.clip.context_length, settings.profile)
 
@@ -69,9 +79,20 @@ class EncoderWorker:
             good.append((i, decoded.width, decoded.height))
             images.append(decoded.image)
         vectors = self.clip.encode_images(images) if images else []
-        for (i, width, height), vector in zip(good, vectors):
-            results[i] = EncodedImage(vector, width, height)
+        for (i, width, height), vector, image in zip(good, vectors, images):
+            results[i] = EncodedImage(vector, width, height, self.read_text(image))
         return results
+
+    def read_text(self, image) -> str:
+        """OCR text of screenshots and documents (all images with mode "always")."""
+        if self.ocr is None:
+            return ""
+        if self.ocr_mode == "auto":
+            from encoders.ocr import looks_like_text_image
+
+            if not looks_like_text_image(image):
+                return ""
+        return self.ocr.read(image).text
 
     def encode_texts(self, texts: list[str]) -> TextEmbedding:
         return self.clip.encode_texts(texts)

@@ -1,0 +1,78 @@
+"""The Answerer: VLM + OCR + guardrail pipeline, retrieving context through the other deployments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from encoders.keywords import query_vector
+from indexing.types import Modality
+from lmm.pipeline import AskOptions, AskPipeline
+from lmm.types import Answer, ContextImage
+from services.config import LoupeSettings
+
+# Shown to the model for retrieved items whose pixels Loupe may not read (their text still is).
+_NO_PIXELS = Image.new("RGB", (32, 32), (128, 128, 128))
+
+
+class AnswerWorker:
+    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+        from encoders.ocr import OcrOptions, create_ocr
+        from lmm.models import VlmOptions, create_vlm
+        from lmm.prompts import load_prompt, render
+
+        a = settings.ask
+        self.vlm = create_vlm(VlmOptions(backend=a.backend, model=settings.vlm_model, device=a.device,
+                                         max_new_tokens=a.max_new_tokens, base_url=a.base_url))
+        getattr(self.vlm, "load", lambda: None)()
+        engine = settings.ocr.engine or None
+        self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
+                                                 threads=settings.ocr.threads)).load()
+        self.encoder, self.index = encoder, index
+        self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
+        template = load_prompt(a.prompt)
+        options = AskOptions(max_images=a.max_images, max_question_chars=a.max_question_chars,
+                             max_answer_chars=a.max_answer_chars, max_new_tokens=a.max_new_tokens,
+                             max_attempts=a.max_attempts, blocked_words=tuple(a.blocked_words),
+                             out_of_scope_topics=tuple(a.out_of_scope_topics),
+                             max_image_bytes=settings.limits.image_max_bytes, max_pixels=settings.limits.image_max_pixels)
+        self.pipeline = AskPipeline(self.vlm, ocr=lambda image: self.ocr.read(image).text, retriever=self._retrieve,
+                                    prompt_renderer=lambda q, images: render(template, q, images), options=options)
+
+    @property
+    def model_id(self) -> str:
+        return self.vlm.model_id
+
+    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict) -> Answer:
+        return await self.pipeline.ask_async(question, images, k, filters=retrieval)
+
+    async def _retrieve(self, question: str, k: int, filters: dict | None = None) -> list[ContextImage]:
+        """Images for the context: a search with the (masked) question, in the request's mode."""
+        r = filters or {}
+        mode = r.get("mode", "hybrid")
+        info = await self.encoder.info()
+        vector = None if mode == "keyword" else (await self.encoder.encode_texts([question])).vectors[0]
+        hits = await self.index.search(r["collection"], info.schema(), vector, limit=k, offset=0,
+                                       modalities=(Modality.IMAGE,), conditions=r.get("conditions", ()),
+                                       score_threshold=None, mode=mode,
+                                       keyword_query=query_vector(question) if mode != "dense" else None)
+        return [ContextImage(id=p["id"], image=self._pixels(p), ocr_text=p.get("text") or "",
+                             source=(p.get("sources") or [""])[0]) for p, _ in hits]
+
+    def _pixels(self, payload: dict) -> Image.Image:
+        """The item's image when a source is a file under an allowed root, else a grey tile."""
+        from encoders.media import decode_image
+
+        for source in payload.get("sources") or ():
+            path = Path(source.removeprefix("file://")).expanduser()
+            try:
+                path = path.resolve()
+            except OSError:
+                continue
+            if any(path.is_relative_to(root) for root in self.roots) and path.is_file():
+                try:
+                    return decode_image(path.read_bytes()).image
+                except Exception:  # unreadable now: fall back to the text
+                    continue
+        return _NO_PIXELS
