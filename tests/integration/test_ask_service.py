@@ -82,7 +82,7 @@ def test_a_question_that_is_only_an_injection_is_blocked(service):
 @pytest.mark.parametrize("question, images, words", [
     ("", [], ["question"]),
     ("   ", [], ["question"]),
-    ("x" * 5000, [], ["2000"]),
+    ("x" * 5000, [], ["2,000"]),
     ("What is shown?", [bad_media.truncated_jpeg()], ["truncated"]),
     ("What is shown?", [b""], ["empty"]),
     ("What is shown?", [bad_media.png_bomb()], ["pixels"]),
