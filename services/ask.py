@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PIL import Image
@@ -11,6 +12,8 @@ from indexing.types import Modality
 from lmm.pipeline import AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
+
+log = logging.getLogger("loupe.ask")
 
 # Shown to the model for retrieved items whose pixels Loupe may not read (their text still is).
 _NO_PIXELS = Image.new("RGB", (32, 32), (128, 128, 128))
@@ -45,7 +48,14 @@ class AnswerWorker:
         return self.vlm.model_id
 
     async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict) -> Answer:
-        return await self.pipeline.ask_async(question, images, k, filters=retrieval)
+        answer = await self.pipeline.ask_async(question, images, k, filters=retrieval)
+        # Model and prompt version go to the log with every answer (never the question: it may hold PII).
+        failed = [g.guard for g in answer.guards if not g.passed]
+        log.info("ask: verdict=%s model=%s prompt=%s attempts=%d citations=%d failed_guards=%s timings=%s",
+                 answer.verdict.value, answer.model_id, answer.prompt_version, answer.attempts,
+                 len(answer.citations), ",".join(failed) or "-",
+                 " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())))
+        return answer
 
     async def _retrieve(self, question: str, k: int, filters: dict | None = None) -> list[ContextImage]:
         """Images for the context: a search with the (masked) question, in the request's mode."""

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from encoders.clip import TextEmbedding
-from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
+from protos.loupe.v1 import common_pb2, index_pb2, qa_pb2, search_pb2
 from services.api import LoupeApi
 from services.config import LoupeSettings
 from services.errors import to_status

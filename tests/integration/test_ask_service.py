@@ -106,3 +106,16 @@ def test_too_many_images_and_bad_k(service):
         with pytest.raises(LoupeCallError) as info:
             client.ask("What is shown?", k=1000)
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "retrieval.k" in info.value.reason
+
+
+def test_cli_ask_prints_verdict_guards_and_timings(service, screens, capsys):
+    from services import cli
+
+    code = cli.main(["--target", service.target, "ask", str(SHOTS / "printer_e42_tray_empty.png"),
+                     "What does E-42 mean?"])
+    out = capsys.readouterr().out
+    assert code == 1 and out.startswith("ABSTAINED: ")  # exit code 1: not answered
+    assert "[FAIL] output." in out and "prompt ask/v1" in out and "draft" in out
+    code = cli.main(["--target", service.target, "ask", "What does E-42 mean?", "--collection", COLLECTION])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "retrieval" in out
