@@ -171,6 +171,8 @@ def _where_found(item) -> str:
         return f"{source or item.parent_id} @ {clock(item.start_s)}-{clock(item.end_s)}: {item.text}"
     if item.modality == "audio":
         return f"{source or item.id} ({clock(item.duration_s)}): {item.text}"
+    if item.modality == "image":  # the text of an image is its OCR text: name the file first
+        return ", ".join(item.sources) or item.text or item.id
     return item.text or ", ".join(item.sources) or "-"
 
 
