@@ -200,6 +200,7 @@ def service_memory_mb() -> dict:
     for proc in psutil.process_iter(["cmdline", "memory_info"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         for key in ("ServeReplica:loupe:Encoder", "ServeReplica:loupe:Index", "ServeReplica:loupe:Ingress",
+                    "ServeReplica:loupe:Transcriber", "ServeReplica:loupe:Answerer",
                     "ProxyActor", "ServeController", "raylet", "gcs_server", "dashboard"):
             if key in cmd and proc.info["memory_info"]:
                 groups[key] = groups.get(key, 0) + proc.info["memory_info"].rss / 2**20
