@@ -18,6 +18,7 @@ OCRs those and not photos.
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 import os
 import re
 import threading
@@ -96,7 +97,7 @@ class OcrResult:
     seconds: float  # wall time of this read (after load)
 
 
-class OcrEngine:
+class OcrEngine(ABC):
     """An OCR library. Subclasses implement `_load` and `_read` (array in, raw lines out)."""
 
     name = ""
@@ -135,11 +136,13 @@ class OcrEngine:
         ordered, text = reading_order(lines)
         return OcrResult(text, tuple(ordered), self.name, time.perf_counter() - start)
 
+    @abstractmethod
     def _load(self):
-        raise NotImplementedError
+        """Load the library's model; the result is kept as `self._model`."""
 
+    @abstractmethod
     def _read(self, pixels: np.ndarray) -> list[tuple[str, float, tuple[float, float, float, float]]]:
-        raise NotImplementedError
+        """(text, confidence, box) per line found in an RGB array."""
 
 
 # Look-alike characters that recognisers swap, fixed only where the context leaves no doubt.

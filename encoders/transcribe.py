@@ -16,6 +16,7 @@ is decoded, so silence and music do not come back as invented text.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import importlib
 import importlib.util
 import math
@@ -133,7 +134,7 @@ class TranscriptInfo:
     model_id: str  # e.g. "whisper:base"
 
 
-class Transcriber:
+class Transcriber(ABC):
     """Whisper behind a backend library. Subclasses implement `_load` and `_transcribe`."""
 
     backend: str = ""
@@ -181,12 +182,14 @@ class Transcriber:
         return options
 
     # -- for subclasses ---------------------------------------------------------------------
+    @abstractmethod
     def _load(self):
-        raise NotImplementedError
+        """Load the backend's model; the result is kept as `self._model`."""
 
+    @abstractmethod
     def _transcribe(self, samples: np.ndarray, options: TranscribeOptions
                     ) -> tuple[TranscriptInfo, Iterator[Segment]]:
-        raise NotImplementedError
+        """(info, lazily decoded segments) for checked 16 kHz mono samples."""
 
 
 def check_samples(samples: np.ndarray) -> np.ndarray:

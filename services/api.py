@@ -81,6 +81,8 @@ class LoupeApi:
         if not req.data:
             raise InvalidInput("audio is empty (0 bytes); send the file's contents", field="data")
         p = self._prepare(req, None, content=req.data, text=None, prefix="")
+        # Transcription costs seconds: refuse a wrong-model collection before it, not after.
+        await self.index.check_model(name, (await self.info()).schema())
         transcript = await transcriber.transcribe(req.data, convert.language(req.language))
         embedded = await self.encoder.embed_transcript(timed_texts(transcript.segments),
                                                        self.settings.transcriber.chunk_overlap_tokens)

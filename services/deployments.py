@@ -83,7 +83,7 @@ def _in_thread(name: str):
 
 
 # Serve looks methods up by name on the class, so they are real attributes, one per worker call.
-for _name in ("ping", "add", "add_recording", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
+for _name in ("ping", "add", "add_recording", "check_model", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
     setattr(_IndexOwner, _name, _in_thread(_name))
 
 IndexDeployment = serve.deployment(name="Index")(_IndexOwner)

@@ -260,6 +260,11 @@ class IndexWorker:
         self.optimizer.wrote(name, sum(created for _, created in stored))
         return stored
 
+    def check_model(self, name: str, schema: CollectionSchema) -> None:
+        """ModelMismatch if `name` exists and was built by another model (a missing one is fine)."""
+        if self.index.store.get_schema(name) is not None:
+            self.index.require_collection(name, schema)
+
     def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
         """Store a recording and its segment chunks, replacing segments of an earlier version."""
         self.index.ensure_collection(name, schema)

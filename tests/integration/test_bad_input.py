@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -101,8 +103,10 @@ def test_malformed_filters(client):
 
 
 def test_wrong_model_collection(client):
+    clip = (Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "printer_error_en-us.wav").read_bytes()
     for call in (lambda: client.search_text("old things", collection=LEGACY_COLLECTION),
-                 lambda: client.index_texts([TextInput("new")], collection=LEGACY_COLLECTION)):
+                 lambda: client.index_texts([TextInput("new")], collection=LEGACY_COLLECTION),
+                 lambda: client.index_audio(clip, collection=LEGACY_COLLECTION)):
         _expect(call, grpc.StatusCode.FAILED_PRECONDITION, "some-other-model", "bundled:tiny-clip")
 
 
