@@ -121,6 +121,21 @@ class ClipEncoder:
             batches.append(self._forward(self._model.encode_image, pixels))
         return _concat(batches, self._embed_dim)
 
+    def preprocessor(self):
+        """The model's own image transform (PIL RGB -> float tensor), picklable, so batch
+        pipelines can run it next to decoding and send `encode_pixels` only the tensors."""
+        self.load()
+        return self._preprocess
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) float32 from `preprocessor()` -> (n, dim) float32, L2-normalised."""
+        self.load()
+        import torch
+
+        batches = [self._forward(self._model.encode_image, torch.from_numpy(np.ascontiguousarray(chunk)).to(self._device))
+                   for chunk in _chunks(pixels, self.options.batch_size)]
+        return _concat(batches, self._embed_dim)
+
     def encode_texts(self, texts: Sequence[str]) -> TextEmbedding:
         """Texts -> (n, dim) float32, L2-normalised, applying the overflow policy."""
         self.load()

@@ -102,3 +102,10 @@ def test_local_folder_and_checkpoint_load_the_same_weights(clip, tmp_path):
     image, _ = _golden_inputs()
     np.testing.assert_allclose(other.encode_images([image]), clip.encode_images([image]), atol=1e-6)
     assert other.model_id.startswith("open_clip:local-dir:") and other.model_version == clip.model_version
+
+
+def test_pixels_path_matches_images_path(clip):
+    """Batch indexing preprocesses next to decoding and sends tensors: same vectors."""
+    image, _ = _golden_inputs()
+    pixels = np.stack([clip.preprocessor()(image).numpy(), clip.preprocessor()(image.rotate(90)).numpy()])
+    np.testing.assert_allclose(clip.encode_pixels(pixels), clip.encode_images([image, image.rotate(90)]), atol=1e-6)
