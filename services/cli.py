@@ -2,6 +2,7 @@
 
     loupe serve [--bundled-models]          start Ray Serve with ray_config.yaml
     loupe index PATH... [--texts FILE]      index image and audio files/folders (and texts)
+    loupe index --batch SOURCE              catalog pipeline (Ray Data) straight into the store
     loupe transcribe FILE                   print a timestamped transcript
     loupe ask [FILE...] "question"          ask about screenshots and/or indexed images
     loupe search TEXT | --image FILE        search, print a table
@@ -19,9 +20,7 @@ from pathlib import Path
 
 from services.client import LoupeCallError, LoupeClient
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mka", ".aiff",
-                  ".aif", ".caf"}
+from indexing.batch.catalog import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "ray_config.yaml"
 
 
@@ -32,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(config=args.config, ray_address=args.ray_address, bundled=args.bundled_models, data_dir=args.data_dir, port=args.port,
                      qdrant_url=args.qdrant_url, model=args.model, http_port=args.http_port)
+    if args.command == "index" and args.batch:
+        from services import batch_cli
+
+        return batch_cli.run(args)
     try:
         with LoupeClient(args.target, api_key=args.api_key, timeout_s=args.timeout) as client:
             return COMMANDS[args.command](client, args)
@@ -67,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=16)
     i.add_argument("--language", default="", help="spoken language of audio files (default: detect)")
     _collection(i)
+    from services import batch_cli
+
+    batch_cli.add_arguments(i)
 
     t = sub.add_parser("transcribe", help="print a timestamped transcript of an audio file (nothing is stored)")
     t.add_argument("file", type=Path)

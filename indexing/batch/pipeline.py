@@ -1,0 +1,253 @@
+"""A batch run: catalog -> Ray Data (read -> plan -> decode -> encode -> write) -> summary.
+
+The driver (this process) lists the source into Parquet plan files, starts the pipeline on
+a local Ray or an existing cluster, and turns the stream of outcomes into progress, the
+error report and the summary. Only the writer actor opens the store.
+
+Resuming is re-running: point ids come from content hashes and `plan` skips what is already
+stored by this model version, so a killed run started again encodes only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from encoders.clip import ClipOptions
+from encoders.media import ImageLimits
+from indexing.batch import catalog, stages
+from indexing.batch.report import BatchSummary, ErrorReport, Progress
+from indexing.batch.writer import FAILED, CatalogWriter, StoreSpec
+from indexing.types import CollectionSchema
+
+VECTOR_NAME = "clip"
+_PLAN_ROWS_PER_FILE = 50_000
+_PLAN_SCHEMA = pa.schema([("row", pa.int64()), ("uri", pa.string()), ("meta", pa.string())])
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    collection: str = "default"
+    # CLIP model spec (encoders.sources), device and precision of the encode actors.
+    clip: ClipOptions = field(default_factory=ClipOptions)
+    # Named vector to write. A name the collection does not have yet adds it next to the
+    # serving one (re-embedding for a model change); see `new_vector`.
+    vector_name: str = VECTOR_NAME
+    # Add `vector_name` to an existing collection built by another model instead of failing.
+    new_vector: bool = False
+    # Ray cluster address ("auto", "ray://head:10001", "10.0.0.5:6379"); None: a private local Ray.
+    address: str | None = None
+    # Encode actors (each loads the model once) and torch threads per actor; 0 = from the CPUs.
+    encode_actors: int = 0
+    encode_threads: int = 0
+    # Logical CPUs each encode actor reserves, and each read/decode task.
+    encode_cpus: float = 1.0
+    task_cpus: float = 0.25
+    # Rows per read/decode task, per forward pass, per store write.
+    read_batch: int = 64
+    encode_batch: int = 32
+    write_batch: int = 256
+    # OCR at index time: "auto" (screenshot-like images), "always", "never".
+    ocr: str = "auto"
+    ocr_engine: str = ""
+    audio: bool = True
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # Manifest URI column (default: the first of uri, url, path, file) and declared types.
+    uri_column: str | None = None
+    column_types: dict[str, str] = field(default_factory=dict)
+    # Build the store's vector index at the end (the embedded store needs it after bulk loads).
+    optimize: bool = True
+    # JSON lines of failed items; None: not written.
+    error_report: str | None = "loupe-batch-errors.jsonl"
+
+
+def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions = BatchOptions(), *,
+              progress: IO[str] | None = None, progress_every_s: float = 10.0,
+              bar: bool | None = None) -> BatchSummary:
+    """Index every item of `source` into `store`; per-item failures go to the report.
+
+    Raises a LoupeError (InvalidInput for a bad source, ModelMismatch, StoreUnavailable,
+    ModelUnavailable) when the run cannot start at all.
+    """
+    started = time.monotonic()
+    errors = ErrorReport(options.error_report)
+    plan_dir = tempfile.mkdtemp(prefix="loupe-batch-plan-")
+    try:
+        total, broken = _write_plan(source, options, plan_dir, errors)
+        clip, preprocess, schema = _model(options)
+        summary = BatchSummary(options.collection, options.vector_name, schema.model_id, total=total,
+                               error_report=options.error_report)
+        summary.counts[FAILED] = broken
+        meter = Progress(total, stream=progress, every_s=progress_every_s, bar=bar)
+        meter.update([FAILED] * broken)
+        try:
+            _run(plan_dir, store, options, clip, preprocess, schema, summary, meter, errors, started)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            meter.close()
+        summary.seconds = time.monotonic() - started
+        return summary
+    finally:
+        errors.close()
+        shutil.rmtree(plan_dir, ignore_errors=True)
+
+
+def _run(plan_dir, store, options, clip, preprocess, schema, summary, meter, errors, started) -> None:
+    import ray
+
+    _start_ray(options.address)
+    writer, writer_name = _writer(store, options, schema)
+    described = ray.get(writer.describe.remote())
+    summary.vector = described["vector"]
+    ds = _dataset(plan_dir, options, clip, preprocess, writer_name)
+    summary.startup_s = time.monotonic() - started
+    meter.start()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        for row in rows:
+            summary.counts[row["status"]] += 1
+            if row["status"] == FAILED:
+                errors.add(row)
+        meter.update([r["status"] for r in rows])
+    ray.get(writer.finish.remote(optimize=options.optimize))
+    summary.points = ray.get(writer.describe.remote())["points"]
+    ray.get(writer.close.remote())
+
+
+def _write_plan(source, options: BatchOptions, plan_dir: str, errors: ErrorReport) -> tuple[int, int]:
+    """Rows of the source into Parquet files (bounded memory); broken rows straight to the
+    report. Returns (rows, broken rows)."""
+    import json
+
+    total, broken, chunk, part = 0, 0, [], 0
+
+    def flush() -> None:
+        nonlocal chunk, part
+        if chunk:
+            pq.write_table(pa.Table.from_pylist(chunk, schema=_PLAN_SCHEMA), f"{plan_dir}/part-{part:05d}.parquet")
+            part, chunk = part + 1, []
+
+    for row in catalog.rows(source, uri_column=options.uri_column, column_types=options.column_types):
+        total += 1
+        if row.error:
+            broken += 1
+            errors.add({"uri": row.uri, "row": row.row, "stage": row.stage, "reason": row.error})
+            continue
+        chunk.append({"row": row.row, "uri": row.uri, "meta": json.dumps(row.metadata) if row.metadata else ""})
+        if len(chunk) >= _PLAN_ROWS_PER_FILE:
+            flush()
+    flush()
+    return total, broken
+
+
+def _model(options: BatchOptions) -> tuple[ClipOptions, Any, CollectionSchema]:
+    """The model's identity and preprocessing, learnt once here; actors load their own copy."""
+    from encoders.clip import ClipEncoder
+
+    encoder = ClipEncoder(replace(options.clip, threads=1)).load()
+    schema = CollectionSchema(vector_name=options.vector_name, dim=encoder.dim, model_id=encoder.model_id,
+                              model_version=encoder.model_version)
+    return options.clip, encoder.preprocessor(), schema
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+    # Our own progress and summary replace Ray Data's bars and execution notices.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+
+
+class _WriterActor:
+    """`CatalogWriter` opened by an explicit call, so a store that cannot be opened raises
+    its own error to the driver instead of killing the actor."""
+
+    def __init__(self) -> None:
+        self.writer: CatalogWriter | None = None
+
+    def open(self, store: StoreSpec, collection: str, schema: CollectionSchema, new_vector: bool) -> None:
+        self.writer = CatalogWriter(store, collection, schema, new_vector=new_vector)
+
+    def describe(self):
+        return self.writer.describe()
+
+    def plan(self, rows):
+        return self.writer.plan(rows)
+
+    def write(self, rows):
+        return self.writer.write(rows)
+
+    def finish(self, optimize: bool = True):
+        return self.writer.finish(optimize=optimize)
+
+    def close(self):
+        return self.writer.close()
+
+
+def _writer(store: StoreSpec, options: BatchOptions, schema: CollectionSchema):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On this node: the embedded store's folder is local to it. One actor, never restarted:
+    # a second owner of the store would be a second writer.
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    # Named, so pipeline steps look it up instead of carrying its handle in their arguments.
+    name = f"loupe-batch-writer-{uuid.uuid4().hex[:12]}"
+    actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(_WriterActor).options(
+        name=name, scheduling_strategy=here).remote()
+    ray.get(actor.open.remote(store, options.collection, schema, options.new_vector))
+    return actor, name
+
+
+def _dataset(plan_dir: str, options: BatchOptions, clip: ClipOptions, preprocess: Any, writer: str):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actors, threads = _encode_pool(options)
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    common = dict(batch_format="pyarrow", num_cpus=options.task_cpus)
+    max_bytes = options.image_limits.max_bytes
+    decode = stages.DecodeOptions(preprocess=preprocess, limits=options.image_limits, ocr_mode=options.ocr,
+                                  ocr_engine=options.ocr_engine)
+    # The plan files live on this node only.
+    with warnings.catch_warnings():
+        # Deprecated for named arguments, but read_parquet has none for a scheduling strategy.
+        warnings.simplefilter("ignore")
+        ds = ray.data.read_parquet(plan_dir, ray_remote_args={"scheduling_strategy": here})
+    ds = ds.map_batches(stages.read_batch, fn_kwargs={"max_bytes": max_bytes, "audio": options.audio},
+                        batch_size=options.read_batch, **common)
+    ds = ds.map_batches(stages.Plan, fn_constructor_kwargs={"writer": writer}, batch_size=options.read_batch,
+                        compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow", num_cpus=0)
+    ds = ds.map_batches(stages.decode_batch, fn_kwargs={"options": decode}, batch_size=options.read_batch,
+                        **common)
+    ds = ds.map_batches(stages.Encode, fn_constructor_kwargs={"clip_options": replace(clip, threads=threads)},
+                        batch_size=options.encode_batch, compute=ray.data.ActorPoolStrategy(size=actors),
+                        batch_format="pyarrow", num_cpus=options.encode_cpus)
+    return ds.map_batches(stages.Write, fn_constructor_kwargs={"writer": writer}, batch_size=options.write_batch,
+                          compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow", num_cpus=0)
+
+
+def _encode_pool(options: BatchOptions) -> tuple[int, int]:
+    """(actors, torch threads each): by default one actor per 2 CPUs of the cluster, using them."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+    actors = options.encode_actors or max(1, cpus // 2)
+    threads = options.encode_threads or max(1, cpus // actors)
+    return actors, threads

@@ -1,0 +1,140 @@
+"""What a batch run tells its user: progress while it runs, errors per item, a summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+from indexing.batch.writer import DUPLICATE, FAILED, INDEXED, OUTCOMES, SKIPPED, UPDATED
+
+
+@dataclass
+class BatchSummary:
+    collection: str
+    vector: str
+    model_id: str
+    # Rows found in the source (files of a folder, data rows of a manifest).
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    seconds: float = 0.0
+    # Seconds before the first row reached the pipeline: listing the source, starting Ray
+    # and loading the model.
+    startup_s: float = 0.0
+    error_report: str | None = None
+    # Points in the collection at the end.
+    points: int | None = None
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def failed(self) -> int:
+        return self.counts[FAILED]
+
+    @property
+    def items_per_s(self) -> float:
+        busy = self.seconds - self.startup_s
+        return self.done / busy if busy > 0 else 0.0
+
+    def text(self) -> str:
+        c = self.counts
+        lines = [
+            f"{'interrupted' if self.interrupted else 'done'}: {self.done:,} of {self.total:,} items in "
+            f"{self.seconds:.1f} s ({self.items_per_s:.1f} items/s after {self.startup_s:.1f} s start-up)",
+            f"  indexed {c[INDEXED]:,}  updated {c[UPDATED]:,}  skipped {c[SKIPPED]:,}  "
+            f"duplicates {c[DUPLICATE]:,}  failed {c[FAILED]:,}",
+            f"  collection {self.collection!r}, vector {self.vector!r}, model {self.model_id}"
+            + (f", {self.points:,} points" if self.points is not None else ""),
+        ]
+        if self.failed and self.error_report:
+            lines.append(f"  errors: {self.error_report} (one JSON line per failed item: uri, row, stage, reason)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "done": self.done, "items_per_s": round(self.items_per_s, 2)}
+
+
+class ErrorReport:
+    """JSON lines, one per failed item, flushed as they come so a killed run leaves them."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._file: IO[str] | None = open(path, "w", encoding="utf-8") if path else None
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self._file is not None:
+            record = {"uri": row.get("uri") or "", "row": row.get("row"), "stage": row.get("stage") or "",
+                      "reason": row.get("reason") or ""}
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class Progress:
+    """A bar with items/s and ETA on a terminal; a plain line every `every_s` seconds otherwise."""
+
+    def __init__(self, total: int, *, stream: IO[str] | None = None, every_s: float = 10.0,
+                 bar: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total = total
+        self.every_s = every_s
+        self.counts: Counter[str] = Counter()
+        self._start = time.monotonic()
+        self._first: float | None = None
+        self._before = 0
+        self._last_line = self._start
+        use_bar = self.stream.isatty() if bar is None else bar
+        self._bar = None
+        if use_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="item", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+
+    def start(self) -> None:
+        """The pipeline starts now: rates and ETA count from here, not from start-up."""
+        self._first = time.monotonic()
+        self._before = sum(self.counts.values())
+
+    def update(self, outcomes: list[str]) -> None:
+        self.counts.update(outcomes)
+        if self._bar is not None:
+            self._bar.update(len(outcomes))
+            c = self.counts
+            self._bar.set_postfix_str(f"new {c[INDEXED]} skip {c[SKIPPED] + c[UPDATED] + c[DUPLICATE]} "
+                                      f"fail {c[FAILED]}", refresh=False)
+        elif time.monotonic() - self._last_line >= self.every_s:
+            self.line()
+
+    def line(self) -> None:
+        now = time.monotonic()
+        self._last_line = now
+        done = sum(self.counts.values())
+        # Rows the catalog already failed are not pipeline work.
+        work = done - self._before if self._first else 0
+        rate = work / (now - self._first) if self._first and now > self._first else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        c = self.counts
+        pct = 100.0 * done / self.total if self.total else 100.0
+        print(f"[loupe batch] {done:,}/{self.total:,} ({pct:.1f}%) {rate:.1f} items/s, ETA {_clock(eta)}; "
+              f"indexed {c[INDEXED]:,} updated {c[UPDATED]:,} skipped {c[SKIPPED]:,} "
+              f"duplicates {c[DUPLICATE]:,} failed {c[FAILED]:,}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,144 @@
+"""The one process that touches the store during a batch run.
+
+`CatalogWriter` decides, per batch of hashed rows, what still needs encoding (`plan`) and
+stores encoded rows (`write`). The pipeline runs it as a single Ray actor: the embedded
+store can have only one owner, and one writer also keeps payload merges race-free on a
+Qdrant server. Plain Python, so it is tested without Ray.
+
+Outcomes, one per row:
+    indexed     encoded and stored (a new point, or one built by another model version)
+    updated     already stored from this URI; only its metadata changed
+    skipped     already stored from this URI with this metadata: nothing to do
+    duplicate   its content is already stored from another URI: that URI was added to the
+                point's sources (and its metadata merged); not encoded again
+    failed      see stage and reason
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from encoders.errors import BatchInvalid, LoupeError
+from encoders.keywords import keyword_vector
+from indexing.ids import content_key
+from indexing.index import Index, NewItem
+from indexing.types import CollectionSchema, Modality
+
+INDEXED, UPDATED, SKIPPED, DUPLICATE, FAILED = "indexed", "updated", "skipped", "duplicate", "failed"
+OUTCOMES = (INDEXED, UPDATED, SKIPPED, DUPLICATE, FAILED)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where the store is; opened only inside the writer process. Exactly one is set."""
+
+    # Embedded Qdrant Edge folder.
+    data_dir: str | None = None
+    # Qdrant server URL, and its API key.
+    url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    # qdrant-client local mode folder (small setups and tests; one process at a time).
+    qdrant_path: str | None = None
+
+    def open(self):
+        from indexing import open_store
+
+        if self.qdrant_path:
+            from indexing.qdrant_server import QdrantStore
+
+            return QdrantStore(path=self.qdrant_path)
+        return open_store(data_dir=self.data_dir, url=self.url, api_key=self.api_key)
+
+    def describe(self) -> str:
+        if self.url:
+            return f"Qdrant server {self.url}"
+        if self.qdrant_path:
+            return f"qdrant-client local folder {self.qdrant_path}"
+        return f"embedded store {self.data_dir}"
+
+
+class CatalogWriter:
+    """Plans and writes rows of one collection, for one model (one named vector)."""
+
+    def __init__(self, spec: StoreSpec, collection: str, schema: CollectionSchema, *,
+                 new_vector: bool = False) -> None:
+        self.index = Index(spec.open())
+        self.collection = collection
+        if new_vector and self.index.store.get_schema(collection) is not None:
+            # Re-embedding: a new named vector next to the one that keeps serving.
+            self.index.add_vector(collection, schema)
+        else:
+            self.index.ensure_collection(collection, schema)
+        self.schema = self.index.schema_for(collection, schema)
+
+    def describe(self) -> dict[str, Any]:
+        return {"collection": self.collection, "vector": self.schema.vector_name,
+                "model_id": self.schema.model_id, "model_version": self.schema.model_version,
+                "points": self.index.count(self.collection)}
+
+    def plan(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """For rows with `sha256`, `uri` and `meta` (JSON): set `status` to an outcome when
+        no encoding is needed (applying source/metadata merges), and `known` when the content
+        is stored but not by this model version. Rows left with status "" go on to encoding."""
+        keys = [content_key(r["sha256"]) for r in rows]
+        done = self.index.encoded(self.collection, keys, self.schema)
+        known = self.index.existing(self.collection, [k for k in keys if k not in done])
+        merges = []
+        for row, key in zip(rows, keys):
+            payload = done.get(key)
+            row["known"] = key in known
+            if payload is None:
+                continue
+            metadata = json.loads(row["meta"]) if row["meta"] else {}
+            in_sources = row["uri"] in payload.get("sources", ())
+            same_meta = all(payload.get("meta", {}).get(k) == v for k, v in metadata.items())
+            if in_sources and same_meta:
+                row["status"] = SKIPPED
+                continue
+            row["status"] = UPDATED if in_sources else DUPLICATE
+            merges.append((key, row["uri"], metadata))
+        if merges:
+            self.index.merge_payloads(self.collection, merges)
+        return rows
+
+    def write(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store encoded rows (`vector` as float32 bytes); one {status, stage, reason} each."""
+        items = [self._item(r) for r in rows]
+        try:
+            stored = self.index.upsert(self.collection, items, self.schema)
+        except BatchInvalid:
+            # One bad item must not sink its batch: store them one by one to find it.
+            return [self._write_one(r, item) for r, item in zip(rows, items)]
+        return [_stored(row, created) for row, (_, created) in zip(rows, stored)]
+
+    def finish(self, *, optimize: bool = True) -> None:
+        if optimize:
+            self.index.optimize(self.collection)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def _write_one(self, row: dict[str, Any], item: NewItem) -> dict[str, Any]:
+        try:
+            [(_, created)] = self.index.upsert(self.collection, [item], self.schema)
+        except LoupeError as e:
+            return {"status": FAILED, "stage": "store", "reason": e.reason}
+        return _stored(row, created)
+
+    def _item(self, row: dict[str, Any]) -> NewItem:
+        text = row.get("text") or None
+        return NewItem(
+            public_id=None, sha256=row["sha256"], modality=Modality(row.get("modality") or "image"),
+            vector=np.frombuffer(row["vector"], dtype=np.float32),
+            source=row["uri"], metadata=json.loads(row["meta"]) if row["meta"] else {},
+            text=text, width=row.get("width") or None, height=row.get("height") or None,
+            keywords=keyword_vector(text) if text else None)
+
+
+def _stored(row: dict[str, Any], created: bool) -> dict[str, Any]:
+    # Not created and not stored before this run: another row of this run had the same content.
+    return {"status": INDEXED if created or row.get("known") else DUPLICATE}

@@ -1,0 +1,71 @@
+"""The catalog pipeline on a Ray cluster: a head and a worker started with `ray start`,
+the run joined with --address, writing through the qdrant-client backend."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from indexing.qdrant_server import QdrantStore
+from tests.fixtures.catalog import make_catalog, metadata
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).parent / "ray")
+N_IMAGES = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--include-dashboard=false", *common], check=True, capture_output=True, timeout=120)
+        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
+                       check=True, capture_output=True, timeout=120)
+        yield address
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def _alive_nodes(address: str) -> int:
+    code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); " \
+           "print(sum(n['Alive'] for n in ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_batch_on_a_cluster_into_qdrant_client(cluster, tmp_path):
+    assert _alive_nodes(cluster) == 2
+    cat = make_catalog(tmp_path / "cat", N_IMAGES, size=48, kind="parquet")
+    qdrant_dir = tmp_path / "qdrant"
+    summary_path = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "services.cli", "index", "--batch", str(cat.manifest), "--bundled-models",
+           "--address", cluster, "--qdrant-path", str(qdrant_dir), "--collection", "catalog", "--ocr", "never",
+           "--errors", str(tmp_path / "errors.jsonl"), "--summary-json", str(summary_path),
+           "--actors", "2", "--encode-cpus", "0.5"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["counts"]["indexed"] == N_IMAGES and summary["points"] == N_IMAGES
+    store = QdrantStore(path=str(qdrant_dir))
+    try:
+        assert store.count("catalog") == N_IMAGES
+        points, _ = store.scroll("catalog", filter=None, limit=N_IMAGES)
+        by_uri = {p.payload["sources"][0]: p.payload for p in points}
+        assert by_uri[str(cat.images[3])]["meta"] == metadata(3)
+    finally:
+        store.close()
