@@ -40,6 +40,12 @@ class ModelMismatch(LoupeError):
     """A collection was built by a different model than the one serving the request."""
 
 
+class VectorStateConflict(LoupeError):
+    """An operation on a collection's vectors that their state does not allow yet: switching
+    to, or marking complete, a vector some points still lack; dropping the active vector;
+    adding a second vector for a model that has one. The reason says what to do first."""
+
+
 class ModelUnavailable(LoupeError):
     """Model weights cannot be found or loaded. The reason lists the ways to supply them."""
 

@@ -3,16 +3,20 @@
 Layout of the data folder:
 
     <data_dir>/.loupe.lock             flock held while a process owns the folder
-    <data_dir>/<collection>/collection.json   schema + info blob (written atomically)
+    <data_dir>/<collection>/collection.json   schema, vector registry, info blob (written atomically)
     <data_dir>/<collection>/shard/     the EdgeShard (segments, WAL, edge_config.json)
 
 A collection exists once its collection.json exists; the shard is created first, so a crash
 in between leaves a shard without a sidecar, which the next create replaces.
 
 Keyword vectors: a collection created with `schema.keyword_vector` has a sparse vector of
-that name with the IDF modifier. A shard's vectors are fixed once created (loading it with
-a sparse vector it lacks fails: "config is incompatible with existing segments"), so older
-collections stay dense-only; their sidecar has no "keyword_vector".
+that name with the IDF modifier. A shard's sparse vectors are fixed once created (loading
+it with a sparse vector it lacks fails: "config is incompatible with existing segments"),
+so older collections stay dense-only; their sidecar has no "keyword_vector".
+
+Dense vectors can be added and removed in place (`create_dense_vector`,
+`delete_vector_name`); the shard records them in its own edge_config.json, so they survive
+reopening. Which model fills each is in the sidecar (`indexing.edge_folder`).
 
 Durability: the shard's WAL is on (the default), so every `update()` survives a crash and is
 replayed by `EdgeShard.load`; `close()` also flushes segments so reopening is fast.
@@ -23,33 +27,35 @@ errors are translated by message here.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import asdict
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import qdrant_edge as qe
 
 from encoders.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
 from encoders.keywords import SparseVector
+from indexing.edge_folder import lock_folder, schema_from_json, specs_of, write_json_atomic
 from indexing.types import (
     INDEXED_KEYWORD_FIELDS,
     RRF_K,
     CollectionSchema,
     Condition,
     Filter,
+    HasVector,
     Point,
     ScoredPoint,
+    VectorSpec,
     keywords_unavailable,
 )
 
 _SIDECAR = "collection.json"
 _SHARD = "shard"
-_LOCK = ".loupe.lock"
 _FORMAT = 1
 # Messages of qdrant-edge errors that mean "the request is wrong", not "the store is broken".
 _BAD_INPUT_PREFIXES = ("Wrong input", "Vector dimension error", "Not existing vector name")
@@ -64,7 +70,7 @@ class EdgeStore:
             os.makedirs(self._root, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(f"cannot create data folder {self._root}: {e}") from e
-        self._lock_file = _lock_folder(self._root)
+        self._lock_file = lock_folder(self._root)
         self._mu = threading.RLock()
         self._shards: dict[str, qe.EdgeShard] = {}
         self._sidecars: dict[str, dict[str, Any]] = {}
@@ -78,13 +84,18 @@ class EdgeStore:
             if self._sidecar(name) is not None:
                 return
             shard_dir = os.path.join(self._dir(name), _SHARD)
-            sidecar = {"format": _FORMAT, "schema": _schema_to_json(schema), "info": {}}
+            sidecar = {
+                "format": _FORMAT,
+                "schema": asdict(schema),
+                "vectors": [asdict(VectorSpec.of(schema, complete=True))],
+                "info": {},
+            }
             with self._errors("create", name):
                 # Leftover of a create that crashed before writing the sidecar.
                 shutil.rmtree(shard_dir, ignore_errors=True)
                 shard = _new_shard(shard_dir, schema)
                 try:
-                    _write_json_atomic(os.path.join(self._dir(name), _SIDECAR), sidecar)
+                    write_json_atomic(os.path.join(self._dir(name), _SIDECAR), sidecar)
                 except BaseException:
                     shard.close()  # release its WAL so a retry can replace the folder
                     raise
@@ -95,7 +106,38 @@ class EdgeStore:
         with self._mu:
             self._check_open()
             sidecar = self._sidecar(name)
-        return None if sidecar is None else _schema_from_json(sidecar["schema"])
+        return None if sidecar is None else schema_from_json(sidecar["schema"])
+
+    def get_vectors(self, name: str) -> list[VectorSpec] | None:
+        with self._mu:
+            self._check_open()
+            sidecar = self._sidecar(name)
+        return None if sidecar is None else specs_of(sidecar)
+
+    def set_vectors(self, name: str, specs: list[VectorSpec]) -> None:
+        with self._mu:
+            sidecar = self._require_sidecar(name)
+            keyword_vector = schema_from_json(sidecar["schema"]).keyword_vector
+            updated = {
+                **sidecar,
+                "schema": asdict(specs[0].schema(keyword_vector)),
+                "vectors": [asdict(spec) for spec in specs],
+            }
+            with self._errors("update vectors of", name):
+                write_json_atomic(os.path.join(self._dir(name), _SIDECAR), updated)
+            self._sidecars[name] = updated
+
+    def create_vector(self, name: str, vector_name: str, dim: int) -> None:
+        shard = self._shard(name)
+        with self._errors("add a vector to", name):
+            # Creating over a same-sized leftover would silently keep its values.
+            shard.update(qe.UpdateOperation.delete_vector_name(vector_name))
+            shard.update(qe.UpdateOperation.create_dense_vector(vector_name, dim, qe.Distance.Cosine))
+
+    def delete_vector(self, name: str, vector_name: str) -> None:
+        shard = self._shard(name)
+        with self._errors("drop a vector of", name):
+            shard.update(qe.UpdateOperation.delete_vector_name(vector_name))
 
     def list_collections(self) -> list[str]:
         with self._mu:
@@ -113,7 +155,7 @@ class EdgeStore:
             sidecar = self._require_sidecar(name)
             updated = {**sidecar, "info": {**sidecar["info"], **patch}}
             with self._errors("update info of", name):
-                _write_json_atomic(os.path.join(self._dir(name), _SIDECAR), updated)
+                write_json_atomic(os.path.join(self._dir(name), _SIDECAR), updated)
             self._sidecars[name] = updated
 
     def optimize(self, name: str) -> bool:
@@ -130,7 +172,7 @@ class EdgeStore:
         shard, schema = self._shard(name), self._schema(name)
         edge_points = []
         for p in points:
-            vectors: dict[str, Any] = {schema.vector_name: _as_list(p.vector)}
+            vectors: dict[str, Any] = {n: _as_list(v) for n, v in p.vectors.items()}
             if schema.keyword_vector and p.keywords:
                 # Empty sparse vectors are left out: stored, they would count in IDF statistics.
                 vectors[schema.keyword_vector] = _as_sparse(p.keywords)
@@ -138,33 +180,55 @@ class EdgeStore:
         with self._errors("write to", name):
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
 
-    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool = False) -> list[Point]:
-        shard, schema = self._shard(name), self._schema(name)
-        names = [n for n in (schema.vector_name, schema.keyword_vector) if n]
+    def retrieve(
+        self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False
+    ) -> list[Point]:
+        shard, keyword_vector = self._shard(name), self._schema(name).keyword_vector
+        selector = with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
         with self._errors("read from", name):
             # The stub marks with_payload/with_vector optional; the binary requires both.
-            records = shard.retrieve(list(point_ids), True, names if with_vectors else False)
+            records = shard.retrieve(list(point_ids), True, selector or False)
         return [
             Point(
                 point_id=str(r.id),
-                vector=_vector_of(r.vector, schema.vector_name) if with_vectors else None,
+                vectors=_dense_of(r.vector, keyword_vector),
                 payload=dict(r.payload or {}),
-                keywords=_sparse_of(r.vector, schema.keyword_vector) if with_vectors else None,
+                keywords=_sparse_of(r.vector, keyword_vector),
             )
             for r in records
         ]
+
+    def overwrite_payloads(self, name: str, payloads: dict[str, dict[str, Any]]) -> None:
+        shard = self._shard(name)
+        with self._errors("write to", name):
+            # One operation carries one payload; each is its own WAL entry.
+            for point_id, payload in payloads.items():
+                shard.update(qe.UpdateOperation.overwrite_payload([point_id], payload))
+
+    def scroll(
+        self, name: str, *, filter: Filter | None, limit: int, after: str | None = None
+    ) -> tuple[list[Point], str | None]:
+        shard = self._shard(name)
+        request = qe.ScrollRequest(
+            offset=after, limit=limit, filter=to_edge_filter(filter), with_payload=True, with_vector=False
+        )
+        with self._errors("read from", name):
+            records, next_id = shard.scroll(request)
+        points = [Point(point_id=str(r.id), payload=dict(r.payload or {})) for r in records]
+        return points, None if next_id is None else str(next_id)
 
     def search(
         self,
         name: str,
         vector: np.ndarray,
         *,
+        vector_name: str,
         limit: int,
         offset: int = 0,
         filter: Filter | None = None,
         score_threshold: float | None = None,
     ) -> list[ScoredPoint]:
-        shard, vector_name = self._shard(name), self._vector_name(name)
+        shard = self._shard(name)
         request = qe.SearchRequest(
             query=qe.Query.Nearest(_as_list(vector), using=vector_name),
             limit=limit,
@@ -208,6 +272,7 @@ class EdgeStore:
         vector: np.ndarray,
         query: SparseVector,
         *,
+        vector_name: str,
         limit: int,
         offset: int = 0,
         filter: Filter | None = None,
@@ -215,7 +280,7 @@ class EdgeStore:
         candidates: int,
         rrf_k: int = RRF_K,
     ) -> list[ScoredPoint]:
-        shard, keyword_vector, vector_name = self._shard(name), self._keyword_vector(name), self._vector_name(name)
+        shard, keyword_vector = self._shard(name), self._keyword_vector(name)
         edge_filter = to_edge_filter(filter)
         # The filter goes on every stage: each ranking is cut to `candidates` after filtering,
         # so a selective filter still gets full candidate lists.
@@ -318,10 +383,7 @@ class EdgeStore:
 
     def _schema(self, name: str) -> CollectionSchema:
         with self._mu:
-            return _schema_from_json(self._require_sidecar(name)["schema"])
-
-    def _vector_name(self, name: str) -> str:
-        return self._schema(name).vector_name
+            return schema_from_json(self._require_sidecar(name)["schema"])
 
     def _keyword_vector(self, name: str) -> str:
         keyword_vector = self._schema(name).keyword_vector
@@ -371,7 +433,9 @@ def to_edge_filter(filter: Filter | None) -> qe.Filter | None:
     )
 
 
-def _condition(c: Condition) -> Any:
+def _condition(c: Condition | HasVector) -> Any:
+    if isinstance(c, HasVector):
+        return qe.HasVectorCondition(c.vector_name)
     if c.range is not None:
         r = c.range
         return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
@@ -443,69 +507,7 @@ def _as_list(vector: np.ndarray) -> list[float]:
     return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
 
 
-def _vector_of(vectors: Any, vector_name: str) -> np.ndarray | None:
-    if not vectors or vector_name not in vectors:
-        return None
-    return np.asarray(vectors[vector_name], dtype=np.float32)
-
-
-def _schema_to_json(schema: CollectionSchema) -> dict[str, Any]:
-    return {
-        "vector_name": schema.vector_name,
-        "dim": schema.dim,
-        "model_id": schema.model_id,
-        "model_version": schema.model_version,
-        "keyword_vector": schema.keyword_vector,
-    }
-
-
-def _schema_from_json(data: dict[str, Any]) -> CollectionSchema:
-    return CollectionSchema(
-        vector_name=data["vector_name"],
-        dim=data["dim"],
-        model_id=data["model_id"],
-        model_version=data["model_version"],
-        # Absent from sidecars written before keyword vectors existed: those shards have none.
-        keyword_vector=data.get("keyword_vector"),
-    )
-
-
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    # write-fsync-rename-fsync: a crash leaves either the old file or the new one, never half.
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _lock_folder(root: str) -> Any:
-    """Take the folder for this process; a second owner would corrupt the WALs."""
-    path = os.path.join(root, _LOCK)
-    try:
-        f = open(path, "a+", encoding="utf-8")
-    except OSError as e:
-        raise StoreUnavailable(f"cannot open lock file {path}: {e}") from e
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        f.close()
-        raise StoreUnavailable(
-            f"data folder {root} is in use by another store (pid {holder}); "
-            "only one process may open it: stop the other one, or use a Qdrant server to share data"
-        ) from e
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+def _dense_of(vectors: Any, keyword_vector: str | None) -> dict[str, np.ndarray]:
+    if not vectors:
+        return {}
+    return {n: np.asarray(v, dtype=np.float32) for n, v in vectors.items() if n != keyword_vector}

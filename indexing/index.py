@@ -21,28 +21,29 @@ Search modes (`Index.search(mode=...)`) and what their scores mean:
                dense ranking (the same scale as in dense mode); keyword matches enter
                regardless. There is no threshold on the fused score.
 
-Filters, modalities and exclude_ids restrict every ranking in every mode.
+Filters, modalities and exclude_ids restrict every ranking in every mode. Equal scores are
+ordered by public id, so pages never overlap or skip items (`indexing.ranking`).
 
-Equal scores (common in keyword search over similar texts, and in RRF) are ordered by
-public id, so pages never overlap or skip items: a store returns tied items in arbitrary,
-limit-dependent order (Qdrant Edge repeats one tied item on every page), so when a tie
-crosses a page boundary the ranking is re-read from the top, up to `_TIE_WINDOW` items.
+A collection may hold a dense vector per model while it is re-embedded (`indexing.vectors`):
+searches use the active vector unless told another, and writes go to the vector of the
+writer's model, keeping the others.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from encoders.errors import BatchInvalid, InvalidInput, ModelMismatch, NotFound
+from encoders.errors import BatchInvalid, InvalidInput, NotFound
 from encoders.keywords import SparseVector
 from indexing import user_filter
 from indexing.ids import item_key, point_id
 from indexing.payloads import NewItem, build_payload, check_item, meta_types
+from indexing.ranking import check_keyword_query, check_mode, check_query_vector, page
+from indexing.reembed import ReembedMethods
 from indexing.types import (
     RRF_K,
     CollectionSchema,
@@ -55,30 +56,25 @@ from indexing.types import (
     VectorStore,
     keywords_unavailable,
 )
+from indexing.vectors import NAME, VectorRegistry, check_vector_name, versions_kept
 
 __all__ = ["HYBRID_CANDIDATES", "Index", "NewItem", "SearchMode"]
 
-# Also a folder name in the Edge backend and part of point ids: no "/", nothing hidden.
-_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Info-blob key prefix under which user metadata field types are recorded, one key per
 # field so concurrent writers recording different fields cannot overwrite each other.
 _FIELD_PREFIX = "field:"
 _MAX_LISTED = 10
 # Items each ranking contributes to a hybrid search (at least offset + limit).
 HYBRID_CANDIDATES = 100
-_MODES = tuple(m.value for m in SearchMode)
-# Most items read to order a group of equal scores that crosses a page boundary; beyond it,
-# which members of a larger tie group make the page is up to the store.
-_TIE_WINDOW = 2000
 
 
-class Index:
+class Index(ReembedMethods):
     """Collections of Loupe items over any `VectorStore`. Thread-safe."""
 
     def __init__(self, store: VectorStore, *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
-        self._schemas: dict[str, CollectionSchema] = {}
+        self._vectors = VectorRegistry(store)
         self._fields: dict[str, dict[str, frozenset[str]]] = {}
         # Upserts read, merge and write back; deletes check then delete. Serialising writes
         # keeps both correct within this process (the Edge store's only process).
@@ -94,38 +90,47 @@ class Index:
     # -- collections -----------------------------------------------------------------------
 
     def ensure_collection(self, name: str, schema: CollectionSchema) -> None:
-        """Create `name` for `schema` if missing; ModelMismatch if it was built otherwise."""
+        """Create `name` for `schema` if missing; ModelMismatch if none of its vectors was
+        built by `schema`'s model."""
         _check_name(name)
         if schema.dim <= 0 or not schema.vector_name or not schema.model_id:
             raise InvalidInput(f"invalid collection schema {schema}", field="schema")
-        stored = self._lookup(name)
-        if stored is None:
+        if self._vectors.active(name) is None:
+            check_vector_name(schema.vector_name, schema.keyword_vector)
             self._store.create_collection(name, schema)
             # Re-read: another process may have created it first with another model.
-            stored = self._store.get_schema(name)
-            if stored is None:
+            if self._vectors.specs(name, refresh=True) is None:
                 raise NotFound(f"collection {name!r} vanished right after being created", field="collection")
-            self._schemas[name] = stored
-        _compare(name, stored, schema)
+        self.schema_for(name, schema)
 
     def require_collection(self, name: str, schema: CollectionSchema) -> None:
-        """NotFound if `name` is missing; ModelMismatch if it was built by another model."""
-        _compare(name, self.schema(name), schema)
+        """NotFound if `name` is missing; ModelMismatch if none of its vectors was built by
+        `schema`'s model."""
+        self.schema_for(name, schema)
 
     def schema(self, name: str) -> CollectionSchema:
-        """The schema `name` was built with; NotFound (listing existing ones) if missing."""
+        """The schema of `name`'s active vector; NotFound (listing existing ones) if missing."""
         _check_name(name)
-        stored = self._lookup(name)
+        stored = self._vectors.active(name)
         if stored is None:
-            existing = ", ".join(repr(n) for n in self._store.list_collections()) or "none"
-            raise NotFound(f"collection {name!r} does not exist; existing collections: {existing}", field="collection")
+            raise self._no_collection(name)
         return stored
 
+    def schema_for(self, name: str, wanted: CollectionSchema) -> CollectionSchema:
+        """The schema to serve requests made with `wanted`'s model: the active vector's if
+        that model built it, else the schema of the other vector it built (whatever
+        `wanted.vector_name` says). ModelMismatch, listing the vectors, if there is none."""
+        _check_name(name)
+        found = self._vectors.schema_for(name, wanted)
+        if found is None:
+            raise self._no_collection(name)
+        return found
+
     def collections(self) -> list[tuple[str, CollectionSchema, int]]:
-        """(name, schema, point count) of every collection, by name."""
+        """(name, schema of the active vector, point count) of every collection, by name."""
         out = []
         for name in sorted(self._store.list_collections()):
-            schema = self._lookup(name)
+            schema = self._vectors.active(name)
             if schema is not None:
                 out.append((name, schema, self._store.count(name)))
         return out
@@ -140,11 +145,12 @@ class Index:
     def upsert(self, name: str, items: Sequence[NewItem], schema: CollectionSchema) -> list[tuple[str, bool]]:
         """Store items; return (public id, created) per item, in order.
 
-        Existing points keep created_at, get sources unioned and metadata merged (new keys
-        win); vectors are replaced, the keyword vector too (an item given without keywords
-        loses them). Nothing is stored if any item is invalid. In a collection created
-        without a keyword vector (`schema(name).keyword_vector is None`) keywords are not
-        stored.
+        The items' vectors go to the collection's vector of `schema`'s model
+        (`schema_for`); a point's other dense vectors are kept. Existing points keep
+        created_at, get sources unioned and metadata merged (new keys win); the keyword
+        vector is replaced (an item given without keywords loses them). Nothing is stored
+        if any item is invalid. In a collection created without a keyword vector
+        (`schema(name).keyword_vector is None`) keywords are not stored.
         """
         # Items first, so a rejected request leaves no trace, not even a new collection.
         problems = [p for i, item in enumerate(items) for p in check_item(item, i, schema)]
@@ -153,30 +159,40 @@ class Index:
         if problems:
             raise BatchInvalid(problems)
         self.ensure_collection(name, schema)
+        target = self.schema_for(name, schema)
         if not items:
             return []
         keys = [item_key(item.public_id, item.sha256) for item in items]
         pids = [point_id(name, key) for key in keys]
         with self._write_lock:
-            existing = {p.point_id: p.payload for p in self._store.retrieve(name, list(dict.fromkeys(pids)))}
+            specs = self._vectors.specs(name) or []
+            others = [s.vector_name for s in specs if s.vector_name != target.vector_name]
+            # The store writes whole points: the other vectors are read to be written back.
+            stored = {p.point_id: p for p in self._store.retrieve(name, list(dict.fromkeys(pids)), with_vectors=others)}
             now = self._clock()
             merged: dict[str, Point] = {}
             results: list[tuple[str, bool]] = []
             for item, key, pid in zip(items, keys, pids, strict=True):
                 # A second item with the same key in one batch merges into the first.
-                previous = merged[pid].payload if pid in merged else existing.get(pid)
-                payload = build_payload(item, key, schema, previous, now)
+                before = merged.get(pid) or stored.get(pid)
+                kept = {n: v for n, v in before.vectors.items() if n in others} if before else {}
+                previous = before.payload if before else None
+                versions = versions_kept(previous, set(kept), specs)
                 merged[pid] = Point(
                     point_id=pid,
-                    vector=np.asarray(item.vector, np.float32),
-                    payload=payload,
+                    vectors={**kept, target.vector_name: np.asarray(item.vector, np.float32)},
+                    payload=build_payload(item, key, target, previous, now, versions),
                     keywords=item.keywords if item.keywords else None,
                 )
-                results.append((key, previous is None))
+                results.append((key, before is None))
             # Fields first: a crash in between leaves a known field without values, which
             # is harmless, rather than values no filter may name.
-            self._record_fields(name, items)
+            self._record_fields(name, [item.metadata for item in items])
             self._store.upsert(name, list(merged.values()))
+            if any(created for _, created in results):
+                stale = [s.vector_name for s in specs if s.complete and s.vector_name in others]
+                if stale:
+                    self._vectors.mark_incomplete(name, stale)
         return results
 
     def delete_ids(self, name: str, ids: Iterable[str]) -> int:
@@ -244,6 +260,7 @@ class Index:
         exclude_ids: Sequence[str] = (),
         mode: str = SearchMode.DENSE.value,
         keyword_query: SparseVector | None = None,
+        vector_name: str | None = None,
     ) -> list[tuple[dict[str, Any], float]]:
         """(payload, score) of the best items, best first; see the module docstring for
         what score and score_threshold mean in each mode.
@@ -252,9 +269,11 @@ class Index:
         "keyword" mode; `keyword_query` (`encoders.keywords.query_vector`) is needed in
         "keyword" and "hybrid" mode. Keyword and hybrid search on a collection created
         without a keyword vector raise KeywordsUnavailable (a ModelMismatch).
+        `vector_name`: the dense vector to search (default: the active one); points
+        without it are not found.
         """
-        schema = self.schema(name)
-        mode = _check_mode(mode)
+        schema = self._vector_schema(name, vector_name)
+        mode = check_mode(mode)
         if limit < 1 or offset < 0:
             raise InvalidInput(f"limit must be >= 1 and offset >= 0 (got {limit}, {offset})", field="limit")
         if score_threshold is not None and not (
@@ -264,11 +283,11 @@ class Index:
                 f"score_threshold must be a finite number, got {score_threshold!r}", field="score_threshold"
             )
         if mode != SearchMode.KEYWORD:
-            vector = _check_query_vector(vector, schema, name)
+            vector = check_query_vector(vector, schema, name)
         if mode != SearchMode.DENSE:
             if not schema.keyword_vector:
                 raise keywords_unavailable(name)
-            keyword_query = _check_keyword_query(keyword_query, mode)
+            keyword_query = check_keyword_query(keyword_query, mode)
         scoped = _scoped(filter, modalities)
         if exclude_ids:
             scoped = (scoped or Filter()).and_not(Condition(key="id", any_of=tuple(exclude_ids)))
@@ -276,7 +295,13 @@ class Index:
 
             def fetch(n: int, skip: int) -> list[ScoredPoint]:
                 return self._store.search(
-                    name, vector, limit=n, offset=skip, filter=scoped, score_threshold=score_threshold
+                    name,
+                    vector,
+                    vector_name=schema.vector_name,
+                    limit=n,
+                    offset=skip,
+                    filter=scoped,
+                    score_threshold=score_threshold,
                 )
 
         elif mode == SearchMode.KEYWORD:
@@ -287,7 +312,7 @@ class Index:
                 )
 
         else:
-            # Fixed by the page asked for, not by how much `_page` reads, so both rankings
+            # Fixed by the page asked for, not by how much `page` reads, so both rankings
             # are the same for every read of one page.
             candidates = max(offset + limit, HYBRID_CANDIDATES)
 
@@ -296,6 +321,7 @@ class Index:
                     name,
                     vector,
                     keyword_query,
+                    vector_name=schema.vector_name,
                     limit=n,
                     offset=skip,
                     filter=scoped,
@@ -304,16 +330,21 @@ class Index:
                     rrf_k=RRF_K,
                 )
 
-        return [(hit.payload, hit.score) for hit in _page(fetch, offset, limit)]
+        return [(hit.payload, hit.score) for hit in page(fetch, offset, limit)]
 
     def get(self, name: str, public_id: str) -> dict[str, Any]:
-        return self._get(name, public_id, with_vector=False).payload
+        return self._get(name, public_id).payload
 
-    def get_vector(self, name: str, public_id: str) -> tuple[dict[str, Any], np.ndarray]:
-        point = self._get(name, public_id, with_vector=True)
-        if point.vector is None:
-            raise NotFound(f"item {public_id!r} in collection {name!r} has no vector", field="id")
-        return point.payload, point.vector
+    def get_vector(
+        self, name: str, public_id: str, vector_name: str | None = None
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """Payload and dense vector `vector_name` (default: the active one) of an item."""
+        wanted = self._vector_schema(name, vector_name).vector_name
+        point = self._get(name, public_id, with_vectors=[wanted])
+        vector = point.vectors.get(wanted)
+        if vector is None:
+            raise NotFound(f"item {public_id!r} in collection {name!r} has no vector {wanted!r}", field="id")
+        return point.payload, vector
 
     def count(self, name: str, filter: Filter | None = None, modalities: tuple[Modality, ...] = ()) -> int:
         self.schema(name)
@@ -343,21 +374,21 @@ class Index:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _lookup(self, name: str) -> CollectionSchema | None:
-        # Schemas never change for a name (a different model needs another collection), so
-        # one read per process is enough.
-        if name not in self._schemas:
-            stored = self._store.get_schema(name)
-            if stored is None:
-                return None
-            self._schemas[name] = stored
-        return self._schemas[name]
+    def _no_collection(self, name: str) -> NotFound:
+        existing = ", ".join(repr(n) for n in self._store.list_collections()) or "none"
+        return NotFound(f"collection {name!r} does not exist; existing collections: {existing}", field="collection")
 
-    def _get(self, name: str, public_id: str, *, with_vector: bool) -> Point:
+    def _vector_schema(self, name: str, vector_name: str | None) -> CollectionSchema:
+        active = self.schema(name)
+        if vector_name is None or vector_name == active.vector_name:
+            return active
+        return self._vectors.spec(name, vector_name).schema(active.keyword_vector)
+
+    def _get(self, name: str, public_id: str, *, with_vectors: Sequence[str] = ()) -> Point:
         self.schema(name)
         if not isinstance(public_id, str) or not public_id:
             raise InvalidInput("id must be a non-empty string", field="id")
-        points = self._store.retrieve(name, [point_id(name, public_id)], with_vectors=with_vector)
+        points = self._store.retrieve(name, [point_id(name, public_id)], with_vectors=list(with_vectors))
         if not points:
             raise NotFound(f"no item with id {public_id!r} in collection {name!r}", field="id")
         return points[0]
@@ -370,11 +401,11 @@ class Index:
             }
         return self._fields[name]
 
-    def _record_fields(self, name: str, items: Sequence[NewItem]) -> None:
+    def _record_fields(self, name: str, metadata: Sequence[dict[str, Any]]) -> None:
         known = self._meta_fields(name)
         seen: dict[str, set[str]] = {}
-        for item in items:
-            for field_name, types in meta_types(item.metadata).items():
+        for meta in metadata:
+            for field_name, types in meta_types(meta).items():
                 seen.setdefault(field_name, set()).update(types)
         patch = {
             _FIELD_PREFIX + f: sorted(types | known.get(f, frozenset()))
@@ -387,98 +418,11 @@ class Index:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _COLLECTION_NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise InvalidInput(
             f"collection name {name!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit",
             field="collection",
         )
-
-
-def _compare(name: str, stored: CollectionSchema, wanted: CollectionSchema) -> None:
-    if (stored.model_id, stored.model_version, stored.dim, stored.vector_name) == (
-        wanted.model_id,
-        wanted.model_version,
-        wanted.dim,
-        wanted.vector_name,
-    ):
-        return
-    built_by = (
-        f"{stored.model_id} (version {stored.model_version}, dim {stored.dim})"
-        if stored.model_id
-        else ("an unknown model (the collection was not created by Loupe)")
-    )
-    raise ModelMismatch(
-        f"collection {name!r} was built by {built_by}, but this request uses {wanted.model_id} "
-        f"(version {wanted.model_version}, dim {wanted.dim}); vectors of different models are not comparable: "
-        "use another collection for this model, or re-index the collection's content with it",
-        field="collection",
-    )
-
-
-def _page(fetch: Callable[[int, int], list[ScoredPoint]], offset: int, limit: int) -> list[ScoredPoint]:
-    """Hits offset..offset+limit of the ranking by score, then public id.
-
-    One read normally: from one before the page to one after it, which shows whether a
-    group of equal scores crosses either end. Only then is the ranking read from the top,
-    far enough to hold the whole group, and sorted.
-    """
-    end = offset + limit
-    start = max(offset - 1, 0)
-    hits = fetch(end + 1 - start, start)
-    lead = offset - start  # 1 if hits[0] is the item before the page
-    tie_at_start = lead == 1 and len(hits) > 1 and hits[0].score == hits[1].score
-    tie_at_end = len(hits) == end + 1 - start and hits[-1].score == hits[-2].score
-    if not (tie_at_start or tie_at_end):
-        return sorted(hits[lead:], key=_rank_key)[:limit]
-    n = end + 1
-    while True:
-        hits = fetch(n, 0)
-        if len(hits) < n or hits[-1].score != hits[end - 1].score or n >= _TIE_WINDOW:
-            break
-        n = min(n * 4, _TIE_WINDOW)
-    return sorted(hits, key=_rank_key)[offset:end]
-
-
-def _rank_key(hit: ScoredPoint) -> tuple[float, str]:
-    return (-hit.score, str(hit.payload.get("id", hit.point_id)))
-
-
-def _check_mode(mode: Any) -> SearchMode:
-    try:
-        return SearchMode(mode)
-    except ValueError:
-        raise InvalidInput(f"unknown search mode {mode!r}; valid modes: {', '.join(_MODES)}", field="mode") from None
-
-
-def _check_query_vector(vector: Any, schema: CollectionSchema, name: str) -> np.ndarray:
-    if vector is None:
-        raise InvalidInput("a query vector is needed for dense and hybrid search", field="vector")
-    vector = np.asarray(vector, dtype=np.float32)
-    if vector.shape != (schema.dim,) or not np.all(np.isfinite(vector)):
-        raise InvalidInput(
-            f"query vector must be {schema.dim} finite numbers for collection {name!r}, got shape {vector.shape}",
-            field="vector",
-        )
-    return vector
-
-
-def _check_keyword_query(query: Any, mode: SearchMode) -> SparseVector:
-    if query is None:
-        raise InvalidInput(f"{mode.value} search needs a keyword query", field="keyword_query")
-    if not isinstance(query, SparseVector) or len(query.indices) != len(query.values):
-        raise InvalidInput(
-            "keyword query must be a SparseVector (encoders.keywords.query_vector)", field="keyword_query"
-        )
-    if not all(isinstance(i, (int, np.integer)) and 0 <= i < 2**32 for i in query.indices) or len(
-        set(query.indices)
-    ) != len(query.indices):
-        raise InvalidInput("keyword query indices must be unique integers in 0..2^32-1", field="keyword_query")
-    if not all(isinstance(v, (int, float, np.number)) and np.isfinite(v) for v in query.values):
-        raise InvalidInput("keyword query values must be finite numbers", field="keyword_query")
-    if mode == SearchMode.KEYWORD and not query.indices:
-        # Nothing can match; almost certainly a query of only punctuation or spaces.
-        raise InvalidInput("the keyword query has no words to search for", field="keyword_query")
-    return query
 
 
 def _scoped(filter: Filter | None, modalities: tuple[Modality, ...]) -> Filter | None:

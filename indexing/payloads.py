@@ -1,10 +1,18 @@
 """What an item looks like going in (`NewItem`), its checks, and the payload stored for it.
 
 Payload of every point (both backends):
-    id, modality, sha256, sources[], meta{}, model_id, model_version, created_at, updated_at,
-    plus, each only when the item sets it: text (text items, OCR text, transcripts),
-    width/height (images), parent_id (a segment's recording), start_s/end_s (a segment's
-    span in seconds), language (of the text, e.g. "en"), duration_s (a recording's length).
+    id, modality, sha256, sources[], meta{}, model_id, model_version, vectors{}, created_at,
+    updated_at, plus, each only when the item sets it: text (text items, OCR text,
+    transcripts), width/height (images), parent_id (a segment's recording), start_s/end_s (a
+    segment's span in seconds), language (of the text, e.g. "en"), duration_s (a recording's
+    length).
+
+model_id/model_version are the model of the vector the latest upsert wrote. `vectors` maps
+each dense vector the point has to the model_version that built it, e.g. {"clip": "v1",
+"clip_l14": "v7"}: a collection being re-embedded holds a vector per model (see
+`indexing.vectors`), and this says which of a point's vectors are already from a given
+version. Points written before it existed have no `vectors`; their one vector is from
+model_version.
 
 The keyword (sparse) vector is stored as a vector, not in the payload.
 """
@@ -186,10 +194,16 @@ def meta_types(metadata: dict[str, Any]) -> dict[str, set[str]]:
 
 
 def build_payload(
-    item: NewItem, key: str, schema: CollectionSchema, previous: dict[str, Any] | None, now: float
+    item: NewItem,
+    key: str,
+    schema: CollectionSchema,
+    previous: dict[str, Any] | None,
+    now: float,
+    versions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The payload to store: new facts replace old ones, history (created_at, sources,
-    metadata keys not given again) is kept."""
+    metadata keys not given again) is kept. `versions`: the `vectors` map of the vectors
+    the point keeps besides `schema.vector_name`, which this write adds."""
     sources = list(previous.get("sources", [])) if previous else []
     if item.source and item.source not in sources:
         sources.append(item.source)
@@ -203,6 +217,7 @@ def build_payload(
         "meta": meta,
         "model_id": schema.model_id,
         "model_version": schema.model_version,
+        "vectors": {**(versions or {}), schema.vector_name: schema.model_version},
         "created_at": previous.get("created_at", now) if previous else now,
         "updated_at": now,
     }
@@ -225,6 +240,47 @@ def build_payload(
     if item.language is not None:
         payload["language"] = item.language
     return payload
+
+
+def check_update(source: Any, metadata: Any, at: str) -> list[InvalidInput]:
+    """Problems of a payload-only update (a source and metadata for a stored item)."""
+    problems = []
+    if source is not None and not isinstance(source, str):
+        problems.append(InvalidInput("source must be a string", field=f"{at}.source"))
+    if not isinstance(metadata, dict):
+        problems.append(InvalidInput("metadata must be a map", field=f"{at}.metadata"))
+    else:
+        for key, value in metadata.items():
+            problems += _check_meta(key, value, f"{at}.metadata")
+    return problems
+
+
+def merge_update(
+    previous: dict[str, Any], source: str | None, metadata: dict[str, Any], now: float
+) -> dict[str, Any] | None:
+    """`previous` with `source` among its sources and `metadata` merged in (new keys win),
+    as `build_payload` merges them; None if that changes nothing."""
+    sources = list(previous.get("sources", []))
+    meta = dict(previous.get("meta", {}))
+    changed = False
+    if source and source not in sources:
+        sources.append(source)
+        changed = True
+    for key, value in metadata.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if key not in meta or not _same(meta[key], value):
+            meta[key] = value
+            changed = True
+    if not changed:
+        return None
+    return {**previous, "sources": sources, "meta": meta, "updated_at": now}
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Typed: 1, 1.0 and True are equal in Python but distinct values in a filter.
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return value_type(a) == value_type(b) and a == b
 
 
 def _is_int(v: Any) -> bool:

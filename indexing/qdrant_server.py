@@ -3,7 +3,13 @@
 The schema and the info blob live in the collection's own metadata (Qdrant >= 1.16), so a
 collection carries what it was built with wherever it is copied or snapshotted:
 
-    metadata = {"loupe_schema": {...}, "loupe_info.<key>": <value>, ...}
+    metadata = {"loupe_schema": {...}, "loupe_vectors": [{...}, ...], "loupe_info.<key>": <value>, ...}
+
+"loupe_schema" is the active vector (what older Loupe versions read); "loupe_vectors" lists
+every dense vector with its model, active first (absent from collections made when there was
+one). Both change in one metadata update, so a reader never sees them disagree. Dense
+vectors are added and removed in place (`create_vector_name`, `delete_vector_name`: server
+>= 1.18).
 
 Info keys are separate top-level entries because the server merges metadata updates per
 top-level key: two replicas recording different fields at once then cannot overwrite each
@@ -19,7 +25,8 @@ config, not from the metadata, so collections created before keyword search repo
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import asdict
+from typing import Any, Iterator, Sequence
 
 import httpx
 import numpy as np
@@ -36,12 +43,15 @@ from indexing.types import (
     CollectionSchema,
     Condition,
     Filter,
+    HasVector,
     Point,
     ScoredPoint,
+    VectorSpec,
     keywords_unavailable,
 )
 
 _SCHEMA_KEY = "loupe_schema"
+_VECTORS_KEY = "loupe_vectors"
 _INFO_PREFIX = "loupe_info."
 
 
@@ -71,7 +81,8 @@ class QdrantStore:
                 self._client = QdrantClient(location=location or ":memory:")
         except Exception as e:  # e.g. local folder already held by another client
             raise StoreUnavailable(f"cannot open Qdrant at {self._where}: {e}") from e
-        # Vector names never change for a collection; caching saves a round trip per call.
+        # Only the keyword vector is read from these, and it never changes for a collection;
+        # caching saves a round trip per call. Dense vectors are named by the caller.
         self._schemas: dict[str, CollectionSchema] = {}
 
     # -- collections -----------------------------------------------------------------------
@@ -91,7 +102,10 @@ class QdrantStore:
                         if schema.keyword_vector
                         else None
                     ),
-                    metadata={_SCHEMA_KEY: _schema_to_json(schema)},
+                    metadata={
+                        _SCHEMA_KEY: asdict(schema),
+                        _VECTORS_KEY: [asdict(VectorSpec.of(schema, complete=True))],
+                    },
                 )
             except (UnexpectedResponse, ValueError):
                 if self._client.collection_exists(name):
@@ -142,6 +156,49 @@ class QdrantStore:
             keyword_vector=_keyword_vector_in({}, sparse),
         )
 
+    def get_vectors(self, name: str) -> list[VectorSpec] | None:
+        with self._errors("read collection", name):
+            if not self._client.collection_exists(name):
+                return None
+            metadata = self._client.get_collection(name).config.metadata or {}
+        if _VECTORS_KEY in metadata:
+            return [VectorSpec(**data) for data in metadata[_VECTORS_KEY]]
+        schema = self.get_schema(name)
+        # Made when a collection had one vector, which every point got.
+        return None if schema is None else [VectorSpec.of(schema, complete=True)]
+
+    def set_vectors(self, name: str, specs: list[VectorSpec]) -> None:
+        keyword_vector = self._schema(name).keyword_vector
+        metadata = {
+            _SCHEMA_KEY: asdict(specs[0].schema(keyword_vector)),
+            _VECTORS_KEY: [asdict(spec) for spec in specs],
+        }
+        with self._errors("update collection", name):
+            self._client.update_collection(name, metadata=metadata)
+
+    def create_vector(self, name: str, vector_name: str, dim: int) -> None:
+        config = models.DenseVectorNameConfig(
+            dense=models.DenseVectorConfig(size=dim, distance=models.Distance.COSINE)
+        )
+        with self._errors("add a vector to", name):
+            if vector_name in self._dense_names(name):
+                self._client.delete_vector_name(name, vector_name, wait=True)
+            try:
+                self._client.create_vector_name(name, vector_name, config, wait=True)
+            except UnexpectedResponse as e:
+                if e.status_code not in (404, 405):
+                    raise
+                # The collection exists (just read), so it is the endpoint that is missing.
+                raise StoreUnavailable(
+                    f"Qdrant at {self._where} cannot add vector {vector_name!r} to collection {name!r}: "
+                    "adding a vector to an existing collection needs Qdrant 1.18 or newer"
+                ) from e
+
+    def delete_vector(self, name: str, vector_name: str) -> None:
+        with self._errors("drop a vector of", name):
+            if vector_name in self._dense_names(name):
+                self._client.delete_vector_name(name, vector_name, wait=True)
+
     def list_collections(self) -> list[str]:
         with self._errors("list collections", ""):
             return sorted(c.name for c in self._client.get_collections().collections)
@@ -164,7 +221,7 @@ class QdrantStore:
         schema = self._schema(name)
         structs = []
         for p in points:
-            vectors: dict[str, Any] = {schema.vector_name: _as_list(p.vector)}
+            vectors: dict[str, Any] = {n: _as_list(v) for n, v in p.vectors.items()}
             if schema.keyword_vector and p.keywords:
                 # Empty sparse vectors are left out: stored, they would count in IDF statistics.
                 vectors[schema.keyword_vector] = _as_sparse(p.keywords)
@@ -172,32 +229,59 @@ class QdrantStore:
         with self._errors("write to", name):
             self._client.upsert(name, points=structs, wait=True)
 
-    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool = False) -> list[Point]:
-        schema = self._schema(name) if with_vectors else None
-        names = [n for n in (schema.vector_name, schema.keyword_vector) if n] if schema else []
+    def retrieve(
+        self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False
+    ) -> list[Point]:
+        selector = with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
+        keyword_vector = self._schema(name).keyword_vector if selector else None
         with self._errors("read from", name):
-            records = self._client.retrieve(name, list(point_ids), with_payload=True, with_vectors=names or False)
+            records = self._client.retrieve(name, list(point_ids), with_payload=True, with_vectors=selector or False)
         return [
             Point(
                 point_id=str(r.id),
-                vector=_vector_of(r.vector, schema.vector_name) if schema else None,
+                vectors=_dense_of(r.vector, keyword_vector),
                 payload=dict(r.payload or {}),
-                keywords=_sparse_of(r.vector, schema.keyword_vector) if schema else None,
+                keywords=_sparse_of(r.vector, keyword_vector),
             )
             for r in records
         ]
+
+    def overwrite_payloads(self, name: str, payloads: dict[str, dict[str, Any]]) -> None:
+        operations = [
+            models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[point_id]))
+            for point_id, payload in payloads.items()
+        ]
+        if not operations:
+            return
+        with self._errors("write to", name):
+            self._client.batch_update_points(name, operations, wait=True)
+
+    def scroll(
+        self, name: str, *, filter: Filter | None, limit: int, after: str | None = None
+    ) -> tuple[list[Point], str | None]:
+        with self._errors("read from", name):
+            records, next_id = self._client.scroll(
+                name,
+                scroll_filter=to_qdrant_filter(filter),
+                limit=limit,
+                offset=after,
+                with_payload=True,
+                with_vectors=False,
+            )
+        points = [Point(point_id=str(r.id), payload=dict(r.payload or {})) for r in records]
+        return points, None if next_id is None else str(next_id)
 
     def search(
         self,
         name: str,
         vector: np.ndarray,
         *,
+        vector_name: str,
         limit: int,
         offset: int = 0,
         filter: Filter | None = None,
         score_threshold: float | None = None,
     ) -> list[ScoredPoint]:
-        vector_name = self._vector_name(name)
         with self._errors("search", name):
             response = self._client.query_points(
                 name,
@@ -243,6 +327,7 @@ class QdrantStore:
         vector: np.ndarray,
         query: SparseVector,
         *,
+        vector_name: str,
         limit: int,
         offset: int = 0,
         filter: Filter | None = None,
@@ -250,7 +335,7 @@ class QdrantStore:
         candidates: int,
         rrf_k: int = RRF_K,
     ) -> list[ScoredPoint]:
-        keyword_vector, vector_name = self._keyword_vector(name), self._vector_name(name)
+        keyword_vector = self._keyword_vector(name)
         qfilter = to_qdrant_filter(filter)
         with self._errors("search", name):
             # The server propagates the top-level filter into the prefetches; it is set on
@@ -312,8 +397,9 @@ class QdrantStore:
             self._schemas[name] = schema
         return self._schemas[name]
 
-    def _vector_name(self, name: str) -> str:
-        return self._schema(name).vector_name
+    def _dense_names(self, name: str) -> set[str]:
+        vectors = self._client.get_collection(name).config.params.vectors
+        return set(vectors) if isinstance(vectors, dict) else set()
 
     def _keyword_vector(self, name: str) -> str:
         keyword_vector = self._schema(name).keyword_vector
@@ -365,7 +451,9 @@ def to_qdrant_filter(filter: Filter | None) -> models.Filter | None:
     )
 
 
-def _condition(c: Condition) -> Any:
+def _condition(c: Condition | HasVector) -> Any:
+    if isinstance(c, HasVector):
+        return models.HasVectorCondition(has_vector=c.vector_name)
     if c.range is not None:
         r = c.range
         return models.FieldCondition(key=c.key, range=models.Range(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
@@ -407,20 +495,10 @@ def _scored(points: Any) -> list[ScoredPoint]:
     return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in points]
 
 
-def _vector_of(vectors: Any, vector_name: str) -> np.ndarray | None:
-    if not isinstance(vectors, dict) or vector_name not in vectors:
-        return None
-    return np.asarray(vectors[vector_name], dtype=np.float32)
-
-
-def _schema_to_json(schema: CollectionSchema) -> dict[str, Any]:
-    return {
-        "vector_name": schema.vector_name,
-        "dim": schema.dim,
-        "model_id": schema.model_id,
-        "model_version": schema.model_version,
-        "keyword_vector": schema.keyword_vector,
-    }
+def _dense_of(vectors: Any, keyword_vector: str | None) -> dict[str, np.ndarray]:
+    if not isinstance(vectors, dict):
+        return {}
+    return {n: np.asarray(v, dtype=np.float32) for n, v in vectors.items() if n != keyword_vector}
 
 
 def _keyword_vector_in(stored: dict[str, Any], sparse_vectors: dict[str, Any]) -> str | None:

@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from encoders.errors import (BatchInvalid, InvalidInput, LoupeError, ModelMismatch, ModelUnavailable,
-                             NotFound, Overloaded, StoreUnavailable)
+                             NotFound, Overloaded, StoreUnavailable, VectorStateConflict)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (VectorStateConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),

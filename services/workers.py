@@ -261,7 +261,8 @@ class IndexWorker:
         return stored
 
     def check_model(self, name: str, schema: CollectionSchema) -> None:
-        """ModelMismatch if `name` exists and was built by another model (a missing one is fine)."""
+        """ModelMismatch if `name` exists and none of its vectors was built by this model (a
+        missing collection is fine)."""
         if self.index.store.get_schema(name) is not None:
             self.index.require_collection(name, schema)
 
@@ -277,15 +278,16 @@ class IndexWorker:
     def search(self, name: str, schema: CollectionSchema, vector: np.ndarray | None, *, limit: int, offset: int,
                modalities: tuple, conditions: tuple, score_threshold: float | None,
                exclude_ids: tuple[str, ...] = (), mode: str = "dense", keyword_query=None) -> list[tuple[dict, float]]:
-        self.index.require_collection(name, schema)
+        # The vector of this service's model, active or not: a collection being re-embedded
+        # holds one per model.
+        vector_name = self.index.schema_for(name, schema).vector_name
         flt = self.index.resolve_filter(name, conditions) if conditions else None
         return self.index.search(name, vector, limit=limit, offset=offset, modalities=modalities, filter=flt,
                                  score_threshold=score_threshold, exclude_ids=exclude_ids, mode=mode,
-                                 keyword_query=keyword_query)
+                                 keyword_query=keyword_query, vector_name=vector_name)
 
     def vector_of(self, name: str, schema: CollectionSchema, public_id: str) -> tuple[dict, np.ndarray]:
-        self.index.require_collection(name, schema)
-        return self.index.get_vector(name, public_id)
+        return self.index.get_vector(name, public_id, self.index.schema_for(name, schema).vector_name)
 
     def get(self, name: str, public_id: str) -> dict:
         self._require_exists(name)
