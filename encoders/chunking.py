@@ -82,3 +82,34 @@ def _words(seg: TimedText) -> list[TimedWord]:
 def _chunk(words: list[TimedWord]) -> Chunk:
     text = " ".join(w.text.strip() for w in words)
     return Chunk(start_s=words[0].start_s, end_s=words[-1].end_s, text=text)
+
+
+@dataclass(frozen=True)
+class EmbeddedTranscript:
+    chunks: list[Chunk]
+    vectors: "np.ndarray"
+    # The recording as a whole: the mean direction of its chunks (the empty text's vector
+    # when nothing was said).
+    recording_vector: "np.ndarray"
+
+
+def timed_texts(segments) -> list[TimedText]:
+    """Whisper segments (`encoders.transcribe.Segment`) -> the chunker's input."""
+    return [TimedText(s.start, s.end, s.text, tuple(TimedWord(w.start, w.end, w.text) for w in s.words))
+            for s in segments]
+
+
+def embed_transcript(clip, segments: list[TimedText], overlap_tokens: int) -> EmbeddedTranscript:
+    """Chunks that fit `clip`'s text context (a `ClipEncoder`), their vectors, and one vector
+    for the recording."""
+    import numpy as np
+
+    max_tokens = clip.context_length - 2  # start and end tokens
+    chunks = chunk_transcript(segments, clip.count_tokens, max_tokens, overlap_tokens)
+    vectors = clip.encode_texts([c.text for c in chunks]).vectors
+    if len(chunks):
+        whole = vectors.mean(axis=0)
+        whole /= max(float(np.linalg.norm(whole)), 1e-12)
+    else:
+        whole = clip.encode_texts([""]).vectors[0]
+    return EmbeddedTranscript(chunks, vectors, whole.astype(np.float32))

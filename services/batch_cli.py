@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             encode_actors=args.actors, encode_threads=args.threads, encode_cpus=args.encode_cpus,
             task_cpus=args.task_cpus, read_batch=args.read_batch, encode_batch=args.encode_batch,
             write_batch=args.write_batch, ocr=args.ocr or settings.ocr.mode, ocr_engine=settings.ocr.engine,
-            audio=not args.no_audio, image_limits=settings.limits.image_limits(), uri_column=args.uri_column,
+            audio=None if args.no_audio else _audio(settings), image_limits=settings.limits.image_limits(), uri_column=args.uri_column,
             column_types=catalog.parse_column_types(args.column_type), optimize=not args.no_optimize,
             error_report=args.errors)
         summary = run_batch(args.batch, store, options, progress_every_s=args.progress_every)
@@ -104,3 +104,11 @@ def _store(args, settings):
     if url:
         return StoreSpec(url=url, api_key=settings.qdrant_api_key)
     return StoreSpec(data_dir=settings.data_dir)
+
+
+def _audio(settings):
+    from indexing.batch.stages import AudioOptions
+
+    t = settings.transcriber
+    return AudioOptions(backend=t.backend, model=t.spec, transcribe=settings.transcribe_options(),
+                        limits=settings.limits.audio_limits(), chunk_overlap_tokens=t.chunk_overlap_tokens)

@@ -18,7 +18,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +31,9 @@ from indexing.batch.writer import FAILED, CatalogWriter, StoreSpec
 from indexing.types import CollectionSchema
 
 VECTOR_NAME = "clip"
-_PLAN_ROWS_PER_FILE = 50_000
+# Rows per plan file, and so per Ray Data block: a task reads its block's images into memory
+# at once, and a block's outcomes reach the driver when its last row is written.
+_PLAN_ROWS_PER_FILE = 128
 _PLAN_SCHEMA = pa.schema([("row", pa.int64()), ("uri", pa.string()), ("meta", pa.string())])
 
 
@@ -60,7 +62,8 @@ class BatchOptions:
     # OCR at index time: "auto" (screenshot-like images), "always", "never".
     ocr: str = "auto"
     ocr_engine: str = ""
-    audio: bool = True
+    # Index audio files (Whisper, then CLIP text); None: audio files fail at "read".
+    audio: stages.AudioOptions | None = None
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     # Manifest URI column (default: the first of uri, url, path, file) and declared types.
     uri_column: str | None = None
@@ -84,14 +87,15 @@ def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions
     plan_dir = tempfile.mkdtemp(prefix="loupe-batch-plan-")
     try:
         total, broken = _write_plan(source, options, plan_dir, errors)
-        clip, preprocess, schema = _model(options)
+        _start_ray(options.address)
+        schema, side, preprocess = _describe_model(options)
         summary = BatchSummary(options.collection, options.vector_name, schema.model_id, total=total,
                                error_report=options.error_report)
         summary.counts[FAILED] = broken
         meter = Progress(total, stream=progress, every_s=progress_every_s, bar=bar)
         meter.update([FAILED] * broken)
         try:
-            _run(plan_dir, store, options, clip, preprocess, schema, summary, meter, errors, started)
+            _run(plan_dir, store, options, (side, preprocess), schema, summary, meter, errors, started)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -103,14 +107,13 @@ def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions
         shutil.rmtree(plan_dir, ignore_errors=True)
 
 
-def _run(plan_dir, store, options, clip, preprocess, schema, summary, meter, errors, started) -> None:
+def _run(plan_dir, store, options, transform, schema, summary, meter, errors, started) -> None:
     import ray
 
-    _start_ray(options.address)
     writer, writer_name = _writer(store, options, schema)
     described = ray.get(writer.describe.remote())
     summary.vector = described["vector"]
-    ds = _dataset(plan_dir, options, clip, preprocess, writer_name)
+    ds = _dataset(plan_dir, options, transform, writer_name)
     summary.startup_s = time.monotonic() - started
     meter.start()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -151,14 +154,27 @@ def _write_plan(source, options: BatchOptions, plan_dir: str, errors: ErrorRepor
     return total, broken
 
 
-def _model(options: BatchOptions) -> tuple[ClipOptions, Any, CollectionSchema]:
-    """The model's identity and preprocessing, learnt once here; actors load their own copy."""
+def _describe_model(options: BatchOptions) -> tuple[CollectionSchema, int | None, bytes]:
+    """The model's identity and preprocessing, learnt in a throw-away Ray worker so this
+    process never holds the model; encode actors load their own copy."""
+    import ray
+
+    facts = ray.get(ray.remote(num_cpus=0, max_calls=1)(_model_facts).remote(options.clip))
+    dim, model_id, model_version, side, preprocess = facts
+    schema = CollectionSchema(vector_name=options.vector_name, dim=dim, model_id=model_id,
+                              model_version=model_version)
+    return schema, side, preprocess
+
+
+def _model_facts(clip: ClipOptions) -> tuple[int, str, str, int | None, bytes]:
+    import pickle
+
     from encoders.clip import ClipEncoder
 
-    encoder = ClipEncoder(replace(options.clip, threads=1)).load()
-    schema = CollectionSchema(vector_name=options.vector_name, dim=encoder.dim, model_id=encoder.model_id,
-                              model_version=encoder.model_version)
-    return options.clip, encoder.preprocessor(), schema
+    encoder = ClipEncoder(replace(clip, threads=1)).load()
+    preprocess = encoder.preprocessor()
+    return (encoder.dim, encoder.model_id, encoder.model_version, stages.square_side(preprocess),
+            pickle.dumps(preprocess))
 
 
 def _start_ray(address: str | None) -> None:
@@ -215,32 +231,47 @@ def _writer(store: StoreSpec, options: BatchOptions, schema: CollectionSchema):
     return actor, name
 
 
-def _dataset(plan_dir: str, options: BatchOptions, clip: ClipOptions, preprocess: Any, writer: str):
+def _dataset(plan_dir: str, options: BatchOptions, transform: tuple[int | None, bytes], writer: str):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actors, threads = _encode_pool(options)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     common = dict(batch_format="pyarrow", num_cpus=options.task_cpus)
-    max_bytes = options.image_limits.max_bytes
-    decode = stages.DecodeOptions(preprocess=preprocess, limits=options.image_limits, ocr_mode=options.ocr,
-                                  ocr_engine=options.ocr_engine)
+    max_bytes = max(options.image_limits.max_bytes, options.audio.limits.max_bytes if options.audio else 0)
+    side, preprocess = transform
+    decode = stages.DecodeOptions(preprocess=None if side else preprocess, limits=options.image_limits,
+                                  ocr_mode=options.ocr, ocr_engine=options.ocr_engine, side=side)
     # The plan files live on this node only.
+    # One block per plan file, read on this node (the files live here). read_parquet would
+    # merge small files into one block, and a block moves through the steps as a whole.
+    parts = sorted(os.listdir(plan_dir))
+    ds = ray.data.range(len(parts), override_num_blocks=len(parts))
     with warnings.catch_warnings():
-        # Deprecated for named arguments, but read_parquet has none for a scheduling strategy.
+        # "ray_remote_args is deprecated": map_batches has no named argument for a strategy.
         warnings.simplefilter("ignore")
-        ds = ray.data.read_parquet(plan_dir, ray_remote_args={"scheduling_strategy": here})
-    ds = ds.map_batches(stages.read_batch, fn_kwargs={"max_bytes": max_bytes, "audio": options.audio},
+        ds = ds.map_batches(_load_plan_part, fn_kwargs={"plan_dir": plan_dir, "parts": parts}, batch_size=1,
+                            batch_format="pyarrow", num_cpus=0, scheduling_strategy=here)
+    ds = ds.map_batches(stages.read_batch, fn_kwargs={"max_bytes": max_bytes, "audio": options.audio is not None},
                         batch_size=options.read_batch, **common)
     ds = ds.map_batches(stages.Plan, fn_constructor_kwargs={"writer": writer}, batch_size=options.read_batch,
                         compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow", num_cpus=0)
     ds = ds.map_batches(stages.decode_batch, fn_kwargs={"options": decode}, batch_size=options.read_batch,
                         **common)
-    ds = ds.map_batches(stages.Encode, fn_constructor_kwargs={"clip_options": replace(clip, threads=threads)},
+    ds = ds.map_batches(stages.Encode, fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads)},
                         batch_size=options.encode_batch, compute=ray.data.ActorPoolStrategy(size=actors),
                         batch_format="pyarrow", num_cpus=options.encode_cpus)
+    if options.audio is not None:
+        ds = ds.map_batches(stages.Transcribe, fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads),
+                                                                      "audio": options.audio},
+                            batch_size=options.read_batch, compute=ray.data.ActorPoolStrategy(size=1),
+                            batch_format="pyarrow", num_cpus=0)
     return ds.map_batches(stages.Write, fn_constructor_kwargs={"writer": writer}, batch_size=options.write_batch,
                           compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow", num_cpus=0)
+
+
+def _load_plan_part(batch: pa.Table, *, plan_dir: str, parts: list[str]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(os.path.join(plan_dir, parts[i])) for i in batch["id"].to_pylist()])
 
 
 def _encode_pool(options: BatchOptions) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from encoders.errors import InvalidInput, LoupeError
 from encoders.media import ImageLimits, decode_image
@@ -31,8 +32,10 @@ ROW_SCHEMA = pa.schema([
     ("row", pa.int64()), ("uri", pa.string()), ("meta", pa.string()),
     ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
     ("sha256", pa.string()), ("kind", pa.string()), ("known", pa.bool_()),
-    ("data", pa.binary()), ("pixels", pa.binary()), ("width", pa.int64()), ("height", pa.int64()),
+    ("data", pa.binary()), ("crop", pa.binary()), ("pixels", pa.binary()), ("width", pa.int64()), ("height", pa.int64()),
     ("text", pa.string()), ("vector", pa.binary()), ("modality", pa.string()),
+    # A recording's items (indexing.recordings.recording_items), pickled.
+    ("items", pa.binary()),
 ])
 # What reaches the driver: no bytes.
 RESULT_COLUMNS = ("row", "uri", "status", "stage", "reason", "sha256")
@@ -52,7 +55,8 @@ def pending(row: dict[str, Any]) -> bool:
 
 
 def fail(row: dict[str, Any], stage: str, reason: str) -> None:
-    row.update(status=FAILED, stage=stage, reason=reason, data=None, pixels=None, vector=None)
+    row.update(status=FAILED, stage=stage, reason=reason, data=None, crop=None, pixels=None, vector=None,
+               items=None)
 
 
 # -- read --------------------------------------------------------------------------------------
@@ -129,12 +133,43 @@ class Plan:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    # The model's own image transform (`ClipEncoder.preprocessor()`), applied here.
-    preprocess: Any
     limits: ImageLimits
     # "auto": OCR images that look like screenshots or documents; "always"; "never".
     ocr_mode: str = "auto"
     ocr_engine: str = ""
+    # Side of the square the model's transform resizes and crops to, when it is the usual
+    # Resize(S, bicubic) + CenterCrop(S) (`square_side`): decoding does that step itself with
+    # PIL and sends S x S RGB bytes (4x smaller than tensors, and no torch in this step).
+    side: int | None = None
+    # Otherwise the whole transform (`ClipEncoder.preprocessor()`), pickled, run here.
+    preprocess: bytes | None = None
+
+
+def square_side(preprocess: Any) -> int | None:
+    """S if `preprocess` starts Resize(S, bicubic, no max_size) + CenterCrop(S), else None."""
+    steps = list(getattr(preprocess, "transforms", ()))
+    if len(steps) < 2 or type(steps[0]).__name__ != "Resize" or type(steps[1]).__name__ != "CenterCrop":
+        return None
+    resize, crop = steps[0], steps[1]
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
+    bicubic = str(getattr(resize.interpolation, "value", resize.interpolation)) == "bicubic"
+    if size is None or not bicubic or resize.max_size is not None or tuple(crop.size) != (size, size):
+        return None
+    return int(size)
+
+
+def fit_square(image: Image.Image, side: int) -> Image.Image:
+    """Shortest side to `side` (bicubic), then the centre `side` x `side`: the same pixels as
+    torchvision's Resize(side) + CenterCrop(side) on a PIL image, so vectors match the service's."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(side * long / short)
+    size = (side, new_long) if w <= h else (new_long, side)
+    if size != image.size:
+        image = image.resize(size, Image.BICUBIC)
+    w, h = image.size
+    top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return image.crop((left, top, left + side, top + side))
 
 
 _ocr_engines: dict[str, Any] = {}
@@ -154,10 +189,30 @@ def decode_batch(batch: pa.Table, *, options: DecodeOptions) -> pa.Table:
         except LoupeError as e:
             fail(row, "ocr", e.reason)
             continue
-        pixels = options.preprocess(decoded.image).numpy().astype(np.float32, copy=False)
-        row.update(data=None, pixels=pixels.tobytes(), width=decoded.width, height=decoded.height,
-                   text=text or None, modality="image")
+        if options.side:
+            row["crop"] = np.asarray(fit_square(decoded.image, options.side), dtype=np.uint8).tobytes()
+        else:
+            row["pixels"] = _transform(options.preprocess)(decoded.image).numpy().astype(np.float32, copy=False).tobytes()
+        row.update(data=None, width=decoded.width, height=decoded.height, text=text or None, modality="image")
     return table(rows)
+
+
+_transforms: dict[bytes, Any] = {}
+
+
+def _transform(pickled: bytes | None) -> Any:
+    if pickled is None:
+        raise ValueError("DecodeOptions needs `side` or `preprocess`")
+    if pickled not in _transforms:
+        import pickle
+
+        import torch
+
+        # Decode tasks share the CPUs with the encode actors; torch's default of a thread
+        # per core in every task process would oversubscribe them.
+        torch.set_num_threads(1)
+        _transforms[pickled] = pickle.loads(pickled)  # noqa: S301 (made by our own driver)
+    return _transforms[pickled]
 
 
 def _read_text(image, options: DecodeOptions) -> str:
@@ -186,13 +241,89 @@ class Encode:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = rows_of(batch)
-        todo = [r for r in rows if pending(r) and r.get("pixels")]
-        if todo:
-            side = int(round((len(todo[0]["pixels"]) // 12) ** 0.5))  # 3 float32 channels, square
-            pixels = np.stack([np.frombuffer(r["pixels"], np.float32).reshape(3, side, side) for r in todo])
-            for row, vector in zip(todo, self.clip.encode_pixels(pixels)):
-                row.update(pixels=None, vector=vector.astype(np.float32).tobytes())
+        crops = [r for r in rows if pending(r) and r.get("crop")]
+        if crops:
+            side = int(round((len(crops[0]["crop"]) // 3) ** 0.5))
+            images = [Image.fromarray(np.frombuffer(r["crop"], np.uint8).reshape(side, side, 3)) for r in crops]
+            self._store(crops, self.clip.encode_images(images))
+        tensors = [r for r in rows if pending(r) and r.get("pixels")]
+        if tensors:
+            side = int(round((len(tensors[0]["pixels"]) // 12) ** 0.5))  # 3 float32 channels, square
+            pixels = np.stack([np.frombuffer(r["pixels"], np.float32).reshape(3, side, side) for r in tensors])
+            self._store(tensors, self.clip.encode_pixels(pixels))
         return table(rows)
+
+    @staticmethod
+    def _store(rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        for row, vector in zip(rows, vectors):
+            row.update(crop=None, pixels=None, vector=vector.astype(np.float32).tobytes())
+
+
+# -- audio ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AudioOptions:
+    # Whisper backend and model spec (encoders.transcribe, encoders.whisper_models).
+    backend: str
+    model: str
+    # encoders.transcribe.TranscribeOptions
+    transcribe: Any
+    # encoders.audio.AudioLimits
+    limits: Any
+    # Words of overlap between consecutive chunks, in CLIP tokens.
+    chunk_overlap_tokens: int = 4
+
+
+class Transcribe:
+    """Audio rows -> a recording and its chunks, transcribed and CLIP-encoded; both models
+    load on the first audio row, so a catalog of images never pays for Whisper."""
+
+    def __init__(self, clip_options: Any, audio: AudioOptions) -> None:
+        self.clip_options, self.audio = clip_options, audio
+        self.clip = self.transcriber = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = rows_of(batch)
+        for row in rows:
+            if pending(row) and row["kind"] == "audio":
+                self._recording(row)
+        return table(rows)
+
+    def _recording(self, row: dict[str, Any]) -> None:
+        import json
+        import pickle
+
+        from encoders.audio import decode_audio
+        from encoders.chunking import embed_transcript, timed_texts
+        from indexing.recordings import recording_items
+
+        try:
+            audio = decode_audio(row["data"], self.audio.limits, field="file")
+        except InvalidInput as e:
+            fail(row, "decode", e.reason)
+            return
+        self._load()
+        try:
+            info, segments = self.transcriber.transcribe(audio.samples)
+            segments = list(segments)
+        except LoupeError as e:
+            fail(row, "transcribe", e.reason)
+            return
+        embedded = embed_transcript(self.clip, timed_texts(segments), self.audio.chunk_overlap_tokens)
+        items = recording_items(public_id=None, sha256=row["sha256"], source=row["uri"],
+                                metadata=json.loads(row["meta"]) if row["meta"] else {}, embedded=embedded,
+                                full_text=" ".join(seg.text.strip() for seg in segments),
+                                language=info.language, duration_s=info.duration_s)
+        row.update(data=None, items=pickle.dumps(items), modality="audio")
+
+    def _load(self) -> None:
+        if self.transcriber is None:
+            from encoders.clip import ClipEncoder
+            from encoders.transcribe import create_transcriber
+
+            self.clip = ClipEncoder(self.clip_options).load()
+            self.transcriber = create_transcriber(self.audio.backend, self.audio.model,
+                                                  self.audio.transcribe).load()
 
 
 # -- write -------------------------------------------------------------------------------------
@@ -209,10 +340,10 @@ class Write:
         import ray
 
         rows = rows_of(batch)
-        todo = [r for r in rows if pending(r) and r.get("vector")]
+        todo = [r for r in rows if pending(r) and (r.get("vector") or r.get("items"))]
         if todo:
             sent = [{k: r[k] for k in ("sha256", "uri", "meta", "known", "vector", "width", "height", "text",
-                                      "modality")} for r in todo]
+                                      "modality", "items")} for r in todo]
             try:
                 answers = ray.get(self.writer.write.remote(sent))
             except LoupeError as e:  # the store refused the whole batch (e.g. unavailable)

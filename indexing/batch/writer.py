@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from encoders.errors import BatchInvalid, LoupeError
+from encoders.errors import BatchInvalid, InvalidInput, LoupeError
 from encoders.keywords import keyword_vector
 from indexing.ids import content_key
 from indexing.index import Index, NewItem
@@ -106,11 +106,16 @@ class CatalogWriter:
         return rows
 
     def write(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Store encoded rows (`vector` as float32 bytes); one {status, stage, reason} each."""
+        """Store encoded rows (`vector` as float32 bytes, or a recording's pickled `items`);
+        one {status, stage, reason} each, in order."""
+        if any(r.get("items") for r in rows):
+            images = [r for r in rows if not r.get("items")]
+            done = dict(zip(map(id, images), self.write(images) if images else []))
+            return [done[id(r)] if id(r) in done else self._write_recording(r) for r in rows]
         items = [self._item(r) for r in rows]
         try:
             stored = self.index.upsert(self.collection, items, self.schema)
-        except BatchInvalid:
+        except (BatchInvalid, InvalidInput):
             # One bad item must not sink its batch: store them one by one to find it.
             return [self._write_one(r, item) for r, item in zip(rows, items)]
         return [_stored(row, created) for row, (_, created) in zip(rows, stored)]
@@ -121,6 +126,20 @@ class CatalogWriter:
 
     def close(self) -> None:
         self.index.close()
+
+    def _write_recording(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The recording, then its segments in place of any earlier ones (same as IndexAudio)."""
+        import pickle
+
+        recording, segments = pickle.loads(row["items"])  # noqa: S301 (made by our own pipeline)
+        try:
+            [(public_id, created)] = self.index.upsert(self.collection, [recording], self.schema)
+            self.index.delete_children(self.collection, public_id)
+            if segments:
+                self.index.upsert(self.collection, segments, self.schema)
+        except LoupeError as e:
+            return {"status": FAILED, "stage": "store", "reason": e.reason}
+        return _stored(row, created)
 
     def _write_one(self, row: dict[str, Any], item: NewItem) -> dict[str, Any]:
         try:

@@ -1,0 +1,97 @@
+"""The batch writer without Ray: planning (skip, update, duplicate, encode), writing, outcomes;
+and the progress lines and summary a user reads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from indexing.batch.report import BatchSummary, ErrorReport, Progress
+from indexing.batch.writer import CatalogWriter, StoreSpec
+from indexing.types import CollectionSchema
+
+SCHEMA = CollectionSchema(vector_name="clip", dim=4, model_id="test:model", model_version="v1")
+
+
+def _row(content: bytes, uri: str, meta: dict | None = None) -> dict:
+    return {"sha256": hashlib.sha256(content).hexdigest(), "uri": uri, "meta": json.dumps(meta) if meta else "",
+            "status": ""}
+
+
+def _encoded(row: dict, seed: int) -> dict:
+    v = np.random.default_rng(seed).normal(size=4).astype(np.float32)
+    return {**row, "vector": (v / np.linalg.norm(v)).tobytes(), "width": 8, "height": 8, "text": None,
+            "modality": "image"}
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def spec(request, tmp_path):
+    return StoreSpec(data_dir=str(tmp_path / "edge")) if request.param == "edge" else \
+        StoreSpec(qdrant_path=str(tmp_path / "qdrant"))
+
+
+def test_plan_then_write_then_plan_again(spec):
+    writer = CatalogWriter(spec, "cat", SCHEMA)
+    a, b = _row(b"a", "/x/a.jpg", {"colour": "red"}), _row(b"b", "/x/b.jpg")
+    planned = writer.plan([dict(a), dict(b)])
+    assert [r["status"] for r in planned] == ["", ""] and not any(r["known"] for r in planned)
+    copy_of_a = _row(b"a", "/x/copy.jpg")
+    outcomes = writer.write([_encoded(planned[0], 1), _encoded(planned[1], 2), _encoded(dict(copy_of_a, known=False), 1)])
+    assert [o["status"] for o in outcomes] == ["indexed", "indexed", "duplicate"]
+    assert writer.describe()["points"] == 2
+    again = writer.plan([dict(a), dict(b), _row(b"a", "/x/a.jpg", {"colour": "green"}), _row(b"b", "/y/b2.jpg")])
+    assert [r["status"] for r in again] == ["skipped", "skipped", "updated", "duplicate"]
+    payload = writer.index.get("cat", "sha256:" + a["sha256"])
+    assert payload["meta"] == {"colour": "green"}
+    assert sorted(payload["sources"]) == ["/x/a.jpg", "/x/copy.jpg"]
+    assert "/y/b2.jpg" in writer.index.get("cat", "sha256:" + b["sha256"])["sources"]
+    writer.close()
+
+
+def test_a_bad_item_fails_alone(spec):
+    writer = CatalogWriter(spec, "cat", SCHEMA)
+    good, bad = _encoded(_row(b"g", "/g.jpg"), 1), _encoded(_row(b"h", "/h.jpg"), 2)
+    bad["vector"] = np.full(4, np.nan, np.float32).tobytes()
+    outcomes = writer.write([good, bad])
+    assert outcomes[0] == {"status": "indexed"}
+    assert outcomes[1]["status"] == "failed" and outcomes[1]["stage"] == "store" and "NaN" in outcomes[1]["reason"]
+    writer.close()
+
+
+def test_another_model_is_refused_unless_a_new_vector_is_asked_for(spec):
+    from encoders.errors import ModelMismatch
+
+    CatalogWriter(spec, "cat", SCHEMA).close()
+    other = CollectionSchema(vector_name="clip", dim=4, model_id="test:other", model_version="v2")
+    with pytest.raises(ModelMismatch):
+        CatalogWriter(spec, "cat", other)
+    writer = CatalogWriter(spec, "cat", CollectionSchema("clip_v2", 4, "test:other", "v2"), new_vector=True)
+    assert writer.describe()["vector"] == "clip_v2"
+    writer.close()
+
+
+def test_progress_lines_and_summary():
+    out = io.StringIO()
+    meter = Progress(10, stream=out, every_s=0.0, bar=False)
+    meter.update(["failed"])
+    meter.start()
+    meter.update(["indexed"] * 4 + ["skipped"])
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("[loupe batch] 6/10 (60.0%)") and "items/s, ETA" in line and "failed 1" in line
+    summary = BatchSummary("cat", "clip", "test:model", total=10, seconds=5.0, startup_s=1.0, error_report="e.jsonl")
+    summary.counts.update(indexed=7, skipped=2, failed=1)
+    text = summary.text()
+    assert "10 of 10 items" in text and "2.5 items/s" in text and "failed 1" in text and "e.jsonl" in text
+    assert summary.to_json()["done"] == 10
+
+
+def test_error_report_lines(tmp_path):
+    report = ErrorReport(str(tmp_path / "e.jsonl"))
+    report.add({"uri": "/a.jpg", "row": 3, "stage": "decode", "reason": "truncated"})
+    report.close()
+    assert json.loads((tmp_path / "e.jsonl").read_text()) == {"uri": "/a.jpg", "row": 3, "stage": "decode",
+                                                              "reason": "truncated"}
