@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vector", default=None, help="named vector to fill (default: clip)")
     g.add_argument("--new-vector", action="store_true",
                    help="add --vector to a collection built by another model (re-embedding), old one keeps serving")
+    g.add_argument("--switch", action="store_true",
+                   help="after filling --vector on every item, make it the collection's active vector")
     g.add_argument("--actors", type=int, default=0, help="encode actors (default: one per 2 CPUs)")
     g.add_argument("--threads", type=int, default=0, help="torch threads per encode actor (default: CPUs/actors)")
     g.add_argument("--encode-cpus", type=float, default=1.0, help="logical CPUs each encode actor reserves")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         store = _store(args, settings)
         options = BatchOptions(
             collection=args.collection or "default", clip=settings.clip_options(),
-            vector_name=args.vector or "clip", new_vector=args.new_vector, address=args.address,
+            vector_name=args.vector or "clip", new_vector=args.new_vector, switch=args.switch, address=args.address,
             encode_actors=args.actors, encode_threads=args.threads, encode_cpus=args.encode_cpus,
             task_cpus=args.task_cpus, read_batch=args.read_batch, encode_batch=args.encode_batch,
             write_batch=args.write_batch, ocr=args.ocr or settings.ocr.mode, ocr_engine=settings.ocr.engine,

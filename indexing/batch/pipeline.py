@@ -68,6 +68,9 @@ class BatchOptions:
     # Manifest URI column (default: the first of uri, url, path, file) and declared types.
     uri_column: str | None = None
     column_types: dict[str, str] = field(default_factory=dict)
+    # After a run into a vector that is not the collection's active one, make it the active
+    # one once every item has it (re-embedding for a model change).
+    switch: bool = False
     # Build the store's vector index at the end (the embedded store needs it after bulk loads).
     optimize: bool = True
     # JSON lines of failed items; None: not written.
@@ -123,6 +126,12 @@ def _run(plan_dir, store, options, transform, schema, summary, meter, errors, st
             if row["status"] == FAILED:
                 errors.add(row)
         meter.update([r["status"] for r in rows])
+    if options.new_vector or options.switch:
+        # Items the source did not cover (indexed online meanwhile) get the new vector too.
+        for failure in ray.get(writer.catch_up.remote(options.clip, options.image_limits)):
+            summary.counts[FAILED] += 1
+            errors.add(failure)
+        summary.vectors = ray.get(writer.complete.remote(switch=options.switch))
     ray.get(writer.finish.remote(optimize=options.optimize))
     summary.points = ray.get(writer.describe.remote())["points"]
     ray.get(writer.close.remote())
@@ -208,6 +217,12 @@ class _WriterActor:
 
     def write(self, rows):
         return self.writer.write(rows)
+
+    def catch_up(self, clip_options, limits):
+        return self.writer.catch_up(clip_options, limits)
+
+    def complete(self, switch: bool):
+        return self.writer.complete(switch=switch)
 
     def finish(self, optimize: bool = True):
         return self.writer.finish(optimize=optimize)

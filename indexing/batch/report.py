@@ -28,6 +28,8 @@ class BatchSummary:
     # Points in the collection at the end.
     points: int | None = None
     interrupted: bool = False
+    # After a re-embedding run: the state of the vector it filled.
+    vectors: str | None = None
 
     @property
     def done(self) -> int:
@@ -52,6 +54,8 @@ class BatchSummary:
             f"  collection {self.collection!r}, vector {self.vector!r}, model {self.model_id}"
             + (f", {self.points:,} points" if self.points is not None else ""),
         ]
+        if self.vectors:
+            lines.append(f"  {self.vectors}")
         if self.failed and self.error_report:
             lines.append(f"  errors: {self.error_report} (one JSON line per failed item: uri, row, stage, reason)")
         return "\n".join(lines)

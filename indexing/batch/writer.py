@@ -120,6 +120,45 @@ class CatalogWriter:
             return [self._write_one(r, item) for r, item in zip(rows, items)]
         return [_stored(row, created) for row, (_, created) in zip(rows, stored)]
 
+    def catch_up(self, clip_options: Any, limits: Any, *, page: int = 64) -> list[dict[str, Any]]:
+        """Fill this run's vector on every point that still lacks it (items indexed online
+        while a re-embedding ran, or not in the batch source): images are re-read from their
+        first readable source, texts and transcripts re-encoded from their stored text.
+        Returns a failure record per point that could not be filled."""
+        todo = self.index.count_missing_vector(self.collection, self.schema.vector_name)
+        if not todo:
+            return []
+        from encoders.clip import ClipEncoder
+
+        clip, failures, after = ClipEncoder(clip_options).load(), [], None
+        while True:
+            payloads, after = self.index.missing_vector(self.collection, self.schema.vector_name, page, after)
+            items = []
+            for payload in payloads:
+                try:
+                    items.append(_refilled(payload, clip, limits))
+                except (LoupeError, OSError, ValueError) as e:
+                    failures.append({"uri": (payload.get("sources") or [""])[0], "row": None, "stage": "re-embed",
+                                     "reason": f"item {payload['id']!r}: {getattr(e, 'reason', e)}"})
+            if items:
+                self.index.upsert(self.collection, items, self.schema)
+            if after is None:
+                return failures
+
+    def complete(self, *, switch: bool) -> str:
+        """Mark this run's vector complete when no point lacks it, and make it the active one
+        if `switch`; a line saying what happened."""
+        name, vector = self.collection, self.schema.vector_name
+        missing = self.index.count_missing_vector(name, vector)
+        if missing:
+            return f"vector {vector!r} is incomplete: {missing:,} item(s) lack it, so it was not switched to"
+        self.index.mark_complete(name, vector)
+        active = self.index.vectors(name)[0].vector_name
+        if switch and active != vector:
+            self.index.switch_vector(name, vector)
+            return f"vector {vector!r} is complete and now the active one (was {active!r})"
+        return f"vector {vector!r} is complete" + ("" if active == vector else f"; the active one is {active!r}")
+
     def finish(self, *, optimize: bool = True) -> None:
         if optimize:
             self.index.optimize(self.collection)
@@ -161,3 +200,34 @@ class CatalogWriter:
 def _stored(row: dict[str, Any], created: bool) -> dict[str, Any]:
     # Not created and not stored before this run: another row of this run had the same content.
     return {"status": INDEXED if created or row.get("known") else DUPLICATE}
+
+
+def _refilled(payload: dict[str, Any], clip: Any, limits: Any) -> NewItem:
+    """The stored item again, with a vector from `clip` and every stored field kept."""
+    from encoders.media import decode_image
+    from indexing.batch.stages import read_uri
+
+    modality = Modality(payload["modality"])
+    text = payload.get("text")
+    if modality is Modality.IMAGE:
+        problems = []
+        for uri in payload.get("sources") or []:
+            try:
+                decoded = decode_image(read_uri(uri, limits.max_bytes), limits, field="file")
+                break
+            except (LoupeError, OSError, ValueError) as e:
+                problems.append(f"{uri}: {getattr(e, 'reason', e)}")
+        else:
+            raise ValueError("no readable source to re-encode the image from" + (f" ({'; '.join(problems)})"
+                                                                                 if problems else ""))
+        vector = clip.encode_images([decoded.image])[0]
+    elif text is not None:
+        # A recording's own vector is re-made from its whole transcript (the service averages
+        # its chunks); texts and chunks exactly as the service would encode them.
+        vector = clip.encode_texts([text]).vectors[0]
+    else:
+        raise ValueError("nothing stored to re-encode it from (no source image, no text)")
+    fields = {k: payload[k] for k in ("width", "height", "parent_id", "start_s", "end_s", "language", "duration_s")
+              if k in payload}
+    return NewItem(public_id=payload["id"], sha256=payload["sha256"], modality=modality, vector=vector,
+                   text=text, keywords=keyword_vector(text) if text else None, **fields)

@@ -95,3 +95,75 @@ def test_error_report_lines(tmp_path):
     report.close()
     assert json.loads((tmp_path / "e.jsonl").read_text()) == {"uri": "/a.jpg", "row": 3, "stage": "decode",
                                                               "reason": "truncated"}
+
+
+def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
+    """Old model's vector keeps serving; the run fills the new one (batch rows, then a
+    catch-up from sources and stored text), then switches."""
+    from encoders.clip import ClipEncoder, ClipOptions
+    from encoders.media import ImageLimits
+    from indexing.index import Index, NewItem
+    from indexing.types import Modality
+    from tests.fixtures.catalog import image_bytes
+
+    files = []
+    for i in range(3):
+        path = tmp_path / f"img-{i}.jpg"
+        path.write_bytes(image_bytes(i, 40, seed=3))
+        files.append(path)
+    old = CatalogWriter(spec, "cat", SCHEMA)
+    rows = [_row(p.read_bytes(), str(p)) for p in files]
+    old.write([_encoded(dict(r, known=False), i) for i, r in enumerate(rows)])
+    vec = np.ones(4, np.float32) / 2
+    old.index.upsert("cat", [NewItem(public_id="note-1", sha256="ab" * 32, modality=Modality.TEXT, vector=vec,
+                                     text="a red circle on a blue background", source="crm")], SCHEMA)
+    old.close()
+
+    clip_options = ClipOptions(model="bundled:tiny-clip", device="cpu", threads=1)
+    clip = ClipEncoder(clip_options).load()
+    new_schema = CollectionSchema("clip_v2", clip.dim, clip.model_id, clip.model_version)
+    writer = CatalogWriter(spec, "cat", new_schema, new_vector=True)
+    # The batch source covers the first image only.
+    planned = writer.plan([dict(rows[0])])
+    assert planned[0]["status"] == "" and planned[0]["known"]
+    from PIL import Image
+
+    vector = clip.encode_images([Image.open(files[0]).convert("RGB")])[0]
+    assert writer.write([{**planned[0], "vector": vector.tobytes(), "width": 40, "height": 40, "text": None,
+                          "modality": "image"}]) == [{"status": "indexed"}]
+    assert "incomplete: 3 item(s)" in writer.complete(switch=True)
+    assert writer.catch_up(clip_options, ImageLimits()) == []
+    assert "now the active one (was 'clip')" in writer.complete(switch=True)
+    index: Index = writer.index
+    assert [v.vector_name for v in index.vectors("cat")] == ["clip_v2", "clip"]
+    # Searches with either model find the items through their own vector.
+    query = clip.encode_images([Image.open(files[2]).convert("RGB")])[0]
+    hits = index.search("cat", query, limit=1, vector_name="clip_v2")
+    assert hits[0][0]["sources"] == [str(files[2])] and hits[0][1] > 0.99
+    text_hit = index.search("cat", clip.encode_texts(["a red circle on a blue background"]).vectors[0], limit=1,
+                            vector_name="clip_v2", modalities=(Modality.TEXT,))
+    assert text_hit[0][0]["id"] == "note-1" and text_hit[0][0]["sources"] == ["crm"]
+    assert index.search("cat", vec, limit=1, vector_name="clip")[0][0]["id"] == "note-1"
+    writer.close()
+
+
+def test_catch_up_reports_items_it_cannot_refill(spec, tmp_path):
+    from encoders.clip import ClipEncoder, ClipOptions
+    from encoders.media import ImageLimits
+    from tests.fixtures.catalog import image_bytes
+
+    path = tmp_path / "gone.jpg"
+    path.write_bytes(image_bytes(1, 40))
+    old = CatalogWriter(spec, "cat", SCHEMA)
+    old.write([_encoded(dict(_row(path.read_bytes(), str(path)), known=False), 1)])
+    old.close()
+    path.unlink()
+    clip_options = ClipOptions(model="bundled:tiny-clip", device="cpu", threads=1)
+    clip = ClipEncoder(clip_options).load()
+    writer = CatalogWriter(spec, "cat", CollectionSchema("v2", clip.dim, clip.model_id, clip.model_version),
+                           new_vector=True)
+    [failure] = writer.catch_up(clip_options, ImageLimits())
+    assert failure["stage"] == "re-embed" and "no readable source" in failure["reason"] and "gone.jpg" in failure["uri"]
+    assert "incomplete: 1 item(s)" in writer.complete(switch=True)
+    assert writer.index.vectors("cat")[0].vector_name == "clip"
+    writer.close()
