@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 
+from encoders.chunking import timed_texts
 from encoders.errors import BatchInvalid, InvalidInput
 from encoders.keywords import keyword_vector, query_vector
-from indexing.ids import item_key
 from indexing.index import NewItem
+from indexing.recordings import recording_items
 from indexing.types import Modality
 from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services import convert
 from services.config import LoupeSettings
-from services.workers import EncodedImage, EncoderInfo, timed_texts
+from services.workers import EncodedImage, EncoderInfo
 
 DEFAULT_LIMIT = 10
 
@@ -87,14 +88,10 @@ class LoupeApi:
         embedded = await self.encoder.embed_transcript(timed_texts(transcript.segments),
                                                        self.settings.transcriber.chunk_overlap_tokens)
         info, t = await self.info(), transcript.info
-        full_text = " ".join(seg.text.strip() for seg in transcript.segments)
-        recording = _new_item(p, Modality.AUDIO, embedded.recording_vector, keywords=keyword_vector(full_text),
-                              text=full_text, language=t.language, duration_s=t.duration_s)
-        rec_id = item_key(p["public_id"], p["sha256"])
-        segments = [_new_item({**p, "public_id": f"{rec_id}#{i}", "text": c.text}, Modality.AUDIO_SEGMENT, v,
-                              keywords=keyword_vector(c.text), parent_id=rec_id, start_s=c.start_s, end_s=c.end_s,
-                              language=t.language)
-                    for i, (c, v) in enumerate(zip(embedded.chunks, embedded.vectors))]
+        recording, segments = recording_items(
+            public_id=p["public_id"], sha256=p["sha256"], source=p["source"], metadata=p["metadata"],
+            embedded=embedded, full_text=" ".join(seg.text.strip() for seg in transcript.segments),
+            language=t.language, duration_s=t.duration_s)
         public_id, created = await self.index.add_recording(name, info.schema(), recording, segments)
         return index_pb2.IndexAudioResponse(
             id=public_id, created=created, duration_s=t.duration_s, language=t.language,

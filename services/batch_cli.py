@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after filling --vector on every item, make it the collection's active vector")
     g.add_argument("--actors", type=int, default=0, help="encode actors (default: one per 2 CPUs)")
     g.add_argument("--threads", type=int, default=0, help="torch threads per encode actor (default: CPUs/actors)")
-    g.add_argument("--encode-cpus", type=float, default=1.0, help="logical CPUs each encode actor reserves")
+    g.add_argument("--encode-cpus", type=float, default=0.0,
+                   help="logical CPUs each encode actor reserves (default: leave room for 2 read/decode tasks)")
     g.add_argument("--task-cpus", type=float, default=0.25, help="logical CPUs each read/decode task reserves")
     g.add_argument("--read-batch", type=int, default=64, help="rows per read/decode task")
     g.add_argument("--encode-batch", type=int, default=32, help="images per forward pass")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from encoders.chunking import Chunk, TimedText, TimedWord, chunk_transcript
+from encoders.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.clip import ClipEncoder, TextEmbedding
 from encoders.errors import InvalidInput
 from encoders.transcribe import TranscriptInfo
@@ -97,25 +97,9 @@ class EncoderWorker:
     def encode_texts(self, texts: list[str]) -> TextEmbedding:
         return self.clip.encode_texts(texts)
 
-    def embed_transcript(self, segments: list[TimedText], overlap_tokens: int) -> "EmbeddedTranscript":
+    def embed_transcript(self, segments: list[TimedText], overlap_tokens: int) -> EmbeddedTranscript:
         """Chunks that fit the CLIP context, their vectors, and one vector for the recording."""
-        max_tokens = self.clip.context_length - 2  # start and end tokens
-        chunks = chunk_transcript(segments, self.clip.count_tokens, max_tokens, overlap_tokens)
-        vectors = self.clip.encode_texts([c.text for c in chunks]).vectors
-        if len(chunks):
-            # The recording as a whole: the mean direction of its chunks.
-            whole = vectors.mean(axis=0)
-            whole /= max(float(np.linalg.norm(whole)), 1e-12)
-        else:
-            whole = self.clip.encode_texts([""]).vectors[0]
-        return EmbeddedTranscript(chunks, vectors, whole.astype(np.float32))
-
-
-@dataclass(frozen=True)
-class EmbeddedTranscript:
-    chunks: list[Chunk]
-    vectors: np.ndarray
-    recording_vector: np.ndarray
+        return embed_transcript(self.clip, segments, overlap_tokens)
 
 
 @dataclass(frozen=True)
@@ -154,12 +138,6 @@ class TranscriberWorker:
     def transcribe(self, data: bytes, language: str | None) -> Transcript:
         info, segments, sha256 = self.stream(data, language)
         return Transcript(info, list(segments), sha256)
-
-
-def timed_texts(segments) -> list[TimedText]:
-    """Whisper segments -> the chunker's input."""
-    return [TimedText(s.start, s.end, s.text, tuple(TimedWord(w.start, w.end, w.text) for w in s.words))
-            for s in segments]
 
 
 class Optimizer:

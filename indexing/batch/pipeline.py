@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoders.clip import ClipOptions
+from encoders.errors import InvalidInput
 from encoders.media import ImageLimits
 from indexing.batch import catalog, stages
 from indexing.batch.report import BatchSummary, ErrorReport, Progress
@@ -52,8 +53,9 @@ class BatchOptions:
     # Encode actors (each loads the model once) and torch threads per actor; 0 = from the CPUs.
     encode_actors: int = 0
     encode_threads: int = 0
-    # Logical CPUs each encode actor reserves, and each read/decode task.
-    encode_cpus: float = 1.0
+    # Logical CPUs each encode actor reserves (0: what leaves room for two read/decode tasks,
+    # at most 1), and each read/decode task.
+    encode_cpus: float = 0.0
     task_cpus: float = 0.25
     # Rows per read/decode task, per forward pass, per store write.
     read_batch: int = 64
@@ -250,7 +252,7 @@ def _dataset(plan_dir: str, options: BatchOptions, transform: tuple[int | None, 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actors, threads = _encode_pool(options)
+    actors, threads, reserve = _encode_pool(options)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     common = dict(batch_format="pyarrow", num_cpus=options.task_cpus)
     max_bytes = max(options.image_limits.max_bytes, options.audio.limits.max_bytes if options.audio else 0)
@@ -275,7 +277,7 @@ def _dataset(plan_dir: str, options: BatchOptions, transform: tuple[int | None, 
                         **common)
     ds = ds.map_batches(stages.Encode, fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads)},
                         batch_size=options.encode_batch, compute=ray.data.ActorPoolStrategy(size=actors),
-                        batch_format="pyarrow", num_cpus=options.encode_cpus)
+                        batch_format="pyarrow", num_cpus=reserve)
     if options.audio is not None:
         ds = ds.map_batches(stages.Transcribe, fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads),
                                                                       "audio": options.audio},
@@ -289,11 +291,20 @@ def _load_plan_part(batch: pa.Table, *, plan_dir: str, parts: list[str]) -> pa.T
     return pa.concat_tables([pq.read_table(os.path.join(plan_dir, parts[i])) for i in batch["id"].to_pylist()])
 
 
-def _encode_pool(options: BatchOptions) -> tuple[int, int]:
-    """(actors, torch threads each): by default one actor per 2 CPUs of the cluster, using them."""
+def _encode_pool(options: BatchOptions) -> tuple[int, int, float]:
+    """(actors, torch threads each, logical CPUs each): by default one actor per 2 CPUs of the
+    cluster, using them all, and reserving what leaves room for two read/decode tasks."""
     import ray
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-    actors = options.encode_actors or max(1, cpus // 2)
-    threads = options.encode_threads or max(1, cpus // actors)
-    return actors, threads
+    cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    actors = options.encode_actors or max(1, int(cpus) // 2)
+    threads = options.encode_threads or max(1, int(cpus) // actors)
+    room = 2 * options.task_cpus
+    reserve = options.encode_cpus or min(1.0, (cpus - room) / actors)
+    if reserve <= 0 or actors * reserve > cpus - options.task_cpus:
+        # Ray would place the encode actors and never a read task: the run would hang.
+        raise InvalidInput(
+            f"{actors} encode actor(s) reserving {reserve:g} CPU each leave no room for read/decode tasks "
+            f"({options.task_cpus:g} CPU each) on a cluster of {cpus:g} CPUs; lower --actors or --encode-cpus",
+            field="encode_cpus")
+    return actors, threads, reserve

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from indexing.edge import EdgeStore
@@ -165,3 +166,69 @@ def test_store_in_use_and_bad_source_exit_2(tmp_path):
     finally:
         holder.close()
     assert code == 2 and "in use" in out, out
+
+
+def test_audio_files_in_a_folder_are_transcribed_and_indexed(tmp_path):
+    root = tmp_path / "cat"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(image_bytes(1, 32, seed=4))
+    audio = Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "printer_error_en-us.wav"
+    (root / "call-recording").write_bytes(audio.read_bytes())  # no extension: found by its bytes
+    code, out = finish(loupe_batch(root, tmp_path / "data"))
+    assert code == 0, out
+    payloads = stored(tmp_path / "data")
+    by_modality = {}
+    for p in payloads:
+        by_modality.setdefault(p["modality"], []).append(p)
+    assert len(by_modality["image"]) == 1 and len(by_modality["audio"]) == 1
+    recording = by_modality["audio"][0]
+    assert "printer" in recording["text"].lower() and recording["duration_s"] > 3
+    assert by_modality["audio_segment"] and all(s["parent_id"] == recording["id"]
+                                                for s in by_modality["audio_segment"])
+
+
+def _other_model(tmp_path: Path) -> Path:
+    """The bundled CLIP with one weight nudged: same architecture, another model version."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src = Path(__file__).resolve().parents[2] / "encoders" / "bundled" / "tiny-clip"
+    dst = tmp_path / "tiny-clip-v2"
+    shutil.copytree(src, dst)
+    [weights] = dst.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("logit_scale") or "ln_final" in k)
+    tensors[name] = tensors[name] + np.asarray(0.01, tensors[name].dtype)
+    save_file(tensors, weights)
+    return dst
+
+
+def test_reembedding_into_a_new_vector_then_switch(tmp_path):
+    cat = make_catalog(tmp_path / "cat", 40, size=32, kind="jsonl")
+    data = tmp_path / "data"
+    code, out = finish(loupe_batch(cat.manifest, data))
+    assert code == 0, out
+    model = _other_model(tmp_path)
+    # A second model without --new-vector is refused before anything is written.
+    code, out = finish(loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}"))
+    assert code == 2 and "bundled:tiny-clip" in out, out
+    code, out = finish(loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}", "--vector", "clip_v2",
+                                   "--new-vector", "--switch"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["counts"]["indexed"] == 40 and summary["points"] == 40, out
+    assert "now the active one (was 'clip')" in out, out
+    from indexing.index import Index
+
+    index = Index(EdgeStore(str(data)))
+    try:
+        specs = index.vectors("default")
+        assert [(v.vector_name, v.complete) for v in specs] == [("clip_v2", True), ("clip", True)]
+        assert specs[0].model_id == "open_clip:local-dir:tiny-clip-v2"
+    finally:
+        index.close()
+    # And again: nothing left to encode for the new model.
+    code, out = finish(loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}", "--vector", "clip_v2",
+                                   "--new-vector"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["counts"]["skipped"] == 40, out
