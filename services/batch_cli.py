@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--actors", type=int, default=0, help="encode actors (default: one per 2 CPUs)")
     g.add_argument("--threads", type=int, default=0, help="torch threads per encode actor (default: CPUs/actors)")
     g.add_argument("--encode-cpus", type=float, default=0.0,
-                   help="logical CPUs each encode actor reserves (default: leave room for 2 read/decode tasks)")
+                   help="logical CPUs each encode actor reserves (default: all but one CPU shared out, at most 1)")
     g.add_argument("--task-cpus", type=float, default=0.25, help="logical CPUs each read/decode task reserves")
     g.add_argument("--read-batch", type=int, default=64, help="rows per read/decode task")
     g.add_argument("--encode-batch", type=int, default=32, help="images per forward pass")

@@ -53,8 +53,8 @@ class BatchOptions:
     # Encode actors (each loads the model once) and torch threads per actor; 0 = from the CPUs.
     encode_actors: int = 0
     encode_threads: int = 0
-    # Logical CPUs each encode actor reserves (0: what leaves room for two read/decode tasks,
-    # at most 1), and each read/decode task.
+    # Logical CPUs each encode actor reserves (0: all the cluster's CPUs but one, shared out,
+    # at most 1 each), and each read/decode task.
     encode_cpus: float = 0.0
     task_cpus: float = 0.25
     # Rows per read/decode task, per forward pass, per store write.
@@ -293,18 +293,18 @@ def _load_plan_part(batch: pa.Table, *, plan_dir: str, parts: list[str]) -> pa.T
 
 def _encode_pool(options: BatchOptions) -> tuple[int, int, float]:
     """(actors, torch threads each, logical CPUs each): by default one actor per 2 CPUs of the
-    cluster, using them all, and reserving what leaves room for two read/decode tasks."""
+    cluster, with threads using them all, and reservations that leave one CPU unreserved."""
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     actors = options.encode_actors or max(1, int(cpus) // 2)
     threads = options.encode_threads or max(1, int(cpus) // actors)
-    room = 2 * options.task_cpus
-    reserve = options.encode_cpus or min(1.0, (cpus - room) / actors)
-    if reserve <= 0 or actors * reserve > cpus - options.task_cpus:
-        # Ray would place the encode actors and never a read task: the run would hang.
+    reserve = options.encode_cpus or max(0.0, min(1.0, (cpus - 1) / actors))
+    if actors * reserve > cpus - 1:
+        # Measured on Ray 2.60: once actors reserve more than all CPUs but one, Ray Data
+        # schedules no read or decode task and the run waits forever.
         raise InvalidInput(
-            f"{actors} encode actor(s) reserving {reserve:g} CPU each leave no room for read/decode tasks "
-            f"({options.task_cpus:g} CPU each) on a cluster of {cpus:g} CPUs; lower --actors or --encode-cpus",
+            f"{actors} encode actor(s) reserving {reserve:g} CPU each would leave less than one of the "
+            f"cluster's {cpus:g} CPUs for reading and decoding; lower --actors or --encode-cpus",
             field="encode_cpus")
     return actors, threads, reserve
