@@ -4,6 +4,7 @@ the run joined with --address, writing through the qdrant-client backend."""
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,15 +28,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, monkeypatch):
+    # A cluster's nodes and drivers share one token, as on a real cluster.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--num-cpus=1", "--disable-usage-stats"]
+    common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        "--include-dashboard=false", *common], check=True, capture_output=True, timeout=120)
-        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
-                       check=True, capture_output=True, timeout=120)
+        for extra in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address={address}"]):
+            started = subprocess.run([RAY, "start", *extra, *common], capture_output=True, text=True, timeout=120)
+            assert started.returncode == 0, started.stdout + started.stderr
         yield address
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
@@ -56,7 +59,7 @@ def test_batch_on_a_cluster_into_qdrant_client(cluster, tmp_path):
     cmd = [sys.executable, "-m", "services.cli", "index", "--batch", str(cat.manifest), "--bundled-models",
            "--address", cluster, "--qdrant-path", str(qdrant_dir), "--collection", "catalog", "--ocr", "never",
            "--errors", str(tmp_path / "errors.jsonl"), "--summary-json", str(summary_path),
-           "--actors", "2", "--encode-cpus", "0.5"]
+           "--actors", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads(summary_path.read_text())
