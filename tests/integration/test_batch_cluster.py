@@ -4,10 +4,13 @@ the run joined with --address, writing through the qdrant-client backend."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,13 +38,30 @@ def cluster(tmp_path, monkeypatch):
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={_short_temp_dir()}"]
+    groups = []
     try:
-        for extra in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address={address}"]):
-            started = subprocess.run([RAY, "start", *extra, *common], capture_output=True, text=True, timeout=120)
-            assert started.returncode == 0, started.stdout + started.stderr
+        for extra in (head, [f"--address={address}"]):
+            # Each node in its own session: its daemons stay in that process group, so the
+            # teardown stops this cluster only (`ray stop` would stop every Ray here, the
+            # service other tests run on included).
+            start = subprocess.Popen([RAY, "start", *extra, *common], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            groups.append(start.pid)
+            out, _ = start.communicate(timeout=120)
+            assert start.returncode == 0, out
         yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        for group in reversed(groups):
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _short_temp_dir() -> str:
+    # Ray's socket paths live under it and must stay within the 107 bytes of AF_UNIX.
+    return tempfile.mkdtemp(prefix="loupe-ray-", dir="/tmp")
 
 
 def _alive_nodes(address: str) -> int:
