@@ -167,3 +167,18 @@ def test_catch_up_reports_items_it_cannot_refill(spec, tmp_path):
     assert "incomplete: 1 item(s)" in writer.complete(switch=True)
     assert writer.index.vectors("cat")[0].vector_name == "clip"
     writer.close()
+
+
+def test_encode_pool_defaults_and_refuses_settings_that_would_hang(monkeypatch):
+    import ray
+
+    from encoders.errors import InvalidInput
+    from indexing.batch.pipeline import BatchOptions, _encode_pool
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert _encode_pool(BatchOptions()) == (1, 2, 1.0)
+    assert _encode_pool(BatchOptions(encode_actors=2, encode_threads=1)) == (2, 1, 0.5)
+    with pytest.raises(InvalidInput, match="less than one of the cluster's 2 CPUs"):
+        _encode_pool(BatchOptions(encode_actors=2, encode_cpus=0.75))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    assert _encode_pool(BatchOptions()) == (8, 2, 1.0)

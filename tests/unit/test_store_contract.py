@@ -6,54 +6,20 @@ Vectors are tiny (dim 8) and hand-made so expected orderings are obvious.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pytest
 
 from encoders.errors import InvalidInput, ModelMismatch, NotFound
 from encoders.keywords import SparseVector, keyword_vector, query_vector
-from indexing.edge import EdgeStore
 from indexing.ids import content_key, point_id
 from indexing.index import Index, NewItem
-from indexing.qdrant_server import QdrantStore
+from tests.unit.conftest import BACKENDS, Clock
 from indexing.types import CollectionSchema, Condition, KeywordsUnavailable, Modality, Range
 
 DIM = 8
 SCHEMA = CollectionSchema(vector_name="clip", dim=DIM, model_id="bundled:tiny-clip", model_version="v1")
 COLL = "photos"
-
-BACKENDS = {
-    "edge": lambda path: EdgeStore(str(path / "edge")),
-    "qdrant-local": lambda path: QdrantStore(path=str(path / "qdrant")),
-}
-
-
-class Clock:
-    """Deterministic time: each call is one second later."""
-
-    def __init__(self) -> None:
-        self._ticks = itertools.count(1_700_000_000)
-
-    def __call__(self) -> float:
-        return float(next(self._ticks))
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def reopen(request, tmp_path):
-    """Returns a function giving a fresh Index over the same data (closing the previous)."""
-    opened: list[Index] = []
-
-    def _open() -> Index:
-        if opened:
-            opened[-1].close()
-        index = Index(BACKENDS[request.param](tmp_path), clock=Clock())
-        opened.append(index)
-        return index
-
-    yield _open
-    opened[-1].close()
-
 
 @pytest.fixture
 def index(reopen) -> Index:

@@ -6,7 +6,6 @@ test_store_contract), plus the services on either model.
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 import grpc
 import numpy as np
@@ -14,10 +13,8 @@ import pytest
 
 from encoders.errors import InvalidInput, ModelMismatch, NotFound, VectorStateConflict
 from encoders.keywords import keyword_vector, query_vector
-from indexing.edge import EdgeStore
 from indexing.ids import point_id
 from indexing.index import Index, NewItem
-from indexing.qdrant_server import QdrantStore
 from indexing.types import CollectionSchema, Condition, Modality, VectorSpec
 from services.errors import to_status
 
@@ -26,35 +23,6 @@ OLD = CollectionSchema(vector_name="clip", dim=8, model_id="old-model", model_ve
 NEW = CollectionSchema(vector_name="clip_v2", dim=4, model_id="new-model", model_version="v2")
 # How a service configured with the new model names its vector: not how the collection does.
 NEW_AS_CLIP = CollectionSchema(vector_name="clip", dim=4, model_id="new-model", model_version="v2")
-
-BACKENDS = {
-    "edge": lambda path: EdgeStore(str(path / "edge")),
-    "qdrant-local": lambda path: QdrantStore(path=str(path / "qdrant")),
-}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self._ticks = itertools.count(1_700_000_000)
-
-    def __call__(self) -> float:
-        return float(next(self._ticks))
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def reopen(request, tmp_path):
-    """A function giving a fresh Index over the same data (closing the previous one)."""
-    opened: list[Index] = []
-
-    def _open() -> Index:
-        if opened:
-            opened[-1].close()
-        opened.append(Index(BACKENDS[request.param](tmp_path), clock=Clock()))
-        return opened[-1]
-
-    yield _open
-    opened[-1].close()
-
 
 @pytest.fixture
 def index(reopen) -> Index:
