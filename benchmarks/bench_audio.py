@@ -2,13 +2,17 @@
 
     python -m benchmarks.bench_audio                  # everything (~10 min on 2 cores)
     python -m benchmarks.bench_audio --skip-service   # in-process backends only
+    python -m benchmarks.bench_audio --controls-only  # repetition controls off vs on (~4 min)
 
 Measures on CPU, over the speech fixtures in tests/fixtures/audio (espeak-ng clips):
 1. real-time factor (transcribe seconds / audio seconds, warm, after load) and word error
    rate of faster-whisper and openai-whisper with tiny.en and base, in one process;
 2. through the gRPC service (IndexAudio, faster-whisper base, the default): one clip at a
    time and 4 clips at once (RTF = wall seconds / audio seconds);
-3. resident memory of the Transcriber replica and of each backend in-process.
+3. resident memory of the Transcriber replica and of each backend in-process;
+4. repetition and hallucination controls off ("before": Whisper's checks alone, no silence
+   skip, prompt kept after a fallback, no repeat/loop filter) vs on (the defaults): WER per
+   clip, whether two runs gave the same transcript, and what the controls removed.
 """
 
 from __future__ import annotations
@@ -60,6 +64,38 @@ def in_process(backend: str, model: str) -> dict:
             "wer": rates, "rss_growth_mb": round(rss_mb() - before)}
 
 
+CONTROLS_OFF = dict(drop_repeats=False, hallucination_silence_s=None, prompt_reset_on_fallback=False)
+
+
+def controls(backend: str, model: str) -> dict:
+    """Per clip, controls off vs on: WER, same transcript on a second run, what was removed."""
+    clips = [n for n in SPEECH if not (model.endswith(".en") and not REFS[n]["language"].startswith("en"))]
+    report = {"backend": backend, "model": model, "clips": {}}
+    for label, options in (("off", TranscribeOptions(threads=2, **CONTROLS_OFF)), ("on", TranscribeOptions(threads=2))):
+        t = create_transcriber(backend, model, options).load()
+        for name in clips:
+            samples = decode_audio((FIXTURES / name).read_bytes()).samples
+            runs = []
+            for _ in range(2):
+                info, segments = t.transcribe(samples)
+                runs.append([s.text for s in segments])
+            report["clips"].setdefault(name, {})[label] = {
+                "wer": round(wer(REFS[name]["text"], " ".join(runs[0])), 3), "identical": runs[0] == runs[1],
+                "segments": len(runs[0]), **info.controls.as_dict()}
+    return report
+
+
+def print_controls(rows: list[dict]) -> None:
+    print(f"\n{'backend':15} {'model':8} {'clip':40} {'WER off':>7} {'WER on':>6} {'same':>5} {'fallback':>8} "
+          f"{'repeats':>7} {'loops':>5} {'words-':>6}")
+    for r in rows:
+        for name, c in r["clips"].items():
+            on = c["on"]
+            print(f"{r['backend']:15} {r['model']:8} {name:40} {c['off']['wer']:>7} {on['wer']:>6} "
+                  f"{str(on['identical'] and c['off']['identical']):>5} {on['fallback_windows']:>8} "
+                  f"{on['repeated_segments']:>7} {on['loops_cut']:>5} {on['words_removed']:>6}")
+
+
 def through_service(workdir: Path) -> dict:
     from services.client import LoupeClient
     from services.launch import ServiceProcess
@@ -98,8 +134,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--skip-backends", action="store_true")
+    parser.add_argument("--controls-only", action="store_true")
     args = parser.parse_args()
-    report: dict = {"backends": []}
+    report: dict = {"backends": [], "controls": []}
+    for backend in ("faster-whisper", "openai-whisper"):
+        for model in ("tiny.en", "base"):
+            report["controls"].append(controls(backend, model))
+    print_controls(report["controls"])
+    if args.controls_only:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "audio_controls.json").write_text(json.dumps(report["controls"], indent=2))
+        return
     if not args.skip_backends:
         for backend in ("faster-whisper", "openai-whisper"):
             for model in ("tiny.en", "base"):

@@ -12,6 +12,12 @@ segments as a lazy iterator, each yielded as soon as it is decoded, so a server 
 
 VAD is on by default in every backend (faster-whisper's bundled Silero model): only speech
 is decoded, so silence and music do not come back as invented text.
+
+Transcripts are deterministic: the same samples, model and options give the same segments on
+every call. Whisper samples at temperature > 0 when a window fails the compression-ratio or
+log-probability checks; every backend seeds that sampling from `options.seed` per call (see
+each backend for how). Repetition and hallucination controls (`encoders.whisper_controls`)
+are on by default and count what they removed in `TranscriptInfo.controls`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoders.errors import InvalidInput, ModelUnavailable
+from encoders.whisper_controls import TranscriptControls, controlled
 from encoders.whisper_models import WhisperSource, resolve
 
 SAMPLE_RATE = 16_000
@@ -52,7 +59,7 @@ BACKENDS: dict[str, Backend] = {
 DEFAULT_BACKEND = "faster-whisper"
 DEFAULT_MODEL = "base"
 # Options read when the model loads; they cannot change per call.
-LOAD_FIELDS = ("device", "compute_type", "threads")
+LOAD_FIELDS = ("device", "compute_type", "threads", "seed")
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,17 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6
     # Feed the previous window's text as the prompt for the next one.
     condition_on_previous_text: bool = True
+    # Stop feeding the previous text after a window that needed the temperature fallback (a
+    # window that went wrong must not steer the next one into the same loop).
+    prompt_reset_on_fallback: bool = True
+    # Skip text surrounded by more than this many seconds of silence when it looks invented
+    # (short, improbable or stretched words; both backends' own check, needs word timings,
+    # which are then computed even when not returned). None turns it off.
+    hallucination_silence_s: float | None = 2.0
+    # Drop a segment that repeats the one before it; cut a loop inside a segment.
+    drop_repeats: bool = True
+    # Seed of the sampling fallback: the same bytes give the same transcript on every call.
+    seed: int = 0
     # CPU threads for the backend (CTranslate2 intra-op / torch); 1..MAX_THREADS.
     threads: int = 2
     # "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".
@@ -103,6 +121,11 @@ class TranscribeOptions:
                                f"{self.temperatures!r}", field="temperatures")
         if not 0.0 < self.vad_threshold < 1.0:
             raise InvalidInput(f"vad_threshold must be in (0, 1), not {self.vad_threshold}", field="vad_threshold")
+        if self.hallucination_silence_s is not None and not self.hallucination_silence_s > 0:
+            raise InvalidInput(f"hallucination_silence_s must be > 0 seconds or None, not "
+                               f"{self.hallucination_silence_s}", field="hallucination_silence_s")
+        if not 0 <= self.seed < 2**31:
+            raise InvalidInput(f"seed must be in [0, 2**31), not {self.seed}", field="seed")
         if self.language is not None and not self.language.strip():
             raise InvalidInput("language must be a code like 'en' or None to detect it", field="language")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
@@ -132,6 +155,8 @@ class TranscriptInfo:
     language_probability: float  # of the detected language; 1.0 when given or English-only
     duration_s: float  # of the input audio
     model_id: str  # e.g. "whisper:base"
+    # What the repetition/hallucination controls did; complete once the segments are consumed.
+    controls: TranscriptControls = field(default_factory=TranscriptControls, compare=False)
 
 
 class Transcriber(ABC):
@@ -169,7 +194,8 @@ class Transcriber(ABC):
         options = self._call_options(options)
         samples = check_samples(samples)
         self.load()
-        return self._transcribe(samples, options)
+        info, segments = self._transcribe(samples, options)
+        return info, controlled(segments, info.controls, options.drop_repeats)
 
     def _call_options(self, options: TranscribeOptions | None) -> TranscribeOptions:
         if options is None:
@@ -256,6 +282,11 @@ def vad_options(options: TranscribeOptions):
 
     return VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
                       speech_pad_ms=options.vad_speech_pad_ms)
+
+
+def needs_word_timings(options: TranscribeOptions) -> bool:
+    """Word timings are computed when asked for, or when the silence check needs them."""
+    return options.word_timestamps or options.hallucination_silence_s is not None
 
 
 def finite(value: float, default: float = 0.0) -> float:

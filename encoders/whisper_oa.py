@@ -8,6 +8,12 @@ VAD works as in faster-whisper: its bundled Silero model finds the speech region
 are decoded (in groups of up to 30 s of speech, each yielded as soon as it is decoded), and
 timestamps are mapped back onto the original audio. Note that `threads` sets torch's
 process-wide intra-op thread count.
+
+Seeded fallback: openai-whisper samples with torch's global generator. Every sampling pass
+reseeds it from `options.seed` (inside `torch.random.fork_rng`, so the process's own random
+state is left as it was), so a window decodes the same way whatever ran before it. When every
+temperature fails the checks, the most probable decode is kept (openai-whisper would keep the
+last, hottest one), and a window that fell back ends the prompt, as in faster-whisper.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import numpy as np
 from encoders.errors import InvalidInput, ModelUnavailable
 from encoders.sources import file_version
 from encoders.transcribe import (SAMPLE_RATE, Segment, Transcriber, TranscribeOptions, TranscriptInfo, Word,
-                                 check_language, finite, pick_device, vad_options)
+                                 check_language, finite, needs_word_timings, pick_device, vad_options)
+from encoders.whisper_controls import TranscriptControls, best_decode, fails_checks
 from encoders.whisper_models import fetch, whisper_cache_dir
 
 GROUP_S = 30.0  # most seconds of speech decoded (and yielded) together
@@ -39,7 +46,7 @@ class OpenAIWhisperTranscriber(Transcriber):
     def _load(self):
         import torch
         import whisper
-        from whisper.model import ModelDimensions, Whisper
+        from whisper.model import ModelDimensions
 
         self._device = pick_device(self.options.device, torch.cuda.is_available())
         self._fp16 = _fp16(self.options.compute_type, self._device)
@@ -48,7 +55,7 @@ class OpenAIWhisperTranscriber(Transcriber):
         path = self._checkpoint()
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            model = Whisper(ModelDimensions(**checkpoint["dims"]))
+            model = _controlled_whisper_class()(ModelDimensions(**checkpoint["dims"]))
             model.load_state_dict(checkpoint["model_state_dict"])
         except (RuntimeError, KeyError, TypeError, OSError) as exc:
             raise ModelUnavailable(f"{path} is not a loadable openai-whisper checkpoint: {exc}") from exc
@@ -87,7 +94,7 @@ class OpenAIWhisperTranscriber(Transcriber):
             language, probability = self._detect_language(first)
         info = TranscriptInfo(language=language or "en", language_probability=probability,
                               duration_s=len(samples) / SAMPLE_RATE, model_id=self.model_id)
-        return info, self._segments(samples, groups, info.language, options)
+        return info, self._segments(samples, groups, info.language, options, info.controls)
 
     def _detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         import torch
@@ -101,28 +108,36 @@ class OpenAIWhisperTranscriber(Transcriber):
         return language, finite(probs[language])
 
     def _segments(self, samples: np.ndarray, groups: list[list[dict]], language: str,
-                  options: TranscribeOptions) -> Iterator[Segment]:
+                  options: TranscribeOptions, controls: TranscriptControls) -> Iterator[Segment]:
+        import torch
         import whisper
         from faster_whisper.vad import SpeechTimestampsMap
 
         prompt = None
         for group in groups:
             audio = np.concatenate([samples[c["start"]:c["end"]] for c in group])
-            with self._decode_lock:
+            with self._decode_lock, torch.random.fork_rng(devices=[]):
+                self._model.call = _Call(controls, options)
                 result = whisper.transcribe(
                     self._model, audio, verbose=None, language=language, fp16=self._fp16,
                     temperature=options.temperatures, beam_size=options.beam_size, best_of=options.best_of,
                     compression_ratio_threshold=options.compression_ratio_threshold,
                     logprob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
                     condition_on_previous_text=options.condition_on_previous_text,
-                    word_timestamps=options.word_timestamps, initial_prompt=prompt)
+                    hallucination_silence_threshold=options.hallucination_silence_s,
+                    word_timestamps=needs_word_timings(options), initial_prompt=prompt)
+                fell_back = self._model.call.fell_back
+                self._model.call = None
             ts_map = SpeechTimestampsMap(group, SAMPLE_RATE)
             for raw in result["segments"]:
-                segment = _restore(raw, ts_map)
+                segment = _restore(raw, ts_map, options.word_timestamps)
                 if segment.text:
                     yield segment
             if options.condition_on_previous_text:
                 prompt = result["text"].strip() or None
+                if fell_back and options.prompt_reset_on_fallback and prompt is not None:
+                    controls.prompt_resets += 1
+                    prompt = None
 
 
 def _fp16(compute_type: str, device: str) -> bool:
@@ -157,12 +172,64 @@ def _speech_groups(samples: np.ndarray, options: TranscribeOptions) -> list[list
     return groups
 
 
-def _restore(raw: dict, ts_map) -> Segment:
+class _Call:
+    """The transcription the model is decoding for (set under the decode lock)."""
+
+    def __init__(self, controls: TranscriptControls, options: TranscribeOptions) -> None:
+        self.controls, self.options = controls, options
+        self.window: list = []  # this window's decodes, one per temperature tried
+        self.fell_back = False  # some window of this group needed the fallback
+
+
+def _controlled_whisper_class():
+    from whisper.model import Whisper
+
+    class ControlledWhisper(Whisper):
+        """openai-whisper's model; `decode` seeds sampling, keeps the best decode, counts."""
+
+        call: _Call | None = None
+
+        def decode(self, mel, options, **kwargs):
+            import torch
+            from dataclasses import replace
+
+            call = self.call
+            if call is None:  # decoding outside a Loupe transcription (e.g. a test calling it)
+                return super().decode(mel, options, **kwargs)
+            o, controls = call.options, call.controls
+            first = options.temperature == o.temperatures[0]
+            if first:
+                controls.windows += 1
+                call.window = []
+            elif len(call.window) == 1:
+                controls.fallback_windows += 1
+                call.fell_back = True
+            if options.temperature > 0:
+                torch.manual_seed(o.seed)
+            result = super().decode(mel, options, **kwargs)
+            call.window.append(result)
+            if options.temperature > 0 and o.prompt_reset_on_fallback:
+                # openai-whisper drops the prompt after a window hotter than 0.5; any fallback should.
+                result = replace(result, temperature=max(result.temperature, 1.0))
+            last = options.temperature == o.temperatures[-1] and len(call.window) == len(o.temperatures)
+            if last and len(o.temperatures) > 1 and fails_checks(
+                    result.compression_ratio, result.avg_logprob, result.no_speech_prob,
+                    compression_ratio_threshold=o.compression_ratio_threshold,
+                    logprob_threshold=o.logprob_threshold, no_speech_threshold=o.no_speech_threshold):
+                controls.kept_best_windows += 1
+                best = best_decode(call.window, o.compression_ratio_threshold)
+                result = replace(best, temperature=result.temperature)
+            return result
+
+    return ControlledWhisper
+
+
+def _restore(raw: dict, ts_map, with_words: bool = True) -> Segment:
     """Map a segment decoded from concatenated speech back onto the original timeline (the
     same rule as faster-whisper's restore_speech_timestamps: a word's two ends map through
     the region holding its middle; a segment spans its words)."""
     words = []
-    for w in raw.get("words") or ():
+    for w in raw.get("words") or ():  # timings decide the segment's span even when not returned
         index = ts_map.get_chunk_index((w["start"] + w["end"]) / 2)
         words.append(Word(float(ts_map.get_original_time(w["start"], index)),
                           float(ts_map.get_original_time(w["end"], index)), w["word"], finite(w.get("probability", 0.0))))
@@ -170,5 +237,5 @@ def _restore(raw: dict, ts_map) -> Segment:
         start, end = words[0].start, words[-1].end
     else:
         start, end = ts_map.get_original_time(raw["start"]), ts_map.get_original_time(raw["end"], is_end=True)
-    return Segment(start=float(start), end=float(end), text=raw["text"].strip(), words=tuple(words),
+    return Segment(start=float(start), end=float(end), text=raw["text"].strip(), words=tuple(words) if with_words else (),
                    avg_logprob=finite(raw.get("avg_logprob", 0.0)), no_speech_prob=finite(raw.get("no_speech_prob", 0.0)))

@@ -96,7 +96,8 @@ class LoupeApi:
         return index_pb2.IndexAudioResponse(
             id=public_id, created=created, duration_s=t.duration_s, language=t.language,
             language_probability=t.language_probability, segment_count=len(segments), model_id=info.model_id,
-            transcriber_model_id=t.model_id, collection=name)
+            transcriber_model_id=t.model_id, collection=name,
+            transcript_controls=convert.transcript_controls(t.controls))
 
     async def get_item(self, req: index_pb2.GetItemRequest) -> common_pb2.Item:
         name = convert.collection_name(req.collection)
@@ -196,10 +197,10 @@ class LoupeApi:
 
     # -- AudioService -----------------------------------------------------------------------
     async def transcribe(self, req: audio_pb2.TranscribeRequest, stream):
-        """Yields TranscribeResponse messages: info first, then segments as they are decoded.
+        """Yields TranscribeResponse messages: info first, segments as they are decoded, controls last.
 
         `stream(data, language, word_timestamps)` is the transcriber's streaming call (an
-        async iterator of TranscriptInfo then Segment objects)."""
+        async iterator of TranscriptInfo, Segment objects, then TranscriptControls)."""
         self._require_transcriber()
         if not req.data:
             raise InvalidInput("audio is empty (0 bytes); send the file's contents", field="data")

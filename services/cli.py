@@ -195,6 +195,12 @@ def cmd_transcribe(client: LoupeClient, args) -> int:
             print(f"# {args.file}: {clock(part.duration_s)}, language {part.language} "
                   f"(p={part.language_probability:.2f}), model {part.model_id}")
             continue
+        if hasattr(part, "loops_cut"):
+            if part.repeated_segments or part.loops_cut or part.fallback_windows:
+                print(f"# controls: {part.fallback_windows} of {part.windows} window(s) decoded again, "
+                      f"{part.repeated_segments} repeated segment(s) dropped, {part.loops_cut} loop(s) cut "
+                      f"({part.words_removed} word(s) removed)")
+            continue
         print(f"[{clock(part.start_s)} - {clock(part.end_s)}] {part.text.strip()}", flush=True)
         if args.words:
             print("    " + " ".join(f"{w.text}@{w.start_s:.2f}" for w in part.words))

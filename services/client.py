@@ -160,11 +160,12 @@ class LoupeClient:
         return self._call(self._index.IndexAudio, request)
 
     def transcribe(self, data: bytes, *, language: str = "", word_timestamps: bool = False):
-        """Yields the TranscriptInfo first, then each TranscriptSegment as the server decodes it."""
+        """Yields the TranscriptInfo first, then each TranscriptSegment as the server decodes it, then
+        the TranscriptControls (what the repetition and hallucination controls removed)."""
         request = audio_pb2.TranscribeRequest(data=data, language=language, word_timestamps=word_timestamps)
         try:
             for message in self._audio.Transcribe(request, timeout=self.timeout_s, metadata=self._metadata):
-                yield message.info if message.HasField("info") else message.segment
+                yield getattr(message, message.WhichOneof("kind"))
         except grpc.RpcError as error:
             raise LoupeCallError(error) from None
 

@@ -89,6 +89,15 @@ class TranscriberSettings(BaseModel):
     word_timestamps: bool = True
     # Words of overlap between consecutive chunks of a transcript, in CLIP tokens.
     chunk_overlap_tokens: int = 4
+    # Repetition and hallucination controls (encoders.whisper_controls; README "Audio"): drop a
+    # segment repeating the previous one and cut loops; skip likely-invented text between
+    # silences longer than this (seconds; null turns it off); stop conditioning on the previous
+    # text after a window that needed the temperature fallback.
+    drop_repeats: bool = True
+    hallucination_silence_s: float | None = 2.0
+    prompt_reset_on_fallback: bool = True
+    # Seed of the sampling fallback: the same audio always gives the same transcript.
+    seed: int = 0
 
     @property
     def spec(self) -> str:
@@ -180,7 +189,9 @@ class LoupeSettings(BaseSettings):
 
         t = self.transcriber
         return TranscribeOptions(beam_size=t.beam_size, vad_filter=t.vad_filter, word_timestamps=t.word_timestamps,
-                                 threads=t.threads, device=t.device, compute_type=t.compute_type)
+                                 threads=t.threads, device=t.device, compute_type=t.compute_type,
+                                 drop_repeats=t.drop_repeats, hallucination_silence_s=t.hallucination_silence_s,
+                                 prompt_reset_on_fallback=t.prompt_reset_on_fallback, seed=t.seed)
 
     def clip_options(self) -> ClipOptions:
         e = self.encoder

@@ -169,8 +169,15 @@ def language(code: str, field: str = "language") -> str | None:
     return code
 
 
+def transcript_controls(controls) -> audio_pb2.TranscriptControls:
+    """encoders.whisper_controls.TranscriptControls as the wire message."""
+    return audio_pb2.TranscriptControls(**controls.as_dict())
+
+
 def transcript_part(part) -> audio_pb2.TranscribeResponse:
-    """A TranscriptInfo or a Segment (encoders.transcribe) as a stream message."""
+    """A TranscriptInfo, a Segment or the closing TranscriptControls as a stream message."""
+    if hasattr(part, "loops_cut"):
+        return audio_pb2.TranscribeResponse(controls=transcript_controls(part))
     if hasattr(part, "language_probability"):
         return audio_pb2.TranscribeResponse(info=audio_pb2.TranscriptInfo(
             language=part.language, language_probability=part.language_probability, duration_s=part.duration_s,

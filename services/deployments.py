@@ -103,10 +103,11 @@ class TranscriberDeployment:
         return self.worker.transcribe(data, language)
 
     def stream(self, data: bytes, language: str | None, word_timestamps: bool):
-        """Sync generator (Serve runs it in a thread): info, then segments as decoded."""
+        """Sync generator (Serve runs it in a thread): info, segments as decoded, then controls."""
         info, segments, _ = self.worker.stream(data, language, word_timestamps)
         yield info
         yield from segments
+        yield info.controls  # complete now that every segment is decoded
 
 
 @serve.deployment(name="Answerer")

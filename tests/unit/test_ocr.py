@@ -84,8 +84,12 @@ def test_character_error_rate(results):
 def test_result_shape_and_reading_order(results):
     r = results["win_update_0x80070005.png"]
     assert r.engine == ocr.DEFAULT_ENGINE and r.seconds > 0
-    assert r.text.splitlines()[:3] == ["Windows Update", "Some updates failed to install",
-                                       "There were problems installing some updates, but we'll try again later."]
+    # Reading order exactly; characters within a small CER (ONNX Runtime's AVX2 and AVX-512
+    # kernels round differently, which can flip a low-confidence character).
+    want = ["Windows Update", "Some updates failed to install",
+            "There were problems installing some updates, but we'll try again later."]
+    got = r.text.splitlines()[:3]
+    assert len(got) == 3 and all(cer(w, g) <= 0.05 for w, g in zip(want, got)), got
     assert all(0.5 <= line.confidence <= 1.0 for line in r.lines)
     w, h = shot("win_update_0x80070005.png").size
     assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in (l.box for l in r.lines))

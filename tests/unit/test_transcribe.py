@@ -28,13 +28,17 @@ NO_SPEECH = sorted(n for n, r in REFERENCES.items() if not r["text"])
 SPANISH = next((n for n, r in REFERENCES.items() if (r["language"] or "").startswith("es")), None)
 LEAD_SILENCE = "delivery_delay_lead_silence_en-us.flac"  # 3 s of digital silence, then speech
 PRINTER = "printer_error_en-us.wav"
+NOISY = sorted(n for n in REFERENCES if "_noisy_" in n)  # speech under pink noise (SNR ~13 dB)
+CLEAN = sorted(n for n, r in REFERENCES.items() if r["text"] and n not in NOISY)
 
 # Measured on the committed fixtures (espeak-ng voices are hard for tiny models: "shows error"
-# comes back as "show never"): tiny.en per clip <= 0.24, mean 0.13; base per clip <= 0.25.
-TINY_MAX_WER, TINY_MAX_MEAN_WER, BASE_MAX_WER = 0.30, 0.20, 0.30
-# Two backends on the same weights: tiny.en agrees word for word; base (int8 on CTranslate2
-# vs float32 on torch) differs on the noisy clip, where the temperature fallback kicks in.
-CROSS_BACKEND_MAX_WER = {"tiny.en": 0.05, "base": 0.35}
+# comes back as "show never"), both backends: tiny.en per clip <= 0.24, mean 0.13; base per
+# clip <= 0.21 on the clean clips, 0.25 on the noisy one. The bounds leave room for the float
+# paths of other CPUs (AVX2 / AVX-512 machines decode a few words differently).
+TINY_MAX_WER, TINY_MAX_MEAN_WER, BASE_MAX_WER, NOISY_MAX_WER = 0.30, 0.20, 0.30, 0.40
+# Two backends on the same weights (int8 on CTranslate2 vs float32 on torch), clean clips:
+# tiny.en agrees word for word, base within a word or two.
+CROSS_BACKEND_MAX_WER = {"tiny.en": 0.05, "base": 0.20}
 FAST = TranscribeOptions(threads=2, device="cpu")
 
 
@@ -53,6 +57,31 @@ def _samples(name: str) -> np.ndarray:
 
 def _text(segments) -> str:
     return " ".join(s.text for s in segments)
+
+
+def pink_noise(n: int, rms: float, seed: int = 3) -> np.ndarray:
+    """Seeded 1/f noise at a given RMS (the fixtures' noise level is 0.021)."""
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(len(spectrum), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spectrum / np.sqrt(f), n)
+    return (x / np.sqrt(np.mean(x**2)) * rms).astype(np.float32)
+
+
+def assert_controlled(transcriber, samples: np.ndarray, reference: str, speech_end_s: float, max_wer: float):
+    """What the product promises on hard audio: the same transcript twice in a row, no segment
+    repeating the one before, no text after the speech ends, and a WER bound."""
+    from encoders.whisper_controls import is_repeat
+
+    first_info, first = transcriber.transcribe(samples)
+    first = list(first)
+    _, second = transcriber.transcribe(samples)
+    assert first == list(second), "the same bytes gave two different transcripts"
+    assert all(not is_repeat(a.text, b.text) for a, b in itertools.pairwise(first)), _text(first)
+    assert all(s.start < speech_end_s + 0.5 for s in first), [(s.start, s.text) for s in first]
+    assert wer(reference, _text(first)) <= max_wer, _text(first)
+    return first_info
 
 
 @pytest.fixture(scope="session")
@@ -258,6 +287,15 @@ def test_base_detects_language(base_fw):
         assert wer(REFERENCES[SPANISH]["text"], _text(segments)) <= BASE_MAX_WER
 
 
+@pytest.mark.parametrize("name", NOISY)
+def test_tiny_noisy_clips_are_deterministic_and_clean(tiny_fw, name):
+    samples = _samples(name)
+    # The clip, then 8 s more of noise at its level: nothing may be transcribed there.
+    with_tail = np.concatenate([samples, pink_noise(16000 * 8, 0.021)])
+    info = assert_controlled(tiny_fw, with_tail, REFERENCES[name]["text"], len(samples) / 16000, NOISY_MAX_WER)
+    assert info.controls.windows >= 1
+
+
 def test_wer_normalises_case_punctuation_and_numbers():
     assert normalize("Error code 42, o'clock!") == "error code forty two oclock"
     assert wer("The error code is forty-two.", "the ERROR code is 42") == 0.0
@@ -266,17 +304,49 @@ def test_wer_normalises_case_punctuation_and_numbers():
     assert normalize("the 21st, 3.5% and 1,000") == "the twenty first three point five percent and one thousand"
 
 
+@pytest.mark.slow
+def test_base_transcribes_each_fixture_within_wer(base_fw):
+    rates = {n: wer(REFERENCES[n]["text"], _text(base_fw.transcribe(_samples(n))[1])) for n in CLEAN + NOISY}
+    assert all(rates[n] <= BASE_MAX_WER for n in CLEAN), rates
+    assert all(rates[n] <= NOISY_MAX_WER for n in NOISY), rates
+
+
+@pytest.fixture(scope="module")
+def transcribers(whisper_cache):
+    """(backend, model) -> loaded transcriber, shared by the slow tests below."""
+    pytest.importorskip("whisper", reason="pip install openai-whisper")
+    loaded = {}
+
+    def get(backend: str, model: str):
+        _packaged_or_skip(model)
+        if (backend, model) not in loaded:
+            loaded[backend, model] = create_transcriber(backend, model, FAST, cache_dir=whisper_cache).load()
+        return loaded[backend, model]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny.en", "base"])
+@pytest.mark.parametrize("backend", ["faster-whisper", "openai-whisper"])
+def test_noisy_clips_are_deterministic_and_clean(transcribers, backend, model):
+    """The clip that made CI fail at random (base looped or invented a sentence in its sampling
+    fallback): every backend and model gives one transcript, without repeats or invented tails."""
+    transcriber = transcribers(backend, model)
+    for name in NOISY:
+        samples = _samples(name)
+        assert_controlled(transcriber, samples, REFERENCES[name]["text"], len(samples) / 16000, NOISY_MAX_WER)
+
+
 # -- openai-whisper on the same weights (slow: converts, then decodes in torch float32) --------
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
-def test_backends_agree_on_fixtures(model, whisper_cache):
-    pytest.importorskip("whisper", reason="pip install openai-whisper")
-    _packaged_or_skip(model)
-    fw = create_transcriber("faster-whisper", model, FAST, cache_dir=whisper_cache).load()
-    oa = create_transcriber("openai-whisper", model, FAST, cache_dir=whisper_cache).load()
+def test_backends_agree_on_fixtures(model, transcribers):
+    fw, oa = transcribers("faster-whisper", model), transcribers("openai-whisper", model)
     t = np.arange(16000 * 5) / 16000
     synthetic = {"silence": np.zeros(16000 * 5, np.float32), "tone": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)}
-    for name in ENGLISH + NO_SPEECH + list(synthetic) + ([SPANISH] if SPANISH and model == "base" else []):
+    clean = [n for n in ENGLISH if n not in NOISY]
+    for name in clean + NO_SPEECH + list(synthetic) + ([SPANISH] if SPANISH and model == "base" else []):
         samples = synthetic[name] if name in synthetic else _samples(name)
         fw_info, fw_segments = fw.transcribe(samples)
         oa_info, oa_segments = oa.transcribe(samples)
@@ -286,6 +356,7 @@ def test_backends_agree_on_fixtures(model, whisper_cache):
             assert fw_segments == [] and oa_segments == [], name
             continue
         assert wer(_text(fw_segments), _text(oa_segments)) <= CROSS_BACKEND_MAX_WER[model], name
+        assert wer(REFERENCES[name]["text"], _text(oa_segments)) <= BASE_MAX_WER, name
         if name == LEAD_SILENCE:
             assert oa_segments[0].words[0].start >= 2.5
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loupe/v1/audio.proto\x12\x08loupe.v1\"L\n\x11TranscribeRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x03 \x01(\x08\"f\n\x0eTranscriptInfo\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x1c\n\x14language_probability\x18\x02 \x01(\x02\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x10\n\x08model_id\x18\x04 \x01(\t\"I\n\x04Word\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"\x8d\x01\n\x11TranscriptSegment\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x1d\n\x05words\x18\x04 \x03(\x0b\x32\x0e.loupe.v1.Word\x12\x13\n\x0b\x61vg_logprob\x18\x05 \x01(\x02\x12\x16\n\x0eno_speech_prob\x18\x06 \x01(\x02\"v\n\x12TranscribeResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x18.loupe.v1.TranscriptInfoH\x00\x12.\n\x07segment\x18\x02 \x01(\x0b\x32\x1b.loupe.v1.TranscriptSegmentH\x00\x42\x06\n\x04kind2Y\n\x0c\x41udioService\x12I\n\nTranscribe\x12\x1b.loupe.v1.TranscribeRequest\x1a\x1c.loupe.v1.TranscribeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loupe/v1/audio.proto\x12\x08loupe.v1\"L\n\x11TranscribeRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x03 \x01(\x08\"f\n\x0eTranscriptInfo\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x1c\n\x14language_probability\x18\x02 \x01(\x02\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x10\n\x08model_id\x18\x04 \x01(\t\"I\n\x04Word\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"\x8d\x01\n\x11TranscriptSegment\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x1d\n\x05words\x18\x04 \x03(\x0b\x32\x0e.loupe.v1.Word\x12\x13\n\x0b\x61vg_logprob\x18\x05 \x01(\x02\x12\x16\n\x0eno_speech_prob\x18\x06 \x01(\x02\"\xb6\x01\n\x12TranscriptControls\x12\x0f\n\x07windows\x18\x01 \x01(\x05\x12\x18\n\x10\x66\x61llback_windows\x18\x02 \x01(\x05\x12\x19\n\x11kept_best_windows\x18\x03 \x01(\x05\x12\x15\n\rprompt_resets\x18\x04 \x01(\x05\x12\x19\n\x11repeated_segments\x18\x05 \x01(\x05\x12\x11\n\tloops_cut\x18\x06 \x01(\x05\x12\x15\n\rwords_removed\x18\x07 \x01(\x05\"\xa8\x01\n\x12TranscribeResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x18.loupe.v1.TranscriptInfoH\x00\x12.\n\x07segment\x18\x02 \x01(\x0b\x32\x1b.loupe.v1.TranscriptSegmentH\x00\x12\x30\n\x08\x63ontrols\x18\x03 \x01(\x0b\x32\x1c.loupe.v1.TranscriptControlsH\x00\x42\x06\n\x04kind2Y\n\x0c\x41udioService\x12I\n\nTranscribe\x12\x1b.loupe.v1.TranscribeRequest\x1a\x1c.loupe.v1.TranscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORD']._serialized_end=289
   _globals['_TRANSCRIPTSEGMENT']._serialized_start=292
   _globals['_TRANSCRIPTSEGMENT']._serialized_end=433
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=435
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=553
-  _globals['_AUDIOSERVICE']._serialized_start=555
-  _globals['_AUDIOSERVICE']._serialized_end=644
+  _globals['_TRANSCRIPTCONTROLS']._serialized_start=436
+  _globals['_TRANSCRIPTCONTROLS']._serialized_end=618
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=621
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=789
+  _globals['_AUDIOSERVICE']._serialized_start=791
+  _globals['_AUDIOSERVICE']._serialized_end=880
 # @@protoc_insertion_point(module_scope)

@@ -57,10 +57,30 @@ class TranscriptSegment(_message.Message):
     no_speech_prob: float
     def __init__(self, start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., text: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., avg_logprob: _Optional[float] = ..., no_speech_prob: _Optional[float] = ...) -> None: ...
 
+class TranscriptControls(_message.Message):
+    __slots__ = ("windows", "fallback_windows", "kept_best_windows", "prompt_resets", "repeated_segments", "loops_cut", "words_removed")
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_BEST_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_RESETS_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    LOOPS_CUT_FIELD_NUMBER: _ClassVar[int]
+    WORDS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    windows: int
+    fallback_windows: int
+    kept_best_windows: int
+    prompt_resets: int
+    repeated_segments: int
+    loops_cut: int
+    words_removed: int
+    def __init__(self, windows: _Optional[int] = ..., fallback_windows: _Optional[int] = ..., kept_best_windows: _Optional[int] = ..., prompt_resets: _Optional[int] = ..., repeated_segments: _Optional[int] = ..., loops_cut: _Optional[int] = ..., words_removed: _Optional[int] = ...) -> None: ...
+
 class TranscribeResponse(_message.Message):
-    __slots__ = ("info", "segment")
+    __slots__ = ("info", "segment", "controls")
     INFO_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLS_FIELD_NUMBER: _ClassVar[int]
     info: TranscriptInfo
     segment: TranscriptSegment
-    def __init__(self, info: _Optional[_Union[TranscriptInfo, _Mapping]] = ..., segment: _Optional[_Union[TranscriptSegment, _Mapping]] = ...) -> None: ...
+    controls: TranscriptControls
+    def __init__(self, info: _Optional[_Union[TranscriptInfo, _Mapping]] = ..., segment: _Optional[_Union[TranscriptSegment, _Mapping]] = ..., controls: _Optional[_Union[TranscriptControls, _Mapping]] = ...) -> None: ...

@@ -48,7 +48,8 @@ class AudioServiceServicer:
     """
 
     def Transcribe(self, request, context):
-        """Streams the transcript: first an `info` message, then each segment as it is decoded.
+        """Streams the transcript: first an `info` message, then each segment as it is decoded, then
+        `controls`: what the repetition and hallucination controls removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
