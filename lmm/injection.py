@@ -140,20 +140,30 @@ def neutralise(text: str, *, threshold: float = THRESHOLD) -> tuple[str, Injecti
     report = detect_injection(text, threshold=threshold)
     if not report.flagged:
         return text, report
-    spans = sorted(_sentence_around(text, f) for f in report.findings)
-    merged: list[list[int]] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
     out, last = [], 0
-    for start, end in merged:
+    for start, end in _removed_spans(text, report):
         out.append(text[last:start])
         out.append(REMOVED)
         last = end
     out.append(text[last:])
     return "".join(out), report
+
+
+def _removed_spans(text: str, report: InjectionReport) -> list[list[int]]:
+    """The sentences holding the findings, overlapping ones merged, in order."""
+    merged: list[list[int]] = []
+    for start, end in sorted(_sentence_around(text, f) for f in report.findings):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def removed_sentences(text: str, report: InjectionReport) -> list[str]:
+    """What `neutralise` removes for a flagged `report`: the instruction sentences, in order."""
+    spans = _removed_spans(text, report) if report.flagged else []
+    return [text[a:b].strip() for a, b in spans if text[a:b].strip()]
 
 
 def only_injection(neutralised: str) -> bool:

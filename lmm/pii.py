@@ -325,6 +325,10 @@ class Masker:
     def knows(self, placeholder: str) -> bool:
         return placeholder in self._values
 
+    def card_text(self, placeholder: str) -> str:
+        """A CARD placeholder as an answer may show it (last four digits), whoever's card it is."""
+        return last_four(self._values.get(placeholder, ""))
+
     def counts(self) -> dict[str, int]:
         """Distinct values masked so far, per kind (no values: safe to log)."""
         return dict(self._counts)
@@ -343,6 +347,29 @@ class Masker:
 
     def __repr__(self) -> str:
         return f"Masker({self.counts()})"
+
+
+ANSWER_PII_POLICIES = ("strict", "request")
+# A question asks for a kind of personal data when it names it (checked on the masked question).
+_ASKS_FOR = {
+    "EMAIL": re.compile(r"\be-?mails?\b|\bmail\s+address", re.IGNORECASE),
+    "PHONE": re.compile(r"\b(?:tele)?phone|\bmobile\b|\bcell\b|\bnumber\s+to\s+call|\bcontact\s+number|\bcall\s+back",
+                        re.IGNORECASE),
+    "IBAN": re.compile(r"\biban\b|\bbank\s+account|\baccount\s+number", re.IGNORECASE),
+    "IP": re.compile(r"\bip\b|\bipv[46]\b|\bip\s+address", re.IGNORECASE),
+    "CARD": re.compile(r"\bcard\b|\bvisa\b|\bmastercard\b|\bamex\b|\bpaid\s+with|\bpay\b", re.IGNORECASE),
+}
+
+
+def asked_kinds(question: str) -> set[str]:
+    """The kinds of personal data a question asks for (secrets are never among them)."""
+    return {kind for kind, pattern in _ASKS_FOR.items() if pattern.search(question)}
+
+
+def last_four(card: str) -> str:
+    """A card number as it may appear in an answer: its last four digits only."""
+    digits = re.sub(r"\D", "", card)
+    return f"card ending {digits[-4:]}" if len(digits) >= 4 else "[card removed]"
 
 
 def describe(findings: list[PiiFinding]) -> str:

@@ -25,14 +25,15 @@ from PIL import Image
 
 from encoders.errors import InvalidInput
 from encoders.media import ImageLimits
+from lmm.guards.answer import AttributionGuard, ClaimConsistencyGuard, InstructionGuard, PromptLeakGuard
 from lmm.guards.base import ChainRun, GuardChain, OnFail
 from lmm.guards.input import (ContextState, ImageBytesGuard, ImageCountGuard, ImageDecodeGuard, ImagePixelsGuard,
                               OcrInjectionGuard, OcrLengthGuard, OcrPiiGuard, QuestionInjectionGuard,
                               QuestionLengthGuard, QuestionPiiGuard, RequestState, TopicGuard, Upload)
-from lmm.guards.output import (BlockedWordsGuard, CitationGuard, CitationRequiredGuard, DraftState, GroundingGuard,
-                               LengthGuard, OutputPiiGuard, WellFormedGuard, is_abstention)
+from lmm.guards.output import (BlockedWordsGuard, CitationGuard, DraftState, GroundingGuard, LengthGuard,
+                               OutputPiiGuard, WellFormedGuard, is_abstention)
 from lmm.injection import THRESHOLD
-from lmm.pii import Masker
+from lmm.pii import ANSWER_PII_POLICIES, Masker
 from lmm.types import Answer, ContextImage, GuardResult, Prompt, Verdict, VisionLanguageModel
 
 UploadLike = ContextImage | Image.Image | bytes
@@ -69,8 +70,15 @@ class AskOptions:
     blocked_words: tuple[str, ...] = ()
     # Keywords or phrases that make a question out of scope (blocked, with the topic named).
     out_of_scope_topics: tuple[str, ...] = ()
-    # With context images, an answer must cite at least one; facts are then checked against cited images only.
+    # With context images, an answer must be attributed to at least one: its own citations when
+    # they support it, else the items whose text does (found by the attribution guard); facts
+    # are then checked against those items only. False: facts are checked against the whole context.
     require_citation: bool = True
+    # Personal data in answers: "strict" (the default) lets a kind (e-mail, phone, IBAN, IP)
+    # through only when the question asks for that kind and the request itself contained the
+    # value; "request" lets through any value the request contained. Card numbers never leave
+    # in full: at most their last four digits. Secrets never leave.
+    answer_pii: str = "strict"
     # Injection score at which a question or an image's text counts as carrying instructions.
     injection_threshold: float = THRESHOLD
     # What an abstention says to the asker (it passes the output PII guard too).
@@ -87,6 +95,8 @@ class AskOptions:
         bad = [f"{n}={getattr(self, n)}" for n in counts if getattr(self, n) < 1]
         if bad:
             raise ValueError(f"AskOptions limits must be at least 1: {', '.join(bad)}")
+        if self.answer_pii not in ANSWER_PII_POLICIES:
+            raise ValueError(f"answer_pii must be one of {', '.join(ANSWER_PII_POLICIES)}; got {self.answer_pii!r}")
         if not 0.0 < self.injection_threshold <= 1.0:
             raise ValueError(f"injection_threshold must be in (0, 1]; got {self.injection_threshold}")
         self.image_limits()  # raises if max_pixels is above PIL's bomb limit
@@ -109,16 +119,16 @@ def context_guards(o: AskOptions) -> GuardChain[ContextState]:
 
 def output_guards(o: AskOptions) -> GuardChain[DraftState]:
     return GuardChain([
-        WellFormedGuard(), CitationGuard(), OutputPiiGuard(),
-        GroundingGuard(uncited_uses_all_context=not o.require_citation),
-        *([CitationRequiredGuard()] if o.require_citation else []),
+        WellFormedGuard(), CitationGuard(), OutputPiiGuard(o.answer_pii), InstructionGuard(), PromptLeakGuard(),
+        *([AttributionGuard()] if o.require_citation else []),
+        GroundingGuard(uncited_uses_all_context=not o.require_citation), ClaimConsistencyGuard(),
         BlockedWordsGuard(o.blocked_words), LengthGuard(o.max_answer_chars),
     ])
 
 
-def final_guards() -> GuardChain[DraftState]:
+def final_guards(o: AskOptions) -> GuardChain[DraftState]:
     """For the texts Ask writes itself (abstentions, refusals): no facts to check, but no leaks either."""
-    return GuardChain([OutputPiiGuard()])
+    return GuardChain([OutputPiiGuard(o.answer_pii)])
 
 
 class _Clock:
@@ -160,7 +170,7 @@ class AskPipeline:
         self.model, self.ocr, self.retriever, self.options = model, ocr, retriever, options
         self.prompt_renderer = prompt_renderer or _default_renderer()
         self.request_guards, self.context_guards = request_guards(options), context_guards(options)
-        self.output_guards, self.final_guards = output_guards(options), final_guards()
+        self.output_guards, self.final_guards = output_guards(options), final_guards(options)
 
     def ask(self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *,
             filters: Any = None) -> Answer:
@@ -207,7 +217,7 @@ class AskPipeline:
                                                 max_new_tokens=self.options.max_new_tokens)
             req.model_id = draft.model_id or req.model_id
             with req.clock("output_guards"):
-                state = DraftState(draft.text, req.question, req.context, req.masker)
+                state = DraftState(draft.text, req.question, req.context, req.masker, system=prompt.system)
                 run = self._record(req, self.output_guards.run(state))
             if run.passed:
                 verdict = Verdict.ABSTAINED if is_abstention(state.text) else Verdict.ANSWERED

@@ -26,6 +26,9 @@ class ContextImage:
     source: str = ""
     # True for user uploads (they come first in the context).
     uploaded: bool = False
+    # Sentences removed from `ocr_text` as instructions to the assistant (the model may still
+    # read them in the pixels; the output guards check the answer does not carry them out).
+    instructions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

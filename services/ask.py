@@ -38,7 +38,7 @@ class AnswerWorker:
         options = AskOptions(max_images=a.max_images, max_question_chars=a.max_question_chars,
                              max_answer_chars=a.max_answer_chars, max_new_tokens=a.max_new_tokens,
                              max_attempts=a.max_attempts, blocked_words=tuple(a.blocked_words),
-                             out_of_scope_topics=tuple(a.out_of_scope_topics),
+                             out_of_scope_topics=tuple(a.out_of_scope_topics), answer_pii=a.answer_pii,
                              max_image_bytes=settings.limits.image_max_bytes, max_pixels=settings.limits.image_max_pixels)
         self.pipeline = AskPipeline(self.vlm, ocr=lambda image: self.ocr.read(image).text, retriever=self._retrieve,
                                     prompt_renderer=lambda q, images: render(template, q, images), options=options)

@@ -130,6 +130,10 @@ class AskSettings(BaseModel):
     max_answer_chars: int = 2000
     # Content check: answers containing these words are not returned.
     blocked_words: list[str] = Field(default_factory=list)
+    # Personal data in answers (lmm.pipeline.AskOptions.answer_pii): "strict" (only what the
+    # question asks for, from the request itself) or "request" (any of the request's own values).
+    # Card numbers leave as their last four digits under both.
+    answer_pii: Literal["strict", "request"] = "strict"
     # Questions about these topics are refused (blocked) before any model runs.
     out_of_scope_topics: list[str] = Field(default_factory=list)
     # Folders whose files retrieved items may be read from, so the model sees their pixels;

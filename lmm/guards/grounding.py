@@ -4,7 +4,10 @@ A fact is something a reader would act on and a model likes to invent: an error 
 E-42, ERR_CONNECTION_REFUSED, KB5034441), a number, a quoted string ('Press OK'), or a name of
 two or more capitalised words (Windows Update, HP LaserJet Pro). A fact is grounded when it
 appears in the source text, compared case-insensitively and with whitespace and quotes
-normalised; codes also match with or without their separators (E-42 = E42).
+normalised; codes also match with or without their separators (E-42 = E42). Codes and numbers
+tolerate the characters OCR confuses (1/l/I/|, 0/O, 5/S, 8/B, rn/m): a draft quoting the
+screen's "AUTH-1007" is grounded by OCR text reading "AUTH-l007", while a genuinely different
+code (AB-7130 for AB-7310) still is not.
 """
 
 from __future__ import annotations
@@ -103,20 +106,43 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+# Characters OCR mistakes for one another, by class (casefolded); "rn" reads as "m" and is folded first.
+_LOOKALIKES = ("1li|", "0o", "5s", "8b")
+# Codes of this many characters or more are found even inside a longer run of characters.
+LONG_CODE = 8
+_CLASS = {c: "[" + re.escape(group) + "]" for group in _LOOKALIKES for c in group}
+
+
+def _char(c: str) -> str:
+    return _CLASS.get(c, re.escape(c))
+
+
+def fold_lookalikes(text: str) -> str:
+    """Casefolded text with "rn" read as "m" (the one confusable that spans two characters)."""
+    return text.casefold().replace("rn", "m")
+
+
 def is_grounded(fact: Fact, source: str) -> bool:
-    """`source` must already be `normalise`d (do it once for all facts)."""
-    value = normalise(fact.text)
+    """`source` must already be `normalise`d and `fold_lookalikes`d (do it once for all facts)."""
+    value = fold_lookalikes(normalise(fact.text))
     if fact.kind == "number":
-        return any(re.search(rf"(?<!\d){re.escape(v)}(?!\d)", source) for v in {value, value.replace(",", "")})
+        # Exactly, even inside a code ("42" in "E42"); with look-alikes only as a word of its own
+        # (else "10" would be found in "hello").
+        return any(re.search(rf"(?<!\d){re.escape(v)}(?!\d)", source)
+                   or re.search(r"(?<![^\W_])" + "".join(map(_char, v)) + r"(?![^\W_])", source)
+                   for v in {value, value.replace(",", "")})
     if fact.kind == "code":
-        parts = [re.escape(c) for c in value if c.isalnum()]
-        return re.search(r"(?<![^\W_])" + r"[-_\s.]?".join(parts) + r"(?![^\W_])", source) is not None
+        parts = [_char(c) for c in value if c.isalnum()]
+        body = r"[-_\s.]?".join(parts)
+        if len(parts) >= LONG_CODE:  # OCR drops spaces ("Error0x80070005:"): long codes may touch words
+            return re.search(body, source) is not None
+        return re.search(r"(?<![^\W_])" + body + r"(?![^\W_])", source) is not None
     return value in source
 
 
 def ungrounded(facts: Sequence[Fact], sources: Iterable[str]) -> list[Fact]:
     """The facts that appear in none of the sources, each listed once."""
-    source = normalise("\n".join(sources))
+    source = fold_lookalikes(normalise("\n".join(sources)))
     missing: list[Fact] = []
     for fact in facts:
         if fact not in missing and not is_grounded(fact, source):

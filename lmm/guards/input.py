@@ -18,7 +18,7 @@ from PIL import Image
 from encoders.errors import InvalidInput
 from encoders.media import ImageLimits, decode_image
 from lmm.guards.base import BaseGuard, OnFail
-from lmm.injection import THRESHOLD, neutralise, only_injection
+from lmm.injection import THRESHOLD, neutralise, only_injection, removed_sentences
 from lmm.pii import Masker, describe
 from lmm.types import ContextImage, GuardResult
 
@@ -251,7 +251,8 @@ class OcrInjectionGuard(BaseGuard):
         for i, img in enumerate(state.images):
             cleaned, report = neutralise(img.ocr_text, threshold=self.threshold)
             if report.flagged:
-                state.images[i] = replace(img, ocr_text=cleaned)
+                removed = tuple(removed_sentences(img.ocr_text, report))
+                state.images[i] = replace(img, ocr_text=cleaned, instructions=img.instructions + removed)
                 done.append(f"{img.id} ({', '.join(report.kinds())})")
         if not done:
             return self.ok()

@@ -1,9 +1,11 @@
 """Output guards: a draft becomes an answer only if every one of these lets it through.
 
 Order matters and is fixed by `output_guards` in `lmm.pipeline`: clean and judge the form
-(well formed), prune citations to the context's ids, mask personal data the request did not
-contain (before any guard quotes the draft in a reason), check facts against the cited text,
-require a citation, the blocked-word list, and last the length cap (which may cut the text).
+(well formed), prune citations to the context's ids, apply the personal-data policy (before
+any guard quotes the draft in a reason), refuse instructions carried out and prompt leaks
+(`lmm.guards.answer`), attribute the answer to the items that support it, check facts and
+status claims against that text, the blocked-word list, and last the length cap (which may
+cut the text).
 
 Citations are image ids in square brackets, as the prompt asks: "[upload-1]", also accepted
 as "[source: upload-1]" or "[upload-1, item-7]"; they are rewritten as "[id]".
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from lmm.guards.base import BaseGuard, OnFail
 from lmm.guards.grounding import COMMON_TERMS, extract_facts, ungrounded
 from lmm.injection import REMOVED
-from lmm.pii import PLACEHOLDER, Masker, describe, find_pii
+from lmm.pii import PLACEHOLDER, Masker, asked_kinds, describe, find_pii, last_four
 from lmm.types import ContextImage, GuardResult
 
 
@@ -35,10 +37,17 @@ class DraftState:
     masker: Masker
     # Context ids the text cites, in order of first citation (set by CitationGuard, kept current after).
     citations: list[str] = field(default_factory=list)
+    # The system prompt the model was given (the leak guard compares the answer with it).
+    system: str = ""
 
     @property
     def context_ids(self) -> list[str]:
         return [img.id for img in self.context]
+
+    def visible_text(self, img: ContextImage) -> str:
+        """An item's text as an answer may quote it: masked cards read as their last four digits."""
+        return PLACEHOLDER.sub(lambda m: self.masker.card_text(m.group()) if m.group(1) == "CARD" else m.group(),
+                               img.ocr_text)
 
 
 _ABSTAIN = re.compile(
@@ -160,28 +169,51 @@ class CitationGuard(BaseGuard):
 
 
 class OutputPiiGuard(BaseGuard):
-    """Personal data the request did not contain is removed; the request's own becomes its placeholder.
+    """Personal data in a draft, by policy (`AskOptions.answer_pii`):
 
-    Placeholders are restored by the pipeline at the very end, and only the request's own."""
+    - card numbers never leave in full, whatever their source: "card ending 1111";
+    - secrets never leave;
+    - other kinds (e-mail, phone, IBAN, IP) leave only when the request itself contained the
+      value and, under "strict" (the default), the question asks for that kind; they become
+      the request's placeholder, restored by the pipeline at the very end;
+    - everything else is replaced by "[kind removed]", and the guard says what it did."""
 
     name, on_fail = "output.pii", OnFail.NOTE
 
+    def __init__(self, policy: str = "strict") -> None:
+        self.policy = policy
+
+    def _allowed(self, kind: str, question: str) -> bool:
+        return kind not in ("SECRET", "CARD") and (self.policy == "request" or kind in asked_kinds(question))
+
     def check(self, state: DraftState) -> GuardResult:
-        text, kept, removed = state.text, [], []
+        text, kept, removed, cards = state.text, [], [], 0
         for f in reversed(find_pii(text)):
             placeholder = state.masker.placeholder_of(f)
-            if placeholder is not None and state.masker.is_restorable(placeholder):
+            if f.kind == "CARD":
+                cards += 1
+                text = text[:f.start] + last_four(f.value) + text[f.end:]
+            elif placeholder is not None and state.masker.is_restorable(placeholder) \
+                    and self._allowed(f.kind, state.question):
                 kept.append(f)
                 text = text[:f.start] + placeholder + text[f.end:]
             else:
                 removed.append(f)
                 text = text[:f.start] + f"[{f.kind.lower()} removed]" + text[f.end:]
-        foreign = [m for m in PLACEHOLDER.finditer(text) if not state.masker.is_restorable(m.group())]
-        for m in reversed(foreign):
-            text = text[:m.start()] + f"[{m.group(1).lower()} removed]" + text[m.end():]
+        foreign = 0
+        for m in reversed(list(PLACEHOLDER.finditer(text))):
+            kind = m.group(1)
+            if kind == "CARD":
+                cards += 1
+                text = text[:m.start()] + state.masker.card_text(m.group()) + text[m.end():]
+            elif not (state.masker.is_restorable(m.group()) and self._allowed(kind, state.question)):
+                foreign += 1
+                text = text[:m.start()] + f"[{kind.lower()} removed]" + text[m.end():]
         state.text = text
-        parts = [f"removed {describe(removed)} the request did not contain" if removed else "",
-                 f"removed {len(foreign)} placeholder(s) of data that is not the asker's" if foreign else "",
+        parts = [f"removed {describe(removed)} the question did not ask for or the request did not contain"
+                 if removed else "",
+                 f"removed {foreign} placeholder(s) of data the answer may not show" if foreign else "",
+                 f"shortened {cards} card number(s) to the last four digits" if cards else "",
                  f"kept {describe(kept)} from the request" if kept else ""]
         return self.ok(action="; ".join(p for p in parts if p))
 
@@ -203,7 +235,7 @@ class GroundingGuard(BaseGuard):
         cited = [img for img in state.context if img.id in state.citations]
         if not cited and self.uncited_uses_all_context:
             cited = list(state.context)
-        missing = ungrounded(facts, [state.question, *(img.ocr_text for img in cited)])
+        missing = ungrounded(facts, [state.question, *(state.visible_text(img) for img in cited)])
         where = f"the question or the text of {', '.join(img.id for img in cited)}" if cited else "the question"
         if missing:
             listed = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

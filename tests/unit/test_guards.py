@@ -288,10 +288,11 @@ def test_output_pii_keeps_the_requests_own_values_and_removes_others() -> None:
     masker.mask("doc says them@else.example", restorable=False)
     state = draft("Write to me@home.example, not spy@evil.example or them@else.example; card 4111 1111 1111 1111.",
                   masker=masker)
-    result = OutputPiiGuard().check(state)
+    result = OutputPiiGuard("request").check(state)
     assert result.passed
-    assert state.text == "Write to [EMAIL_1], not [email removed] or [email removed]; card [card removed]."
-    assert "removed 1 card, 2 emails" in result.action and "kept 1 email" in result.action
+    assert state.text == "Write to [EMAIL_1], not [email removed] or [email removed]; card card ending 1111."
+    assert "removed 2 emails" in result.action and "kept 1 email" in result.action
+    assert "shortened 1 card number(s) to the last four digits" in result.action
 
 
 def test_grounded_answer_passes() -> None:

@@ -124,10 +124,16 @@ def test_model_abstention_is_returned_as_abstained() -> None:
     assert answer.verdict is Verdict.ABSTAINED and answer.attempts == 1 and answer.text.startswith("I don't know")
 
 
-def test_uncited_answer_is_retried_when_citations_are_required() -> None:
-    model = ScriptedModel("A paper jam.", GROUNDED)
+def test_uncited_answer_is_attributed_or_retried_when_citations_are_required() -> None:
+    # Correct but uncited: cited after the fact, by the text that supports it.
+    answer = pipeline(ScriptedModel("Error E-42: a paper jam in Tray 2.")).ask("What is wrong?", [screenshot(SCREEN)])
+    assert answer.verdict is Verdict.ANSWERED and answer.attempts == 1
+    assert answer.citations == ("upload-1",) and answer.text.endswith("[upload-1]")
+    assert "attributed to upload-1" in guard(answer, "output.attribution")[0].reason
+    # Uncited and supported by nothing in the context: retried with a hint.
+    model = ScriptedModel("Probably a driver problem.", GROUNDED)
     answer = pipeline(model).ask("What is wrong?", [screenshot(SCREEN)])
-    assert answer.attempts == 2 and not guard(answer, "output.citation_required")[0].passed
+    assert answer.attempts == 2 and not guard(answer, "output.attribution")[0].passed
     assert "[upload-1]" in model.prompts[1].user.split("rejected")[1]
     relaxed = pipeline(ScriptedModel("A paper jam in Tray 2."), require_citation=False).ask("What is wrong?",
                                                                                             [screenshot(SCREEN)])
@@ -144,16 +150,23 @@ def test_citation_of_an_id_not_in_context_is_removed() -> None:
 
 def test_leaked_email_is_masked_and_the_askers_own_is_restored() -> None:
     model = ScriptedModel("We will reply to [EMAIL_1]; for Tray 2 jams ask ceo@vendor.example [upload-1].")
-    answer = pipeline(model).ask("I am jo@home.example; what is wrong?", [screenshot(SCREEN)])
+    answer = pipeline(model).ask("I am jo@home.example; which email will you reply to?", [screenshot(SCREEN)])
     assert answer.verdict is Verdict.ANSWERED
     assert answer.text == "We will reply to jo@home.example; for Tray 2 jams ask [email removed] [upload-1]."
     assert "jo@home.example" not in model.prompts[0].user and "[EMAIL_1]" in model.prompts[0].user
     assert "removed 1 email" in guard(answer, "output.pii")[0].action
+    # Strict by default: a question that does not ask for an e-mail gets none back, not even its own.
+    model = ScriptedModel("We will reply to [EMAIL_1]; Tray 2 is jammed [upload-1].")
+    answer = pipeline(model).ask("I am jo@home.example; what is wrong?", [screenshot(SCREEN)])
+    assert answer.text == "We will reply to [email removed]; Tray 2 is jammed [upload-1]."
+    model = ScriptedModel("We will reply to [EMAIL_1]; Tray 2 is jammed [upload-1].")
+    answer = pipeline(model, answer_pii="request").ask("I am jo@home.example; what is wrong?", [screenshot(SCREEN)])
+    assert answer.text == "We will reply to jo@home.example; Tray 2 is jammed [upload-1]."
 
 
 def test_personal_data_in_a_screenshot_is_masked_for_the_model_and_restored_for_the_asker() -> None:
     model = ScriptedModel("The jam report goes to ops@printer.example (Tray 2) [upload-1].")
-    answer = pipeline(model).ask("Who gets the report?", [screenshot(SCREEN + " Report to ops@printer.example")])
+    answer = pipeline(model).ask("Which email gets the report?", [screenshot(SCREEN + " Report to ops@printer.example")])
     assert "ops@printer.example" not in model.prompts[0].user
     assert answer.text == "The jam report goes to ops@printer.example (Tray 2) [upload-1]."
 
