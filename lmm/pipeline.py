@@ -25,7 +25,8 @@ from PIL import Image
 
 from encoders.errors import InvalidInput
 from encoders.media import ImageLimits
-from lmm.guards.answer import AttributionGuard, ClaimConsistencyGuard, InstructionGuard, PromptLeakGuard
+from lmm.guards.answer import (AttributionGuard, ClaimConsistencyGuard, InstructionGuard, PromptLeakGuard,
+                               supporting_snippet)
 from lmm.guards.base import ChainRun, GuardChain, OnFail
 from lmm.guards.input import (ContextState, ImageBytesGuard, ImageCountGuard, ImageDecodeGuard, ImagePixelsGuard,
                               OcrInjectionGuard, OcrLengthGuard, OcrPiiGuard, QuestionInjectionGuard,
@@ -33,15 +34,17 @@ from lmm.guards.input import (ContextState, ImageBytesGuard, ImageCountGuard, Im
 from lmm.guards.output import (BlockedWordsGuard, CitationGuard, DraftState, GroundingGuard, LengthGuard,
                                OutputPiiGuard, WellFormedGuard, is_abstention)
 from lmm.injection import THRESHOLD
+from lmm.judge import Judge
 from lmm.pii import ANSWER_PII_POLICIES, Masker
-from lmm.types import Answer, ContextImage, GuardResult, Prompt, Verdict, VisionLanguageModel
+from lmm.types import Answer, Citation, ContextImage, GuardResult, Prompt, Verdict, VisionLanguageModel
 
 UploadLike = ContextImage | Image.Image | bytes
 Ocr = Callable[[Image.Image], str]
 # retriever(question_masked, k, filters=...) -> context images, or an awaitable of them.
 Retriever = Callable[..., Sequence[ContextImage] | Awaitable[Sequence[ContextImage]]]
 PromptRenderer = Callable[[str, Sequence[ContextImage]], Prompt]
-STEPS = ("input_guards", "ocr", "retrieval", "draft", "output_guards", "total")
+STEPS = ("input_guards", "ocr", "retrieval", "draft", "output_guards", "judge", "total")
+JUDGE_HINT = "Say only what the context shows; if it does not contain the answer, say \"I don't know\"."
 
 
 @dataclass(frozen=True)
@@ -165,9 +168,11 @@ class _Request:
 
 class AskPipeline:
     def __init__(self, model: VisionLanguageModel, ocr: Ocr | None = None, retriever: Retriever | None = None,
-                 prompt_renderer: PromptRenderer | None = None, options: AskOptions = AskOptions()) -> None:
-        """`prompt_renderer(question, images) -> Prompt`; None uses `lmm.prompts.render` with its default template."""
-        self.model, self.ocr, self.retriever, self.options = model, ocr, retriever, options
+                 prompt_renderer: PromptRenderer | None = None, options: AskOptions = AskOptions(),
+                 judge: Judge | None = None) -> None:
+        """`prompt_renderer(question, images) -> Prompt`; None uses `lmm.prompts.render` with its default
+        template. `judge`: an optional second opinion on every answer that passed the guards."""
+        self.model, self.ocr, self.retriever, self.options, self.judge = model, ocr, retriever, options, judge
         self.prompt_renderer = prompt_renderer or _default_renderer()
         self.request_guards, self.context_guards = request_guards(options), context_guards(options)
         self.output_guards, self.final_guards = output_guards(options), final_guards(options)
@@ -219,14 +224,21 @@ class AskPipeline:
             with req.clock("output_guards"):
                 state = DraftState(draft.text, req.question, req.context, req.masker, system=prompt.system)
                 run = self._record(req, self.output_guards.run(state))
+            failed, hint = run.stopped_by, getattr(run.stopping_guard, "retry_hint", "")
             if run.passed:
-                verdict = Verdict.ABSTAINED if is_abstention(state.text) else Verdict.ANSWERED
-                return self._answer(req, state.text, tuple(state.citations), verdict)
-            assert run.stopped_by is not None
-            hint = getattr(run.stopping_guard, "retry_hint", "")
+                abstained = is_abstention(state.text)
+                if self.judge is not None and not abstained:
+                    with req.clock("judge"):
+                        judged = await asyncio.to_thread(self.judge.check, req.question, state.text, req.context)
+                    req.results.append(judged)
+                    failed, hint = (None if judged.passed else judged), JUDGE_HINT
+                if failed is None:
+                    verdict = Verdict.ABSTAINED if abstained else Verdict.ANSWERED
+                    return self._answer(req, state.text, tuple(state.citations), verdict)
+            assert failed is not None
             current = replace(prompt, user=f"{prompt.user}\n\nYour previous answer was rejected: "
-                                           f"{run.stopped_by.reason}. {hint}".rstrip())
-        last = run.stopped_by
+                                           f"{failed.reason}. {hint}".rstrip())
+        last = failed
         req.results.append(GuardResult("pipeline.abstain", False, f"{req.attempts} draft(s) failed the output "
                                        f"guards; the last failed {last.guard}: {last.reason}", "abstained"))
         return self._own_text(req, self.options.abstain_text, Verdict.ABSTAINED)
@@ -241,7 +253,20 @@ class AskPipeline:
     def _answer(self, req: _Request, text: str, citations: tuple[str, ...], verdict: Verdict) -> Answer:
         return Answer(text=req.masker.unmask(text), citations=citations, verdict=verdict, guards=tuple(req.results),
                       model_id=req.model_id, prompt_version=req.prompt_version, timings=req.clock.done(),
-                      attempts=req.attempts)
+                      attempts=req.attempts, cited=self._cited(req, text, citations))
+
+    def _cited(self, req: _Request, text: str, citations: tuple[str, ...]) -> tuple[Citation, ...]:
+        """Each cited item with the line of its text that supports the answer; the snippet obeys
+        the same personal-data policy as the answer."""
+        items = {img.id: img for img in req.context}
+        out = []
+        for cid in citations:
+            img = items[cid]
+            state = DraftState("", req.question, req.context, req.masker)
+            state.text = supporting_snippet(text, state.visible_text(img))
+            self.final_guards.run(state)
+            out.append(Citation(cid, img.source, req.masker.unmask(state.text), img.modality, img.start_s, img.end_s))
+        return tuple(out)
 
     @staticmethod
     def _record(req: _Request, run: ChainRun) -> ChainRun:

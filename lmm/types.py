@@ -29,6 +29,10 @@ class ContextImage:
     # Sentences removed from `ocr_text` as instructions to the assistant (the model may still
     # read them in the pixels; the output guards check the answer does not carry them out).
     instructions: tuple[str, ...] = ()
+    # What the item is ("image", "text", "audio_segment") and, for audio, its time range.
+    modality: str = "image"
+    start_s: float | None = None
+    end_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,20 @@ class GuardResult:
 
 
 @dataclass(frozen=True)
+class Citation:
+    """One item an answer relies on, with the text in it that supports the answer."""
+
+    id: str
+    source: str
+    # The line of the item's text that best supports the answer (personal data as in the answer).
+    snippet: str
+    modality: str = "image"
+    # For audio segments: where in the recording it was said.
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     # Ids of context images the answer relies on (only ids that were in the context).
@@ -93,3 +111,5 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     # Drafts tried (1 + retries).
     attempts: int = 1
+    # Each citation's item, source and supporting snippet, in citation order.
+    cited: tuple[Citation, ...] = ()

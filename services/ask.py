@@ -41,7 +41,21 @@ class AnswerWorker:
                              out_of_scope_topics=tuple(a.out_of_scope_topics), answer_pii=a.answer_pii,
                              max_image_bytes=settings.limits.image_max_bytes, max_pixels=settings.limits.image_max_pixels)
         self.pipeline = AskPipeline(self.vlm, ocr=lambda image: self.ocr.read(image).text, retriever=self._retrieve,
-                                    prompt_renderer=lambda q, images: render(template, q, images), options=options)
+                                    prompt_renderer=lambda q, images: render(template, q, images), options=options,
+                                    judge=self._judge(a))
+
+    def _judge(self, a):
+        from lmm.judge import Judge
+        from lmm.models import VlmOptions, create_vlm
+
+        if not a.judge:
+            return None
+        if a.judge == "same":
+            return Judge(self.vlm)
+        model = create_vlm(VlmOptions(backend=a.judge, model=a.judge_model or a.model or self.vlm.model_id,
+                                      device=a.device, max_new_tokens=8, base_url=a.judge_base_url))
+        getattr(model, "load", lambda: None)()
+        return Judge(model)
 
     @property
     def model_id(self) -> str:

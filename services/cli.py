@@ -238,8 +238,9 @@ def cmd_ask(client: LoupeClient, args) -> int:
         return 0
     verdict = qa_verdict(answer.verdict)
     print(f"{verdict.upper()}: {answer.text}")
-    if answer.citations:
-        print("citations: " + ", ".join(answer.citations))
+    for c in answer.cited:
+        where = f" @ {clock(c.start_s)}-{clock(c.end_s)}" if c.HasField("start_s") else ""
+        print(f"  [{c.id}] {c.source}{where}: {c.snippet}")
     for g in answer.guards:
         mark = "ok " if g.passed else "FAIL"
         detail = "; ".join(x for x in (g.reason, g.action) if x)

@@ -140,6 +140,12 @@ class AskSettings(BaseModel):
     # otherwise it sees their stored text (OCR, captions) only.
     image_roots: list[str] = Field(default_factory=list)
     prompt: str = "ask/v1"
+    # Optional judge (lmm.judge): a second model asked whether the context supports each answer.
+    # "" (off, the default: a second generation per answer costs seconds on CPU), "same" (the
+    # Ask VLM), "openai" (an OpenAI-compatible endpoint at judge_base_url) or "transformers".
+    judge: Literal["", "same", "openai", "transformers"] = ""
+    judge_model: str = ""
+    judge_base_url: str | None = None
 
 
 class LoupeSettings(BaseSettings):

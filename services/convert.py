@@ -199,4 +199,6 @@ def answer(a) -> qa_pb2.AskResponse:
         text=a.text, citations=list(a.citations), verdict=_VERDICTS[a.verdict.value],
         guards=[qa_pb2.GuardReport(guard=g.guard, passed=g.passed, reason=g.reason, action=g.action)
                 for g in a.guards],
-        model_id=a.model_id, prompt_version=a.prompt_version, timings_s=dict(a.timings), attempts=a.attempts)
+        model_id=a.model_id, prompt_version=a.prompt_version, timings_s=dict(a.timings), attempts=a.attempts,
+        cited=[qa_pb2.Citation(id=c.id, source=c.source, snippet=c.snippet, modality=c.modality,
+                               start_s=c.start_s, end_s=c.end_s) for c in a.cited])

@@ -60,6 +60,30 @@ def supporting_items(facts: Sequence[Fact], answer: str, context: Sequence[Conte
     return [img for s, _, img in scored if s == top and s >= needed]
 
 
+SNIPPET_CHARS = 240
+
+
+def answer_facts(text: str, context_ids: Sequence[str] = ()) -> tuple[str, list[Fact]]:
+    """(the answer without markup, its checkable facts): codes, numbers, quotes, names, and the
+    personal-data placeholders it shows (each supports the item whose text holds it)."""
+    body = strip_markup(text, context_ids)
+    return body, extract_facts(body) + [Fact("quote", m.group()) for m in PLACEHOLDER.finditer(text)]
+
+
+def supporting_snippet(answer: str, text: str) -> str:
+    """The line of `text` that best supports `answer`: most of its facts, then most shared words."""
+    body, facts = answer_facts(answer)
+    words = content_words(body)
+    lines = [line.strip() for line in re.split(r"\n|(?<=[.!?])\s+", text) if line.strip()]
+
+    def score(line: str) -> tuple[int, int]:
+        folded = fold_lookalikes(normalise(line))
+        return sum(is_grounded(f, folded) for f in facts), len(words & content_words(line))
+
+    best = max(lines, key=score, default="")
+    return best if len(best) <= SNIPPET_CHARS else best[:SNIPPET_CHARS - 1].rstrip() + "…"
+
+
 class AttributionGuard(BaseGuard):
     """An answer given with context cites the items that support it, found without the model's help."""
 
@@ -69,9 +93,7 @@ class AttributionGuard(BaseGuard):
     def check(self, state: DraftState) -> GuardResult:
         if not state.context or is_abstention(state.text):
             return self.ok()
-        body = strip_markup(state.text, state.context_ids)
-        # Personal data the answer shows as a placeholder supports the item it came from.
-        facts = extract_facts(body) + [Fact("quote", m.group()) for m in PLACEHOLDER.finditer(state.text)]
+        body, facts = answer_facts(state.text, state.context_ids)
         texts = {img.id: state.visible_text(img) for img in state.context}
         cited = [img for img in state.context if img.id in state.citations]
         if cited and (not facts or supporting_items(facts, body, cited, texts)):

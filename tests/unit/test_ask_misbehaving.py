@@ -57,6 +57,9 @@ def test_correct_drafts_are_answered_with_their_content(cited):
             print("FALSE ABSTENTION", name, q["question"], answer.text, [g for g in answer.guards if not g.passed])
         else:
             assert answer.citations == ("upload-1",)
+            (c,) = answer.cited
+            assert (c.id, c.source, c.modality) == ("upload-1", "upload", "image")
+            assert any(e.lower() in c.snippet.lower() for e in q["expect"]), (q, c.snippet)
     assert outcomes[True] / sum(outcomes.values()) >= 0.95, outcomes
 
 
@@ -107,3 +110,38 @@ def test_echoed_personal_data_is_cut_from_a_correct_answer():
     assert "card ending 1111" in answer.text
     (pii,) = [g for g in answer.guards if g.guard == "output.pii"]
     assert "removed" in pii.action and "last four" in pii.action
+
+
+class Judging:
+    """A judge model with a fixed reply, keeping the prompts it was shown."""
+
+    model_id = "scripted-judge"
+
+    def __init__(self, reply: str) -> None:
+        self.reply, self.prompts = reply, []
+
+    def generate(self, prompt: Prompt, *, max_new_tokens: int) -> Draft:
+        self.prompts.append(prompt)
+        return Draft(self.reply, self.model_id)
+
+
+@pytest.mark.parametrize(("reply", "answered"), [("Yes.", True), ("yes, it does", True), ("No", False),
+                                                   ("Maybe; hard to say", False)])
+def test_optional_judge_verdict_is_recorded(reply, answered):
+    from lmm.judge import Judge
+
+    judge = Judging(reply)
+    shot = Image.new("RGB", (32, 24), "white")
+    shot.info["text"] = CASES["win_update_0x80070005.png"]["text"]
+    pipeline = AskPipeline(Scripted("The error code is 0x80070005 [upload-1]."), lambda im: im.info.get("text", ""),
+                           prompt_renderer=lambda q, imgs: render(TEMPLATE, q, imgs),
+                           options=AskOptions(max_attempts=2), judge=Judge(judge))
+    answer = pipeline.ask("What error code is shown?", [shot])
+    assert (answer.verdict is Verdict.ANSWERED) is answered
+    records = [g for g in answer.guards if g.guard == "output.judge"]
+    assert records and records[-1].passed is answered and "scripted-judge" in records[-1].reason
+    assert "0x80070005" in judge.prompts[0].user and "Does the context support" in judge.prompts[0].user
+    assert answer.timings["judge"] > 0
+    if not answered:
+        (abstain,) = [g for g in answer.guards if g.guard == "pipeline.abstain"]
+        assert len(records) == 2 and "output.judge" in abstain.reason  # redrafted, then abstained

@@ -55,8 +55,24 @@ class GuardReport(_message.Message):
     action: str
     def __init__(self, guard: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
 
+class Citation(_message.Message):
+    __slots__ = ("id", "source", "snippet", "modality", "start_s", "end_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    source: str
+    snippet: str
+    modality: str
+    start_s: float
+    end_s: float
+    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., snippet: _Optional[str] = ..., modality: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
+
 class AskResponse(_message.Message):
-    __slots__ = ("text", "citations", "verdict", "guards", "model_id", "prompt_version", "timings_s", "attempts")
+    __slots__ = ("text", "citations", "verdict", "guards", "model_id", "prompt_version", "timings_s", "attempts", "cited")
     class TimingsSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +88,7 @@ class AskResponse(_message.Message):
     PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_S_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CITED_FIELD_NUMBER: _ClassVar[int]
     text: str
     citations: _containers.RepeatedScalarFieldContainer[str]
     verdict: AnswerVerdict
@@ -80,4 +97,5 @@ class AskResponse(_message.Message):
     prompt_version: str
     timings_s: _containers.ScalarMap[str, float]
     attempts: int
-    def __init__(self, text: _Optional[str] = ..., citations: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Union[AnswerVerdict, str]] = ..., guards: _Optional[_Iterable[_Union[GuardReport, _Mapping]]] = ..., model_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., timings_s: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[int] = ...) -> None: ...
+    cited: _containers.RepeatedCompositeFieldContainer[Citation]
+    def __init__(self, text: _Optional[str] = ..., citations: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Union[AnswerVerdict, str]] = ..., guards: _Optional[_Iterable[_Union[GuardReport, _Mapping]]] = ..., model_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., timings_s: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[int] = ..., cited: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...) -> None: ...
