@@ -90,8 +90,8 @@ class OpenAiVlm:
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompt: Prompt, *, max_new_tokens: int | None = None) -> Draft:
         budget = token_budget(max_new_tokens, self.options.max_new_tokens)
-        if len(prompt.images) > self.options.max_images:
-            raise InvalidInput(f"{len(prompt.images)} images in one prompt; at most {self.options.max_images} "
+        if len(prompt.pixel_images) > self.options.max_images:
+            raise InvalidInput(f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
                                "fit this model's settings", field="images")
         self.load()
         payload = self.request_body(prompt, budget)
@@ -111,7 +111,8 @@ class OpenAiVlm:
 
     def request_body(self, prompt: Prompt, max_tokens: int) -> dict:
         """The JSON body: system message, then a user message with image parts before the text."""
-        parts = [{"type": "image_url", "image_url": {"url": self._data_url(img.image)}} for img in prompt.images]
+        parts = [{"type": "image_url", "image_url": {"url": self._data_url(img.image)}}
+                 for img in prompt.pixel_images]
         parts.append({"type": "text", "text": prompt.user})
         return {
             "model": self.options.model,

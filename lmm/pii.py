@@ -21,8 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 # Kinds, also the placeholder prefixes. Order = priority when two detections overlap.
-KINDS = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE")
-PLACEHOLDER = re.compile(r"\[(SECRET|EMAIL|IBAN|CARD|IP|PHONE)_(\d+)\]")
+KINDS = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS")
+PLACEHOLDER = re.compile(r"\[(SECRET|EMAIL|IBAN|CARD|IP|PHONE|NAME|ADDRESS)_(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,14 @@ def _phones(text: str) -> list[PiiFinding]:
 
 # --- all of them ------------------------------------------------------------------------------
 
-_DETECTORS = (_secrets, _emails, _ibans, _cards, _ips, _phones)
+def _people(text: str) -> list[PiiFinding]:
+    from lmm.pii_people import addresses, names
+
+    return ([PiiFinding("NAME", a, b, v, "labelled") for a, b, v in names(text)]
+            + [PiiFinding("ADDRESS", a, b, v, "postal") for a, b, v in addresses(text)])
+
+
+_DETECTORS = (_secrets, _emails, _ibans, _cards, _ips, _phones, _people)
 
 
 def find_pii(text: str) -> list[PiiFinding]:
@@ -277,8 +284,8 @@ def _normal(kind: str, value: str) -> str:
         return ("+" if value.startswith("+") else "") + re.sub(r"\D", "", value)
     if kind in ("IBAN", "IP"):
         return value.replace(" ", "").upper()
-    if kind == "EMAIL":
-        return value.casefold()
+    if kind in ("EMAIL", "NAME", "ADDRESS"):
+        return " ".join(value.casefold().split())
     return value
 
 
@@ -358,6 +365,9 @@ _ASKS_FOR = {
     "IBAN": re.compile(r"\biban\b|\bbank\s+account|\baccount\s+number", re.IGNORECASE),
     "IP": re.compile(r"\bip\b|\bipv[46]\b|\bip\s+address", re.IGNORECASE),
     "CARD": re.compile(r"\bcard\b|\bvisa\b|\bmastercard\b|\bamex\b|\bpaid\s+with|\bpay\b", re.IGNORECASE),
+    "NAME": re.compile(r"\bnames?\b|\bwho\b|\bcard\s*holder|\bsigned\s+by", re.IGNORECASE),
+    "ADDRESS": re.compile(r"\b(?:postal|street|home|shipping|billing|delivery|mailing|store|shop|office)\s+address"
+                          r"|\bwhere\b.{0,40}\b(?:live|lives|ship|shipped|deliver|delivered|located)\b", re.IGNORECASE),
 }
 
 

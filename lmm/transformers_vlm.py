@@ -194,14 +194,14 @@ class TransformersVlm:
     def generate(self, prompt: Prompt, *, max_new_tokens: int | None = None) -> Draft:
         """Greedy answer to `prompt`, at most `max_new_tokens` (capped by the options) tokens."""
         budget = token_budget(max_new_tokens, self.options.max_new_tokens)
-        if len(prompt.images) > self.options.max_images:
-            raise InvalidInput(f"{len(prompt.images)} images in one prompt; at most {self.options.max_images} "
+        if len(prompt.pixel_images) > self.options.max_images:
+            raise InvalidInput(f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
                                "fit this model's settings", field="images")
         self.load()
         import torch
 
         started = time.perf_counter()
-        images = [self._fit(img.image) for img in prompt.images]
+        images = [self._fit(img.image) for img in prompt.pixel_images]
         text = self._chat_text(prompt)
         inputs = self._processor(text=text, images=images or None, return_tensors="pt")
         inputs = {k: (v.to(self._device, dtype=self._dtype) if torch.is_floating_point(v) else v.to(self._device))
@@ -223,7 +223,7 @@ class TransformersVlm:
 
     def _chat_text(self, prompt: Prompt) -> str:
         """The prompt through the model's chat template: system turn, then images and the user text."""
-        user = [{"type": "image"} for _ in prompt.images] + [{"type": "text", "text": prompt.user}]
+        user = [{"type": "image"} for _ in prompt.pixel_images] + [{"type": "text", "text": prompt.user}]
         messages = [{"role": "system", "content": [{"type": "text", "text": prompt.system}]},
                     {"role": "user", "content": user}]
         from jinja2 import TemplateError
@@ -231,7 +231,7 @@ class TransformersVlm:
         try:
             return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except (TemplateError, ValueError, TypeError):  # some templates refuse a system role
-            merged = [{"role": "user", "content": [{"type": "image"} for _ in prompt.images]
+            merged = [{"role": "user", "content": [{"type": "image"} for _ in prompt.pixel_images]
                        + [{"type": "text", "text": prompt.system + "\n\n" + prompt.user}]}]
             return self._processor.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
 

@@ -46,6 +46,12 @@ class Prompt:
     user: str
     images: tuple[ContextImage, ...] = ()
 
+    @property
+    def pixel_images(self) -> tuple[ContextImage, ...]:
+        """The context items the model is shown as pictures (text items and transcript
+        segments are in the prompt's text only)."""
+        return tuple(img for img in self.images if img.modality == "image")
+
 
 @dataclass(frozen=True)
 class Draft:

@@ -19,6 +19,14 @@ log = logging.getLogger("loupe.ask")
 _NO_PIXELS = Image.new("RGB", (32, 32), (128, 128, 128))
 
 
+def _relevant(question: str, payload: dict, dense_ids: set[str]) -> bool:
+    """A hybrid hit is relevant when its dense similarity clears the floor, or when its text
+    shares a content word with the question (what the keyword side matched on)."""
+    from lmm.guards.answer import content_words
+
+    return payload["id"] in dense_ids or bool(content_words(question) & content_words(payload.get("text") or ""))
+
+
 class AnswerWorker:
     def __init__(self, settings: LoupeSettings, encoder, index) -> None:
         from encoders.ocr import OcrOptions, create_ocr
@@ -33,6 +41,8 @@ class AnswerWorker:
         self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
                                                  threads=settings.ocr.threads)).load()
         self.encoder, self.index = encoder, index
+        self.modalities = tuple(Modality(m) for m in a.retrieval_modalities)
+        self.min_score = a.retrieval_min_score
         self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
         template = load_prompt(a.prompt)
         options = AskOptions(max_images=a.max_images, max_question_chars=a.max_question_chars,
@@ -72,17 +82,29 @@ class AnswerWorker:
         return answer
 
     async def _retrieve(self, question: str, k: int, filters: dict | None = None) -> list[ContextImage]:
-        """Images for the context: a search with the (masked) question, in the request's mode."""
+        """Context for the question: indexed images, texts and transcript segments found with the
+        (masked) question in the request's mode, above a relevance floor (see `_relevant`)."""
         r = filters or {}
         mode = r.get("mode", "hybrid")
         info = await self.encoder.info()
         vector = None if mode == "keyword" else (await self.encoder.encode_texts([question])).vectors[0]
-        hits = await self.index.search(r["collection"], info.schema(), vector, limit=k, offset=0,
-                                       modalities=(Modality.IMAGE,), conditions=r.get("conditions", ()),
-                                       score_threshold=None, mode=mode,
+        common = dict(limit=k, offset=0, modalities=self.modalities, conditions=r.get("conditions", ()))
+        hits = await self.index.search(r["collection"], info.schema(), vector, **common,
+                                       score_threshold=self.min_score if mode == "dense" else None, mode=mode,
                                        keyword_query=query_vector(question) if mode != "dense" else None)
-        return [ContextImage(id=p["id"], image=self._pixels(p), ocr_text=p.get("text") or "",
-                             source=(p.get("sources") or [""])[0]) for p, _ in hits]
+        dense_ids = set()
+        if mode == "hybrid":  # fused scores are ranks, not similarities: take the floor from a dense search
+            dense = await self.index.search(r["collection"], info.schema(), vector, **common,
+                                            score_threshold=self.min_score, mode="dense", keyword_query=None)
+            dense_ids = {p["id"] for p, _ in dense}
+        return [self._context_item(p) for p, _ in hits if mode != "hybrid" or _relevant(question, p, dense_ids)]
+
+    def _context_item(self, p: dict) -> ContextImage:
+        modality = p.get("modality") or Modality.IMAGE.value
+        pixels = self._pixels(p) if modality == Modality.IMAGE.value else _NO_PIXELS
+        return ContextImage(id=p["id"], image=pixels, ocr_text=p.get("text") or "",
+                            source=(p.get("sources") or [""])[0], modality=modality,
+                            start_s=p.get("start_s"), end_s=p.get("end_s"))
 
     def _pixels(self, payload: dict) -> Image.Image:
         """The item's image when a source is a file under an allowed root, else a grey tile."""

@@ -8,6 +8,7 @@
     loupe search TEXT | --image FILE        search, print a table
     loupe delete ID... | --where k=v        delete items
     loupe status                            health, model, collections
+    loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from encoders.errors import InvalidInput
 from services.client import LoupeCallError, LoupeClient
 
 from indexing.batch.catalog import AUDIO_SUFFIXES, IMAGE_SUFFIXES
@@ -108,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     _collection(d)
 
     sub.add_parser("status", help="health, model and collections")
+
+    e = sub.add_parser("eval", help="evals on your own cases against the running service")
+    e.add_argument("kind", choices=["ask"], help="ask: answer quality (see lmm/evals.py for the case format)")
+    e.add_argument("cases", type=Path, help="JSONL file, one case per line")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    _collection(e)
     return p
 
 
@@ -250,6 +258,36 @@ def cmd_ask(client: LoupeClient, args) -> int:
     return 0 if verdict == "answered" else 1
 
 
+def cmd_eval(client: LoupeClient, args) -> int:
+    """`loupe eval ask CASES.jsonl`: every case through the service's Ask; a table, or JSON."""
+    from lmm.evals import format_table, load_cases, run_ask_eval
+
+    try:
+        cases = load_cases(args.cases)
+    except InvalidInput as exc:
+        print(f"error: {exc.reason}", file=sys.stderr)
+        return 2
+    report = run_ask_eval(cases, lambda case: ask_outcome(client, case, args.collection))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_table(report))
+    t = report.totals()
+    return 1 if t["unsafe_passes"] or t["errors"] else 0
+
+
+def ask_outcome(client: LoupeClient, case, collection: str = ""):
+    """One eval case through the service's Ask, as an lmm.evals.AskOutcome."""
+    from lmm.evals import AskOutcome
+
+    r = case.retrieval
+    answer = client.ask(case.question, [p.read_bytes() for p in case.images], k=int(r.get("k") or 0),
+                        collection=r.get("collection") or collection, where=r.get("where"), mode=r.get("mode"))
+    return AskOutcome(text=answer.text, verdict=qa_verdict(answer.verdict), citations=tuple(answer.citations),
+                      guards=tuple((g.guard, g.passed, g.reason) for g in answer.guards),
+                      timings=dict(answer.timings_s))
+
+
 def qa_verdict(value: int) -> str:
     from protos.loupe.v1 import qa_pb2
 
@@ -257,7 +295,7 @@ def qa_verdict(value: int) -> str:
 
 
 COMMANDS = {"index": cmd_index, "ask": cmd_ask, "search": cmd_search, "delete": cmd_delete, "status": cmd_status,
-            "transcribe": cmd_transcribe}
+            "transcribe": cmd_transcribe, "eval": cmd_eval}
 
 
 def _where(exprs: list[str]) -> dict:

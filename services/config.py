@@ -140,6 +140,13 @@ class AskSettings(BaseModel):
     # otherwise it sees their stored text (OCR, captions) only.
     image_roots: list[str] = Field(default_factory=list)
     prompt: str = "ask/v1"
+    # What retrieval may put in the context: images (with their OCR text), text items and
+    # transcript segments (cited with their time range).
+    retrieval_modalities: list[Literal["image", "text", "audio_segment"]] = Field(
+        default_factory=lambda: ["image", "text", "audio_segment"])
+    # Relevance floor: dense cosine below which a retrieved item is not packed in (in hybrid
+    # mode, an item passes with this similarity or a content word shared with the question).
+    retrieval_min_score: float = 0.2
     # Optional judge (lmm.judge): a second model asked whether the context supports each answer.
     # "" (off, the default: a second generation per answer costs seconds on CPU), "same" (the
     # Ask VLM), "openai" (an OpenAI-compatible endpoint at judge_base_url) or "transformers".

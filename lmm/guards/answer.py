@@ -36,6 +36,12 @@ def content_words(text: str) -> set[str]:
     return {w for w in (m.group().casefold() for m in _CONTENT.finditer(text)) if w not in _STOP}
 
 
+def shared_words(words: set[str], text: str) -> int:
+    """How many of `words` the text holds, also inside runs OCR glued together ("Accessisdenied")."""
+    compact = re.sub(r"\s+", "", fold_lookalikes(normalise(text)))
+    return sum(fold_lookalikes(w) in compact for w in words)
+
+
 def supporting_items(facts: Sequence[Fact], answer: str, context: Sequence[ContextImage],
                      texts: dict[str, str] | None = None) -> list[ContextImage]:
     """The fewest context items that together ground every fact (greedy set cover); with no
@@ -55,7 +61,7 @@ def supporting_items(facts: Sequence[Fact], answer: str, context: Sequence[Conte
         return chosen
     words = content_words(answer)
     needed = max(1, min(MIN_SHARED_WORDS, len(words)))
-    scored = [(len(words & content_words(texts[img.id])), i, img) for i, img in enumerate(context)]
+    scored = [(shared_words(words, texts[img.id]), i, img) for i, img in enumerate(context)]
     top = max((s for s, _, _ in scored), default=0)
     return [img for s, _, img in scored if s == top and s >= needed]
 
@@ -78,7 +84,7 @@ def supporting_snippet(answer: str, text: str) -> str:
 
     def score(line: str) -> tuple[int, int]:
         folded = fold_lookalikes(normalise(line))
-        return sum(is_grounded(f, folded) for f in facts), len(words & content_words(line))
+        return sum(is_grounded(f, folded) for f in facts), shared_words(words, line)
 
     best = max(lines, key=score, default="")
     return best if len(best) <= SNIPPET_CHARS else best[:SNIPPET_CHARS - 1].rstrip() + "…"

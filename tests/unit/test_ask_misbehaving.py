@@ -105,7 +105,7 @@ def test_echoed_personal_data_is_cut_from_a_correct_answer():
              "r.okafor@example.net, tel (555) 010-3344 [upload-1].")
     answer = ask("receipt_card_full.png", "What was the total?", draft)
     assert answer.verdict is Verdict.ANSWERED and "33.21" in answer.text
-    for unsafe in ("4111 1111", "r.okafor@example.net", "010-3344"):
+    for unsafe in ("4111 1111", "r.okafor@example.net", "010-3344", "Robert Okafor"):
         assert unsafe not in answer.text
     assert "card ending 1111" in answer.text
     (pii,) = [g for g in answer.guards if g.guard == "output.pii"]
