@@ -187,8 +187,13 @@ _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\
 _VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion\s*|\bver\.?\s*|\bbuild\s*)$")
 
 
+_MAC = re.compile(r"(?<![\w:-])[0-9A-Fa-f]{2}(?:([:-])[0-9A-Fa-f]{2})(?:\1[0-9A-Fa-f]{2}){4}(?![\w:-])")
+
+
 def _ips(text: str) -> list[PiiFinding]:
-    found = []
+    """IPv4 and IPv6 addresses, and MAC addresses (network identifiers of one device)."""
+    found = [PiiFinding("IP", m.start(), m.end(), m.group(), "mac") for m in _MAC.finditer(text)
+             if re.search(r"[A-Fa-f]", m.group())]  # all digits: a number with dashes, not a MAC
     for m in _IPV4.finditer(text):
         if _VERSION_BEFORE.search(text[max(0, m.start() - 10):m.start()]):
             continue
@@ -363,7 +368,7 @@ _ASKS_FOR = {
     "PHONE": re.compile(r"\b(?:tele)?phone|\bmobile\b|\bcell\b|\bnumber\s+to\s+call|\bcontact\s+number|\bcall\s+back",
                         re.IGNORECASE),
     "IBAN": re.compile(r"\biban\b|\bbank\s+account|\baccount\s+number", re.IGNORECASE),
-    "IP": re.compile(r"\bip\b|\bipv[46]\b|\bip\s+address", re.IGNORECASE),
+    "IP": re.compile(r"\bip\b|\bipv[46]\b|\bip\s+address|\bmac\b|\bphysical\s+address", re.IGNORECASE),
     "CARD": re.compile(r"\bcard\b|\bvisa\b|\bmastercard\b|\bamex\b|\bpaid\s+with|\bpay\b", re.IGNORECASE),
     "NAME": re.compile(r"\bnames?\b|\bwho\b|\bcard\s*holder|\bsigned\s+by", re.IGNORECASE),
     "ADDRESS": re.compile(r"\b(?:postal|street|home|shipping|billing|delivery|mailing|store|shop|office)\s+address"

@@ -138,11 +138,22 @@ class ServiceProcess:
 
         if self.proc is None or self.proc.poll() is not None:
             return
+        import psutil
+
+        # Everything this service started, so that only it is killed if it will not stop (never
+        # `ray stop`: that stops every Ray on the machine, other services and CI runs included).
+        try:
+            started = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
         os.killpg(self.proc.pid, signal.SIGINT)  # serve run tears down Serve and its local Ray
         try:
             self.proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-            ray_bin = Path(sys.executable).with_name("ray")
-            subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True)
+        for child in started:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass

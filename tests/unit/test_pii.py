@@ -89,9 +89,12 @@ def test_an_ip_is_an_ip_not_a_phone() -> None:
     assert kinds("printer at 192.168.1.10 and 10.20.30.40") == [("IP", "192.168.1.10"), ("IP", "10.20.30.40")]
 
 
-def test_ipv6_found_but_mac_addresses_times_and_cpp_names_are_not() -> None:
+def test_ipv6_and_mac_found_but_times_and_cpp_names_are_not() -> None:
+    # A MAC address identifies one device (personal data, like an IP); it is not read as IPv6.
     text = "fe80::1ff:fe23:4567:890a, 2001:db8::1, MAC 00:1A:2B:3C:4D:5E, std::vector, 10:30"
-    assert kinds(text) == [("IP", "fe80::1ff:fe23:4567:890a"), ("IP", "2001:db8::1")]
+    assert kinds(text) == [("IP", "fe80::1ff:fe23:4567:890a"), ("IP", "2001:db8::1"), ("IP", "00:1A:2B:3C:4D:5E")]
+    assert [f.detail for f in find_pii(text)] == ["ipv6", "ipv6", "mac"]
+    assert kinds("serial 12-34-56-78-90-12") == []  # digits only: a number, not a MAC
 
 
 def test_version_numbers_with_four_parts_are_not_ips() -> None:
