@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,8 +50,44 @@ def serve_env(cfg: dict) -> dict[str, str]:
     return env
 
 
+# How long `loupe serve` waits for Serve to drain and stop after a signal before killing it.
+STOP_TIMEOUT_S = 30.0
+# Errors in the service's output that a restart will not cure: stop at once and say why.
+_FATAL = re.compile(r"(?:encoders\.errors\.|indexing\.\w+\.)?(ModelUnavailable|StoreUnavailable|InvalidInput|"
+                    r"ValidationError|ModelMismatch): (?P<reason>.+)"
+                    r"|ValueError: (?P<config>Deployment '[^']+' does not exist.*)")
+
+
+def port_in_use(port: int) -> str | None:
+    """Why `port` cannot be ours: something answers on it, or it cannot be bound exclusively.
+
+    Ray's gRPC proxy sets SO_REUSEPORT, so a second service would start on a served port and
+    the kernel would spread calls between the two: check before starting, without it."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            return f"port {port} is already served on this machine"
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return f"port {port} cannot be bound ({exc.strerror})"
+    return None
+
+
 def serve(config: str, ray_address: str | None = None, **overrides) -> int:
+    """Run `serve run` under supervision: refuse a served port, stop within seconds on a start-up
+    error a restart will not cure, and stop everything started on SIGTERM, SIGINT or SIGHUP."""
     cfg = render_config(config, **overrides)
+    ports = {"gRPC": cfg.get("grpc_options", {}).get("port", 9000), "HTTP": cfg.get("http_options", {}).get("port", 8000)}
+    for name, port in ports.items():
+        why = port_in_use(int(port))
+        if why:
+            print(f"loupe: cannot start: {why} ({name}). Another Loupe service (or another program) owns it: "
+                  f"stop it, or choose another port with --port / --http-port.", file=sys.stderr, flush=True)
+            return 2
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     serve_bin = Path(sys.executable).with_name("serve")
@@ -58,15 +95,124 @@ def serve(config: str, ray_address: str | None = None, **overrides) -> int:
     cmd = [str(serve_bin) if serve_bin.exists() else "serve", "run", "--address", ray_address or "local", fh.name]
     app_args = cfg["applications"][0]["args"]
     print(f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
-          f"gRPC port {cfg.get('grpc_options', {}).get('port', 9000)}", file=sys.stderr, flush=True)
+          f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
+          f"firewall or the TLS proxy in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
+          f"{ports['HTTP']}", file=sys.stderr, flush=True)
     # Serve's working dir must let replicas import this project's packages.
     cwd = Path(__file__).resolve().parent.parent
     try:
-        return subprocess.call(cmd, env=serve_env(cfg), cwd=cwd)
-    except KeyboardInterrupt:
-        return 130
+        return Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=int(ports["gRPC"])).run()
     finally:
         os.unlink(fh.name)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when `loupe serve` dies, however it dies (Linux prctl PDEATHSIG).
+    Ray's daemons share the fate of the `serve run` driver that started them."""
+    import ctypes
+    import signal as _signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Supervisor:
+    """`serve run` in its own process group, its output relayed line by line."""
+
+    def __init__(self, cmd: list[str], *, env: dict[str, str], cwd: Path, grpc_port: int) -> None:
+        self.cmd, self.env, self.cwd, self.grpc_port = cmd, env, cwd, grpc_port
+        self.proc: subprocess.Popen | None = None
+        self.stopping: int | None = None  # the signal that asked us to stop
+        self.fatal: str | None = None  # a start-up error a restart will not cure
+        self.ready = False  # SERVING once; errors in the output after that are calls', not start-up's
+
+    def run(self) -> int:
+        import signal
+        import threading
+
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        relay = threading.Thread(target=self._relay, name="loupe-serve-output", daemon=True)
+        relay.start()
+        threading.Thread(target=self._watch_ready, name="loupe-serve-ready", daemon=True).start()
+        while self.proc.poll() is None:
+            if self.stopping is not None or self.fatal is not None:
+                # Nothing to drain when start-up failed: a short grace, then kill.
+                self.stop(STOP_TIMEOUT_S if self.fatal is None else 5.0)
+                break
+            relay.join(0.2)
+        relay.join(2)
+        if self.fatal is not None:
+            print(f"loupe: cannot start: {self.fatal}", file=sys.stderr, flush=True)
+            return 2
+        if self.stopping is not None:
+            return 0
+        return self.proc.returncode
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = signum
+
+    def _relay(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            m = None if self.ready else _FATAL.search(line)
+            if m and self.fatal is None and self.stopping is None:
+                self.fatal = (m.group("reason") or m.group("config")).strip()
+        sys.stderr.flush()
+
+    def _watch_ready(self) -> None:
+        import time
+
+        from services.client import LoupeCallError, LoupeClient
+
+        with LoupeClient(f"127.0.0.1:{self.grpc_port}", api_key=os.environ.get("LOUPE_API_KEY"), timeout_s=5) as c:
+            while self.proc is not None and self.proc.poll() is None and self.stopping is None and not self.fatal:
+                try:
+                    if c.health() == "SERVING":
+                        self.ready = True
+                        print(f"loupe: serving: grpc://127.0.0.1:{self.grpc_port}", file=sys.stderr, flush=True)
+                        return
+                except LoupeCallError:
+                    pass
+                time.sleep(1)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGINT to the group (Serve drains and shuts its Ray down), SIGKILL after `timeout_s`,
+        then any process it started that is left."""
+        import signal
+        import time
+
+        import psutil
+
+        assert self.proc is not None
+        try:
+            started = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        for child in started:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 class ServiceProcess:
