@@ -183,36 +183,41 @@ class Supervisor:
                 time.sleep(1)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGINT to the group (Serve drains and shuts its Ray down), SIGKILL after `timeout_s`,
-        then any process it started that is left."""
-        import signal
-        import time
-
-        import psutil
-
         assert self.proc is not None
+        stop_group(self.proc, timeout_s)
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Stop a child that leads its own process group: SIGINT to the group (Serve drains and
+    shuts its Ray down), SIGKILL after `timeout_s`, then any process it started that is left.
+    Never `ray stop`: that stops every Ray on the machine, other services included."""
+    import signal
+    import time
+
+    import psutil
+
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is None:
         try:
-            started = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            started = []
-        try:
-            os.killpg(self.proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + timeout_s
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        for child in started:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
+        proc.wait()
+    for child in started:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 class ServiceProcess:
@@ -280,26 +285,6 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        import signal
-
         if self.proc is None or self.proc.poll() is not None:
             return
-        import psutil
-
-        # Everything this service started, so that only it is killed if it will not stop (never
-        # `ray stop`: that stops every Ray on the machine, other services and CI runs included).
-        try:
-            started = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            started = []
-        os.killpg(self.proc.pid, signal.SIGINT)  # serve run tears down Serve and its local Ray
-        try:
-            self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        for child in started:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
+        stop_group(self.proc, 90)  # `loupe serve` stops its own `serve run` and Ray on SIGINT
