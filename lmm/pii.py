@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 # Kinds, also the placeholder prefixes. Order = priority when two detections overlap.
+from lmm.pii_people import addresses, names
+
 KINDS = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS")
 PLACEHOLDER = re.compile(r"\[(SECRET|EMAIL|IBAN|CARD|IP|PHONE|NAME|ADDRESS)_(\d+)\]")
 
@@ -261,8 +263,6 @@ def _phones(text: str) -> list[PiiFinding]:
 # --- all of them ------------------------------------------------------------------------------
 
 def _people(text: str) -> list[PiiFinding]:
-    from lmm.pii_people import addresses, names
-
     return ([PiiFinding("NAME", a, b, v, "labelled") for a, b, v in names(text)]
             + [PiiFinding("ADDRESS", a, b, v, "postal") for a, b, v in addresses(text)])
 
