@@ -20,9 +20,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-# Kinds, also the placeholder prefixes. Order = priority when two detections overlap.
 from lmm.pii_people import addresses, names
 
+# Kinds, also the placeholder prefixes. Order = priority when two detections overlap.
 KINDS = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS")
 PLACEHOLDER = re.compile(r"\[(SECRET|EMAIL|IBAN|CARD|IP|PHONE|NAME|ADDRESS)_(\d+)\]")
 
