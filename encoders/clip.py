@@ -10,13 +10,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
 
 from encoders.errors import InvalidInput, ModelUnavailable
 from encoders.sources import ClipSource, resolve
+
+if TYPE_CHECKING:
+    from encoders.clip_onnx import DriftReport
 
 
 class TextOverflow(str, Enum):
@@ -42,6 +45,15 @@ class ClipOptions:
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
     # Hugging Face cache folder for hub weights (None: HF_HOME / default).
     cache_dir: str | None = None
+    # What runs the forward pass: "torch", "onnx" (fp32 ONNX Runtime, CPU) or "onnx-int8"
+    # (int8 weights, allowed only when the drift gate passes). See encoders.clip_onnx.
+    runtime: str = "torch"
+    # Exported ONNX graphs (None: $LOUPE_ONNX_CACHE or ~/.cache/loupe/onnx).
+    onnx_cache_dir: str | None = None
+    # The int8 drift gate: int8 is refused when any vector's cosine to fp32 falls below
+    # int8_min_cosine, or text->image recall@10 on the held-out set drops by more than this.
+    int8_min_cosine: float = 0.99
+    int8_max_recall_loss: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,11 @@ class ClipEncoder:
         self.options = options
         self.source: ClipSource = resolve(options.model, cache_dir=options.cache_dir)
         self._lock = threading.Lock()
-        self._model = None
+        self._loaded = False
+        # Set by load(): pixels / tokens (torch tensors) -> normalised float32 rows.
+        self._run_image = self._run_text = None
+        # The int8 drift gate's result (None unless runtime is onnx-int8).
+        self.drift: "DriftReport | None" = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -80,24 +96,38 @@ class ClipEncoder:
         return int(self._tokenizer.context_length)
 
     # -- loading ----------------------------------------------------------------------------
+    @property
+    def runtime(self) -> str:
+        return self.options.runtime
+
     def load(self) -> "ClipEncoder":
-        if self._model is None:
+        if not self._loaded:
             with self._lock:
-                if self._model is None:
+                if not self._loaded:
                     self._load()
+                    self._loaded = True
         return self
 
     def _load(self) -> None:
         import open_clip
         import torch
 
+        from encoders.clip_onnx import RUNTIMES
+
+        if self.options.runtime not in RUNTIMES:
+            raise InvalidInput(f"encoder runtime {self.options.runtime!r} is not one of {', '.join(RUNTIMES)}",
+                               field="encoder.runtime")
         if self.options.threads > 0:
             torch.set_num_threads(self.options.threads)
         self._device = _pick_device(self.options.device)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                self.source.model_name, pretrained=self.source.pretrained, device=self._device,
-                cache_dir=self.options.cache_dir)
+            # Random weights are seeded: the same spec is the same model in every process, so
+            # benchmarks compare runtimes on one model and its ONNX export is cached once.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.source.model_name, pretrained=self.source.pretrained, device=self._device,
+                    cache_dir=self.options.cache_dir)
             tokenizer = open_clip.get_tokenizer(self.source.model_name, cache_dir=self.options.cache_dir)
         except Exception as exc:  # open_clip raises bare RuntimeError/FileNotFoundError
             from encoders.sources import HOW_TO_SUPPLY
@@ -106,8 +136,83 @@ class ClipEncoder:
         self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.options.precision]
         if self._dtype is torch.float16 and self._device == "cpu":
             raise ModelUnavailable("precision fp16 needs a GPU; use fp32 or bf16 on CPU")
-        self._embed_dim = int(model.encode_text(tokenizer(["probe"]).to(self._device)).shape[-1])
-        self._preprocess, self._tokenizer, self._model = preprocess, tokenizer, model
+        with torch.inference_mode():
+            self._embed_dim = int(model.encode_text(tokenizer(["probe"]).to(self._device)).shape[-1])
+        self._preprocess, self._tokenizer = preprocess, tokenizer
+        runtime = self.options.runtime
+        if runtime == "torch":
+            self._run_image = lambda pixels: self._forward(model.encode_image, pixels.to(self._device))
+            self._run_text = lambda tokens: self._forward(model.encode_text, tokens.to(self._device))
+            return
+        if self._device != "cpu" or self._dtype is not torch.float32:
+            raise ModelUnavailable(f"runtime {runtime} runs fp32 on CPU; on a GPU (or for fp16/bf16) "
+                                   "use runtime torch")
+        from encoders.clip_onnx import load_towers
+
+        size = getattr(model.visual, "image_size", 224)
+        self._image_size = int(size[0] if isinstance(size, tuple) else size)
+        int8 = runtime == "onnx-int8"
+        towers = load_towers(model, model_name=self.model_id, image_size=self._image_size,
+                             context_length=int(tokenizer.context_length), int8=int8, threads=self.options.threads,
+                             cache_dir=self.options.onnx_cache_dir)
+        self.onnx_folder = towers.folder
+        if int8:
+            self._gate_int8(towers)
+        self._use_towers(towers)
+        # The torch model is dropped here: ONNX Runtime holds its own copy of the weights.
+
+    def _view(self, towers) -> "ClipEncoder":
+        """This encoder (loaded) running on other towers: one side of a drift comparison."""
+        import copy
+
+        view = copy.copy(self)
+        view._lock, view._loaded = threading.Lock(), True
+        view._use_towers(towers)
+        return view
+
+    def _use_towers(self, towers) -> None:
+        self._run_image = lambda pixels: _normalise(towers.encode_image(pixels.numpy()))
+        self._run_text = lambda tokens: _normalise(towers.encode_text(tokens.numpy()))
+
+    def _fp32_view(self) -> "ClipEncoder":
+        from encoders.clip_onnx import open_towers
+
+        return self._view(open_towers(self.onnx_folder, self.options.threads, int8=False))
+
+    def _gate_int8(self, towers) -> None:
+        """int8 against fp32 on the shipped held-out set (measured once per weights); refuse beyond the bound."""
+        from encoders.clip_onnx import PROBE_KEY, cached_gate, drift_report, probe_set, store_gate
+
+        report = cached_gate(towers.folder, PROBE_KEY)
+        if report is None:
+            texts, images = probe_set(size=self._image_size)
+            report = drift_report(self._fp32_view(), self._view(towers), texts, images)
+            store_gate(towers.folder, PROBE_KEY, report)
+        self.drift = report
+        failures = report.failures(self.options.int8_min_cosine, self.options.int8_max_recall_loss)
+        if failures:
+            raise ModelUnavailable(f"runtime onnx-int8 refused for {self.model_id}: {'; '.join(failures)} on the "
+                                   f"held-out set ({report.n_texts} captions, {report.n_images} images). Use runtime "
+                                   "onnx (exact), or relax encoder.int8_min_cosine / int8_max_recall_loss if that "
+                                   "loss is acceptable")
+
+    def check_drift(self, images: Sequence[Image.Image] = (), texts: Sequence[str] = (),
+                    pixels: np.ndarray | None = None) -> "DriftReport":
+        """int8 vs fp32 on a sample of the data it will serve (images, or `preprocessor()`
+        tensors: e.g. a batch job's first batch); raises ModelUnavailable beyond the configured
+        loss. A no-op report for the exact runtimes."""
+        from encoders.clip_onnx import DriftReport, drift_report
+
+        self.load()
+        n_images = len(pixels) if pixels is not None else len(images)
+        if self.runtime != "onnx-int8":
+            return DriftReport(len(texts), n_images, 1.0, 1.0, 1.0, 1.0, 1.0, 10)
+        report = drift_report(self._fp32_view(), self, list(texts), list(images), pixels=pixels)
+        failures = report.failures(self.options.int8_min_cosine, self.options.int8_max_recall_loss)
+        if failures:
+            raise ModelUnavailable(f"runtime onnx-int8 refused on this data: {'; '.join(failures)} "
+                                   f"({n_images} images); use runtime onnx")
+        return report
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -117,8 +222,7 @@ class ClipEncoder:
 
         batches = []
         for chunk in _chunks(list(images), self.options.batch_size):
-            pixels = torch.stack([self._preprocess(img) for img in chunk]).to(self._device)
-            batches.append(self._forward(self._model.encode_image, pixels))
+            batches.append(self._run_image(torch.stack([self._preprocess(img) for img in chunk])))
         return _concat(batches, self._embed_dim)
 
     def preprocessor(self):
@@ -132,7 +236,7 @@ class ClipEncoder:
         self.load()
         import torch
 
-        batches = [self._forward(self._model.encode_image, torch.from_numpy(np.ascontiguousarray(chunk)).to(self._device))
+        batches = [self._run_image(torch.from_numpy(np.ascontiguousarray(chunk)))
                    for chunk in _chunks(pixels, self.options.batch_size)]
         return _concat(batches, self._embed_dim)
 
@@ -144,8 +248,7 @@ class ClipEncoder:
             i = truncated.index(True)
             raise InvalidInput(f"text {i} is longer than the model's context of {self.context_length} tokens",
                                field=f"texts[{i}]")
-        batches = [self._forward(self._model.encode_text, self._tokenizer(chunk).to(self._device))
-                   for chunk in _chunks(list(texts), self.options.batch_size)]
+        batches = [self._run_text(self._tokenizer(chunk)) for chunk in _chunks(list(texts), self.options.batch_size)]
         return TextEmbedding(_concat(batches, self._embed_dim), truncated)
 
     def count_tokens(self, text: str) -> int:
@@ -170,6 +273,11 @@ class ClipEncoder:
             out = fn(inputs).float()
         out = torch.nn.functional.normalize(out, dim=-1)
         return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _normalise(rows: np.ndarray) -> np.ndarray:
+    rows = rows.astype(np.float32, copy=False)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def _pick_device(device: str) -> str:

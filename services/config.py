@@ -69,6 +69,14 @@ class EncoderSettings(BaseModel):
     # How long a batch waits to fill up before running (seconds).
     batch_wait_timeout_s: float = 0.01
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
+    # "torch", "onnx" (fp32 ONNX Runtime, CPU) or "onnx-int8" (only when its drift gate passes);
+    # see encoders.clip_onnx and the README for how to choose.
+    runtime: str = "torch"
+    # Where exported ONNX graphs are cached (empty: $LOUPE_ONNX_CACHE or ~/.cache/loupe/onnx).
+    onnx_cache_dir: str = ""
+    # The int8 drift gate's bounds against fp32.
+    int8_min_cosine: float = 0.99
+    int8_max_recall_loss: float = 0.02
 
 
 class TranscriberSettings(BaseModel):
@@ -213,7 +221,9 @@ class LoupeSettings(BaseSettings):
     def clip_options(self) -> ClipOptions:
         e = self.encoder
         return ClipOptions(model=self.clip_model, device=e.device, precision=e.precision, threads=e.threads,
-                           batch_size=e.batch_size, text_overflow=e.text_overflow)
+                           batch_size=e.batch_size, text_overflow=e.text_overflow, runtime=e.runtime,
+                           onnx_cache_dir=e.onnx_cache_dir or None, int8_min_cosine=e.int8_min_cosine,
+                           int8_max_recall_loss=e.int8_max_recall_loss)
 
 
 def load_settings(args: dict[str, Any] | None = None) -> LoupeSettings:

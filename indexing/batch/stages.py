@@ -234,6 +234,9 @@ def _read_text(image, options: DecodeOptions) -> str:
 class Encode:
     """One CLIP model per actor; encodes the batch's decoded images in one forward pass."""
 
+    # int8 passed its gate on the shipped probes; the first batch checks it on this catalog too.
+    _drift_checked = False
+
     def __init__(self, clip_options: Any) -> None:
         from encoders.clip import ClipEncoder
 
@@ -245,13 +248,20 @@ class Encode:
         if crops:
             side = int(round((len(crops[0]["crop"]) // 3) ** 0.5))
             images = [Image.fromarray(np.frombuffer(r["crop"], np.uint8).reshape(side, side, 3)) for r in crops]
+            self._check_drift(images=images[:64])
             self._store(crops, self.clip.encode_images(images))
         tensors = [r for r in rows if pending(r) and r.get("pixels")]
         if tensors:
             side = int(round((len(tensors[0]["pixels"]) // 12) ** 0.5))  # 3 float32 channels, square
             pixels = np.stack([np.frombuffer(r["pixels"], np.float32).reshape(3, side, side) for r in tensors])
+            self._check_drift(pixels=pixels[:64])
             self._store(tensors, self.clip.encode_pixels(pixels))
         return table(rows)
+
+    def _check_drift(self, **sample) -> None:
+        if self.clip.runtime == "onnx-int8" and not self._drift_checked:
+            self.clip.check_drift(**sample)  # ModelUnavailable: the job stops with the reason
+            self._drift_checked = True
 
     @staticmethod
     def _store(rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
