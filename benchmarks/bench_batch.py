@@ -2,6 +2,9 @@
 
     python -m benchmarks.bench_batch                       # 10k images, then 1 vs 2 workers on 2k
     python -m benchmarks.bench_batch --images 2000 --scaling-images 500   # quicker
+    python -m benchmarks.bench_batch --images 1000 --skip-scaling        # runtimes only
+
+Each encoder runtime (--runtimes torch onnx onnx-int8) is measured raw and through the pipeline.
 
 With a randomly initialised ViT-B-32 (real architecture, real cost) on generated 512x512
 JPEGs (cached in benchmarks/results/catalog-512/):
@@ -54,20 +57,20 @@ def subset(root: Path, n: int) -> Path:
     return manifest
 
 
-def raw_encoder(root: Path, n: int = 256, threads: int = 0) -> float:
+def raw_encoder(root: Path, n: int = 256, threads: int = 0, runtime: str = "torch") -> float:
     """Images/s of the bare encoder, measured in a child process so this one (the pipeline's
     driver, whose memory is counted) never holds a model."""
     code = (f"from pathlib import Path; from benchmarks.bench_batch import _raw; "
-            f"print(_raw(Path({str(root)!r}), {n}, {threads}))")
+            f"print(_raw(Path({str(root)!r}), {n}, {threads}, {runtime!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _raw(root: Path, n: int, threads: int) -> float:
+def _raw(root: Path, n: int, threads: int, runtime: str = "torch") -> float:
     from PIL import Image
 
     encoder = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads or os.cpu_count(),
-                                      batch_size=32)).load()
+                                      batch_size=32, runtime=runtime)).load()
     images = [Image.open(p).convert("RGB") for p in sorted(root.rglob("*.jpg"))[:n]]
     encoder.encode_images(images[:32])  # warm-up
     start = time.perf_counter()
@@ -105,11 +108,12 @@ class PeakRss:
             self.peak_mib = max(self.peak_mib, total / 2**20)
 
 
-def pipeline(source: Path, actors: int, threads: int) -> dict:
+def pipeline(source: Path, actors: int, threads: int, runtime: str = "torch") -> dict:
     import ray
 
     with tempfile.TemporaryDirectory() as data_dir, PeakRss() as rss:
-        options = BatchOptions(collection="bench", clip=ClipOptions(model=MODEL, device="cpu"), encode_actors=actors,
+        clip = ClipOptions(model=MODEL, device="cpu", runtime=runtime)
+        options = BatchOptions(collection="bench", clip=clip, encode_actors=actors,
                                encode_threads=threads, ocr="never", error_report=None, optimize=False)
         summary = run_batch(source, StoreSpec(data_dir=data_dir), options, progress_every_s=30)
         ray.shutdown()
@@ -118,7 +122,7 @@ def pipeline(source: Path, actors: int, threads: int) -> dict:
             "seconds": round(summary.seconds, 1), "startup_s": round(summary.startup_s, 1),
             "images_per_s": round(summary.done / busy, 2), "images_per_s_incl_startup":
             round(summary.done / summary.seconds, 2), "peak_rss_mib": round(rss.peak_mib),
-            "actors": actors, "threads": threads}
+            "actors": actors, "threads": threads, "runtime": runtime}
 
 
 def main() -> None:
@@ -126,16 +130,24 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--scaling-images", type=int, default=2_000)
     p.add_argument("--skip-main", action="store_true")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "onnx-int8"])
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     root = catalog(max(args.images, args.scaling_images))
     cpus = os.cpu_count() or 1
     results: dict = {"cpus": cpus, "model": MODEL}
     if not args.skip_main:
-        results["raw_images_per_s"] = round(raw_encoder(root), 2)
-        results["main"] = pipeline(subset(root, args.images), actors=1, threads=cpus)
-        results["ratio"] = round(results["main"]["images_per_s"] / results["raw_images_per_s"], 3)
-        print(json.dumps(results, indent=2), flush=True)
+        results["runtimes"] = {}
+        for rt in args.runtimes:
+            raw = round(raw_encoder(root, runtime=rt), 2)
+            main_run = pipeline(subset(root, args.images), actors=1, threads=cpus, runtime=rt)
+            results["runtimes"][rt] = {"raw_images_per_s": raw, "pipeline": main_run,
+                                       "ratio": round(main_run["images_per_s"] / raw, 3)}
+            print(json.dumps({rt: results["runtimes"][rt]}, indent=2), flush=True)
+    if args.skip_scaling:
+        (RESULTS / "batch.json").write_text(json.dumps(results, indent=2))
+        return
     small = subset(root, args.scaling_images)
     results["raw_1_thread_images_per_s"] = round(raw_encoder(root, threads=1), 2)
     results["scaling"] = [pipeline(small, actors=n, threads=1) for n in (1, 2)]

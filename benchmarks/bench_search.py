@@ -3,10 +3,12 @@
     python -m benchmarks.bench_search                 # everything (about 15-25 min on 2 cores)
     python -m benchmarks.bench_search --sizes 10000   # smaller run
     python -m benchmarks.bench_search --skip-store    # only the service figures
+    python -m benchmarks.bench_search --skip-store --sizes 1000 --queries 50   # runtimes, quick
 
-Measures, with a randomly initialised ViT-B-32 (real architecture, real cost):
+Measures, with a randomly initialised ViT-B-32 (real architecture, real cost), for each
+encoder runtime (--runtimes torch onnx onnx-int8):
 1. image encoding throughput through the gRPC service (IndexImages, 32 JPEGs per call)
-   vs the raw open_clip forward pass in this process at the same batch size;
+   vs the raw forward pass of the same runtime in this process at the same batch size;
 2. search latency p50/p99 inside the store (Qdrant Edge, qdrant-client local mode) and
    over gRPC (Edge, the embedded default) at each size;
 3. resident memory of the running service's processes.
@@ -58,20 +60,18 @@ def jpegs(n: int, size: int = 512, seed: int = 0) -> list[bytes]:
 
 
 # -- 1. raw forward pass -------------------------------------------------------------------
-def raw_throughput(images: list[bytes], batch: int, threads: int) -> dict:
-    import torch
-
+def raw_throughput(images: list[bytes], batch: int, threads: int, runtime: str = "torch") -> dict:
     from encoders.clip import ClipEncoder, ClipOptions
     from encoders.media import decode_image
 
-    enc = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads, batch_size=batch)).load()
-    pixels = torch.stack([enc._preprocess(decode_image(b).image) for b in images[:batch]])
-    with torch.inference_mode():
-        enc._model.encode_image(pixels)  # warm-up
-        rounds, start = 4, time.perf_counter()
-        for _ in range(rounds):
-            enc._model.encode_image(pixels)
-        forward_s = time.perf_counter() - start
+    enc = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads, batch_size=batch,
+                                  runtime=runtime)).load()
+    pixels = np.stack([enc.preprocessor()(decode_image(b).image).numpy() for b in images[:batch]])
+    enc.encode_pixels(pixels)  # warm-up
+    rounds, start = 4, time.perf_counter()
+    for _ in range(rounds):
+        enc.encode_pixels(pixels)
+    forward_s = time.perf_counter() - start
     # The same work including JPEG decode + the model's preprocessing, still in one process.
     start = time.perf_counter()
     for i in range(0, 2 * batch, batch):
@@ -79,7 +79,7 @@ def raw_throughput(images: list[bytes], batch: int, threads: int) -> dict:
     full_s = time.perf_counter() - start
     return {"forward_images_per_s": round(rounds * batch / forward_s, 2),
             "decode_preprocess_forward_images_per_s": round(2 * batch / full_s, 2), "batch": batch,
-            "threads": threads}
+            "threads": threads, "runtime": runtime}
 
 
 # -- 2. store latency ----------------------------------------------------------------------
@@ -135,11 +135,12 @@ def _bucket_condition():
 
 
 # -- 3. the service ------------------------------------------------------------------------
-def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: int, workdir: Path) -> dict:
+def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: int, workdir: Path,
+                    runtime: str = "torch") -> dict:
     from services.client import ImageInput, LoupeClient
     from services.launch import ServiceProcess
 
-    data_dir = workdir / "data"
+    data_dir = workdir / f"data-{runtime}"
     index = Index(open_store(data_dir=str(data_dir)))
     for n in sizes:
         seed_collection(index, f"bench{n}", n)
@@ -149,7 +150,8 @@ def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: 
     # The bundled profile keeps the service offline (Whisper, VLM); --model swaps in ViT-B-32.
     args = ["--bundled-models", "--model", MODEL, "--data-dir", str(data_dir)]
     # OCR off: this measures the CLIP path (OCR has its own benchmark, bench_ocr).
-    with ServiceProcess(args, log_path=workdir / "serve.log", env={"LOUPE_OCR__MODE": "never"}) as svc:
+    env = {"LOUPE_OCR__MODE": "never", "LOUPE_ENCODER__RUNTIME": runtime}
+    with ServiceProcess(args, log_path=workdir / f"serve-{runtime}.log", env=env) as svc:
         with LoupeClient(svc.target, timeout_s=600) as client:
             calls = [[ImageInput(b) for b in images[i:i + batch]] for i in range(0, len(images), batch)]
             client.index_images(calls[0], collection="throughput")  # warm-up
@@ -159,7 +161,7 @@ def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: 
             out["service_images_per_s"] = round(batch * (len(calls) - 1) / elapsed, 2)
             out["memory_mb"] = service_memory_mb()
             for n in sizes:
-                out[f"grpc_{n}"] = grpc_latency(client, f"bench{n}", queries)
+                out[f"grpc_{n}"] = grpc_latency(client, f"bench{n}", queries, n)
     return out
 
 
@@ -181,11 +183,11 @@ def _run_concurrently(fn, jobs: list, workers: int) -> None:
         t.join()
 
 
-def grpc_latency(client, collection: str, queries: int) -> dict:
+def grpc_latency(client, collection: str, queries: int, points: int) -> dict:
     by_id, by_text = [], []
     for i in range(queries):
         start = time.perf_counter()
-        client.search_image(id=f"p{i * 37}", limit=10, collection=collection)
+        client.search_image(id=f"p{(i * 37) % points}", limit=10, collection=collection)
         by_id.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
         client.search_text(f"a photo of item {i}", limit=10, collection=collection)
@@ -220,11 +222,14 @@ def main() -> None:
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["qdrant-edge", "qdrant-client-local"])
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "onnx-int8"],
+                        help="encoder runtimes to measure, raw and through the service")
     args = parser.parse_args()
     images = jpegs(args.images)
     previous = json.loads((RESULTS / "search.json").read_text()) if (RESULTS / "search.json").exists() else {}
-    report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-              "model": MODEL, "raw": raw_throughput(images, args.batch, args.threads),
+    report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                          "cpu": _cpu_name()},
+              "model": MODEL, "raw": {rt: raw_throughput(images, args.batch, args.threads, rt) for rt in args.runtimes},
               # Rows of earlier runs stay unless this run measures the same backend and size.
               "store": previous.get("store", [])}
     save(report)
@@ -236,14 +241,28 @@ def main() -> None:
                 report["store"].sort(key=lambda r: (r["points"], r["backend"]))
                 save(report)  # a long run keeps what it measured so far
     if not args.skip_service:
-        with tempfile.TemporaryDirectory() as tmp:
-            report["service"] = service_figures(images, args.batch, args.sizes, args.queries, Path(tmp))
-        # Raw again after the service: the ratio uses the mean of both, so drift shows.
-        report["raw_after"] = raw_throughput(images, args.batch, args.threads)
-        raw = (report["raw"]["forward_images_per_s"] + report["raw_after"]["forward_images_per_s"]) / 2
-        report["service_vs_raw_forward"] = round(report["service"]["service_images_per_s"] / raw, 3)
+        report["service"], report["raw_after"], report["service_vs_raw_forward"] = {}, {}, {}
+        for rt in args.runtimes:
+            with tempfile.TemporaryDirectory() as tmp:
+                report["service"][rt] = service_figures(images, args.batch, args.sizes, args.queries, Path(tmp), rt)
+            # Raw again after the service: the ratio uses the mean of both, so drift shows.
+            report["raw_after"][rt] = raw_throughput(images, args.batch, args.threads, rt)
+            raw = (report["raw"][rt]["forward_images_per_s"] + report["raw_after"][rt]["forward_images_per_s"]) / 2
+            report["service_vs_raw_forward"][rt] = round(report["service"][rt]["service_images_per_s"] / raw, 3)
+            save(report)
+        base = report["service"].get("torch", {}).get("service_images_per_s")
+        if base:
+            report["service_vs_torch_service"] = {rt: round(v["service_images_per_s"] / base, 3)
+                                                  for rt, v in report["service"].items()}
         save(report)
     print_table(report)
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def save(report: dict) -> None:
@@ -252,27 +271,29 @@ def save(report: dict) -> None:
 
 
 def print_table(r: dict) -> None:
-    raw = r["raw"]
-    print(f"\nimage encoding, {r['model']}, batch {raw['batch']}, {raw['threads']} threads")
-    print(f"  raw forward pass            {raw['forward_images_per_s']:8.2f} images/s"
-          + (f" (after the service run: {r['raw_after']['forward_images_per_s']:.2f})" if "raw_after" in r else ""))
-    print(f"  raw decode+preprocess+fwd   {raw['decode_preprocess_forward_images_per_s']:8.2f} images/s")
-    if "service" in r:
-        print(f"  gRPC service (IndexImages)  {r['service']['service_images_per_s']:8.2f} images/s "
-              f"(ratio to raw forward {r['service_vs_raw_forward']})")
+    first = next(iter(r["raw"].values()))
+    print(f"\nimage encoding, {r['model']}, batch {first['batch']}, {first['threads']} threads, {r['machine']['cpu']}")
+    print(f"  {'runtime':10} {'raw fwd':>9} {'raw after':>10} {'raw full':>9} {'service':>9} {'svc/raw':>8} "
+          f"{'svc/torch svc':>14}   (images/s)")
+    for rt, raw in r["raw"].items():
+        after = r.get("raw_after", {}).get(rt, {}).get("forward_images_per_s", "")
+        svc = r.get("service", {}).get(rt, {}).get("service_images_per_s", "")
+        print(f"  {rt:10} {raw['forward_images_per_s']:>9} {after:>10} {raw['decode_preprocess_forward_images_per_s']:>9} "
+              f"{svc:>9} {r.get('service_vs_raw_forward', {}).get(rt, ''):>8} "
+              f"{r.get('service_vs_torch_service', {}).get(rt, ''):>14}")
     print("\nstore search latency (top 10, 512-d cosine)")
     print(f"  {'backend':22} {'points':>7} {'upsert/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'filt p50':>9} {'filt p99':>9}")
     for s in r["store"]:
         print(f"  {s['backend']:22} {s['points']:>7} {s['upsert_points_per_s']:>9} {s['search']['p50_ms']:>8} "
               f"{s['search']['p99_ms']:>8} {s['filtered_search']['p50_ms']:>9} {s['filtered_search']['p99_ms']:>9}")
-    if "service" in r:
-        print("\ngRPC search latency (qdrant-edge)")
-        for key, v in r["service"].items():
+    for rt, service in r.get("service", {}).items():
+        print(f"\ngRPC search latency (qdrant-edge, runtime {rt})")
+        for key, v in service.items():
             if key.startswith("grpc_"):
                 print(f"  {key[5:]:>7} points: by id p50 {v['search_by_id']['p50_ms']} ms p99 "
                       f"{v['search_by_id']['p99_ms']} ms; by text (incl. encoding) p50 "
                       f"{v['search_text_incl_encoding']['p50_ms']} ms p99 {v['search_text_incl_encoding']['p99_ms']} ms")
-        print("\nservice memory (RSS, MiB):", r["service"]["memory_mb"])
+        print("  service memory (RSS, MiB):", service["memory_mb"])
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ class EncoderSettings(BaseModel):
     threads: int = 0
     # Images or texts per forward pass (also the Serve dynamic batch size).
     batch_size: int = 32
-    # How long a batch waits to fill up before running (seconds).
-    batch_wait_timeout_s: float = 0.01
+    # How long a batch waits to fill up before running (seconds). 0: a lone call runs at once,
+    # and calls arriving during a forward pass form the next batch.
+    batch_wait_timeout_s: float = 0.0
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
     # "torch", "onnx" (fp32 ONNX Runtime, CPU) or "onnx-int8" (only when its drift gate passes);
     # see encoders.clip_onnx and the README for how to choose.
@@ -77,6 +78,21 @@ class EncoderSettings(BaseModel):
     # The int8 drift gate's bounds against fp32.
     int8_min_cosine: float = 0.99
     int8_max_recall_loss: float = 0.02
+
+
+class AdmissionSettings(BaseModel):
+    """Bounded waits in the Ingress (services.admission): per lane, how many calls run at once;
+    a call that waits longer than max_wait_s for a slot gets RESOURCE_EXHAUSTED with RetryInfo."""
+
+    max_wait_s: float = Field(default=2.0, gt=0)
+    read: int = Field(default=64, ge=1)      # Count, GetItem, GetStatus
+    search: int = Field(default=64, ge=1)    # SearchText, SearchImage
+    index: int = Field(default=8, ge=1)      # IndexImages, IndexTexts, Delete (up to 64 items each)
+    audio: int = Field(default=4, ge=1)      # IndexAudio, Transcribe
+    ask: int = Field(default=4, ge=1)        # Ask
+
+    def lanes(self) -> dict[str, int]:
+        return {"read": self.read, "search": self.search, "index": self.index, "audio": self.audio, "ask": self.ask}
 
 
 class TranscriberSettings(BaseModel):
@@ -184,6 +200,7 @@ class LoupeSettings(BaseSettings):
     audio: bool = True
     transcriber: TranscriberSettings = Field(default_factory=TranscriberSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -15,6 +15,7 @@ from ray import serve
 
 from encoders.clip import TextEmbedding
 from protos.loupe.v1 import common_pb2, index_pb2, qa_pb2, search_pb2
+from services.admission import Admission
 from services.api import LoupeApi
 from services.config import LoupeSettings
 from services.errors import to_status
@@ -48,13 +49,13 @@ class EncoderDeployment:
         return await self._texts(texts)
 
     # Requests carry lists; a batch is a list of those lists, run as one forward pass.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _images(self, requests: list[list[bytes]]) -> list[list]:
         flat = [blob for blobs in requests for blob in blobs]
         results = await asyncio.to_thread(self.worker.encode_images, flat)
         return _split(results, [len(r) for r in requests])
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _texts(self, requests: list[list[str]]) -> list[TextEmbedding]:
         flat = [text for texts in requests for text in texts]
         embedded = await asyncio.to_thread(self.worker.encode_texts, flat)
@@ -134,11 +135,13 @@ class Ingress:
         self.api = LoupeApi(settings, HandleCalls(encoder), HandleCalls(index),
                             HandleCalls(transcriber) if transcriber is not None else None,
                             HandleCalls(answerer) if answerer is not None else None)
+        self.admission = Admission(settings.admission.lanes(), settings.admission.max_wait_s)
 
-    async def _run(self, call, request, grpc_context, empty):
+    async def _run(self, call, request, grpc_context, empty, rpc: str):
         try:
             self._authenticate(grpc_context)
-            return await call(request)
+            async with self.admission.enter(rpc):
+                return await call(request)
         except Exception as exc:  # every error leaves through the one table
             _set_status(grpc_context, exc)
             return empty
@@ -153,20 +156,22 @@ class Ingress:
             raise PermissionError("missing or wrong API key: send metadata 'authorization: Bearer <key>'")
 
     async def IndexImages(self, request, grpc_context):
-        return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse())
+        return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")
 
     async def IndexTexts(self, request, grpc_context):
-        return await self._run(self.api.index_texts, request, grpc_context, index_pb2.IndexResponse())
+        return await self._run(self.api.index_texts, request, grpc_context, index_pb2.IndexResponse(), "IndexTexts")
 
     async def IndexAudio(self, request, grpc_context):
-        return await self._run(self.api.index_audio, request, grpc_context, index_pb2.IndexAudioResponse())
+        return await self._run(self.api.index_audio, request, grpc_context, index_pb2.IndexAudioResponse(),
+                               "IndexAudio")
 
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
         try:
             self._authenticate(grpc_context)
-            async for message in self.api.transcribe(request, self._stream_transcript):
-                yield message
+            async with self.admission.enter("Transcribe"):
+                async for message in self.api.transcribe(request, self._stream_transcript):
+                    yield message
         except Exception as exc:  # every error leaves through the one table
             _set_status(grpc_context, exc)
             # A stream only ends with the code set above when the handler raises (Serve then
@@ -177,25 +182,25 @@ class Ingress:
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
 
     async def Ask(self, request, grpc_context):
-        return await self._run(self.api.ask, request, grpc_context, qa_pb2.AskResponse())
+        return await self._run(self.api.ask, request, grpc_context, qa_pb2.AskResponse(), "Ask")
 
     async def GetItem(self, request, grpc_context):
-        return await self._run(self.api.get_item, request, grpc_context, common_pb2.Item())
+        return await self._run(self.api.get_item, request, grpc_context, common_pb2.Item(), "GetItem")
 
     async def Delete(self, request, grpc_context):
-        return await self._run(self.api.delete, request, grpc_context, index_pb2.DeleteResponse())
+        return await self._run(self.api.delete, request, grpc_context, index_pb2.DeleteResponse(), "Delete")
 
     async def Count(self, request, grpc_context):
-        return await self._run(self.api.count, request, grpc_context, index_pb2.CountResponse())
+        return await self._run(self.api.count, request, grpc_context, index_pb2.CountResponse(), "Count")
 
     async def GetStatus(self, request, grpc_context):
-        return await self._run(self.api.get_status, request, grpc_context, index_pb2.StatusResponse())
+        return await self._run(self.api.get_status, request, grpc_context, index_pb2.StatusResponse(), "GetStatus")
 
     async def SearchText(self, request, grpc_context):
-        return await self._run(self.api.search_text, request, grpc_context, search_pb2.SearchResponse())
+        return await self._run(self.api.search_text, request, grpc_context, search_pb2.SearchResponse(), "SearchText")
 
     async def SearchImage(self, request, grpc_context):
-        return await self._run(self.api.search_image, request, grpc_context, search_pb2.SearchResponse())
+        return await self._run(self.api.search_image, request, grpc_context, search_pb2.SearchResponse(), "SearchImage")
 
     async def Check(self, request, grpc_context):
         """grpc.health.v1: SERVING only once the model and the store answer."""

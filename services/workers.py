@@ -211,7 +211,14 @@ class HandleCalls:
         method = getattr(self._handle, name)
 
         async def call(*args, **kwargs):
-            return await method.remote(*args, **kwargs)
+            from ray.serve.exceptions import BackPressureError
+
+            try:
+                return await method.remote(*args, **kwargs)
+            except BackPressureError as exc:  # the deployment's queue is full
+                from encoders.errors import Overloaded
+
+                raise Overloaded(f"the service is busy ({exc}); retry shortly", retry_after_s=0.5) from None
 
         return call
 

@@ -11,7 +11,7 @@ import yaml
 
 from encoders.bundled.shapes import make_pairs
 from protos.loupe.v1 import index_pb2, index_pb2_grpc
-from services.client import ImageInput, LoupeCallError, LoupeClient
+from services.client import ImageInput, LoupeCallError, LoupeClient, TextInput
 from services.launch import ServiceProcess
 from services.cli import DEFAULT_CONFIG
 
@@ -26,9 +26,11 @@ def tight_service(tmp_path_factory):
     cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
     app = cfg["applications"][0]
     app["args"]["limits"]["max_request_bytes"] = REQUEST_CAP
+    # Tight lanes: one index call and two searches at a time, one second of waiting at most.
+    app["args"]["admission"].update(max_wait_s=1.0, index=1, search=2)
     for dep in app["deployments"]:
         if dep["name"] == "Ingress":
-            dep["max_ongoing_requests"], dep["max_queued_requests"] = 1, 1
+            dep["max_ongoing_requests"], dep["max_queued_requests"] = 64, 4
     config = root / "tight.yaml"
     config.write_text(yaml.safe_dump(cfg))
     args = ["--config", str(config), "--bundled-models", "--data-dir", str(root / "data")]
@@ -64,6 +66,53 @@ def test_overload_is_resource_exhausted_not_a_hang(tight_service):
     with LoupeClient(tight_service.target) as client:
         assert client.health() == "SERVING"
         assert client.count(collection="load") <= sum(stored)  # shapes may repeat across batches
+
+
+def test_search_flood_ends_in_ok_or_refusal_within_seconds(tight_service):
+    """Many more callers than slots: none waits out its deadline; refusals say when to retry."""
+    import time
+
+    from google.rpc import error_details_pb2, status_pb2
+
+    from protos.loupe.v1 import search_pb2, search_pb2_grpc
+
+    with LoupeClient(tight_service.target) as client:
+        client.index_texts([TextInput(f"a red circle number {i}") for i in range(20)], collection="flood")
+    request = search_pb2.SearchTextRequest(query="a red circle",
+                                           options=search_pb2.SearchOptions(collection="flood", limit=5))
+
+    def caller(_):
+        outcomes = []
+        with grpc.insecure_channel(tight_service.target) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            stop = time.monotonic() + 6
+            while time.monotonic() < stop:
+                start = time.monotonic()
+                try:
+                    stub.SearchText(request, timeout=20)
+                    outcomes.append(("OK", time.monotonic() - start, None))
+                except grpc.RpcError as exc:
+                    rich = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
+                    retry = None
+                    if rich:
+                        for d in status_pb2.Status.FromString(rich).details:
+                            info = error_details_pb2.RetryInfo()
+                            if d.Is(info.DESCRIPTOR) and d.Unpack(info):
+                                retry = info.retry_delay.ToMilliseconds()
+                    outcomes.append((exc.code().name, time.monotonic() - start, retry))
+        return outcomes
+
+    with ThreadPoolExecutor(48) as pool:
+        outcomes = [o for per in pool.map(caller, range(48)) for o in per]
+    codes = {code for code, _, _ in outcomes}
+    assert codes <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes
+    slowest = max(t for _, t, _ in outcomes)
+    assert slowest < 8, slowest  # the admission bound is 1 s; never the 20 s deadline
+    # Admission's refusals carry RetryInfo (Serve's own queue-full refusals may not).
+    assert any(retry for code, _, retry in outcomes if code == "RESOURCE_EXHAUSTED")
+    with LoupeClient(tight_service.target) as client:
+        assert client.health() == "SERVING" and client.count(collection="flood") == 20
 
 
 def test_request_over_the_size_cap(tight_service):
