@@ -159,19 +159,19 @@ class LoupeApi:
                 raise InvalidInput(result.reason, field="image")
             return await self._search(opts, result.vector)
         if which == "id" and req.id:
-            _, vector = await self.index.vector_of(opts["name"], (await self.info()).schema(), req.id)
-            return await self._search(opts, vector, exclude_ids=(req.id,))
+            # The Index looks the item's vector up itself: one round trip, not two.
+            return await self._search(opts, None, like_id=req.id)
         raise InvalidInput("set image (bytes) or id (an indexed item) to search by", field="query")
 
-    async def _search(self, opts: dict, vector, exclude_ids: tuple[str, ...] = (), mode: str = "dense",
-                      keyword_query=None) -> search_pb2.SearchResponse:
+    async def _search(self, opts: dict, vector, mode: str = "dense", keyword_query=None,
+                      like_id: str | None = None) -> search_pb2.SearchResponse:
         info = await self.info()
         limit, offset = opts["limit"], opts["offset"]
         # One extra hit tells whether there is a next page.
         hits = await self.index.search(opts["name"], info.schema(), vector, limit=limit + 1, offset=offset,
                                        modalities=opts["modalities"], conditions=opts["conditions"],
-                                       score_threshold=opts["score_threshold"], exclude_ids=exclude_ids,
-                                       mode=mode, keyword_query=keyword_query)
+                                       score_threshold=opts["score_threshold"], mode=mode,
+                                       keyword_query=keyword_query, like_id=like_id)
         response = search_pb2.SearchResponse(model_id=info.model_id)
         for payload, score in hits[:limit]:
             response.hits.add(item=convert.item(payload, opts["name"]), score=score)

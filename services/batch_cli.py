@@ -2,7 +2,7 @@
 
 Exit status: 0 every item indexed (or already there), 1 some items failed (see the error
 report), 2 the run could not start (bad source, store in use, model mismatch or missing),
-130 interrupted.
+128 + the signal when stopped (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP): what was written stays.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as f:
             json.dump(summary.to_json(), f, indent=2)
     if summary.interrupted:
-        return 130
+        # What was written stays; a rerun resumes. Exit code: 128 + the signal (SIGINT 130).
+        return 128 + (summary.stop_signal or 2)
     return 1 if summary.failed else 0
 
 

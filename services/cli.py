@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from services.launch import serve
 
-        return serve(config=args.config, ray_address=args.ray_address, bundled=args.bundled_models, data_dir=args.data_dir, port=args.port,
-                     qdrant_url=args.qdrant_url, model=args.model, http_port=args.http_port)
+        return serve(config=args.config, ray_address=args.ray_address, dashboard=args.dashboard,
+                     bundled=args.bundled_models, data_dir=args.data_dir, port=args.port, qdrant_url=args.qdrant_url,
+                     model=args.model, http_port=args.http_port)
     if args.command == "index" and args.batch:
         from services import batch_cli
 
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
     s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
     s.add_argument("--model", default=None, help="CLIP model spec (see README)")
+    s.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (about 1 GB more memory)")
     s.add_argument("--ray-address", default=None,
                    help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray")
 
@@ -225,13 +227,40 @@ def cmd_delete(client: LoupeClient, args) -> int:
 
 
 def cmd_status(client: LoupeClient, args) -> int:
-    print(f"health: {client.health()}")
+    try:
+        health = client.health()
+    except LoupeCallError as exc:
+        if _print_start_up(args.target):
+            return 3
+        raise exc
+    if health != "SERVING" and _print_start_up(args.target):
+        return 3
+    print(f"health: {health}")
     st = client.status()
     print(f"model: {st.model_id} ({st.model_version}), profile {st.profile}, store {st.store_backend}, "
           f"loupe {st.version}")
     for c in st.collections:
         print(f"  collection {c.name}: {c.count} item(s), {c.model_id} dim {c.dim}")
     return 0
+
+
+def _print_start_up(target: str) -> bool:
+    """For a service on this machine that is still starting: what it waits for. False if unknown."""
+    import time
+
+    from services.launch import read_state
+
+    host, _, port = target.rpartition(":")
+    if host not in ("localhost", "127.0.0.1", "[::1]", "0.0.0.0") or not port.isdigit():
+        return False
+    state = read_state(int(port))
+    if state is None or state.get("phase") == "serving":
+        return False
+    waited = time.time() - float(state.get("started_at", time.time()))
+    print(f"health: {state['phase'].upper()} (loupe serve pid {state['pid']}, for {waited:.0f} s)")
+    for name, what in (state.get("waiting_for") or {}).items():
+        print(f"  waiting for {name}: {what}")
+    return True
 
 
 def cmd_ask(client: LoupeClient, args) -> int:

@@ -262,10 +262,15 @@ class IndexWorker:
 
     def search(self, name: str, schema: CollectionSchema, vector: np.ndarray | None, *, limit: int, offset: int,
                modalities: tuple, conditions: tuple, score_threshold: float | None,
-               exclude_ids: tuple[str, ...] = (), mode: str = "dense", keyword_query=None) -> list[tuple[dict, float]]:
+               exclude_ids: tuple[str, ...] = (), mode: str = "dense", keyword_query=None,
+               like_id: str | None = None) -> list[tuple[dict, float]]:
+        """`like_id`: search with that stored item's vector (and leave the item out)."""
         # The vector of this service's model, active or not: a collection being re-embedded
         # holds one per model.
         vector_name = self.index.schema_for(name, schema).vector_name
+        if like_id is not None:
+            _, vector = self.index.get_vector(name, like_id, vector_name)
+            exclude_ids = (*exclude_ids, like_id)
         flt = self.index.resolve_filter(name, conditions) if conditions else None
         return self.index.search(name, vector, limit=limit, offset=offset, modalities=modalities, filter=flt,
                                  score_threshold=score_threshold, exclude_ids=exclude_ids, mode=mode,

@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import IO
 
@@ -100,9 +103,11 @@ def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions
         meter = Progress(total, stream=progress, every_s=progress_every_s, bar=bar)
         meter.update([FAILED] * broken)
         try:
-            _run(plan_dir, store, options, (side, preprocess), schema, summary, meter, errors, started)
+            with _stop_signals() as received:
+                _run(plan_dir, store, options, (side, preprocess), schema, summary, meter, errors, started)
         except KeyboardInterrupt:
             summary.interrupted = True
+            summary.stop_signal = received[0] if received else signal.SIGINT
         finally:
             meter.close()
         summary.seconds = time.monotonic() - started
@@ -110,6 +115,28 @@ def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions
     finally:
         errors.close()
         shutil.rmtree(plan_dir, ignore_errors=True)
+
+
+@contextmanager
+def _stop_signals():
+    """SIGTERM and SIGHUP (systemd, Docker, a closed terminal) stop a run the way Ctrl-C does:
+    batches in flight end, what was written stays (a rerun resumes), Ray shuts down with the
+    driver. Installed after ray.init, whose own SIGTERM handler would otherwise just exit."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run(plan_dir, store, options, transform, schema, summary, meter, errors, started) -> None:

@@ -28,6 +28,8 @@ class BatchSummary:
     # Points in the collection at the end.
     points: int | None = None
     interrupted: bool = False
+    # The signal that stopped the run (SIGINT, SIGTERM, SIGHUP), when one did.
+    stop_signal: int | None = None
     # After a re-embedding run: the state of the vector it filled.
     vectors: str | None = None
 

@@ -34,3 +34,82 @@ def test_serve_config_overrides(tmp_path):
     assert cfg["grpc_options"]["port"] == 9123
     # The shipped config itself stays on the real default model.
     assert yaml.safe_load((ROOT / "ray_config.yaml").read_text())["applications"][0]["args"]["profile"] == "default"
+
+
+def test_serve_config_leaves_out_deployments_the_settings_switch_off(monkeypatch, tmp_path):
+    """Serve refuses a config naming a deployment the app does not build (LOUPE_AUDIO=false)."""
+    names = lambda cfg: [d["name"] for d in cfg["applications"][0]["deployments"]]  # noqa: E731
+    full = render_config(ROOT / "ray_config.yaml", bundled=True, data_dir=str(tmp_path))
+    assert {"Transcriber", "Answerer"} <= set(names(full))
+    monkeypatch.setenv("LOUPE_AUDIO", "false")
+    monkeypatch.setenv("LOUPE_ASK__ENABLED", "false")
+    cfg = render_config(ROOT / "ray_config.yaml", bundled=True, data_dir=str(tmp_path))
+    assert names(cfg) == [n for n in names(full) if n not in ("Transcriber", "Answerer")]
+
+
+def test_serve_refuses_a_bad_config_value_before_ray(monkeypatch, tmp_path, capsys):
+    from services.launch import serve
+
+    monkeypatch.setenv("LOUPE_ADMISSION__MAX_WAIT_S", "-1")
+    assert serve(config=str(ROOT / "ray_config.yaml"), bundled=True, data_dir=str(tmp_path), port=1) == 2
+    err = capsys.readouterr().err
+    assert "cannot start: the config" in err and "max_wait_s" in err
+
+
+def test_start_up_state_follows_serve_output(monkeypatch, tmp_path):
+    import os
+
+    from services.launch import Supervisor, read_state, state_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    sup = Supervisor(["true"], env={}, cwd=tmp_path, grpc_port=45678)
+    sup._write_state("starting")
+    assert read_state(45678)["waiting_for"] == {"Ray": "starting"}
+    for line in ("INFO serve 1 -- Started Serve in namespace \"serve\".",
+                 "(ServeController pid=2) INFO controller -- Imported and built app 'loupe' successfully.",
+                 "(ServeController pid=2) INFO controller -- Adding 1 replica to Deployment(name='Encoder', app='loupe').",
+                 "(ServeController pid=2) INFO controller -- Adding 1 replica to Deployment(name='Index', app='loupe').",
+                 "(ServeReplica:loupe:Index pid=3) INFO replica -- Finished initializing replica."):
+        sup._track(line)
+    state = read_state(45678)
+    assert state["phase"] == "starting" and state["pid"] == os.getpid()
+    assert state["waiting_for"] == {"Encoder": "waiting for a replica to start"}
+    assert state_path(45678).parent == tmp_path / f"loupe-{os.getuid()}"
+    # A state left by a process that is gone is ignored.
+    state_path(45678).write_text('{"pid": 999999999, "phase": "starting"}')
+    assert read_state(45678) is None
+
+
+def test_status_of_a_starting_service_says_what_it_waits_for(monkeypatch, tmp_path, capsys):
+    import json
+    import os
+    import time
+
+    from services.cli import main
+    from services.launch import state_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    path = state_path(45679)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "port": 45679, "phase": "starting", "started_at": time.time() - 7,
+                                "waiting_for": {"Encoder": "loading (models, store)"}}))
+    assert main(["--target", "127.0.0.1:45679", "--timeout", "2", "status"]) == 3
+    out = capsys.readouterr().out
+    assert "health: STARTING" in out and "waiting for Encoder: loading (models, store)" in out
+
+
+def test_batch_run_stops_on_sigterm_like_ctrl_c():
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from indexing.batch.pipeline import _stop_signals
+
+    with pytest.raises(KeyboardInterrupt):
+        with _stop_signals() as received:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert received == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
