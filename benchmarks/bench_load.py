@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_load                      # overhead table + sweep (~4 min on 2 cores)
     python -m benchmarks.bench_load --levels 1 8 64 400 --seconds 10
-    python -m benchmarks.bench_load --target localhost:9000 --collection mine   # a running service
+    python -m benchmarks.bench_load --target localhost:9000    # a running service
+    python -m benchmarks.bench_load --skip-sweep --dashboard   # memory with the Ray dashboard
 
 Loopback only, bounded by count and time. Starts `loupe serve --bundled-models` (OCR, audio
 and Ask off: this measures the search path) on free ports unless --target is given, and
@@ -228,6 +229,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="per sweep level")
     p.add_argument("--max-calls", type=int, default=20_000, help="per sweep level")
     p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--dashboard", action="store_true", help="start the service with the Ray dashboard (memory)")
     p.add_argument("--out", default=str(RESULTS / "load.json"))
     args = p.parse_args()
     imgs, caps = items()
@@ -241,9 +243,14 @@ def main() -> None:
             from services.launch import ServiceProcess
 
             env = {"LOUPE_OCR__MODE": "never", "LOUPE_AUDIO": "false", "LOUPE_ASK__ENABLED": "false"}
-            with ServiceProcess(["--bundled-models", "--data-dir", str(Path(tmp) / "data")],
+            serve_args = ["--bundled-models", "--data-dir", str(Path(tmp) / "data")]
+            with ServiceProcess(serve_args + (["--dashboard"] if args.dashboard else []),
                                 log_path=Path(tmp) / "serve.log", env=env) as svc:
+                from benchmarks.bench_search import service_memory_mb
+
                 fill_service(svc.target, imgs, caps)
+                report["memory_mb"] = service_memory_mb()
+                print("service memory (RSS, MiB):", report["memory_mb"])
                 report["grpc"] = grpc_sequential(svc.target, args.rounds)
                 print_overhead(report)
                 if not args.skip_sweep:

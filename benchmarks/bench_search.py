@@ -203,7 +203,8 @@ def service_memory_mb() -> dict:
         cmd = " ".join(proc.info["cmdline"] or [])
         for key in ("ServeReplica:loupe:Encoder", "ServeReplica:loupe:Index", "ServeReplica:loupe:Ingress",
                     "ServeReplica:loupe:Transcriber", "ServeReplica:loupe:Answerer",
-                    "ProxyActor", "ServeController", "raylet", "gcs_server", "dashboard"):
+                    "ProxyActor", "ServeController", "raylet", "gcs_server", "dashboard", "DashboardAgent",
+                    "RuntimeEnvAgent", "serve_driver", "loupe serve"):
             if key in cmd and proc.info["memory_info"]:
                 groups[key] = groups.get(key, 0) + proc.info["memory_info"].rss / 2**20
                 break

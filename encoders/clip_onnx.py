@@ -7,9 +7,9 @@ dynamically quantised copies (int8 weights, fp32 activations), which are faster 
 `drift_report` measures that drift so the encoder can refuse int8 beyond a configured loss.
 
     runtime   what runs                      when to choose it
-    torch     open_clip in PyTorch           the default; always on a GPU
-    onnx      fp32 graphs, ONNX Runtime      CPUs where benchmarks.bench_search measures it faster
-    onnx-int8 int8 weights, ONNX Runtime     CPU, ~2x fp32, only when the drift gate passes
+    torch     open_clip in PyTorch           GPU, fp16/bf16 ("auto" picks it there)
+    onnx      fp32 graphs, ONNX Runtime      CPU fp32 ("auto" picks it: measured >= torch)
+    onnx-int8 int8 weights, ONNX Runtime     CPU, ~1.6x fp32, only when the drift gate passes
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from encoders.errors import ModelUnavailable
 
 log = logging.getLogger("loupe")
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 # Bump when the exported graphs change shape or meaning: old cache folders are then ignored.
 EXPORT_FORMAT = 1
 OPSET = 18

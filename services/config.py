@@ -70,9 +70,9 @@ class EncoderSettings(BaseModel):
     # and calls arriving during a forward pass form the next batch.
     batch_wait_timeout_s: float = 0.0
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
-    # "torch", "onnx" (fp32 ONNX Runtime, CPU) or "onnx-int8" (only when its drift gate passes);
-    # see encoders.clip_onnx and the README for how to choose.
-    runtime: str = "torch"
+    # "auto" (onnx on CPU at fp32, torch on GPU), "torch", "onnx" (fp32 ONNX Runtime, CPU) or
+    # "onnx-int8" (only when its drift gate passes); see encoders.clip_onnx and the README.
+    runtime: str = "auto"
     # Where exported ONNX graphs are cached (empty: $LOUPE_ONNX_CACHE or ~/.cache/loupe/onnx).
     onnx_cache_dir: str = ""
     # The int8 drift gate's bounds against fp32.

@@ -103,6 +103,46 @@ def test_kill_mid_run_then_resume_and_rerun(catalog, tmp_path):
     assert "skipped 2,500" in out
 
 
+def test_sigterm_stops_the_run_like_ctrl_c_and_its_ray_with_it(catalog, tmp_path):
+    """What systemd or Docker send, to the command alone: a summary, exit 143, no Ray left."""
+    import psutil
+
+    data_dir = tmp_path / "data"
+    proc = loupe_batch(catalog.manifest, data_dir)
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[loupe batch]") and int(line.split()[2].split("/")[0].replace(",", "")) >= 100:
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc, timeout=120)
+    stopped_in = time.monotonic() - started
+    assert code == 128 + signal.SIGTERM, "".join(seen) + out
+    assert stopped_in < 60, stopped_in
+    assert "interrupted:" in out, out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] and summary["stop_signal"] == signal.SIGTERM
+    # Its private Ray shut down with it (same session as the command).
+    for _ in range(30):
+        left = [p for p in psutil.process_iter(["pid"]) if _session(p.info["pid"]) == proc.pid]
+        if not left:
+            break
+        time.sleep(1)
+    assert not left, [p.cmdline() for p in left]
+    # Everything reported as indexed before the signal is stored (a rerun resumes from it).
+    assert N_IMAGES > len(stored(data_dir)) >= summary["counts"]["indexed"] >= 100
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def test_broken_rows_go_to_the_report_and_the_rest_is_indexed(tmp_path):
     root = tmp_path / "cat"
     root.mkdir()

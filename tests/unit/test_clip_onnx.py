@@ -127,10 +127,15 @@ def test_check_drift_on_a_sample_of_the_data(cache, held_out):
 
 
 def test_unknown_runtime_and_wrong_device_are_clear(cache):
-    with pytest.raises(InvalidInput, match="runtime 'tensorrt' is not one of torch, onnx, onnx-int8"):
+    with pytest.raises(InvalidInput, match="runtime 'tensorrt' is not one of auto, torch, onnx, onnx-int8"):
         _encoder("tensorrt", cache)
     with pytest.raises(ModelUnavailable, match="runs fp32 on CPU"):
         _encoder("onnx", cache, precision="bf16")
+
+
+def test_auto_picks_onnx_on_cpu_and_torch_for_reduced_precision(cache):
+    assert _encoder("auto", cache).runtime == "onnx"
+    assert _encoder("auto", cache, precision="bf16").runtime == "torch"
 
 
 def test_unwritable_cache_says_what_to_do(tmp_path):
