@@ -165,7 +165,9 @@ class ClipEncoder:
         if int8:
             self._gate_int8(towers)
         self._use_towers(towers)
-        # The torch model is dropped here: ONNX Runtime holds its own copy of the weights.
+        # ONNX Runtime holds its own copy of the weights: give the torch model's memory back.
+        del model
+        _release_freed_memory()
 
     def _view(self, towers) -> "ClipEncoder":
         """This encoder (loaded) running on other towers: one side of a drift comparison."""
@@ -279,6 +281,18 @@ class ClipEncoder:
             out = fn(inputs).float()
         out = torch.nn.functional.normalize(out, dim=-1)
         return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap to the OS (glibc keeps it otherwise): ~300 MB for ViT-B-32 on onnx."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:

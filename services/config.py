@@ -86,7 +86,7 @@ class AdmissionSettings(BaseModel):
 
     max_wait_s: float = Field(default=2.0, gt=0)
     read: int = Field(default=64, ge=1)      # Count, GetItem, GetStatus
-    search: int = Field(default=64, ge=1)    # SearchText, SearchImage
+    search: int = Field(default=32, ge=1)    # SearchText, SearchImage (the Encoder batches up to 32)
     index: int = Field(default=8, ge=1)      # IndexImages, IndexTexts, Delete (up to 64 items each)
     audio: int = Field(default=4, ge=1)      # IndexAudio, Transcribe
     ask: int = Field(default=4, ge=1)        # Ask
