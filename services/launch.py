@@ -177,6 +177,7 @@ class Supervisor:
         self._started_at = time.time()
         # Deployment -> what it is doing ("waiting for a replica", "loading models").
         self._waiting: dict[str, str] = {"Ray": "starting"}
+        self._state_warned = False
 
     def _write_state(self, phase: str) -> None:
         import json
@@ -188,8 +189,12 @@ class Supervisor:
             tmp.write_text(json.dumps({"pid": os.getpid(), "port": self.grpc_port, "phase": phase,
                                        "started_at": self._started_at, "waiting_for": self._waiting}))
             os.replace(tmp, path)
-        except OSError:
-            pass  # status reporting is best effort; serving is not affected
+        except OSError as exc:  # serving goes on; only `loupe status` loses the start-up detail
+            if not self._state_warned:
+                self._state_warned = True
+                print(f"loupe: cannot record start-up state at {path} ({exc.strerror or exc}); `loupe status` "
+                      "will not say what a starting service waits for (set XDG_RUNTIME_DIR to a writable folder)",
+                      file=sys.stderr, flush=True)
 
     def _track(self, line: str) -> None:
         """Follow start-up from Serve's log lines."""

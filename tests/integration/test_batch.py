@@ -43,6 +43,17 @@ def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def wait_for_progress(proc: subprocess.Popen, low: int, high: int, timeout: float = 600) -> list[str]:
+    """Read the run's output until a progress line reports low <= done < high; the lines read."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[loupe batch]") and low <= int(line.split()[2].split("/")[0].replace(",", "")) < high:
+            return seen
+        assert time.monotonic() < deadline, "".join(seen)
+    raise AssertionError("the run ended before reaching the progress asked for:\n" + "".join(seen))
+
+
 def stored(data_dir: Path, collection: str = "default") -> list[dict]:
     """Every payload in the collection."""
     store = EdgeStore(str(data_dir))
@@ -67,14 +78,8 @@ def catalog(tmp_path_factory):
 def test_kill_mid_run_then_resume_and_rerun(catalog, tmp_path):
     data_dir = tmp_path / "data"
     proc = loupe_batch(catalog.manifest, data_dir)
-    seen = []
-    deadline = time.monotonic() + 600
     # Kill once a real share of the catalog is in, but well before the end.
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("[loupe batch]") and 300 <= int(line.split()[2].split("/")[0].replace(",", "")) < 2000:
-            break
-        assert time.monotonic() < deadline, "".join(seen)
+    seen = wait_for_progress(proc, 300, 2000)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
@@ -109,13 +114,7 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_its_ray_with_it(catalog, tmp_path
 
     data_dir = tmp_path / "data"
     proc = loupe_batch(catalog.manifest, data_dir)
-    seen = []
-    deadline = time.monotonic() + 600
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("[loupe batch]") and int(line.split()[2].split("/")[0].replace(",", "")) >= 100:
-            break
-        assert time.monotonic() < deadline, "".join(seen)
+    seen = wait_for_progress(proc, 100, N_IMAGES)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code, out = finish(proc, timeout=120)

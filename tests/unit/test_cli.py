@@ -113,3 +113,17 @@ def test_batch_run_stops_on_sigterm_like_ctrl_c():
             time.sleep(1)
     assert received == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_unwritable_state_folder_is_said_once_and_does_not_stop_serving(monkeypatch, tmp_path, capsys):
+    from services.launch import Supervisor, read_state
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(blocker))
+    sup = Supervisor(["true"], env={}, cwd=tmp_path, grpc_port=45680)
+    sup._write_state("starting")
+    sup._track("(ServeController pid=2) INFO -- Adding 1 replica to Deployment(name='Encoder', app='loupe').")
+    err = capsys.readouterr().err
+    assert err.count("cannot record start-up state") == 1 and "XDG_RUNTIME_DIR" in err
+    assert read_state(45680) is None
