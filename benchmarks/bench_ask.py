@@ -24,8 +24,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    from services.client import ImageInput, LoupeClient
-    from services.launch import ServiceProcess
+    from services.cli.launch import ServiceProcess
+    from services.client.sdk import ImageInput, LoupeClient
 
     cases = json.loads((SHOTS / "cases.json").read_text())
     steps: dict[str, dict[str, list[float]]] = {"upload": defaultdict(list), "retrieval": defaultdict(list)}

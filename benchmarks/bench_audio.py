@@ -25,9 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from encoders.audio import decode_audio
-from encoders.transcribe import TranscribeOptions, create_transcriber
-from encoders.wer import wer
+from encoders.audio.decode import decode_audio
+from encoders.common.metrics import wer
+from encoders.whisper.transcribe import TranscribeOptions, create_transcriber
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audio"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +64,7 @@ def in_process(backend: str, model: str) -> dict:
             "wer": rates, "rss_growth_mb": round(rss_mb() - before)}
 
 
-CONTROLS_OFF = dict(drop_repeats=False, hallucination_silence_s=None, prompt_reset_on_fallback=False)
+CONTROLS_OFF = {"drop_repeats": False, "hallucination_silence_s": None, "prompt_reset_on_fallback": False}
 
 
 def controls(backend: str, model: str) -> dict:
@@ -97,8 +97,8 @@ def print_controls(rows: list[dict]) -> None:
 
 
 def through_service(workdir: Path) -> dict:
-    from services.client import LoupeClient
-    from services.launch import ServiceProcess
+    from services.cli.launch import ServiceProcess
+    from services.client.sdk import LoupeClient
 
     clips = [(FIXTURES / n).read_bytes() for n in SPEECH]
     audio_s = sum(REFS[n]["duration_s"] for n in SPEECH)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from encoders.clip import ClipEncoder, ClipOptions
+from encoders.clip.encoder import ClipEncoder, ClipOptions
 from indexing.batch.pipeline import BatchOptions, run_batch
 from indexing.batch.writer import StoreSpec
 from tests.fixtures.catalog import image_bytes
@@ -86,7 +86,7 @@ class PeakRss:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 

@@ -11,7 +11,7 @@ indexes 50 items (25 images, 25 captions).
 
 1. Sequential per-call overhead, warm: p50/p95 of Count, GetItem, SearchImage by id,
    SearchText dense and keyword over gRPC, next to the same RPC logic in this process
-   (services.api.LoupeApi over plain threads, same model, same items: no Serve hop, no
+   (services.rpc.api.LoupeApi over plain threads, same model, same items: no Serve hop, no
    proto on the wire) and the bare in-process text encode. The gap is what Serve adds.
 2. Concurrency sweep of SearchText (closed loop: each of N callers sends its next call when
    the last ends; client deadline 30 s): calls/s, p50/p95/p99/max latency and status counts
@@ -48,7 +48,7 @@ def pct(samples_ms: list[float]) -> dict:
 def items(n: int = 25):
     import io
 
-    from encoders.bundled.shapes import make_pairs
+    from encoders.clip.bundled.shapes import make_pairs
 
     images, captions = [], []
     for i, (img, caption) in enumerate(make_pairs(n, seed=99, size=64)):
@@ -118,9 +118,9 @@ def _ingress_only(channel, rounds: int) -> dict:
 def in_process(rounds: int, imgs, caps) -> dict:
     """The same RPC logic without Serve: LoupeApi over threads, its own store with the same items."""
     from protos.loupe.v1 import index_pb2, search_pb2
-    from services.api import LoupeApi
     from services.config import load_settings
-    from services.workers import EncoderWorker, IndexWorker, ThreadCalls
+    from services.rpc.api import LoupeApi
+    from services.serve.workers import EncoderWorker, IndexWorker, ThreadCalls
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings({"profile": "bundled", "data_dir": tmp, "ocr": {"mode": "never"}, "audio": False,
@@ -165,7 +165,7 @@ async def _fill_api(api, imgs, caps) -> None:
 
 
 def fill_service(target: str, imgs, caps) -> None:
-    from services.client import ImageInput, LoupeClient, TextInput
+    from services.client.sdk import ImageInput, LoupeClient, TextInput
 
     with LoupeClient(target, timeout_s=120) as client:
         client.index_images([ImageInput(d, id=i) for i, d in imgs], collection=COLLECTION)
@@ -240,7 +240,7 @@ def main() -> None:
             if not args.skip_sweep:
                 report["sweep"] = sweep(args.target, args.levels, args.seconds, args.max_calls)
         else:
-            from services.launch import ServiceProcess
+            from services.cli.launch import ServiceProcess
 
             env = {"LOUPE_OCR__MODE": "never", "LOUPE_AUDIO": "false", "LOUPE_ASK__ENABLED": "false"}
             serve_args = ["--bundled-models", "--data-dir", str(Path(tmp) / "data")]

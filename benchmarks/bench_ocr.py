@@ -24,7 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from encoders.errors import ModelUnavailable
+from encoders.common.errors import ModelUnavailable
+from encoders.common.metrics import cer
 from encoders.ocr import OcrEngine, OcrOptions, available_engines, create_ocr
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "screenshots"
@@ -75,23 +76,6 @@ def installed() -> set[str]:
 
 def make(engine: str, options: OcrOptions) -> OcrEngine:
     return EasyOcrEngine(options) if engine == "easyocr" else create_ocr(engine, options)
-
-
-def edit_distance(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def cer(reference: str, hypothesis: str, *, spaces: bool = True) -> float:
-    """Edits / reference characters after collapsing whitespace (or dropping it: spaces=False)."""
-    join = " " if spaces else ""
-    ref, hyp = join.join(reference.split()), join.join(hypothesis.split())
-    return edit_distance(ref, hyp) / max(1, len(ref))
 
 
 def facts(case: dict) -> list[str]:

@@ -61,8 +61,8 @@ def jpegs(n: int, size: int = 512, seed: int = 0) -> list[bytes]:
 
 # -- 1. raw forward pass -------------------------------------------------------------------
 def raw_throughput(images: list[bytes], batch: int, threads: int, runtime: str = "torch") -> dict:
-    from encoders.clip import ClipEncoder, ClipOptions
-    from encoders.media import decode_image
+    from encoders.clip.encoder import ClipEncoder, ClipOptions
+    from encoders.image.decode import decode_image
 
     enc = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads, batch_size=batch,
                                   runtime=runtime)).load()
@@ -102,7 +102,7 @@ def store_latency(backend: str, n: int, queries: int) -> dict:
         if backend == "qdrant-edge":
             store = open_store(data_dir=tmp)
         else:
-            from indexing.qdrant_server import QdrantStore
+            from indexing.store.qdrant import QdrantStore
 
             store = QdrantStore(path=tmp)
         index = Index(store)
@@ -137,8 +137,8 @@ def _bucket_condition():
 # -- 3. the service ------------------------------------------------------------------------
 def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: int, workdir: Path,
                     runtime: str = "torch") -> dict:
-    from services.client import ImageInput, LoupeClient
-    from services.launch import ServiceProcess
+    from services.cli.launch import ServiceProcess
+    from services.client.sdk import ImageInput, LoupeClient
 
     data_dir = workdir / f"data-{runtime}"
     index = Index(open_store(data_dir=str(data_dir)))

@@ -16,11 +16,11 @@ def open_store(*, data_dir: str | None = None, url: str | None = None, api_key: 
     server is contacted lazily, so an unreachable URL surfaces on first use.
     """
     if url:
-        from indexing.qdrant_server import QdrantStore
+        from indexing.store.qdrant import QdrantStore
 
         return QdrantStore(url=url, api_key=api_key)
     if not data_dir:
         raise ValueError("open_store needs a url (Qdrant server) or a data_dir (embedded store)")
-    from indexing.edge import EdgeStore
+    from indexing.store.edge import EdgeStore
 
     return EdgeStore(data_dir)

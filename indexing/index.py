@@ -7,7 +7,7 @@ Search modes (`Index.search(mode=...)`) and what their scores mean:
 
     "dense"    CLIP vector, cosine similarity in -1..1. `score_threshold` is a minimum cosine.
     "keyword"  keyword (sparse) vector only: BM25 score, the sum over query terms found in the
-               item of IDF x the item's saturated term frequency (`encoders.keywords`); > 0,
+               item of IDF x the item's saturated term frequency (`encoders.text.keywords`); > 0,
                unbounded, comparable only within one collection. Items sharing no term with
                the query (and items without keywords) are never returned.
                `score_threshold` is a minimum BM25 score.
@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from encoders.errors import BatchInvalid, InvalidInput, NotFound
-from encoders.keywords import SparseVector
+from encoders.common.errors import BatchInvalid, InvalidInput, NotFound
+from encoders.text.keywords import SparseVector
 from indexing import user_filter
 from indexing.ids import item_key, point_id
 from indexing.payloads import NewItem, build_payload, check_item, meta_types
@@ -266,7 +267,7 @@ class Index(ReembedMethods):
         what score and score_threshold mean in each mode.
 
         `vector` (CLIP) is needed in "dense" and "hybrid" mode, ignored (may be None) in
-        "keyword" mode; `keyword_query` (`encoders.keywords.query_vector`) is needed in
+        "keyword" mode; `keyword_query` (`encoders.text.keywords.query_vector`) is needed in
         "keyword" and "hybrid" mode. Keyword and hybrid search on a collection created
         without a keyword vector raise KeywordsUnavailable (a ModelMismatch).
         `vector_name`: the dense vector to search (default: the active one); points

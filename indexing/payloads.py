@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from encoders.errors import InvalidInput
-from encoders.keywords import SparseVector
+from encoders.common.errors import InvalidInput
+from encoders.text.keywords import SparseVector
 from indexing.types import CollectionSchema, Modality
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,7 +54,7 @@ class NewItem:
     text: str | None = None
     width: int | None = None
     height: int | None = None
-    # Keyword vector of the item's text (`encoders.keywords.keyword_vector`): captions, OCR
+    # Keyword vector of the item's text (`encoders.text.keywords.keyword_vector`): captions, OCR
     # text, transcripts. None or empty: the item is not found by keyword search.
     keywords: SparseVector | None = None
     # Public id of the item this one is part of (a transcript segment's recording); deleting
@@ -137,7 +137,7 @@ def _check_vector(vector: Any, dim: int, at: str) -> list[InvalidInput]:
 
 def _check_keywords(keywords: Any, at: str) -> list[InvalidInput]:
     if not isinstance(keywords, SparseVector):
-        return [InvalidInput("keywords must be a SparseVector (encoders.keywords.keyword_vector)", field=at)]
+        return [InvalidInput("keywords must be a SparseVector (encoders.text.keywords.keyword_vector)", field=at)]
     indices, values = keywords.indices, keywords.values
     if len(indices) != len(values):
         return [InvalidInput(f"keywords have {len(indices)} indices but {len(values)} values", field=at)]

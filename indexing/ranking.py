@@ -8,12 +8,13 @@ crosses a page boundary the ranking is re-read from the top, up to `_TIE_WINDOW`
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from encoders.errors import InvalidInput
-from encoders.keywords import SparseVector
+from encoders.common.errors import InvalidInput
+from encoders.text.keywords import SparseVector
 from indexing.types import CollectionSchema, ScoredPoint, SearchMode
 
 _MODES = tuple(m.value for m in SearchMode)
@@ -74,7 +75,7 @@ def check_keyword_query(query: Any, mode: SearchMode) -> SparseVector:
         raise InvalidInput(f"{mode.value} search needs a keyword query", field="keyword_query")
     if not isinstance(query, SparseVector) or len(query.indices) != len(query.values):
         raise InvalidInput(
-            "keyword query must be a SparseVector (encoders.keywords.query_vector)", field="keyword_query"
+            "keyword query must be a SparseVector (encoders.text.keywords.query_vector)", field="keyword_query"
         )
     if not all(isinstance(i, (int, np.integer)) and 0 <= i < 2**32 for i in query.indices) or len(
         set(query.indices)

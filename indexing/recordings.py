@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoders.chunking import EmbeddedTranscript
-from encoders.keywords import keyword_vector
+from encoders.text.chunking import EmbeddedTranscript
+from encoders.text.keywords import keyword_vector
 from indexing.ids import item_key
 from indexing.payloads import NewItem
 from indexing.types import Modality

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from encoders.errors import BatchInvalid, InvalidInput, NotFound
+from encoders.common.errors import BatchInvalid, InvalidInput, NotFound
 from indexing.ids import point_id
 from indexing.payloads import check_update, merge_update
 from indexing.types import CollectionSchema, Condition, Filter, HasVector, VectorSpec, VectorStore

@@ -6,14 +6,15 @@ type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from encoders.errors import ModelMismatch
-from encoders.keywords import SparseVector
+from encoders.common.errors import ModelMismatch
+from encoders.text.keywords import SparseVector
 
 Scalar = str | int | float | bool
 
@@ -35,7 +36,7 @@ class SearchMode(str, Enum):
     HYBRID = "hybrid"
 
 
-# Name of the sparse vector holding keyword weights (`encoders.keywords`), next to the dense one.
+# Name of the sparse vector holding keyword weights (`encoders.text.keywords`), next to the dense one.
 KEYWORD_VECTOR = "keywords"
 
 
@@ -93,10 +94,10 @@ class Filter:
     # Exclusions, e.g. "id any_of the query's own ids" for more-like-this searches.
     must_not: tuple[Condition | HasVector, ...] = ()
 
-    def and_(self, *conditions: Condition | HasVector) -> "Filter":
+    def and_(self, *conditions: Condition | HasVector) -> Filter:
         return Filter(must=self.must + tuple(conditions), must_not=self.must_not)
 
-    def and_not(self, *conditions: Condition | HasVector) -> "Filter":
+    def and_not(self, *conditions: Condition | HasVector) -> Filter:
         return Filter(must=self.must, must_not=self.must_not + tuple(conditions))
 
     def is_empty(self) -> bool:
@@ -149,7 +150,7 @@ class VectorSpec:
         return CollectionSchema(self.vector_name, self.dim, self.model_id, self.model_version, keyword_vector)
 
     @staticmethod
-    def of(schema: CollectionSchema, *, complete: bool) -> "VectorSpec":
+    def of(schema: CollectionSchema, *, complete: bool) -> VectorSpec:
         return VectorSpec(schema.vector_name, schema.dim, schema.model_id, schema.model_version, complete)
 
 
@@ -190,7 +191,7 @@ class VectorStore(Protocol):
     Everything Loupe-specific (ids, source merging, schema checks) lives in
     `indexing.index.Index`, above this protocol, so both backends behave the same.
 
-    Errors are domain errors only (`encoders.errors`): NotFound for a missing collection,
+    Errors are domain errors only (`encoders.common.errors`): NotFound for a missing collection,
     StoreUnavailable for I/O or connection failures, never a backend exception.
     """
 

@@ -7,9 +7,10 @@ equality on str/int/bool, any_of over strings or integers, numeric ranges.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from indexing.types import Condition, Filter, Range
 
 # User-facing name -> (payload key, value types). User metadata field "x" is "meta.x"; a

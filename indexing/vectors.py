@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from encoders.errors import InvalidInput, ModelMismatch, NotFound, VectorStateConflict
+from encoders.common.errors import InvalidInput, ModelMismatch, NotFound, VectorStateConflict
 from indexing.types import KEYWORD_VECTOR, CollectionSchema, Filter, HasVector, VectorSpec, VectorStore
 
 # Also a folder name in the Edge backend and part of point ids: no "/", nothing hidden.

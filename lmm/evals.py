@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 
 VERDICTS = ("answered", "abstained", "blocked")
 _CITATION = re.compile(r"\[[^\[\]\n]{1,200}\]")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from lmm.types import VisionLanguageModel
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"

@@ -16,12 +16,12 @@ import base64
 import io
 import os
 import random
-import threading
 import time
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
-from encoders.errors import InvalidInput, LoupeError, ModelUnavailable, Overloaded
+from encoders.common.errors import InvalidInput, LoupeError, ModelUnavailable, Overloaded
+from encoders.loading.lazy import LazyModel
 from lmm.models import VlmOptions, token_budget
 from lmm.types import Draft, Prompt
 
@@ -47,7 +47,7 @@ class _Retry(Exception):
         return ModelUnavailable(f"{self.reason} (after {tries} tr{'y' if tries == 1 else 'ies'})")
 
 
-class OpenAiVlm:
+class OpenAiVlm(LazyModel):
     """Chat completions with image data URLs against `options.base_url`."""
 
     def __init__(self, options: VlmOptions = VlmOptions()) -> None:
@@ -63,29 +63,25 @@ class OpenAiVlm:
             raise InvalidInput("model is empty; give the model name the server serves", field="model")
         self.options = options
         self.url = options.base_url.rstrip("/") + "/chat/completions"
-        self._lock = threading.Lock()
+        super().__init__()
         self._client = None
 
     @property
     def model_id(self) -> str:
         return f"openai:{self.options.model}"
 
-    def load(self) -> "OpenAiVlm":
+    def _load(self) -> None:
         """Open the connection pool (no request is sent: the server may start later)."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import httpx
+        import httpx
 
-                    timeout = httpx.Timeout(self.options.timeout_s, connect=self.options.connect_timeout_s)
-                    self._client = httpx.Client(timeout=timeout, headers=self._headers())
-        return self
+        timeout = httpx.Timeout(self.options.timeout_s, connect=self.options.connect_timeout_s)
+        self._client = httpx.Client(timeout=timeout, headers=self._headers())
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        self._unload()
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompt: Prompt, *, max_new_tokens: int | None = None) -> Draft:

@@ -23,16 +23,42 @@ from typing import Any
 
 from PIL import Image
 
-from encoders.errors import InvalidInput
-from encoders.media import ImageLimits
-from lmm.guards.answer import (AttributionGuard, ClaimConsistencyGuard, InstructionGuard, PromptLeakGuard,
-                               supporting_snippet)
+from encoders.common.errors import InvalidInput
+from encoders.image.decode import ImageLimits
+from lmm.guards.answer import (
+    AttributionGuard,
+    ClaimConsistencyGuard,
+    InstructionGuard,
+    PromptLeakGuard,
+    supporting_snippet,
+)
 from lmm.guards.base import ChainRun, GuardChain, OnFail
-from lmm.guards.input import (ContextState, ImageBytesGuard, ImageCountGuard, ImageDecodeGuard, ImagePixelsGuard,
-                              OcrInjectionGuard, OcrLengthGuard, OcrPiiGuard, QuestionInjectionGuard,
-                              QuestionLengthGuard, QuestionPiiGuard, RequestState, TopicGuard, Upload)
-from lmm.guards.output import (BlockedWordsGuard, CitationGuard, DraftState, GroundingGuard, LengthGuard,
-                               OutputPiiGuard, WellFormedGuard, is_abstention)
+from lmm.guards.input import (
+    ContextState,
+    ImageBytesGuard,
+    ImageCountGuard,
+    ImageDecodeGuard,
+    ImagePixelsGuard,
+    OcrInjectionGuard,
+    OcrLengthGuard,
+    OcrPiiGuard,
+    QuestionInjectionGuard,
+    QuestionLengthGuard,
+    QuestionPiiGuard,
+    RequestState,
+    TopicGuard,
+    Upload,
+)
+from lmm.guards.output import (
+    BlockedWordsGuard,
+    CitationGuard,
+    DraftState,
+    GroundingGuard,
+    LengthGuard,
+    OutputPiiGuard,
+    WellFormedGuard,
+    is_abstention,
+)
 from lmm.injection import THRESHOLD
 from lmm.judge import Judge
 from lmm.pii import ANSWER_PII_POLICIES, Masker

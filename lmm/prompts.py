@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from lmm.types import ContextImage, Prompt
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from encoders.errors import InvalidInput, ModelUnavailable, Overloaded
+from encoders.common.errors import InvalidInput, ModelUnavailable, Overloaded
+from encoders.loading.lazy import LazyModel
 from lmm.models import VlmOptions, token_budget
 from lmm.types import Draft, Prompt
 
@@ -137,13 +138,13 @@ def hub_unreachable(timeout_s: float) -> str | None:
     return outcome[0] if outcome else f"{host} did not answer within {timeout_s:g} s"
 
 
-class TransformersVlm:
+class TransformersVlm(LazyModel):
     """A transformers image-text-to-text model answering prompts with images."""
 
     def __init__(self, options: VlmOptions = VlmOptions()) -> None:
         self.options = options
         self.source = resolve(options.model, cache_dir=options.cache_dir, hub_timeout_s=options.hub_timeout_s)
-        self._lock = threading.Lock()
+        super().__init__()
         # One generation at a time per instance: it saturates the cores (or the GPU) anyway.
         self._generate_lock = threading.Lock()
         self._model = None
@@ -153,13 +154,6 @@ class TransformersVlm:
         return self.source.model_id
 
     # -- loading ----------------------------------------------------------------------------
-    def load(self) -> "TransformersVlm":
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    self._load()
-        return self
-
     def _load(self) -> None:
         import torch
         import transformers

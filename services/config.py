@@ -13,10 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from encoders.audio import AudioLimits
-from encoders.clip import ClipOptions, TextOverflow
-from encoders.media import ImageLimits
-from encoders.sources import DEFAULT_MODEL
+from encoders.audio.decode import AudioLimits
+from encoders.clip.encoder import ClipOptions, TextOverflow
+from encoders.clip.sources import DEFAULT_MODEL
+from encoders.image.decode import ImageLimits
 
 BUNDLED_CLIP = "bundled:tiny-clip"
 DEFAULT_COLLECTION = "default"
@@ -39,7 +39,7 @@ class RequestLimits(BaseModel):
     # Metadata keys per item and characters per string value.
     max_metadata_keys: int = 64
     max_metadata_value_chars: int = 4096
-    # Images: bytes, pixels, sides and formats (see encoders.media.ImageLimits).
+    # Images: bytes, pixels, sides and formats (see encoders.image.decode.ImageLimits).
     image_max_bytes: int = 20 * 1024 * 1024
     image_max_pixels: int = 40_000_000
     image_max_side: int = 12_000
@@ -56,7 +56,7 @@ class RequestLimits(BaseModel):
 
 
 class EncoderSettings(BaseModel):
-    # Model spec (encoders.sources); empty means the profile's default.
+    # Model spec (encoders.clip.sources); empty means the profile's default.
     model: str = ""
     # "auto", "cpu", "cuda".
     device: str = "auto"
@@ -71,7 +71,7 @@ class EncoderSettings(BaseModel):
     batch_wait_timeout_s: float = 0.0
     text_overflow: TextOverflow = TextOverflow.TRUNCATE
     # "auto" (onnx on CPU at fp32, torch on GPU), "torch", "onnx" (fp32 ONNX Runtime, CPU) or
-    # "onnx-int8" (only when its drift gate passes); see encoders.clip_onnx and the README.
+    # "onnx-int8" (only when its drift gate passes); see encoders.clip.runtimes and the README.
     runtime: str = "auto"
     # Where exported ONNX graphs are cached (empty: $LOUPE_ONNX_CACHE or ~/.cache/loupe/onnx).
     onnx_cache_dir: str = ""
@@ -81,7 +81,7 @@ class EncoderSettings(BaseModel):
 
 
 class AdmissionSettings(BaseModel):
-    """Bounded waits in the Ingress (services.admission): per lane, how many calls run at once;
+    """Bounded waits in the Ingress (services.serve.admission): per lane, how many calls run at once;
     a call that waits longer than max_wait_s for a slot gets RESOURCE_EXHAUSTED with RetryInfo."""
 
     max_wait_s: float = Field(default=2.0, gt=0)
@@ -98,7 +98,7 @@ class AdmissionSettings(BaseModel):
 class TranscriberSettings(BaseModel):
     # "faster-whisper" (CTranslate2; the fast one on CPU) or "openai-whisper".
     backend: str = "faster-whisper"
-    # Whisper model spec (encoders.whisper_models); empty means "base".
+    # Whisper model spec (encoders.whisper.models); empty means "base".
     model: str = ""
     # "auto", "cpu", "cuda".
     device: str = "auto"
@@ -113,7 +113,7 @@ class TranscriberSettings(BaseModel):
     word_timestamps: bool = True
     # Words of overlap between consecutive chunks of a transcript, in CLIP tokens.
     chunk_overlap_tokens: int = 4
-    # Repetition and hallucination controls (encoders.whisper_controls; README "Audio"): drop a
+    # Repetition and hallucination controls (encoders.whisper.controls; README "Audio"): drop a
     # segment repeating the previous one and cut loops; skip likely-invented text between
     # silences longer than this (seconds; null turns it off); stop conditioning on the previous
     # text after a window that needed the temperature fallback.
@@ -209,7 +209,7 @@ class LoupeSettings(BaseSettings):
         return env_settings, init_settings
 
     @model_validator(mode="after")
-    def _absolute_data_dir(self) -> "LoupeSettings":
+    def _absolute_data_dir(self) -> LoupeSettings:
         # Ray workers do not share the caller's working directory.
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
         return self
@@ -227,7 +227,7 @@ class LoupeSettings(BaseSettings):
         return "bundled:tiny-vlm" if self.profile == "bundled" else "HuggingFaceTB/SmolVLM-256M-Instruct"
 
     def transcribe_options(self):
-        from encoders.transcribe import TranscribeOptions
+        from encoders.whisper.transcribe import TranscribeOptions
 
         t = self.transcriber
         return TranscribeOptions(beam_size=t.beam_size, vad_filter=t.vad_filter, word_timestamps=t.word_timestamps,

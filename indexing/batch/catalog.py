@@ -23,13 +23,14 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from encoders.audio import sniff_container
-from encoders.errors import InvalidInput
-from encoders.media import sniff_format
+from encoders.audio.decode import sniff_container
+from encoders.common.errors import InvalidInput
+from encoders.image.decode import sniff_format
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mka",
@@ -358,5 +359,5 @@ def _iso_date(value: Any) -> str:
     else:
         raise ValueError(f"expected an ISO 8601 date such as 2024-05-01, got {value!r}")
     if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
     return moment.isoformat(timespec="seconds") + "Z"

@@ -26,9 +26,9 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encoders.clip import ClipOptions
-from encoders.errors import InvalidInput
-from encoders.media import ImageLimits
+from encoders.clip.encoder import ClipOptions
+from encoders.common.errors import InvalidInput
+from encoders.image.decode import ImageLimits
 from indexing.batch import catalog, stages
 from indexing.batch.report import BatchSummary, ErrorReport, Progress
 from indexing.batch.writer import FAILED, CatalogWriter, StoreSpec
@@ -44,7 +44,7 @@ _PLAN_SCHEMA = pa.schema([("row", pa.int64()), ("uri", pa.string()), ("meta", pa
 @dataclass(frozen=True)
 class BatchOptions:
     collection: str = "default"
-    # CLIP model spec (encoders.sources), device and precision of the encode actors.
+    # CLIP model spec (encoders.clip.sources), device and precision of the encode actors.
     clip: ClipOptions = field(default_factory=ClipOptions)
     # Named vector to write. A name the collection does not have yet adds it next to the
     # serving one (re-embedding for a model change); see `new_vector`.
@@ -207,7 +207,7 @@ def _describe_model(options: BatchOptions) -> tuple[CollectionSchema, int | None
 def _model_facts(clip: ClipOptions) -> tuple[int, str, str, int | None, bytes]:
     import pickle
 
-    from encoders.clip import ClipEncoder
+    from encoders.clip.encoder import ClipEncoder
 
     encoder = ClipEncoder(replace(clip, threads=1)).load()
     preprocess = encoder.preprocessor()
@@ -281,7 +281,7 @@ def _dataset(plan_dir: str, options: BatchOptions, transform: tuple[int | None, 
 
     actors, threads, reserve = _encode_pool(options)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    common = dict(batch_format="pyarrow", num_cpus=options.task_cpus)
+    common = {"batch_format": "pyarrow", "num_cpus": options.task_cpus}
     max_bytes = max(options.image_limits.max_bytes, options.audio.limits.max_bytes if options.audio else 0)
     side, preprocess = transform
     decode = stages.DecodeOptions(preprocess=None if side else preprocess, limits=options.image_limits,

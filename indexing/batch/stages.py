@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from encoders.errors import InvalidInput, LoupeError
-from encoders.media import ImageLimits, decode_image
+from encoders.common.errors import InvalidInput, LoupeError
+from encoders.image.decode import ImageLimits, decode_image
 from indexing.batch.catalog import media_kind
 
 FAILED = "failed"
@@ -238,7 +238,7 @@ class Encode:
     _drift_checked = False
 
     def __init__(self, clip_options: Any) -> None:
-        from encoders.clip import ClipEncoder
+        from encoders.clip.encoder import ClipEncoder
 
         self.clip = ClipEncoder(clip_options).load()
 
@@ -273,12 +273,12 @@ class Encode:
 
 @dataclass(frozen=True)
 class AudioOptions:
-    # Whisper backend and model spec (encoders.transcribe, encoders.whisper_models).
+    # Whisper backend and model spec (encoders.whisper.transcribe, encoders.whisper.models).
     backend: str
     model: str
-    # encoders.transcribe.TranscribeOptions
+    # encoders.whisper.transcribe.TranscribeOptions
     transcribe: Any
-    # encoders.audio.AudioLimits
+    # encoders.audio.decode.AudioLimits
     limits: Any
     # Words of overlap between consecutive chunks, in CLIP tokens.
     chunk_overlap_tokens: int = 4
@@ -303,8 +303,8 @@ class Transcribe:
         import json
         import pickle
 
-        from encoders.audio import decode_audio
-        from encoders.chunking import embed_transcript, timed_texts
+        from encoders.audio.decode import decode_audio
+        from encoders.text.chunking import embed_transcript, timed_texts
         from indexing.recordings import recording_items
 
         try:
@@ -328,8 +328,8 @@ class Transcribe:
 
     def _load(self) -> None:
         if self.transcriber is None:
-            from encoders.clip import ClipEncoder
-            from encoders.transcribe import create_transcriber
+            from encoders.clip.encoder import ClipEncoder
+            from encoders.whisper.transcribe import create_transcriber
 
             self.clip = ClipEncoder(self.clip_options).load()
             self.transcriber = create_transcriber(self.audio.backend, self.audio.model,

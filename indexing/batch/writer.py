@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from encoders.errors import BatchInvalid, InvalidInput, LoupeError
-from encoders.keywords import keyword_vector
+from encoders.common.errors import BatchInvalid, InvalidInput, LoupeError
+from encoders.text.keywords import keyword_vector
 from indexing.ids import content_key
 from indexing.index import Index, NewItem
 from indexing.types import CollectionSchema, Modality
@@ -48,7 +48,7 @@ class StoreSpec:
         from indexing import open_store
 
         if self.qdrant_path:
-            from indexing.qdrant_server import QdrantStore
+            from indexing.store.qdrant import QdrantStore
 
             return QdrantStore(path=self.qdrant_path)
         return open_store(data_dir=self.data_dir, url=self.url, api_key=self.api_key)
@@ -128,7 +128,7 @@ class CatalogWriter:
         todo = self.index.count_missing_vector(self.collection, self.schema.vector_name)
         if not todo:
             return []
-        from encoders.clip import ClipEncoder
+        from encoders.clip.encoder import ClipEncoder
 
         clip, failures, after = ClipEncoder(clip_options).load(), [], None
         while True:
@@ -204,7 +204,7 @@ def _stored(row: dict[str, Any], created: bool) -> dict[str, Any]:
 
 def _refilled(payload: dict[str, Any], clip: Any, limits: Any) -> NewItem:
     """The stored item again, with a vector from `clip` and every stored field kept."""
-    from encoders.media import decode_image
+    from encoders.image.decode import decode_image
     from indexing.batch.stages import read_uri
 
     modality = Modality(payload["modality"])

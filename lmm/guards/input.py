@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from encoders.errors import InvalidInput
-from encoders.media import ImageLimits, decode_image
+from encoders.common.errors import InvalidInput
+from encoders.image.decode import ImageLimits, decode_image
 from lmm.guards.base import BaseGuard, OnFail
 from lmm.injection import THRESHOLD, neutralise, only_injection, removed_sentences
 from lmm.pii import Masker, describe
@@ -96,7 +96,7 @@ class ImageBytesGuard(BaseGuard):
 
 
 class ImageDecodeGuard(BaseGuard):
-    """Bytes must be an allowed image format whose header is within the pixel limits (encoders.media)."""
+    """Bytes must be an allowed image format whose header is within the pixel limits (encoders.image.decode)."""
 
     name, on_fail = "input.image_decode", OnFail.REJECT
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.client import LoupeClient
-from services.launch import ServiceProcess
+from services.cli.launch import ServiceProcess
+from services.client.sdk import LoupeClient
 
 LEGACY_COLLECTION = "legacy"
 # Small caps so the over-long and over-size audio cases stay cheap.

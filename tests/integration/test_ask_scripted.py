@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lmm.pii import asked_kinds
-from services.launch import ServiceProcess
+from services.cli.launch import ServiceProcess
 from tests.fixtures.scripted_vlm import CASES, INVENTED_CODE, OBEDIENT, ScriptedVlmServer, opposite_status
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def run_eval(scripted, behaviour: str, cases: list[dict]) -> dict:
     vlm.behaviour = behaviour
     path = root / f"{behaviour}.jsonl"
     path.write_text("".join(json.dumps(c) + "\n" for c in cases))
-    done = subprocess.run([sys.executable, "-m", "services.cli", "--target", proc.target, "--timeout", "300",
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", "--target", proc.target, "--timeout", "300",
                            "eval", "ask", str(path), "--json"], capture_output=True, text=True, timeout=900)
     assert done.returncode in (0, 1), done.stderr
     report = json.loads(done.stdout)
@@ -110,7 +110,7 @@ def test_misbehaving_drafts_never_get_out(scripted, behaviour):
 
 
 def test_a_question_about_a_call_cites_the_segment_and_its_time(scripted):
-    from services.client import LoupeClient, TextInput
+    from services.client.sdk import LoupeClient, TextInput
 
     vlm, proc, _ = scripted
     with LoupeClient(proc.target, timeout_s=300) as client:

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from protos.loupe.v1 import qa_pb2
-from services.client import ImageInput, LoupeCallError
+from services.client.sdk import ImageInput, LoupeCallError
 from tests.fixtures import bad_media
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ def test_too_many_images_and_bad_k(service):
 
 
 def test_cli_ask_prints_verdict_guards_and_timings(service, screens, capsys):
-    from services import cli
+    from services.cli import main as cli
 
     code = cli.main(["--target", service.target, "ask", str(SHOTS / "printer_e42_tray_empty.png"),
                      "What does E-42 mean?"])

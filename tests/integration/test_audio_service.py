@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from encoders.wer import wer as word_error_rate
-from services.client import LoupeCallError
+from encoders.common.metrics import wer as word_error_rate
+from services.client.sdk import LoupeCallError
 from tests.fixtures import bad_audio
 from tests.integration.conftest import AUDIO_MAX_BYTES, AUDIO_MAX_DURATION_S
 
@@ -71,7 +71,7 @@ def test_a_query_finds_the_moment_it_was_said(service, recordings, name):
     with service.client() as client:
         result = client.search_text(query, mode="hybrid", modalities=["audio_segment"], limit=3,
                                     collection=COLLECTION)
-        words = [part for part in client.transcribe((AUDIO / name).read_bytes(), word_timestamps=True)][1:-1]
+        words = list(client.transcribe((AUDIO / name).read_bytes(), word_timestamps=True))[1:-1]
     top = result.hits[0].item
     assert top.parent_id == recordings[name].id and top.sources == [name]
     timed = [(w.start_s, w.end_s, _norm(w.text)) for seg in words for w in seg.words]

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from protos.loupe.v1 import common_pb2, index_pb2, search_pb2
-from services.client import ImageInput, LoupeCallError, TextInput
+from services.client.sdk import ImageInput, LoupeCallError, TextInput
 from tests.fixtures import bad_media
 from tests.integration.conftest import LEGACY_COLLECTION
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexing.edge import EdgeStore
+from indexing.store.edge import EdgeStore
 from tests.fixtures.catalog import image_bytes, make_catalog, metadata, write_manifest
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def loupe_batch(source: Path, data_dir: Path, *extra: str, errors: Path | None =
                 summary: Path | None = None) -> subprocess.Popen:
     errors = errors or data_dir.parent / "errors.jsonl"
     summary = summary or data_dir.parent / "summary.json"
-    cmd = [sys.executable, "-m", "services.cli", "index", "--batch", str(source), "--bundled-models",
+    cmd = [sys.executable, "-m", "services.cli.main", "index", "--batch", str(source), "--bundled-models",
            "--data-dir", str(data_dir), "--errors", str(errors), "--summary-json", str(summary),
            "--progress-every", "1", "--ocr", "never", *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -232,7 +232,7 @@ def _other_model(tmp_path: Path) -> Path:
 
     from safetensors.numpy import load_file, save_file
 
-    src = Path(__file__).resolve().parents[2] / "encoders" / "bundled" / "tiny-clip"
+    src = Path(__file__).resolve().parents[2] / "encoders" / "clip" / "bundled" / "tiny-clip"
     dst = tmp_path / "tiny-clip-v2"
     shutil.copytree(src, dst)
     [weights] = dst.glob("*.safetensors")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from indexing.qdrant_server import QdrantStore
+from indexing.store.qdrant import QdrantStore
 from tests.fixtures.catalog import make_catalog, metadata
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_batch_on_a_cluster_into_qdrant_client(cluster, tmp_path):
     cat = make_catalog(tmp_path / "cat", N_IMAGES, size=48, kind="parquet")
     qdrant_dir = tmp_path / "qdrant"
     summary_path = tmp_path / "summary.json"
-    cmd = [sys.executable, "-m", "services.cli", "index", "--batch", str(cat.manifest), "--bundled-models",
+    cmd = [sys.executable, "-m", "services.cli.main", "index", "--batch", str(cat.manifest), "--bundled-models",
            "--address", cluster, "--qdrant-path", str(qdrant_dir), "--collection", "catalog", "--ocr", "never",
            "--errors", str(tmp_path / "errors.jsonl"), "--summary-json", str(summary_path),
            "--actors", "1"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from encoders.bundled.shapes import Scene, render
-from services import cli
+from encoders.clip.bundled.shapes import Scene, render
+from services.cli import main as cli
 from tests.fixtures import bad_media
 
 pytestmark = pytest.mark.slow

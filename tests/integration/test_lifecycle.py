@@ -16,11 +16,11 @@ import time
 import psutil
 import pytest
 
-from services.launch import ServiceProcess
+from services.cli.launch import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
-SERVE = [sys.executable, "-m", "services.cli", "serve"]
+SERVE = [sys.executable, "-m", "services.cli.main", "serve"]
 
 
 def _free_port() -> int:
@@ -89,7 +89,7 @@ def _index_replica() -> psutil.Process | None:
 
 
 def test_killed_index_replica_loses_no_acknowledged_write_and_sigterm_stops_everything(tmp_path):
-    from services.client import LoupeCallError, TextInput
+    from services.client.sdk import LoupeCallError, TextInput
 
     svc = ServiceProcess(["--bundled-models", "--data-dir", str(tmp_path / "data")], log_path=tmp_path / "serve.log")
     with svc:
@@ -136,13 +136,13 @@ def test_a_killed_loupe_serve_leaves_nothing_behind(tmp_path):
 
 
 def svc_client(svc: ServiceProcess):
-    from services.client import LoupeClient
+    from services.client.sdk import LoupeClient
 
     return LoupeClient(svc.target, timeout_s=120)
 
 
 def _exists(client, id: str) -> bool:
-    from services.client import LoupeCallError
+    from services.client.sdk import LoupeCallError
 
     try:
         client.get(id, collection="writes")

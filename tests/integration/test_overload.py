@@ -9,11 +9,11 @@ import grpc
 import pytest
 import yaml
 
-from encoders.bundled.shapes import make_pairs
+from encoders.clip.bundled.shapes import make_pairs
 from protos.loupe.v1 import index_pb2, index_pb2_grpc
-from services.client import ImageInput, LoupeCallError, LoupeClient, TextInput
-from services.launch import ServiceProcess
-from services.cli import DEFAULT_CONFIG
+from services.cli.launch import ServiceProcess
+from services.cli.main import DEFAULT_CONFIG
+from services.client.sdk import ImageInput, LoupeCallError, LoupeClient, TextInput
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,12 @@ import io
 import grpc
 import pytest
 
-from encoders.bundled.shapes import make_pairs
-from services.client import ImageInput, LoupeCallError, TextInput
+from encoders.clip.bundled.shapes import make_pairs
+from services.client.sdk import ImageInput, LoupeCallError, TextInput
 
 pytestmark = pytest.mark.slow
 
-HELD_OUT_SEED = 12345  # never used in training (see encoders/bundled/train_tiny_clip.py)
+HELD_OUT_SEED = 12345  # never used in training (see encoders/clip/bundled/train_tiny_clip.py)
 N = 200
 COLLECTION = "shapes"
 

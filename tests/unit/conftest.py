@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from indexing.edge import EdgeStore
 from indexing.index import Index
-from indexing.qdrant_server import QdrantStore
+from indexing.store.edge import EdgeStore
+from indexing.store.qdrant import QdrantStore
 
 BACKENDS = {
     "edge": lambda path: EdgeStore(str(path / "edge")),

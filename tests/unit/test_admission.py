@@ -9,10 +9,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from encoders.errors import Overloaded
-from services.admission import LANES, Admission
+from encoders.common.errors import Overloaded
 from services.config import AdmissionSettings
-from services.errors import to_status
+from services.rpc.errors import to_status
+from services.serve.admission import LANES, Admission
 
 
 def _run(coro):

@@ -7,12 +7,12 @@ import io
 
 import pytest
 
-from encoders.bundled.shapes import make_pairs
-from encoders.errors import BatchInvalid, InvalidInput, ModelMismatch, NotFound
+from encoders.clip.bundled.shapes import make_pairs
+from encoders.common.errors import BatchInvalid, InvalidInput, ModelMismatch, NotFound
 from protos.loupe.v1 import common_pb2, index_pb2, search_pb2
-from services.api import LoupeApi
 from services.config import load_settings
-from services.workers import EncoderWorker, IndexWorker, ThreadCalls
+from services.rpc.api import LoupeApi
+from services.serve.workers import EncoderWorker, IndexWorker, ThreadCalls
 from tests.fixtures import bad_media
 
 

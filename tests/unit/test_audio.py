@@ -1,4 +1,4 @@
-"""encoders.audio: every bad input is rejected with a reason a human can act on, every good
+"""encoders.audio.decode: every bad input is rejected with a reason a human can act on, every good
 one decodes to 16 kHz mono float32 of the right length, and the duration cap holds even when
 the header lies."""
 
@@ -16,15 +16,15 @@ import av
 import numpy as np
 import pytest
 
-from encoders import audio
-from encoders.audio import (
+from encoders.audio import decode as audio
+from encoders.audio.decode import (
     AudioLimits,
     DecodedAudio,
     decode_audio,
     probe_audio,
     sniff_container,
 )
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from tests.fixtures import bad_audio as ba
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"

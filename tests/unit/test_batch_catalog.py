@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from indexing.batch import catalog
 from tests.fixtures.catalog import image_bytes, make_catalog, metadata, write_manifest
 
@@ -36,7 +36,7 @@ def test_manifest_metadata_is_typed(tmp_path, kind):
     assert [r.uri for r in rows] == [str(p) for p in cat.images]  # relative to the manifest
     for i, r in enumerate(rows):
         assert not r.error
-        assert r.metadata == {k: v for k, v in metadata(i).items()}
+        assert r.metadata == dict(metadata(i).items())
     assert isinstance(rows[0].metadata["price"], float) and isinstance(rows[0].metadata["stock"], int)
     assert rows[0].metadata["in_stock"] is False and rows[1].metadata["in_stock"] is True
 

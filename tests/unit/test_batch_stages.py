@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.clip import ClipEncoder, ClipOptions
-from encoders.media import ImageLimits
+from encoders.clip.encoder import ClipEncoder, ClipOptions
+from encoders.image.decode import ImageLimits
 from indexing.batch import stages
 from tests.fixtures.catalog import image_bytes
 

@@ -63,7 +63,7 @@ def test_a_bad_item_fails_alone(spec):
 
 
 def test_another_model_is_refused_unless_a_new_vector_is_asked_for(spec):
-    from encoders.errors import ModelMismatch
+    from encoders.common.errors import ModelMismatch
 
     CatalogWriter(spec, "cat", SCHEMA).close()
     other = CollectionSchema(vector_name="clip", dim=4, model_id="test:other", model_version="v2")
@@ -100,8 +100,8 @@ def test_error_report_lines(tmp_path):
 def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
     """Old model's vector keeps serving; the run fills the new one (batch rows, then a
     catch-up from sources and stored text), then switches."""
-    from encoders.clip import ClipEncoder, ClipOptions
-    from encoders.media import ImageLimits
+    from encoders.clip.encoder import ClipEncoder, ClipOptions
+    from encoders.image.decode import ImageLimits
     from indexing.index import Index, NewItem
     from indexing.types import Modality
     from tests.fixtures.catalog import image_bytes
@@ -148,8 +148,8 @@ def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
 
 
 def test_catch_up_reports_items_it_cannot_refill(spec, tmp_path):
-    from encoders.clip import ClipEncoder, ClipOptions
-    from encoders.media import ImageLimits
+    from encoders.clip.encoder import ClipEncoder, ClipOptions
+    from encoders.image.decode import ImageLimits
     from tests.fixtures.catalog import image_bytes
 
     path = tmp_path / "gone.jpg"
@@ -172,7 +172,7 @@ def test_catch_up_reports_items_it_cannot_refill(spec, tmp_path):
 def test_encode_pool_defaults_and_refuses_settings_that_would_hang(monkeypatch):
     import ray
 
-    from encoders.errors import InvalidInput
+    from encoders.common.errors import InvalidInput
     from indexing.batch.pipeline import BatchOptions, _encode_pool
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})

@@ -1,6 +1,6 @@
 import pytest
 
-from encoders.chunking import Chunk, TimedText, TimedWord, chunk_transcript
+from encoders.text.chunking import Chunk, TimedText, TimedWord, chunk_transcript
 
 
 def one_token(_word: str) -> int:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import yaml
 
-from services import cli
-from services.launch import render_config
+from services.cli import main as cli
+from services.cli.launch import render_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_serve_config_leaves_out_deployments_the_settings_switch_off(monkeypatch
 
 
 def test_serve_refuses_a_bad_config_value_before_ray(monkeypatch, tmp_path, capsys):
-    from services.launch import serve
+    from services.cli.launch import serve
 
     monkeypatch.setenv("LOUPE_ADMISSION__MAX_WAIT_S", "-1")
     assert serve(config=str(ROOT / "ray_config.yaml"), bundled=True, data_dir=str(tmp_path), port=1) == 2
@@ -59,7 +59,7 @@ def test_serve_refuses_a_bad_config_value_before_ray(monkeypatch, tmp_path, caps
 def test_start_up_state_follows_serve_output(monkeypatch, tmp_path):
     import os
 
-    from services.launch import Supervisor, read_state, state_path
+    from services.cli.launch import Supervisor, read_state, state_path
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     sup = Supervisor(["true"], env={}, cwd=tmp_path, grpc_port=45678)
@@ -85,8 +85,8 @@ def test_status_of_a_starting_service_says_what_it_waits_for(monkeypatch, tmp_pa
     import os
     import time
 
-    from services.cli import main
-    from services.launch import state_path
+    from services.cli.launch import state_path
+    from services.cli.main import main
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     path = state_path(45679)
@@ -116,7 +116,7 @@ def test_batch_run_stops_on_sigterm_like_ctrl_c():
 
 
 def test_unwritable_state_folder_is_said_once_and_does_not_stop_serving(monkeypatch, tmp_path, capsys):
-    from services.launch import Supervisor, read_state
+    from services.cli.launch import Supervisor, read_state
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

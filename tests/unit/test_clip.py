@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.bundled.shapes import Scene, render
-from encoders.clip import ClipEncoder, ClipOptions, TextOverflow
-from encoders.errors import InvalidInput, ModelUnavailable
-from encoders.sources import resolve
+from encoders.clip.bundled.shapes import Scene, render
+from encoders.clip.encoder import ClipEncoder, ClipOptions, TextOverflow
+from encoders.clip.sources import resolve
+from encoders.common.errors import InvalidInput, ModelUnavailable
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden_tiny_clip.json"
 SCENE = Scene(shape="circle", colour="red", background="blue")

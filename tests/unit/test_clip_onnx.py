@@ -10,10 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from encoders.bundled.shapes import render, sample_scenes
-from encoders.clip import ClipEncoder, ClipOptions
-from encoders.clip_onnx import DriftReport, drift_report, gate_file, probe_set
-from encoders.errors import InvalidInput, ModelUnavailable
+from encoders.clip.bundled.shapes import render, sample_scenes
+from encoders.clip.encoder import ClipEncoder, ClipOptions
+from encoders.clip.runtimes import DriftReport, drift_report, gate_file, probe_set
+from encoders.common.errors import InvalidInput, ModelUnavailable
 
 MODEL = "bundled:tiny-clip"
 
@@ -81,7 +81,7 @@ def test_other_weights_get_their_own_export(tmp_path, onnx_enc):
 
     from safetensors.torch import load_file, save_file
 
-    from encoders.sources import BUNDLED_MODELS
+    from encoders.clip.sources import BUNDLED_MODELS
 
     src = BUNDLED_MODELS["tiny-clip"]
     shutil.copytree(src, tmp_path / "model")
@@ -159,7 +159,7 @@ def test_probe_set_is_fixed():
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
-    from encoders.clip_onnx import cache_root
+    from encoders.clip.runtimes import cache_root
 
     monkeypatch.setenv("LOUPE_ONNX_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"

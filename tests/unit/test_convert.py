@@ -1,12 +1,12 @@
 import pytest
 from google.protobuf import struct_pb2
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from indexing.types import Condition, Modality, Range
 from protos.loupe.v1 import common_pb2
-from services import convert
-from services.client import build_filter
+from services.client.sdk import build_filter
 from services.config import RequestLimits
+from services.rpc import convert
 
 
 def test_where_dict_round_trips_to_conditions():

@@ -1,9 +1,16 @@
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from encoders.errors import (BatchInvalid, InvalidInput, ModelMismatch, ModelUnavailable, NotFound, Overloaded,
-                             StoreUnavailable)
-from services.errors import to_status
+from encoders.common.errors import (
+    BatchInvalid,
+    InvalidInput,
+    ModelMismatch,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    StoreUnavailable,
+)
+from services.rpc.errors import to_status
 
 
 def _details(status):

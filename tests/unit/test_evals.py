@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from lmm.evals import AskCase, AskOutcome, format_table, load_cases, normalise, run_ask_eval
 
 

@@ -7,14 +7,35 @@ import io
 import pytest
 from PIL import Image
 
-from encoders.media import ImageLimits
+from encoders.image.decode import ImageLimits
 from lmm.guards import BaseGuard, GuardChain, OnFail
 from lmm.guards.grounding import Fact, extract_facts, ungrounded
-from lmm.guards.input import (ContextState, ImageBytesGuard, ImageCountGuard, ImageDecodeGuard, ImagePixelsGuard,
-                              OcrInjectionGuard, OcrPiiGuard, QuestionInjectionGuard, QuestionLengthGuard,
-                              QuestionPiiGuard, RequestState, TopicGuard, Upload)
-from lmm.guards.output import (BlockedWordsGuard, CitationGuard, CitationRequiredGuard, DraftState, GroundingGuard,
-                               LengthGuard, OutputPiiGuard, WellFormedGuard, is_abstention)
+from lmm.guards.input import (
+    ContextState,
+    ImageBytesGuard,
+    ImageCountGuard,
+    ImageDecodeGuard,
+    ImagePixelsGuard,
+    OcrInjectionGuard,
+    OcrPiiGuard,
+    QuestionInjectionGuard,
+    QuestionLengthGuard,
+    QuestionPiiGuard,
+    RequestState,
+    TopicGuard,
+    Upload,
+)
+from lmm.guards.output import (
+    BlockedWordsGuard,
+    CitationGuard,
+    CitationRequiredGuard,
+    DraftState,
+    GroundingGuard,
+    LengthGuard,
+    OutputPiiGuard,
+    WellFormedGuard,
+    is_abstention,
+)
 from lmm.injection import REMOVED, detect_injection, neutralise, only_injection
 from lmm.pii import Masker
 from lmm.types import ContextImage, GuardResult

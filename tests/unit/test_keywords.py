@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from encoders.keywords import AVG_DOC_LEN, K1, B, SparseVector, keyword_vector, query_vector, term_index, terms
+from encoders.text.keywords import AVG_DOC_LEN, K1, B, SparseVector, keyword_vector, query_vector, term_index, terms
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_indices_are_stable_blake2b():
     assert term_index("error") == int.from_bytes(hashlib.blake2b(b"error", digest_size=4).digest(), "big")
     # Not Python's hash(): the same in another process with another hash seed.
     out = subprocess.run(
-        [sys.executable, "-c", "from encoders.keywords import term_index; print(term_index('error'))"],
+        [sys.executable, "-c", "from encoders.text.keywords import term_index; print(term_index('error'))"],
         capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )

@@ -1,4 +1,4 @@
-"""encoders.media: every bad input is rejected with a reason a human can act on, every
+"""encoders.image.decode: every bad input is rejected with a reason a human can act on, every
 good one decodes to the RGB image a viewer would show."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image, ImageFile
 
-from encoders import media
-from encoders.errors import InvalidInput
-from encoders.media import DecodedImage, ImageLimits, decode_image, sniff_format
+from encoders.common.errors import InvalidInput
+from encoders.image import decode as media
+from encoders.image.decode import DecodedImage, ImageLimits, decode_image, sniff_format
 from tests.fixtures import bad_media as bm
 
 ALLOWED = "JPEG, PNG, WEBP, GIF, BMP, TIFF"

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from encoders import ocr
-from encoders.errors import InvalidInput, ModelUnavailable
+from encoders.common.errors import InvalidInput, ModelUnavailable
+from encoders.common.metrics import cer
 from encoders.ocr import (
     OcrLine,
     OcrOptions,
@@ -37,17 +38,6 @@ MAX_CER_MEAN = 0.025
 
 needs_default = pytest.mark.skipif(ocr.DEFAULT_ENGINE not in ocr.available_engines(),
                                    reason=ocr.ENGINES[ocr.DEFAULT_ENGINE].install)
-
-
-def cer(reference: str, hypothesis: str) -> float:
-    ref, hyp = " ".join(reference.split()), " ".join(hypothesis.split())
-    previous = list(range(len(hyp) + 1))
-    for i, a in enumerate(ref, 1):
-        current = [i]
-        for j, b in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
-        previous = current
-    return previous[-1] / max(1, len(ref))
 
 
 def shot(name: str) -> Image.Image:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 from PIL import Image
 
-from encoders.errors import InvalidInput
+from encoders.common.errors import InvalidInput
 from lmm.injection import REMOVED
 from lmm.pipeline import STEPS, AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage, Draft, Prompt, Verdict

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from encoders.bundled.shapes import COLOURS, SHAPES, Scene, all_scenes, make_pairs, render, sample_scenes
+from encoders.clip.bundled.shapes import COLOURS, SHAPES, Scene, all_scenes, make_pairs, render, sample_scenes
 
 
 def _pixels(pairs):

@@ -12,12 +12,12 @@ import pytest
 import qdrant_edge as qe
 from qdrant_client import models
 
-from encoders.errors import ModelMismatch, NotFound, StoreUnavailable
-from encoders.keywords import keyword_vector, query_vector
+from encoders.common.errors import ModelMismatch, NotFound, StoreUnavailable
+from encoders.text.keywords import keyword_vector, query_vector
 from indexing import open_store
-from indexing.edge import EdgeStore
 from indexing.index import Index, NewItem
-from indexing.qdrant_server import QdrantStore
+from indexing.store.edge import EdgeStore
+from indexing.store.qdrant import QdrantStore
 from indexing.types import INDEXED_KEYWORD_FIELDS, CollectionSchema, KeywordsUnavailable, Modality
 
 SCHEMA = CollectionSchema(vector_name="clip", dim=4, model_id="m", model_version="1")
@@ -73,7 +73,7 @@ def test_edge_survives_a_crash_without_close(tmp_path):
         sys.path.insert(0, {sys.path[0]!r})
         sys.path.insert(0, os.getcwd())
         import numpy as np
-        from indexing.edge import EdgeStore
+        from indexing.store.edge import EdgeStore
         from indexing.index import Index, NewItem
         from indexing.types import CollectionSchema, Modality
         index = Index(EdgeStore({str(tmp_path)!r}))

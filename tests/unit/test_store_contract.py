@@ -10,12 +10,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from encoders.errors import InvalidInput, ModelMismatch, NotFound
-from encoders.keywords import SparseVector, keyword_vector, query_vector
+from encoders.common.errors import InvalidInput, ModelMismatch, NotFound
+from encoders.text.keywords import SparseVector, keyword_vector, query_vector
 from indexing.ids import content_key, point_id
 from indexing.index import Index, NewItem
-from tests.unit.conftest import BACKENDS, Clock
 from indexing.types import CollectionSchema, Condition, KeywordsUnavailable, Modality, Range
+from tests.unit.conftest import BACKENDS, Clock
 
 DIM = 8
 SCHEMA = CollectionSchema(vector_name="clip", dim=DIM, model_id="bundled:tiny-clip", model_version="v1")
@@ -44,7 +44,7 @@ def item(num: int, vector: np.ndarray, /, *, public_id=None, modality=Modality.I
         vector=vector,
         source=source,
         metadata=meta,
-        text="text %d" % num if modality is Modality.TEXT else None,
+        text=f"text {num}" if modality is Modality.TEXT else None,
         width=640 if modality is Modality.IMAGE else None,
         height=480 if modality is Modality.IMAGE else None,
     )

@@ -12,12 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders import whisper_models
-from encoders.errors import InvalidInput, ModelUnavailable
-from encoders.transcribe import (BACKENDS, Segment, TranscribeOptions, TranscriptInfo, check_samples,
-                                 create_transcriber, list_backends)
-from encoders.wer import normalize, wer
-from encoders.whisper_models import PACKAGED, list_models, reassemble, resolve
+from encoders.common.errors import InvalidInput, ModelUnavailable
+from encoders.common.metrics import normalize, wer
+from encoders.whisper import models as whisper_models
+from encoders.whisper.models import PACKAGED, list_models, reassemble, resolve
+from encoders.whisper.transcribe import (
+    BACKENDS,
+    Segment,
+    TranscribeOptions,
+    TranscriptInfo,
+    check_samples,
+    create_transcriber,
+    list_backends,
+)
 
 pytest.importorskip("faster_whisper", reason="pip install faster-whisper")
 
@@ -50,7 +57,7 @@ def _packaged_or_skip(name: str) -> None:
 
 
 def _samples(name: str) -> np.ndarray:
-    from encoders.audio import decode_audio
+    from encoders.audio.decode import decode_audio
 
     return decode_audio((AUDIO / name).read_bytes()).samples
 
@@ -72,7 +79,7 @@ def pink_noise(n: int, rms: float, seed: int = 3) -> np.ndarray:
 def assert_controlled(transcriber, samples: np.ndarray, reference: str, speech_end_s: float, max_wer: float):
     """What the product promises on hard audio: the same transcript twice in a row, no segment
     repeating the one before, no text after the speech ends, and a WER bound."""
-    from encoders.whisper_controls import is_repeat
+    from encoders.whisper.controls import is_repeat
 
     first_info, first = transcriber.transcribe(samples)
     first = list(first)

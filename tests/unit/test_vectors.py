@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from encoders.errors import InvalidInput, ModelMismatch, NotFound, VectorStateConflict
-from encoders.keywords import keyword_vector, query_vector
+from encoders.common.errors import InvalidInput, ModelMismatch, NotFound, VectorStateConflict
+from encoders.text.keywords import keyword_vector, query_vector
 from indexing.ids import point_id
 from indexing.index import Index, NewItem
 from indexing.types import CollectionSchema, Condition, Modality, VectorSpec
-from services.errors import to_status
+from services.rpc.errors import to_status
 
 COLL = "shots"
 OLD = CollectionSchema(vector_name="clip", dim=8, model_id="old-model", model_version="v1")
@@ -302,9 +302,9 @@ def test_bad_vector_names_and_conflicting_models_are_refused(index: Index):
 
 def test_a_service_on_the_new_model_uses_its_own_vector(tmp_path):
     from protos.loupe.v1 import index_pb2, search_pb2
-    from services.api import LoupeApi
     from services.config import load_settings
-    from services.workers import EncoderWorker, IndexWorker, ThreadCalls
+    from services.rpc.api import LoupeApi
+    from services.serve.workers import EncoderWorker, IndexWorker, ThreadCalls
 
     settings = load_settings(
         {"profile": "bundled", "data_dir": str(tmp_path), "optimize_after_points": 0, "ocr": {"mode": "never"}}

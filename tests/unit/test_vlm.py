@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image, ImageDraw
 
-from encoders.errors import InvalidInput, ModelUnavailable, Overloaded
+from encoders.common.errors import InvalidInput, ModelUnavailable, Overloaded
 from lmm.models import VlmOptions, create_vlm, list_backends
 from lmm.prompts import list_prompts, load_prompt, render
 from lmm.types import ContextImage, Draft

@@ -8,9 +8,18 @@ from collections import namedtuple
 
 import numpy as np
 
-from encoders.transcribe import Segment, Transcriber, TranscriptInfo, Word
-from encoders.whisper_controls import (TranscriptControls, best_decode, controlled, cut_loops, fails_checks,
-                                       is_repeat, loop_start, restart_at, words_of)
+from encoders.whisper.controls import (
+    TranscriptControls,
+    best_decode,
+    controlled,
+    cut_loops,
+    fails_checks,
+    is_repeat,
+    loop_start,
+    restart_at,
+    words_of,
+)
+from encoders.whisper.transcribe import Segment, Transcriber, TranscriptInfo, Word
 
 
 def seg(text: str, start: float = 0.0, end: float = 1.0, timed: bool = False) -> Segment:
@@ -71,7 +80,7 @@ def test_controlled_drops_repeats_and_counts():
 
 
 def test_whisper_retry_rule():
-    rule = dict(compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6)
+    rule = {"compression_ratio_threshold": 2.4, "logprob_threshold": -1.0, "no_speech_threshold": 0.6}
     assert not fails_checks(1.5, -0.3, 0.01, **rule)
     assert fails_checks(3.1, -0.3, 0.01, **rule)  # repetitive
     assert fails_checks(1.5, -1.4, 0.01, **rule)  # improbable
@@ -104,7 +113,7 @@ class ScriptedTranscriber(Transcriber):
 
 
 def test_every_backend_stream_is_controlled():
-    from encoders.transcribe import TranscribeOptions
+    from encoders.whisper.transcribe import TranscribeOptions
 
     transcriber = ScriptedTranscriber("tiny.en")
     info, segments = transcriber.transcribe(np.zeros(16000, np.float32))

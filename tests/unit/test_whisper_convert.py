@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.errors import ModelUnavailable
-from encoders.wer import wer
-from encoders.whisper_convert import convert, dequantize, infer_dims, read_model_bin
+from encoders.common.errors import ModelUnavailable
+from encoders.common.metrics import wer
+from encoders.whisper.convert import convert, dequantize, infer_dims, read_model_bin
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="pip install faster-whisper (brings ctranslate2)")
 torch = pytest.importorskip("torch")
@@ -181,7 +181,7 @@ def test_bad_inputs_fail_with_reasons(tmp_path):
 
 
 def test_cli_reports_errors(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "encoders.whisper_convert", str(tmp_path), str(tmp_path / "o.pt")],
+    done = subprocess.run([sys.executable, "-m", "encoders.whisper.convert", str(tmp_path), str(tmp_path / "o.pt")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and "no model.bin" in done.stderr
 
@@ -196,15 +196,15 @@ def test_packaged_weights_convert_and_transcribe(tmp_path, model):
     """The real weights through the CLI, loaded by whisper.load_model, on a fixture clip."""
     import whisper
 
-    from encoders.audio import decode_audio
-    from encoders.whisper_models import fetch, resolve
+    from encoders.audio.decode import decode_audio
+    from encoders.whisper.models import fetch, resolve
 
     try:
         folder = fetch(resolve(model), cache_dir=str(tmp_path / "cache"))
     except ModelUnavailable as exc:
         pytest.skip(exc.reason)
     out = tmp_path / f"{model}.pt"
-    done = subprocess.run([sys.executable, "-m", "encoders.whisper_convert", str(folder), str(out)],
+    done = subprocess.run([sys.executable, "-m", "encoders.whisper.convert", str(folder), str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     torch.set_num_threads(2)

@@ -1,0 +1,62 @@
+"""Domain errors shared by every layer.
+
+They live in `encoders` because it is the bottom of the import graph (`indexing` and
+`services` may import it; it imports neither). `services.rpc.errors` maps each class to a gRPC
+status code in one table; nothing else decides status codes.
+"""
+
+from __future__ import annotations
+
+
+class LoupeError(Exception):
+    """Base for errors a client may see. `reason` is a sentence a human can act on."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        # The request field at fault (e.g. "items[3].data", "filter.must[0].field"), if any.
+        self.field = field
+
+
+class InvalidInput(LoupeError):
+    """The request itself is wrong: bad bytes, a bad filter, a limit out of range."""
+
+
+class BatchInvalid(InvalidInput):
+    """Several items of one request are invalid; nothing from the request was stored."""
+
+    def __init__(self, problems: list[InvalidInput]) -> None:
+        first = problems[0]
+        summary = f"{len(problems)} item(s) rejected, nothing stored; first: {first.field}: {first.reason}"
+        super().__init__(summary, field=first.field)
+        self.problems = problems
+
+
+class NotFound(LoupeError):
+    """An id or collection that does not exist."""
+
+
+class ModelMismatch(LoupeError):
+    """A collection was built by a different model than the one serving the request."""
+
+
+class VectorStateConflict(LoupeError):
+    """An operation on a collection's vectors that their state does not allow yet: switching
+    to, or marking complete, a vector some points still lack; dropping the active vector;
+    adding a second vector for a model that has one. The reason says what to do first."""
+
+
+class ModelUnavailable(LoupeError):
+    """Model weights cannot be found or loaded. The reason lists the ways to supply them."""
+
+
+class Overloaded(LoupeError):
+    """Too much work in flight; the client should retry after `retry_after_s`."""
+
+    def __init__(self, reason: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(LoupeError):
+    """The vector store (embedded shard or Qdrant server) cannot be reached or opened."""

@@ -1,0 +1,43 @@
+"""Load once, on first use or on `load()`, from any thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Self
+
+
+class LazyModel:
+    """A model whose weights load the first time they are needed.
+
+    Subclasses implement `_load()` (it sets what the model needs on `self`) and `model_id`
+    (the identity stored with every result). Concurrent first callers wait for one load; a
+    load that raises leaves the model unloaded, so the next call tries again.
+    """
+
+    def __init__(self) -> None:
+        self._load_lock = threading.Lock()
+        self._loaded = False
+
+    @property
+    def model_id(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> Self:
+        if not self._loaded:
+            with self._load_lock:
+                if not self._loaded:
+                    self._load()
+                    self._loaded = True
+        return self
+
+    def _unload(self) -> None:
+        """Forget the loaded state (the subclass drops its own references first)."""
+        with self._load_lock:
+            self._loaded = False
+
+    def _load(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,384 @@
+"""`loupe serve`: run `serve run` on ray_config.yaml with the CLI's overrides applied."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from services.config import RequestLimits
+
+
+def render_config(config: str | Path, *, bundled: bool = False, data_dir: str | None = None, port: int | None = None,
+                  qdrant_url: str | None = None, model: str | None = None, http_port: int | None = None) -> dict:
+    """The Serve config with the CLI's choices written into the app args."""
+    cfg = yaml.safe_load(Path(config).read_text())
+    app = cfg["applications"][0]
+    app_args = app.setdefault("args", {})
+    if bundled:
+        app_args["profile"] = "bundled"
+    if data_dir:
+        app_args["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    elif "data_dir" in app_args:
+        app_args["data_dir"] = str(Path(app_args["data_dir"]).expanduser().resolve())
+    if qdrant_url:
+        app_args["qdrant_url"] = qdrant_url
+    if model:
+        app_args.setdefault("encoder", {})["model"] = model
+    if port is not None:
+        cfg.setdefault("grpc_options", {})["port"] = port
+    if http_port is not None:
+        cfg.setdefault("http_options", {})["port"] = http_port
+    # Serve refuses an app whose config names a deployment it does not build: drop the ones
+    # the settings (LOUPE_* environment included, as the app will see it) switch off.
+    from services.config import load_settings
+
+    settings = load_settings(app_args)
+    off = {name for name, on in (("Transcriber", settings.audio), ("Answerer", settings.ask.enabled)) if not on}
+    if off and app.get("deployments"):
+        app["deployments"] = [d for d in app["deployments"] if d.get("name") not in off]
+    return cfg
+
+
+def serve_env(cfg: dict) -> dict[str, str]:
+    env = dict(os.environ)
+    # The gRPC proxy accepts 2 GiB by default; cap it at the config's request limit, so an
+    # over-size request fails with RESOURCE_EXHAUSTED before it is read into memory.
+    limits = cfg["applications"][0].get("args", {}).get("limits", {})
+    max_bytes = limits.get("max_request_bytes", RequestLimits().max_request_bytes)
+    env.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(max_bytes))
+    env.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(256 * 1024 * 1024))
+    # Usage stats would try to reach the internet.
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Replicas run their (async, non-blocking) methods and their handles' routers on the
+    # replica's own event loop instead of one more thread each: measured 2-5 ms less per call
+    # (benchmarks/bench_load.py). Blocking work goes to threads in the deployments.
+    env.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
+    env.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
+    return env
+
+
+# How long `loupe serve` waits for Serve to drain and stop after a signal before killing it.
+STOP_TIMEOUT_S = 30.0
+# Errors in the service's output that a restart will not cure: stop at once and say why.
+_FATAL = re.compile(r"(?:encoders\.errors\.|indexing\.\w+\.)?(ModelUnavailable|StoreUnavailable|InvalidInput|"
+                    r"ValidationError|ModelMismatch): (?P<reason>.+)"
+                    r"|ValueError: (?P<config>Deployment '[^']+' does not exist.*)")
+
+
+def port_in_use(port: int) -> str | None:
+    """Why `port` cannot be ours: something answers on it, or it cannot be bound exclusively.
+
+    Ray's gRPC proxy sets SO_REUSEPORT, so a second service would start on a served port and
+    the kernel would spread calls between the two: check before starting, without it."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            return f"port {port} is already served on this machine"
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return f"port {port} cannot be bound ({exc.strerror})"
+    return None
+
+
+def serve(config: str, ray_address: str | None = None, dashboard: bool = False, **overrides) -> int:
+    """Run `serve run` under supervision: refuse a served port, stop within seconds on a start-up
+    error a restart will not cure, and stop everything started on SIGTERM, SIGINT or SIGHUP."""
+    from pydantic import ValidationError
+
+    try:
+        cfg = render_config(config, **overrides)
+    except (ValidationError, ValueError, OSError) as exc:  # a bad config never reaches Ray
+        print(f"loupe: cannot start: the config {config} is not valid: {exc}", file=sys.stderr, flush=True)
+        return 2
+    ports = {"gRPC": cfg.get("grpc_options", {}).get("port", 9000), "HTTP": cfg.get("http_options", {}).get("port", 8000)}
+    for name, port in ports.items():
+        why = port_in_use(int(port))
+        if why:
+            print(f"loupe: cannot start: {why} ({name}). Another Loupe service (or another program) owns it: "
+                  f"stop it, or choose another port with --port / --http-port.", file=sys.stderr, flush=True)
+            return 2
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    # "local" starts a private Ray instance; give an address to deploy onto a running cluster.
+    cmd = [sys.executable, "-m", "services.serve.driver", *(["--dashboard"] if dashboard else []),
+           ray_address or "local", fh.name]
+    app_args = cfg["applications"][0]["args"]
+    print(f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
+          f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
+          f"firewall or the TLS proxy in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
+          f"{ports['HTTP']}", file=sys.stderr, flush=True)
+    # Serve's working dir must let replicas import this project's packages.
+    cwd = Path(__file__).resolve().parents[2]
+    try:
+        return Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=int(ports["gRPC"])).run()
+    finally:
+        os.unlink(fh.name)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when `loupe serve` dies, however it dies (Linux prctl PDEATHSIG).
+    Ray's daemons share the fate of the `serve run` driver that started them. SIGINT is
+    the child's stop signal."""
+    import ctypes
+    import signal as _signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    # A shell starts background jobs (`loupe serve &`, nohup) with SIGINT ignored, and the
+    # child would inherit that: restore it, so the SIGINT that asks Serve to drain works.
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+
+
+def state_path(port: int) -> Path:
+    """Where `loupe serve` on `port` says what it is doing, for `loupe status` on this machine."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"loupe-{os.getuid()}"
+    return base / f"serve-{port}.json"
+
+
+def read_state(port: int) -> dict | None:
+    """The state of a `loupe serve` on `port` that is still alive, or None."""
+    import json
+
+    try:
+        state = json.loads(state_path(port).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+# Start-up milestones in Serve's output: what the service waits for next.
+_ADDING = re.compile(r"Adding \d+ replicas? to Deployment\(name='(?P<name>\w+)'")
+_REPLICA = re.compile(r"\(ServeReplica:\w+:(?P<name>\w+) pid=\d+\).*(?P<what>Started|Finished) initializing replica")
+
+
+class Supervisor:
+    """`serve run` in its own process group, its output relayed line by line."""
+
+    def __init__(self, cmd: list[str], *, env: dict[str, str], cwd: Path, grpc_port: int) -> None:
+        self.cmd, self.env, self.cwd, self.grpc_port = cmd, env, cwd, grpc_port
+        self.proc: subprocess.Popen | None = None
+        self.stopping: int | None = None  # the signal that asked us to stop
+        self.fatal: str | None = None  # a start-up error a restart will not cure
+        self.ready = False  # SERVING once; errors in the output after that are calls', not start-up's
+        self._started_at = time.time()
+        # Deployment -> what it is doing ("waiting for a replica", "loading models").
+        self._waiting: dict[str, str] = {"Ray": "starting"}
+        self._state_warned = False
+
+    def _write_state(self, phase: str) -> None:
+        import json
+
+        path = state_path(self.grpc_port)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "port": self.grpc_port, "phase": phase,
+                                       "started_at": self._started_at, "waiting_for": self._waiting}))
+            os.replace(tmp, path)
+        except OSError as exc:  # serving goes on; only `loupe status` loses the start-up detail
+            if not self._state_warned:
+                self._state_warned = True
+                print(f"loupe: cannot record start-up state at {path} ({exc.strerror or exc}); `loupe status` "
+                      "will not say what a starting service waits for (set XDG_RUNTIME_DIR to a writable folder)",
+                      file=sys.stderr, flush=True)
+
+    def _track(self, line: str) -> None:
+        """Follow start-up from Serve's log lines."""
+        if "Started Serve in namespace" in line:
+            self._waiting.pop("Ray", None)
+            self._waiting["application"] = "building"
+        elif "Imported and built app" in line:
+            self._waiting.pop("application", None)
+        elif m := _ADDING.search(line):
+            self._waiting[m.group("name")] = "waiting for a replica to start"
+        elif m := _REPLICA.search(line):
+            if m.group("what") == "Started":
+                self._waiting[m.group("name")] = "loading (models, store)"
+            else:
+                self._waiting.pop(m.group("name"), None)
+        else:
+            return
+        self._write_state("starting")
+
+    def run(self) -> int:
+        import signal
+        import threading
+
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self._write_state("starting")
+        relay = threading.Thread(target=self._relay, name="loupe-serve-output", daemon=True)
+        relay.start()
+        threading.Thread(target=self._watch_ready, name="loupe-serve-ready", daemon=True).start()
+        while self.proc.poll() is None:
+            if self.stopping is not None or self.fatal is not None:
+                # Nothing to drain when start-up failed: a short grace, then kill.
+                self.stop(STOP_TIMEOUT_S if self.fatal is None else 5.0)
+                break
+            relay.join(0.2)
+        relay.join(2)
+        try:
+            state_path(self.grpc_port).unlink()
+        except OSError:
+            pass
+        if self.fatal is not None:
+            print(f"loupe: cannot start: {self.fatal}", file=sys.stderr, flush=True)
+            return 2
+        if self.stopping is not None:
+            return 0
+        return self.proc.returncode
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = signum
+        self._write_state("stopping")
+
+    def _relay(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            if not self.ready:
+                self._track(line)
+            m = None if self.ready else _FATAL.search(line)
+            if m and self.fatal is None and self.stopping is None:
+                self.fatal = (m.group("reason") or m.group("config")).strip()
+        sys.stderr.flush()
+
+    def _watch_ready(self) -> None:
+
+        from services.client.sdk import LoupeCallError, LoupeClient
+
+        with LoupeClient(f"127.0.0.1:{self.grpc_port}", api_key=os.environ.get("LOUPE_API_KEY"), timeout_s=5) as c:
+            while self.proc is not None and self.proc.poll() is None and self.stopping is None and not self.fatal:
+                try:
+                    if c.health() == "SERVING":
+                        self.ready = True
+                        self._waiting = {}
+                        self._write_state("serving")
+                        print(f"loupe: serving: grpc://127.0.0.1:{self.grpc_port}", file=sys.stderr, flush=True)
+                        return
+                except LoupeCallError:
+                    pass
+                time.sleep(1)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        assert self.proc is not None
+        stop_group(self.proc, timeout_s)
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Stop a child that leads its own process group: SIGINT to the group (Serve drains and
+    shuts its Ray down), SIGKILL after `timeout_s`, then any process it started that is left.
+    Never `ray stop`: that stops every Ray on the machine, other services included."""
+    import signal
+
+    import psutil
+
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    for child in started:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+class ServiceProcess:
+    """`loupe serve` in a child process, for tests and benchmarks: start, wait for SERVING, stop.
+
+        with ServiceProcess(["--bundled-models", "--data-dir", d]) as svc:
+            LoupeClient(svc.target)...
+    """
+
+    def __init__(self, serve_args: list[str], *, log_path: Path, start_timeout_s: float = 420,
+                 env: dict[str, str] | None = None) -> None:
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.start_timeout_s = start_timeout_s
+        self.cmd = [sys.executable, "-m", "services.cli.main", "serve", *serve_args, "--port", str(self.port),
+                    "--http-port", str(free_port())]
+        self.proc: subprocess.Popen | None = None
+        self.env = env or {}
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), **self.env)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        try:
+            self._wait_serving()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_serving(self) -> None:
+        import time
+
+        from services.client.sdk import LoupeCallError, LoupeClient
+
+        deadline = time.monotonic() + self.start_timeout_s
+        with LoupeClient(self.target, timeout_s=10) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"loupe serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.health() == "SERVING":
+                        return
+                except LoupeCallError:
+                    pass
+                time.sleep(2)
+        raise RuntimeError(f"loupe serve not SERVING after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        stop_group(self.proc, 90)  # `loupe serve` stops its own `serve run` and Ray on SIGINT

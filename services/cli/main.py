@@ -1,0 +1,383 @@
+"""`loupe`: run the service and talk to it.
+
+    loupe serve [--bundled-models]          start Ray Serve with ray_config.yaml
+    loupe index PATH... [--texts FILE]      index image and audio files/folders (and texts)
+    loupe index --batch SOURCE              catalog pipeline (Ray Data) straight into the store
+    loupe transcribe FILE                   print a timestamped transcript
+    loupe ask [FILE...] "question"          ask about screenshots and/or indexed images
+    loupe search TEXT | --image FILE        search, print a table
+    loupe delete ID... | --where k=v        delete items
+    loupe status                            health, model, collections
+    loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from encoders.common.errors import InvalidInput
+from indexing.batch.catalog import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+from services.client.sdk import LoupeCallError, LoupeClient
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "ray_config.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from services.cli.launch import serve
+
+        return serve(config=args.config, ray_address=args.ray_address, dashboard=args.dashboard,
+                     bundled=args.bundled_models, data_dir=args.data_dir, port=args.port, qdrant_url=args.qdrant_url,
+                     model=args.model, http_port=args.http_port)
+    if args.command == "index" and args.batch:
+        from services.cli import batch as batch_cli
+
+        return batch_cli.run(args)
+    try:
+        with LoupeClient(args.target, api_key=args.api_key, timeout_s=args.timeout) as client:
+            return COMMANDS[args.command](client, args)
+    except LoupeCallError as exc:
+        print(f"error: {exc.code.name}: {exc.reason}", file=sys.stderr)
+        for fld, why in exc.violations:
+            print(f"  {fld}: {why}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loupe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default=os.environ.get("LOUPE_TARGET", "localhost:9000"), help="gRPC address")
+    p.add_argument("--api-key", default=os.environ.get("LOUPE_API_KEY"), help="sent as 'authorization: Bearer'")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the service (Ray Serve, gRPC on port 9000)")
+    s.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config (default: the repo's ray_config.yaml)")
+    s.add_argument("--bundled-models", action="store_true", help="run on the small models shipped with Loupe")
+    s.add_argument("--data-dir", default=os.environ.get("LOUPE_DATA_DIR", "./loupe-data"))
+    s.add_argument("--port", type=int, default=None, help="gRPC port (default: from the config)")
+    s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
+    s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
+    s.add_argument("--model", default=None, help="CLIP model spec (see README)")
+    s.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (about 1 GB more memory)")
+    s.add_argument("--ray-address", default=None,
+                   help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray")
+
+    i = sub.add_parser("index", help="index image and audio files or folders (recursively)")
+    i.add_argument("paths", nargs="*", type=Path)
+    i.add_argument("--texts", type=Path, help="also index each non-empty line of this file as a text item")
+    i.add_argument("--meta", action="append", default=[], metavar="K=V", help="metadata for every item")
+    i.add_argument("--batch-size", type=int, default=16)
+    i.add_argument("--language", default="", help="spoken language of audio files (default: detect)")
+    _collection(i)
+    from services.cli import batch as batch_cli
+
+    batch_cli.add_arguments(i)
+
+    t = sub.add_parser("transcribe", help="print a timestamped transcript of an audio file (nothing is stored)")
+    t.add_argument("file", type=Path)
+    t.add_argument("--language", default="", help="e.g. en (default: detect)")
+    t.add_argument("--words", action="store_true", help="also print word timings")
+
+    q = sub.add_parser("search", help="search by text, or by image with --image")
+    q.add_argument("query", nargs="?", help="text query")
+    q.add_argument("--image", type=Path, help="search by this image file")
+    q.add_argument("--id", help="search by an indexed item's id")
+    q.add_argument("--limit", type=int, default=10)
+    q.add_argument("--offset", type=int, default=0)
+    q.add_argument("--modality", action="append", default=[],
+                   choices=["image", "text", "audio_segment", "audio"])
+    q.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="k=v, k=a|b (any of), k>=n, k<n ... (all must hold)")
+    q.add_argument("--min-score", type=float, default=None)
+    q.add_argument("--mode", choices=["dense", "keyword", "hybrid"], default="dense",
+                   help="dense: CLIP; keyword: exact words/codes; hybrid: both, rank-fused")
+    q.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    _collection(q)
+
+    a = sub.add_parser("ask", help="ask about screenshots (files) and/or indexed images")
+    a.add_argument("args", nargs="+", metavar="[FILE...] QUESTION", help="image files, then the question")
+    a.add_argument("-k", type=int, default=None, help="indexed images to retrieve (default 3 without files, 0 with)")
+    a.add_argument("--where", action="append", default=[], metavar="EXPR")
+    a.add_argument("--json", action="store_true")
+    _collection(a)
+
+    d = sub.add_parser("delete", help="delete items by id, or by --where filter")
+    d.add_argument("ids", nargs="*")
+    d.add_argument("--where", action="append", default=[], metavar="EXPR")
+    _collection(d)
+
+    sub.add_parser("status", help="health, model and collections")
+
+    e = sub.add_parser("eval", help="evals on your own cases against the running service")
+    e.add_argument("kind", choices=["ask"], help="ask: answer quality (see lmm/evals.py for the case format)")
+    e.add_argument("cases", type=Path, help="JSONL file, one case per line")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    _collection(e)
+    return p
+
+
+def _collection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", default="", help="collection (default: 'default')")
+
+
+def cmd_index(client: LoupeClient, args) -> int:
+    from services.cli.indexer import index_paths
+
+    meta = _where(args.meta) if args.meta else {}
+    images, audio = _media_files(args.paths)
+    texts = _text_lines(args.texts) if args.texts else []
+    if not images and not audio and not texts:
+        print("nothing to index: give image or audio files/folders, or --texts FILE", file=sys.stderr)
+        return 2
+    report = index_paths(client, images, texts, metadata=meta, collection=args.collection,
+                         batch_size=args.batch_size, audio=audio, language=args.language)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def cmd_search(client: LoupeClient, args) -> int:
+    opts = {"limit": args.limit, "offset": args.offset, "modalities": args.modality, "where": _where(args.where),
+                "score_threshold": args.min_score, "collection": args.collection}
+    if args.query and not (args.image or args.id):
+        opts["mode"] = args.mode
+    if args.image:
+        result = client.search_image(args.image.read_bytes(), **opts)
+    elif args.id:
+        result = client.search_image(id=args.id, **opts)
+    elif args.query:
+        result = client.search_text(args.query, **opts)
+    else:
+        print("give a text query, --image FILE or --id ID", file=sys.stderr)
+        return 2
+    if args.json:
+        for h in result.hits:
+            record = {"id": h.id, "score": round(h.score, 4), "modality": h.item.modality,
+                      "sources": h.item.sources, "text": h.item.text, "metadata": h.item.metadata}
+            if h.item.modality == "audio_segment":
+                record.update(parent_id=h.item.parent_id, start_s=h.item.start_s, end_s=h.item.end_s)
+            print(json.dumps(record))
+    else:
+        print(format_hits(result))
+    return 0
+
+
+def format_hits(result) -> str:
+    rows = [("#", "score", "modality", "id", "source / text")]
+    for rank, h in enumerate(result.hits, 1):
+        where = _where_found(h.item)
+        rows.append((str(rank), f"{h.score:.4f}", h.item.modality, _short(h.id, 24), _short(where, 60)))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    footer = f"{len(result.hits)} hit(s), model {result.model_id}"
+    if result.next_offset:
+        footer += f", more with --offset {result.next_offset}"
+    if result.query_truncated:
+        footer += " (query was cut to the model's context length)"
+    return "\n".join(lines + [footer])
+
+
+def _where_found(item) -> str:
+    source = item.sources[0] if item.sources else ""
+    if item.modality == "audio_segment":
+        return f"{source or item.parent_id} @ {clock(item.start_s)}-{clock(item.end_s)}: {item.text}"
+    if item.modality == "audio":
+        return f"{source or item.id} ({clock(item.duration_s)}): {item.text}"
+    if item.modality == "image":  # the text of an image is its OCR text: name the file first
+        return ", ".join(item.sources) or item.text or item.id
+    return item.text or ", ".join(item.sources) or "-"
+
+
+def clock(seconds: float) -> str:
+    """01:23, or 1:02:03 past an hour."""
+    s = int(seconds)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m:02d}:{s % 60:02d}"
+
+
+def cmd_transcribe(client: LoupeClient, args) -> int:
+    for part in client.transcribe(args.file.read_bytes(), language=args.language, word_timestamps=args.words):
+        if hasattr(part, "language_probability"):
+            print(f"# {args.file}: {clock(part.duration_s)}, language {part.language} "
+                  f"(p={part.language_probability:.2f}), model {part.model_id}")
+            continue
+        if hasattr(part, "loops_cut"):
+            if part.repeated_segments or part.loops_cut or part.fallback_windows:
+                print(f"# controls: {part.fallback_windows} of {part.windows} window(s) decoded again, "
+                      f"{part.repeated_segments} repeated segment(s) dropped, {part.loops_cut} loop(s) cut "
+                      f"({part.words_removed} word(s) removed)")
+            continue
+        print(f"[{clock(part.start_s)} - {clock(part.end_s)}] {part.text.strip()}", flush=True)
+        if args.words:
+            print("    " + " ".join(f"{w.text}@{w.start_s:.2f}" for w in part.words))
+    return 0
+
+
+def cmd_delete(client: LoupeClient, args) -> int:
+    if bool(args.ids) == bool(args.where):
+        print("give ids or --where, not both or neither", file=sys.stderr)
+        return 2
+    deleted = client.delete(args.ids, where=_where(args.where) or None, collection=args.collection)
+    print(f"deleted {deleted} item(s)")
+    return 0
+
+
+def cmd_status(client: LoupeClient, args) -> int:
+    try:
+        health = client.health()
+    except LoupeCallError as exc:
+        if _print_start_up(args.target):
+            return 3
+        raise exc
+    if health != "SERVING" and _print_start_up(args.target):
+        return 3
+    print(f"health: {health}")
+    st = client.status()
+    print(f"model: {st.model_id} ({st.model_version}), profile {st.profile}, store {st.store_backend}, "
+          f"loupe {st.version}")
+    for c in st.collections:
+        print(f"  collection {c.name}: {c.count} item(s), {c.model_id} dim {c.dim}")
+    return 0
+
+
+def _print_start_up(target: str) -> bool:
+    """For a service on this machine that is still starting: what it waits for. False if unknown."""
+    import time
+
+    from services.cli.launch import read_state
+
+    host, _, port = target.rpartition(":")
+    if host not in ("localhost", "127.0.0.1", "[::1]", "0.0.0.0") or not port.isdigit():
+        return False
+    state = read_state(int(port))
+    if state is None or state.get("phase") == "serving":
+        return False
+    waited = time.time() - float(state.get("started_at", time.time()))
+    print(f"health: {state['phase'].upper()} (loupe serve pid {state['pid']}, for {waited:.0f} s)")
+    for name, what in (state.get("waiting_for") or {}).items():
+        print(f"  waiting for {name}: {what}")
+    return True
+
+
+def cmd_ask(client: LoupeClient, args) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    *files, question = args.args
+    images = [Path(f).read_bytes() for f in files]
+    k = args.k if args.k is not None else (0 if images else 3)
+    answer = client.ask(question, images, k=k, collection=args.collection, where=_where(args.where) or None)
+    if args.json:
+        print(json.dumps(MessageToDict(answer, preserving_proto_field_name=True)))
+        return 0
+    verdict = qa_verdict(answer.verdict)
+    print(f"{verdict.upper()}: {answer.text}")
+    for c in answer.cited:
+        where = f" @ {clock(c.start_s)}-{clock(c.end_s)}" if c.HasField("start_s") else ""
+        print(f"  [{c.id}] {c.source}{where}: {c.snippet}")
+    for g in answer.guards:
+        mark = "ok " if g.passed else "FAIL"
+        detail = "; ".join(x for x in (g.reason, g.action) if x)
+        print(f"  [{mark}] {g.guard}" + (f": {detail}" if detail else ""))
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(answer.timings_s.items()))
+    print(f"model {answer.model_id}, prompt {answer.prompt_version}, attempts {answer.attempts}; {timings}")
+    return 0 if verdict == "answered" else 1
+
+
+def cmd_eval(client: LoupeClient, args) -> int:
+    """`loupe eval ask CASES.jsonl`: every case through the service's Ask; a table, or JSON."""
+    from lmm.evals import format_table, load_cases, run_ask_eval
+
+    try:
+        cases = load_cases(args.cases)
+    except InvalidInput as exc:
+        print(f"error: {exc.reason}", file=sys.stderr)
+        return 2
+    report = run_ask_eval(cases, lambda case: ask_outcome(client, case, args.collection))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_table(report))
+    t = report.totals()
+    return 1 if t["unsafe_passes"] or t["errors"] else 0
+
+
+def ask_outcome(client: LoupeClient, case, collection: str = ""):
+    """One eval case through the service's Ask, as an lmm.evals.AskOutcome."""
+    from lmm.evals import AskOutcome
+
+    r = case.retrieval
+    answer = client.ask(case.question, [p.read_bytes() for p in case.images], k=int(r.get("k") or 0),
+                        collection=r.get("collection") or collection, where=r.get("where"), mode=r.get("mode"))
+    return AskOutcome(text=answer.text, verdict=qa_verdict(answer.verdict), citations=tuple(answer.citations),
+                      guards=tuple((g.guard, g.passed, g.reason) for g in answer.guards),
+                      timings=dict(answer.timings_s))
+
+
+def qa_verdict(value: int) -> str:
+    from protos.loupe.v1 import qa_pb2
+
+    return qa_pb2.AnswerVerdict.Name(value).removeprefix("ANSWER_VERDICT_").lower()
+
+
+COMMANDS = {"index": cmd_index, "ask": cmd_ask, "search": cmd_search, "delete": cmd_delete, "status": cmd_status,
+            "transcribe": cmd_transcribe, "eval": cmd_eval}
+
+
+def _where(exprs: list[str]) -> dict:
+    """Parse `k=v`, `k=a|b`, `k>=1`, `k<5` into the client's `where` dict."""
+    out: dict = {}
+    for expr in exprs:
+        for op, bound in ((">=", "gte"), ("<=", "lte"), (">", "gt"), ("<", "lt")):
+            if op in expr:
+                key, value = expr.split(op, 1)
+                out.setdefault(key.strip(), {})[bound] = float(value)
+                break
+        else:
+            if "=" not in expr:
+                raise SystemExit(f"cannot parse filter {expr!r}: use k=v, k=a|b, k>=n or k<n")
+            key, value = expr.split("=", 1)
+            values = [_scalar(v) for v in value.split("|")]
+            out[key.strip()] = values if len(values) > 1 else values[0]
+    return out
+
+
+def _scalar(text: str):
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _media_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(images, audio): folders are walked by extension; files named explicitly are sent as
+    audio when their extension says so, else as images (the server judges the content)."""
+    images, audio = [], []
+    for path in paths:
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in found:
+            suffix = p.suffix.lower()
+            if suffix in AUDIO_SUFFIXES:
+                audio.append(p)
+            elif suffix in IMAGE_SUFFIXES or not path.is_dir():
+                images.append(p)
+    return images, audio
+
+
+def _text_lines(path: Path) -> list[tuple[str, str]]:
+    return [(f"{path}:{n}", line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""What each RPC does, independent of how it is served.
+
+`LoupeApi` validates requests, calls the encoder and the index through async faces
+(`services.serve.workers.HandleCalls` under Serve, `ThreadCalls` in-process) and builds
+responses. It raises domain errors only; `services.rpc.errors` turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from encoders.common.errors import BatchInvalid, InvalidInput
+from encoders.text.chunking import timed_texts
+from encoders.text.keywords import keyword_vector, query_vector
+from indexing.index import NewItem
+from indexing.recordings import recording_items
+from indexing.types import Modality
+from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
+from services.config import LoupeSettings
+from services.rpc import convert
+from services.serve.workers import EncodedImage, EncoderInfo
+
+DEFAULT_LIMIT = 10
+
+
+class LoupeApi:
+    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.encoder = encoder
+        self.index = index
+        # None when the service runs without audio / without Ask.
+        self.transcriber = transcriber
+        self.answerer = answerer
+        self._info: EncoderInfo | None = None
+
+    async def info(self) -> EncoderInfo:
+        if self._info is None:
+            self._info = await self.encoder.info()
+        return self._info
+
+    # -- IndexService -----------------------------------------------------------------------
+    async def index_images(self, req: index_pb2.IndexImagesRequest) -> index_pb2.IndexResponse:
+        name = convert.collection_name(req.collection)
+        self._check_count(len(req.items))
+        prepared, problems = [], []
+        for i, it in enumerate(req.items):
+            try:
+                prepared.append(self._prepare(it, i, content=it.data, text=None))
+            except InvalidInput as exc:
+                problems.append(exc)
+        _raise_all(problems)
+        encoded = await self.encoder.encode_images([it.data for it in req.items])
+        for i, result in enumerate(encoded):
+            if isinstance(result, InvalidInput):
+                problems.append(InvalidInput(f"items[{i}]: {result.reason}", field=f"items[{i}].data"))
+        _raise_all(problems)
+        items = [_new_item({**p, "text": e.text or None}, Modality.IMAGE, e.vector, width=e.width, height=e.height,
+                           keywords=keyword_vector(e.text) if e.text else None)
+                 for p, e in zip(prepared, encoded) if isinstance(e, EncodedImage)]
+        return await self._store(name, items)
+
+    async def index_texts(self, req: index_pb2.IndexTextsRequest) -> index_pb2.IndexResponse:
+        name = convert.collection_name(req.collection)
+        self._check_count(len(req.items))
+        prepared, problems = [], []
+        for i, it in enumerate(req.items):
+            try:
+                text = self._text(it.text, self.limits.max_text_chars, f"items[{i}].text")
+                prepared.append(self._prepare(it, i, content=text.encode(), text=text))
+            except InvalidInput as exc:
+                problems.append(exc)
+        _raise_all(problems)
+        embedded = await self.encoder.encode_texts([p["text"] for p in prepared])
+        items = [_new_item(p, Modality.TEXT, v, keywords=keyword_vector(p["text"]))
+                 for p, v in zip(prepared, embedded.vectors)]
+        return await self._store(name, items)
+
+    async def index_audio(self, req: index_pb2.IndexAudioRequest) -> index_pb2.IndexAudioResponse:
+        name = convert.collection_name(req.collection)
+        transcriber = self._require_transcriber()
+        if not req.data:
+            raise InvalidInput("audio is empty (0 bytes); send the file's contents", field="data")
+        p = self._prepare(req, None, content=req.data, text=None, prefix="")
+        # Transcription costs seconds: refuse a wrong-model collection before it, not after.
+        await self.index.check_model(name, (await self.info()).schema())
+        transcript = await transcriber.transcribe(req.data, convert.language(req.language))
+        embedded = await self.encoder.embed_transcript(timed_texts(transcript.segments),
+                                                       self.settings.transcriber.chunk_overlap_tokens)
+        info, t = await self.info(), transcript.info
+        recording, segments = recording_items(
+            public_id=p["public_id"], sha256=p["sha256"], source=p["source"], metadata=p["metadata"],
+            embedded=embedded, full_text=" ".join(seg.text.strip() for seg in transcript.segments),
+            language=t.language, duration_s=t.duration_s)
+        public_id, created = await self.index.add_recording(name, info.schema(), recording, segments)
+        return index_pb2.IndexAudioResponse(
+            id=public_id, created=created, duration_s=t.duration_s, language=t.language,
+            language_probability=t.language_probability, segment_count=len(segments), model_id=info.model_id,
+            transcriber_model_id=t.model_id, collection=name,
+            transcript_controls=convert.transcript_controls(t.controls))
+
+    async def get_item(self, req: index_pb2.GetItemRequest) -> common_pb2.Item:
+        name = convert.collection_name(req.collection)
+        if not req.id:
+            raise InvalidInput("id is empty", field="id")
+        return convert.item(await self.index.get(name, req.id), name)
+
+    async def delete(self, req: index_pb2.DeleteRequest) -> index_pb2.DeleteResponse:
+        name = convert.collection_name(req.collection)
+        which = req.WhichOneof("selector")
+        if which == "ids":
+            ids = list(dict.fromkeys(req.ids.ids))
+            if not ids or any(not i for i in ids):
+                raise InvalidInput("ids must be a non-empty list of non-empty ids", field="ids")
+            return index_pb2.DeleteResponse(deleted=await self.index.delete_ids(name, ids))
+        if which == "filter":
+            conds = convert.conditions(req.filter)
+            if not conds:
+                raise InvalidInput("delete by filter needs at least one condition (refusing to delete everything)",
+                                   field="filter")
+            return index_pb2.DeleteResponse(deleted=await self.index.delete_where(name, conds))
+        raise InvalidInput("say what to delete: set ids or filter", field="selector")
+
+    async def count(self, req: index_pb2.CountRequest) -> index_pb2.CountResponse:
+        name = convert.collection_name(req.collection)
+        conds = convert.conditions(req.filter)
+        mods = convert.modalities(req.modalities, "modalities")
+        return index_pb2.CountResponse(count=await self.index.count(name, conds, mods))
+
+    async def get_status(self, req: index_pb2.GetStatusRequest) -> index_pb2.StatusResponse:
+        info = await self.info()
+        backend = await self.index.ping()
+        out = index_pb2.StatusResponse(model_id=info.model_id, model_version=info.model_version,
+                                       profile=info.profile, store_backend=backend, version=_version())
+        for name, schema, count in await self.index.collections():
+            out.collections.add(name=name, count=count, model_id=schema.model_id,
+                                model_version=schema.model_version, dim=schema.dim)
+        return out
+
+    # -- SearchService ----------------------------------------------------------------------
+    async def search_text(self, req: search_pb2.SearchTextRequest) -> search_pb2.SearchResponse:
+        query = self._text(req.query, self.limits.max_query_chars, "query")
+        opts = self._options(req.options)
+        mode = convert.search_mode(req.options.mode)
+        keywords = query_vector(query) if mode != "dense" else None
+        if mode == "keyword":
+            return await self._search(opts, None, mode=mode, keyword_query=keywords)
+        embedded = await self.encoder.encode_texts([query])
+        response = await self._search(opts, embedded.vectors[0], mode=mode, keyword_query=keywords)
+        response.query_truncated = embedded.truncated[0]
+        return response
+
+    async def search_image(self, req: search_pb2.SearchImageRequest) -> search_pb2.SearchResponse:
+        opts = self._options(req.options)
+        which = req.WhichOneof("query")
+        if which == "image":
+            (result,) = await self.encoder.encode_images([req.image])
+            if isinstance(result, InvalidInput):
+                raise InvalidInput(result.reason, field="image")
+            return await self._search(opts, result.vector)
+        if which == "id" and req.id:
+            # The Index looks the item's vector up itself: one round trip, not two.
+            return await self._search(opts, None, like_id=req.id)
+        raise InvalidInput("set image (bytes) or id (an indexed item) to search by", field="query")
+
+    async def _search(self, opts: dict, vector, mode: str = "dense", keyword_query=None,
+                      like_id: str | None = None) -> search_pb2.SearchResponse:
+        info = await self.info()
+        limit, offset = opts["limit"], opts["offset"]
+        # One extra hit tells whether there is a next page.
+        hits = await self.index.search(opts["name"], info.schema(), vector, limit=limit + 1, offset=offset,
+                                       modalities=opts["modalities"], conditions=opts["conditions"],
+                                       score_threshold=opts["score_threshold"], mode=mode,
+                                       keyword_query=keyword_query, like_id=like_id)
+        response = search_pb2.SearchResponse(model_id=info.model_id)
+        for payload, score in hits[:limit]:
+            response.hits.add(item=convert.item(payload, opts["name"]), score=score)
+        if len(hits) > limit and offset + 2 * limit <= self.limits.max_window:
+            response.next_offset = offset + limit
+        return response
+
+    # -- QAService --------------------------------------------------------------------------
+    async def ask(self, req: qa_pb2.AskRequest) -> qa_pb2.AskResponse:
+        if self.answerer is None:
+            from encoders.common.errors import ModelUnavailable
+
+            raise ModelUnavailable("this service runs without Ask; enable the Answerer deployment (ask.enabled)")
+        r = req.retrieval
+        if r.k < 0 or r.k > self.limits.max_limit:
+            raise InvalidInput(f"retrieval.k is {r.k}; it must be between 0 and {self.limits.max_limit}",
+                               field="retrieval.k")
+        retrieval = {"collection": convert.collection_name(r.collection, "retrieval.collection"),
+                     "conditions": convert.conditions(r.filter, "retrieval.filter"),
+                     "mode": convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else "hybrid"}
+        answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval)
+        return convert.answer(answer)
+
+    # -- AudioService -----------------------------------------------------------------------
+    async def transcribe(self, req: audio_pb2.TranscribeRequest, stream):
+        """Yields TranscribeResponse messages: info first, segments as they are decoded, controls last.
+
+        `stream(data, language, word_timestamps)` is the transcriber's streaming call (an
+        async iterator of TranscriptInfo, Segment objects, then TranscriptControls)."""
+        self._require_transcriber()
+        if not req.data:
+            raise InvalidInput("audio is empty (0 bytes); send the file's contents", field="data")
+        language = convert.language(req.language)
+        async for part in stream(req.data, language, req.word_timestamps):
+            yield convert.transcript_part(part)
+
+    def _require_transcriber(self):
+        if self.transcriber is None:
+            from encoders.common.errors import ModelUnavailable
+
+            raise ModelUnavailable("this service runs without a transcriber; add the Transcriber deployment")
+        return self.transcriber
+
+    # -- validation -------------------------------------------------------------------------
+    def _options(self, o: search_pb2.SearchOptions) -> dict:
+        limit = o.limit if o.HasField("limit") else DEFAULT_LIMIT
+        if not 1 <= limit <= self.limits.max_limit:
+            raise InvalidInput(f"limit is {limit}; it must be between 1 and {self.limits.max_limit}",
+                               field="options.limit")
+        if o.offset < 0 or o.offset + limit > self.limits.max_window:
+            raise InvalidInput(f"offset {o.offset} + limit {limit} must stay within 0..{self.limits.max_window}; "
+                               "narrow the query with a filter instead of paging deeper", field="options.offset")
+        threshold = o.score_threshold if o.HasField("score_threshold") else None
+        # Keyword mode thresholds a BM25 score (unbounded); the others a cosine.
+        if threshold is not None and o.mode != search_pb2.SEARCH_MODE_KEYWORD and not -1.0 <= threshold <= 1.0:
+            raise InvalidInput(f"score_threshold {threshold} is outside -1..1 (cosine similarity)",
+                               field="options.score_threshold")
+        return {"name": convert.collection_name(o.collection, "options.collection"), "limit": limit,
+                "offset": o.offset, "modalities": convert.modalities(o.modalities, "options.modalities"),
+                "conditions": convert.conditions(o.filter, "options.filter"), "score_threshold": threshold}
+
+    def _check_count(self, n: int) -> None:
+        if not 1 <= n <= self.limits.max_items_per_call:
+            raise InvalidInput(f"{n} items sent; send 1 to {self.limits.max_items_per_call} per call",
+                               field="items")
+
+    @staticmethod
+    def _text(text: str, max_chars: int, field: str) -> str:
+        text = text.strip()
+        if not text:
+            raise InvalidInput(f"{field} is empty", field=field)
+        if len(text) > max_chars:
+            raise InvalidInput(f"{field} is {len(text)} characters; the limit is {max_chars}", field=field)
+        return text
+
+    def _prepare(self, it, i: int | None, *, content: bytes, text: str | None, prefix: str | None = None) -> dict:
+        prefix = f"items[{i}]." if prefix is None else prefix
+        return {"public_id": convert.caller_id(it.id, f"{prefix}id"), "sha256": hashlib.sha256(content).hexdigest(),
+                "source": it.source or None, "text": text,
+                "metadata": convert.metadata(it.metadata, self.limits, f"{prefix}metadata")}
+
+    async def _store(self, name: str, items: list[NewItem]) -> index_pb2.IndexResponse:
+        info = await self.info()
+        stored = await self.index.add(name, info.schema(), items)
+        response = index_pb2.IndexResponse(model_id=info.model_id, collection=name)
+        for public_id, created in stored:
+            response.items.add(id=public_id, created=created)
+        return response
+
+    async def healthy(self) -> bool:
+        await self.info()
+        await self.index.ping()
+        if self.transcriber is not None:
+            await self.transcriber.model_id()
+        if self.answerer is not None:
+            await self.answerer.model_id()
+        return True
+
+
+def _new_item(p: dict, modality: Modality, vector, **extra) -> NewItem:
+    fields = {"text": p["text"], **extra}
+    return NewItem(public_id=p["public_id"], sha256=p["sha256"], modality=modality, vector=vector,
+                   source=p["source"], metadata=p["metadata"], **fields)
+
+
+def _raise_all(problems: list[InvalidInput]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise BatchInvalid(problems)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loupe")
+    except PackageNotFoundError:
+        return "dev"
+

@@ -1,0 +1,87 @@
+"""The one table from domain errors to gRPC status codes, and the details clients get.
+
+Every handler ends in `to_status`; nothing else picks a status code. Rich details follow
+the google.rpc model (`grpc-status-details-bin`): BadRequest names the field at fault,
+RetryInfo says when to retry, ErrorInfo carries a machine-readable reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from encoders.common.errors import (
+    BatchInvalid,
+    InvalidInput,
+    LoupeError,
+    ModelMismatch,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    StoreUnavailable,
+    VectorStateConflict,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "loupe.v1"
+
+# Most specific first: the first matching class wins.
+STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (VectorStateConflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (PermissionError, grpc.StatusCode.UNAUTHENTICATED),
+)
+
+
+@dataclass(frozen=True)
+class RpcStatus:
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+
+def to_status(exc: BaseException) -> RpcStatus:
+    """Map any exception to what the client sees. Unknown errors never leak a stack trace."""
+    code = next((c for cls, c in STATUS_TABLE if isinstance(exc, cls)), None)
+    if code is None:
+        log.exception("unexpected error", exc_info=exc)
+        return RpcStatus(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+    reason = exc.reason if isinstance(exc, LoupeError) else str(exc)
+    rich = status_pb2.Status(code=code.value[0], message=reason)
+    rich.details.add().Pack(error_details_pb2.ErrorInfo(reason=type(exc).__name__, domain=DOMAIN))
+    if isinstance(exc, InvalidInput):
+        rich.details.add().Pack(_bad_request(exc))
+    if isinstance(exc, Overloaded):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(exc.retry_after_s * 1000))
+        rich.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return RpcStatus(code, reason, (("grpc-status-details-bin", rich.SerializeToString()),))
+
+
+def _bad_request(exc: InvalidInput) -> error_details_pb2.BadRequest:
+    problems = exc.problems if isinstance(exc, BatchInvalid) else [exc]
+    return error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=p.field or "", description=p.reason) for p in problems])
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """Client side: (field, description) pairs from a failed call's BadRequest details."""
+    for key, value in (error.trailing_metadata() or ()):
+        if key == "grpc-status-details-bin":
+            rich = status_pb2.Status.FromString(value)
+            for detail in rich.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    return [(v.field, v.description) for v in bad.field_violations]
+    return []

@@ -1,0 +1,29 @@
+"""Serve application builder: `serve run ray_config.yaml` imports `services.serve.app:build_app`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve import Application
+
+from services.config import load_settings
+from services.serve.deployments import (
+    AnswererDeployment,
+    EncoderDeployment,
+    IndexDeployment,
+    Ingress,
+    TranscriberDeployment,
+)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """`args` are the application args from ray_config.yaml; LOUPE_* variables override them."""
+    settings = load_settings(args)
+    logging.getLogger("loupe").info("building Loupe: profile=%s model=%s store=%s", settings.profile,
+                                     settings.clip_model, settings.qdrant_url or settings.data_dir)
+    encoder = EncoderDeployment.bind(settings)
+    index = IndexDeployment.bind(settings)
+    transcriber = TranscriberDeployment.bind(settings) if settings.audio else None
+    answerer = AnswererDeployment.bind(settings, encoder, index) if settings.ask.enabled else None
+    return Ingress.bind(settings, encoder, index, transcriber, answerer)

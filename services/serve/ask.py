@@ -1,0 +1,124 @@
+"""The Answerer: VLM + OCR + guardrail pipeline, retrieving context through the other deployments."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PIL import Image
+
+from encoders.text.keywords import query_vector
+from indexing.types import Modality
+from lmm.pipeline import AskOptions, AskPipeline
+from lmm.types import Answer, ContextImage
+from services.config import LoupeSettings
+
+log = logging.getLogger("loupe.ask")
+
+# Shown to the model for retrieved items whose pixels Loupe may not read (their text still is).
+_NO_PIXELS = Image.new("RGB", (32, 32), (128, 128, 128))
+
+
+def _relevant(question: str, payload: dict, dense_ids: set[str]) -> bool:
+    """A hybrid hit is relevant when its dense similarity clears the floor, or when its text
+    shares a content word with the question (what the keyword side matched on)."""
+    from lmm.guards.answer import content_words
+
+    return payload["id"] in dense_ids or bool(content_words(question) & content_words(payload.get("text") or ""))
+
+
+class AnswerWorker:
+    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+        from encoders.ocr import OcrOptions, create_ocr
+        from lmm.models import VlmOptions, create_vlm
+        from lmm.prompts import load_prompt, render
+
+        a = settings.ask
+        self.vlm = create_vlm(VlmOptions(backend=a.backend, model=settings.vlm_model, device=a.device,
+                                         max_new_tokens=a.max_new_tokens, base_url=a.base_url))
+        getattr(self.vlm, "load", lambda: None)()
+        engine = settings.ocr.engine or None
+        self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
+                                                 threads=settings.ocr.threads)).load()
+        self.encoder, self.index = encoder, index
+        self.modalities = tuple(Modality(m) for m in a.retrieval_modalities)
+        self.min_score = a.retrieval_min_score
+        self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
+        template = load_prompt(a.prompt)
+        options = AskOptions(max_images=a.max_images, max_question_chars=a.max_question_chars,
+                             max_answer_chars=a.max_answer_chars, max_new_tokens=a.max_new_tokens,
+                             max_attempts=a.max_attempts, blocked_words=tuple(a.blocked_words),
+                             out_of_scope_topics=tuple(a.out_of_scope_topics), answer_pii=a.answer_pii,
+                             max_image_bytes=settings.limits.image_max_bytes, max_pixels=settings.limits.image_max_pixels)
+        self.pipeline = AskPipeline(self.vlm, ocr=lambda image: self.ocr.read(image).text, retriever=self._retrieve,
+                                    prompt_renderer=lambda q, images: render(template, q, images), options=options,
+                                    judge=self._judge(a))
+
+    def _judge(self, a):
+        from lmm.judge import Judge
+        from lmm.models import VlmOptions, create_vlm
+
+        if not a.judge:
+            return None
+        if a.judge == "same":
+            return Judge(self.vlm)
+        model = create_vlm(VlmOptions(backend=a.judge, model=a.judge_model or a.model or self.vlm.model_id,
+                                      device=a.device, max_new_tokens=8, base_url=a.judge_base_url))
+        getattr(model, "load", lambda: None)()
+        return Judge(model)
+
+    @property
+    def model_id(self) -> str:
+        return self.vlm.model_id
+
+    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict) -> Answer:
+        answer = await self.pipeline.ask_async(question, images, k, filters=retrieval)
+        # Model and prompt version go to the log with every answer (never the question: it may hold PII).
+        failed = [g.guard for g in answer.guards if not g.passed]
+        log.info("ask: verdict=%s model=%s prompt=%s attempts=%d citations=%d failed_guards=%s timings=%s",
+                 answer.verdict.value, answer.model_id, answer.prompt_version, answer.attempts,
+                 len(answer.citations), ",".join(failed) or "-",
+                 " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())))
+        return answer
+
+    async def _retrieve(self, question: str, k: int, filters: dict | None = None) -> list[ContextImage]:
+        """Context for the question: indexed images, texts and transcript segments found with the
+        (masked) question in the request's mode, above a relevance floor (see `_relevant`)."""
+        r = filters or {}
+        mode = r.get("mode", "hybrid")
+        info = await self.encoder.info()
+        vector = None if mode == "keyword" else (await self.encoder.encode_texts([question])).vectors[0]
+        common = {"limit": k, "offset": 0, "modalities": self.modalities, "conditions": r.get("conditions", ())}
+        hits = await self.index.search(r["collection"], info.schema(), vector, **common,
+                                       score_threshold=self.min_score if mode == "dense" else None, mode=mode,
+                                       keyword_query=query_vector(question) if mode != "dense" else None)
+        dense_ids = set()
+        if mode == "hybrid":  # fused scores are ranks, not similarities: take the floor from a dense search
+            dense = await self.index.search(r["collection"], info.schema(), vector, **common,
+                                            score_threshold=self.min_score, mode="dense", keyword_query=None)
+            dense_ids = {p["id"] for p, _ in dense}
+        return [self._context_item(p) for p, _ in hits if mode != "hybrid" or _relevant(question, p, dense_ids)]
+
+    def _context_item(self, p: dict) -> ContextImage:
+        modality = p.get("modality") or Modality.IMAGE.value
+        pixels = self._pixels(p) if modality == Modality.IMAGE.value else _NO_PIXELS
+        return ContextImage(id=p["id"], image=pixels, ocr_text=p.get("text") or "",
+                            source=(p.get("sources") or [""])[0], modality=modality,
+                            start_s=p.get("start_s"), end_s=p.get("end_s"))
+
+    def _pixels(self, payload: dict) -> Image.Image:
+        """The item's image when a source is a file under an allowed root, else a grey tile."""
+        from encoders.image.decode import decode_image
+
+        for source in payload.get("sources") or ():
+            path = Path(source.removeprefix("file://")).expanduser()
+            try:
+                path = path.resolve()
+            except OSError:
+                continue
+            if any(path.is_relative_to(root) for root in self.roots) and path.is_file():
+                try:
+                    return decode_image(path.read_bytes()).image
+                except Exception:  # unreadable now: fall back to the text
+                    continue
+        return _NO_PIXELS

@@ -1,0 +1,236 @@
+"""Ray Serve deployments: gRPC ingress, batched CLIP encoder, and the store owner.
+
+The ingress implements every RPC of `loupe.v1` plus `grpc.health.v1.Health/Check`; the
+Serve proxy routes by method name, so method names here are the RPC names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2
+from ray import serve
+
+from encoders.clip.encoder import TextEmbedding
+from protos.loupe.v1 import common_pb2, index_pb2, qa_pb2, search_pb2
+from services.config import LoupeSettings
+from services.rpc.api import LoupeApi
+from services.rpc.errors import to_status
+from services.serve.admission import Admission
+from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
+
+log = logging.getLogger("loupe")
+
+HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService",
+                   "loupe.v1.QAService")
+
+
+@serve.deployment(name="Encoder")
+class EncoderDeployment:
+    def __init__(self, settings: LoupeSettings) -> None:
+        self.worker = EncoderWorker(settings)
+        batch, wait = settings.encoder.batch_size, settings.encoder.batch_wait_timeout_s
+        for method in (self._images, self._texts):
+            method.set_max_batch_size(batch)
+            method.set_batch_wait_timeout_s(wait)
+
+    def info(self):
+        return self.worker.info()
+
+    async def embed_transcript(self, segments, overlap_tokens: int):
+        return await asyncio.to_thread(self.worker.embed_transcript, segments, overlap_tokens)
+
+    async def encode_images(self, blobs: list[bytes]) -> list:
+        return await self._images(blobs)
+
+    async def encode_texts(self, texts: list[str]) -> TextEmbedding:
+        return await self._texts(texts)
+
+    # Requests carry lists; a batch is a list of those lists, run as one forward pass.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _images(self, requests: list[list[bytes]]) -> list[list]:
+        flat = [blob for blobs in requests for blob in blobs]
+        results = await asyncio.to_thread(self.worker.encode_images, flat)
+        return _split(results, [len(r) for r in requests])
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _texts(self, requests: list[list[str]]) -> list[TextEmbedding]:
+        flat = [text for texts in requests for text in texts]
+        embedded = await asyncio.to_thread(self.worker.encode_texts, flat)
+        out, start = [], 0
+        for texts in requests:
+            end = start + len(texts)
+            out.append(TextEmbedding(embedded.vectors[start:end], embedded.truncated[start:end]))
+            start = end
+        return out
+
+
+class _IndexOwner:
+    """The single owner of the embedded store (keep num_replicas at 1 for Qdrant Edge)."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        self.worker = IndexWorker(settings)
+
+
+def _in_thread(name: str):
+    # indexing.Index serialises writes itself; reads run in parallel.
+    async def method(self, *args, **kwargs):
+        return await asyncio.to_thread(getattr(self.worker, name), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+# Serve looks methods up by name on the class, so they are real attributes, one per worker call.
+for _name in ("ping", "add", "add_recording", "check_model", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
+    setattr(_IndexOwner, _name, _in_thread(_name))
+
+IndexDeployment = serve.deployment(name="Index")(_IndexOwner)
+
+
+@serve.deployment(name="Transcriber")
+class TranscriberDeployment:
+    """Whisper in its own replica, so a long recording does not hold up image search."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        self.worker = TranscriberWorker(settings)
+
+    def model_id(self) -> str:
+        return self.worker.model_id()
+
+    def transcribe(self, data: bytes, language: str | None):
+        return self.worker.transcribe(data, language)
+
+    def stream(self, data: bytes, language: str | None, word_timestamps: bool):
+        """Sync generator (Serve runs it in a thread): info, segments as decoded, then controls."""
+        info, segments, _ = self.worker.stream(data, language, word_timestamps)
+        yield info
+        yield from segments
+        yield info.controls  # complete now that every segment is decoded
+
+
+@serve.deployment(name="Answerer")
+class AnswererDeployment:
+    """VLM + OCR + guardrails; retrieves context through the Encoder and Index deployments."""
+
+    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+        from services.serve.ask import AnswerWorker
+
+        self.worker = AnswerWorker(settings, HandleCalls(encoder), HandleCalls(index))
+
+    def model_id(self) -> str:
+        return self.worker.model_id
+
+    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict):
+        return await self.worker.ask(question, images, k, retrieval)
+
+
+@serve.deployment(name="Ingress")
+class Ingress:
+    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
+        self.settings = settings
+        self._transcriber = transcriber
+        self.api = LoupeApi(settings, HandleCalls(encoder), HandleCalls(index),
+                            HandleCalls(transcriber) if transcriber is not None else None,
+                            HandleCalls(answerer) if answerer is not None else None)
+        self.admission = Admission(settings.admission.lanes(), settings.admission.max_wait_s)
+
+    async def _run(self, call, request, grpc_context, empty, rpc: str):
+        try:
+            self._authenticate(grpc_context)
+            async with self.admission.enter(rpc):
+                return await call(request)
+        except Exception as exc:  # every error leaves through the one table
+            _set_status(grpc_context, exc)
+            return empty
+
+    def _authenticate(self, grpc_context) -> None:
+        key = self.settings.api_key
+        if not key:
+            return
+        meta = dict(grpc_context.invocation_metadata())
+        given = meta.get("x-api-key") or meta.get("authorization", "").removeprefix("Bearer ").strip()
+        if given != key:
+            raise PermissionError("missing or wrong API key: send metadata 'authorization: Bearer <key>'")
+
+    async def IndexImages(self, request, grpc_context):
+        return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")
+
+    async def IndexTexts(self, request, grpc_context):
+        return await self._run(self.api.index_texts, request, grpc_context, index_pb2.IndexResponse(), "IndexTexts")
+
+    async def IndexAudio(self, request, grpc_context):
+        return await self._run(self.api.index_audio, request, grpc_context, index_pb2.IndexAudioResponse(),
+                               "IndexAudio")
+
+    async def Transcribe(self, request, grpc_context):
+        """Server streaming: errors before or during the stream end it with a status code."""
+        try:
+            self._authenticate(grpc_context)
+            async with self.admission.enter("Transcribe"):
+                async for message in self.api.transcribe(request, self._stream_transcript):
+                    yield message
+        except Exception as exc:  # every error leaves through the one table
+            _set_status(grpc_context, exc)
+            # A stream only ends with the code set above when the handler raises (Serve then
+            # sends that code and reason; the trace stays in the server log).
+            raise StreamFailed(to_status(exc).details) from exc
+
+    def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
+        return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
+
+    async def Ask(self, request, grpc_context):
+        return await self._run(self.api.ask, request, grpc_context, qa_pb2.AskResponse(), "Ask")
+
+    async def GetItem(self, request, grpc_context):
+        return await self._run(self.api.get_item, request, grpc_context, common_pb2.Item(), "GetItem")
+
+    async def Delete(self, request, grpc_context):
+        return await self._run(self.api.delete, request, grpc_context, index_pb2.DeleteResponse(), "Delete")
+
+    async def Count(self, request, grpc_context):
+        return await self._run(self.api.count, request, grpc_context, index_pb2.CountResponse(), "Count")
+
+    async def GetStatus(self, request, grpc_context):
+        return await self._run(self.api.get_status, request, grpc_context, index_pb2.StatusResponse(), "GetStatus")
+
+    async def SearchText(self, request, grpc_context):
+        return await self._run(self.api.search_text, request, grpc_context, search_pb2.SearchResponse(), "SearchText")
+
+    async def SearchImage(self, request, grpc_context):
+        return await self._run(self.api.search_image, request, grpc_context, search_pb2.SearchResponse(), "SearchImage")
+
+    async def Check(self, request, grpc_context):
+        """grpc.health.v1: SERVING only once the model and the store answer."""
+        if request.service not in HEALTH_SERVICES:
+            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+            grpc_context.set_details(f"unknown service {request.service!r}; known: {', '.join(HEALTH_SERVICES[1:])}")
+            return health_pb2.HealthCheckResponse()
+        try:
+            await asyncio.wait_for(self.api.healthy(), timeout=5)
+            status = health_pb2.HealthCheckResponse.SERVING
+        except Exception as exc:  # not ready yet, or a dependency is down
+            log.info("health check: not serving (%s)", exc)
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+class StreamFailed(Exception):
+    """Ends a server stream after its status code has been set on the context."""
+
+
+def _set_status(grpc_context, exc: BaseException) -> None:
+    status = to_status(exc)
+    grpc_context.set_code(status.code)
+    grpc_context.set_details(status.details)
+    grpc_context.set_trailing_metadata(list(status.trailing_metadata))
+
+
+def _split(results: list, sizes: list[int]) -> list[list]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(results[start:start + size])
+        start += size
+    return out

@@ -1,0 +1,311 @@
+"""Plain-Python workers behind the Serve deployments, usable without Ray (unit tests, CLI).
+
+`EncoderWorker` turns untrusted bytes and texts into vectors; the index side is
+`indexing.index.Index` itself. The `*Calls` adapters give both the same async face, so
+`services.rpc.api.LoupeApi` runs unchanged over Serve handles or in-process objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from encoders.clip.encoder import ClipEncoder, TextEmbedding
+from encoders.common.errors import InvalidInput
+from encoders.image.decode import decode_image
+from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
+from encoders.whisper.transcribe import TranscriptInfo
+from indexing.types import CollectionSchema
+from services.config import LoupeSettings
+
+VECTOR_NAME = "clip"
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    model_id: str
+    model_version: str
+    dim: int
+    context_length: int
+    profile: str
+
+    def schema(self) -> CollectionSchema:
+        return CollectionSchema(vector_name=VECTOR_NAME, dim=self.dim, model_id=self.model_id,
+                                model_version=self.model_version)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    vector: np.ndarray
+    width: int
+    height: int
+    # Text read by OCR ("" when OCR did not run or found nothing).
+    text: str = ""
+
+
+class EncoderWorker:
+    """Decodes and validates images, then embeds the valid ones in one batch."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        self.clip = ClipEncoder(settings.clip_options()).load()
+        self.image_limits = settings.limits.image_limits()
+        self.ocr_mode = settings.ocr.mode
+        self.ocr = None
+        if self.ocr_mode != "never":
+            from encoders.ocr import OcrOptions, create_ocr
+
+            engine = settings.ocr.engine or None
+            self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
+                                                     threads=settings.ocr.threads)).load()
+        self._info = EncoderInfo(self.clip.model_id, self.clip.model_version, self.clip.dim,
+                                 self.clip.context_length, settings.profile)
+
+    def info(self) -> EncoderInfo:
+        return self._info
+
+    def encode_images(self, blobs: list[bytes]) -> list[EncodedImage | InvalidInput]:
+        """One result per blob, in order: a vector, or the reason the blob was rejected."""
+        results: list[Any] = [None] * len(blobs)
+        good, images = [], []
+        for i, blob in enumerate(blobs):
+            try:
+                decoded = decode_image(blob, self.image_limits)
+            except InvalidInput as exc:
+                results[i] = exc
+                continue
+            good.append((i, decoded.width, decoded.height))
+            images.append(decoded.image)
+        vectors = self.clip.encode_images(images) if images else []
+        for (i, width, height), vector, image in zip(good, vectors, images):
+            results[i] = EncodedImage(vector, width, height, self.read_text(image))
+        return results
+
+    def read_text(self, image) -> str:
+        """OCR text of screenshots and documents (all images with mode "always")."""
+        if self.ocr is None:
+            return ""
+        if self.ocr_mode == "auto":
+            from encoders.ocr import looks_like_text_image
+
+            if not looks_like_text_image(image):
+                return ""
+        return self.ocr.read(image).text
+
+    def encode_texts(self, texts: list[str]) -> TextEmbedding:
+        return self.clip.encode_texts(texts)
+
+    def embed_transcript(self, segments: list[TimedText], overlap_tokens: int) -> EmbeddedTranscript:
+        """Chunks that fit the CLIP context, their vectors, and one vector for the recording."""
+        return embed_transcript(self.clip, segments, overlap_tokens)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    info: TranscriptInfo
+    segments: list
+    sha256: str
+
+
+class TranscriberWorker:
+    """Decodes and validates audio, then runs Whisper on it."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        from encoders.whisper.transcribe import create_transcriber
+
+        self.options = settings.transcribe_options()
+        self.transcriber = create_transcriber(settings.transcriber.backend, settings.transcriber.spec,
+                                              self.options).load()
+        self.limits = settings.limits.audio_limits()
+
+    def model_id(self) -> str:
+        return self.transcriber.model_id
+
+    def stream(self, data: bytes, language: str | None, word_timestamps: bool | None = None):
+        """(info, segment iterator): segments are decoded as the caller iterates."""
+        from dataclasses import replace
+
+        from encoders.audio.decode import decode_audio
+
+        audio = decode_audio(data, self.limits)
+        options = replace(self.options, language=language or None,
+                          word_timestamps=self.options.word_timestamps if word_timestamps is None else word_timestamps)
+        info, segments = self.transcriber.transcribe(audio.samples, options)
+        return info, segments, audio.sha256
+
+    def transcribe(self, data: bytes, language: str | None) -> Transcript:
+        info, segments, sha256 = self.stream(data, language)
+        return Transcript(info, list(segments), sha256)
+
+
+class Optimizer:
+    """Builds the vector index once enough new points have arrived and writes have paused.
+
+    Qdrant Edge keeps new points in a brute-force segment until `optimize()` runs; that call
+    takes tens of seconds per 25k points on 2 cores, so it runs in a background thread while
+    searches and upserts go on.
+    """
+
+    QUIET_S = 3.0
+
+    def __init__(self, index, after_points: int) -> None:
+        import threading
+
+        self.index, self.after_points = index, after_points
+        self._pending: dict[str, int] = {}
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loupe-optimizer", daemon=True)
+        if after_points > 0:
+            self._thread.start()
+
+    def wrote(self, name: str, new_points: int) -> None:
+        import time
+
+        self._pending[name] = self._pending.get(name, 0) + new_points
+        self._last_write = time.monotonic()
+
+    def _loop(self) -> None:
+        import logging
+        import time
+
+        while not self._stop.wait(1.0):
+            if time.monotonic() - self._last_write < self.QUIET_S:
+                continue
+            for name, count in list(self._pending.items()):
+                if count >= self.after_points:
+                    self._pending[name] = 0
+                    try:
+                        self.index.optimize(name)
+                    except Exception:  # the next search still works, unoptimised
+                        logging.getLogger("loupe").exception("optimize of %s failed", name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class ThreadCalls:
+    """Async face over a local object: each call runs in a worker thread."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str):
+        method = getattr(self._target, name)
+
+        async def call(*args, **kwargs):
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+class HandleCalls:
+    """Async face over a Serve deployment handle: `await calls.x(...)` is `handle.x.remote(...)`."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str):
+        method = getattr(self._handle, name)
+
+        async def call(*args, **kwargs):
+            from ray.serve.exceptions import BackPressureError
+
+            try:
+                return await method.remote(*args, **kwargs)
+            except BackPressureError as exc:  # the deployment's queue is full
+                from encoders.common.errors import Overloaded
+
+                raise Overloaded(f"the service is busy ({exc}); retry shortly", retry_after_s=0.5) from None
+
+        return call
+
+
+class IndexWorker:
+    """Owns the store. Each method is one round trip from the ingress: check, resolve, act."""
+
+    def __init__(self, settings: LoupeSettings) -> None:
+        from indexing import open_store
+        from indexing.index import Index
+
+        self.backend = "qdrant-client" if settings.qdrant_url else "qdrant-edge"
+        self.index = Index(open_store(data_dir=settings.data_dir, url=settings.qdrant_url,
+                                      api_key=settings.qdrant_api_key))
+        self.optimizer = Optimizer(self.index, settings.optimize_after_points)
+
+    def ping(self) -> str:
+        self.index.collections()
+        return self.backend
+
+    def add(self, name: str, schema: CollectionSchema, items: list) -> list[tuple[str, bool]]:
+        self.index.ensure_collection(name, schema)
+        stored = self.index.upsert(name, items, schema)
+        self.optimizer.wrote(name, sum(created for _, created in stored))
+        return stored
+
+    def check_model(self, name: str, schema: CollectionSchema) -> None:
+        """ModelMismatch if `name` exists and none of its vectors was built by this model (a
+        missing collection is fine)."""
+        if self.index.store.get_schema(name) is not None:
+            self.index.require_collection(name, schema)
+
+    def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
+        """Store a recording and its segment chunks, replacing segments of an earlier version."""
+        self.index.ensure_collection(name, schema)
+        [(public_id, created)] = self.index.upsert(name, [recording], schema)
+        self.index.delete_children(name, public_id)
+        self.index.upsert(name, segments, schema)
+        self.optimizer.wrote(name, len(segments) + created)
+        return public_id, created
+
+    def search(self, name: str, schema: CollectionSchema, vector: np.ndarray | None, *, limit: int, offset: int,
+               modalities: tuple, conditions: tuple, score_threshold: float | None,
+               exclude_ids: tuple[str, ...] = (), mode: str = "dense", keyword_query=None,
+               like_id: str | None = None) -> list[tuple[dict, float]]:
+        """`like_id`: search with that stored item's vector (and leave the item out)."""
+        # The vector of this service's model, active or not: a collection being re-embedded
+        # holds one per model.
+        vector_name = self.index.schema_for(name, schema).vector_name
+        if like_id is not None:
+            _, vector = self.index.get_vector(name, like_id, vector_name)
+            exclude_ids = (*exclude_ids, like_id)
+        flt = self.index.resolve_filter(name, conditions) if conditions else None
+        return self.index.search(name, vector, limit=limit, offset=offset, modalities=modalities, filter=flt,
+                                 score_threshold=score_threshold, exclude_ids=exclude_ids, mode=mode,
+                                 keyword_query=keyword_query, vector_name=vector_name)
+
+    def vector_of(self, name: str, schema: CollectionSchema, public_id: str) -> tuple[dict, np.ndarray]:
+        return self.index.get_vector(name, public_id, self.index.schema_for(name, schema).vector_name)
+
+    def get(self, name: str, public_id: str) -> dict:
+        self._require_exists(name)
+        return self.index.get(name, public_id)
+
+    def delete_ids(self, name: str, ids: list[str]) -> int:
+        self._require_exists(name)
+        return self.index.delete_ids(name, ids)
+
+    def delete_where(self, name: str, conditions: tuple) -> int:
+        self._require_exists(name)
+        return self.index.delete_where(name, self.index.resolve_filter(name, conditions))
+
+    def count(self, name: str, conditions: tuple, modalities: tuple) -> int:
+        self._require_exists(name)
+        flt = self.index.resolve_filter(name, conditions) if conditions else None
+        return self.index.count(name, flt, modalities)
+
+    def collections(self) -> list[tuple[str, CollectionSchema, int]]:
+        return self.index.collections()
+
+    def close(self) -> None:
+        self.optimizer.stop()
+        self.index.store.close()
+
+    def _require_exists(self, name: str) -> None:
+        from encoders.common.errors import NotFound
+
+        if self.index.store.get_schema(name) is None:
+            names = self.index.store.list_collections()
+            raise NotFound(f"collection {name!r} does not exist; existing: {', '.join(names) or 'none yet'}")
