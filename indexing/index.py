@@ -43,6 +43,7 @@ from encoders.text.keywords import SparseVector
 from indexing import user_filter
 from indexing.ids import item_key, point_id
 from indexing.payloads import NewItem, build_payload, check_item, meta_types
+from indexing.query import SearchQuery
 from indexing.ranking import check_keyword_query, check_mode, check_query_vector, page
 from indexing.reembed import ReembedMethods
 from indexing.types import (
@@ -332,6 +333,18 @@ class Index(ReembedMethods):
                 )
 
         return [(hit.payload, hit.score) for hit in page(fetch, offset, limit)]
+
+    def run_query(self, query: SearchQuery, *, vector_name: str | None = None) -> list[tuple[dict[str, Any], float]]:
+        """`search` for a `SearchQuery`: its conditions resolved against the collection, and with
+        `like_id` the stored item's vector searched (the item itself left out)."""
+        name, vector, exclude = query.collection, query.vector, query.exclude_ids
+        if query.like_id is not None:
+            _, vector = self.get_vector(name, query.like_id, vector_name)
+            exclude = (*exclude, query.like_id)
+        flt = self.resolve_filter(name, query.conditions) if query.conditions else None
+        return self.search(name, vector, limit=query.limit, offset=query.offset, modalities=query.modalities,
+                           filter=flt, score_threshold=query.score_threshold, exclude_ids=exclude, mode=query.mode,
+                           keyword_query=query.keywords, vector_name=vector_name)
 
     def get(self, name: str, public_id: str) -> dict[str, Any]:
         return self._get(name, public_id).payload

@@ -42,13 +42,12 @@ import qdrant_edge as qe
 from encoders.common.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
 from encoders.text.keywords import SparseVector
 from indexing.store.edge_folder import lock_folder, schema_from_json, specs_of, write_json_atomic
+from indexing.store.shared import as_list, dense_of, scored, sparse_of, sparse_parts, translate
 from indexing.types import (
     INDEXED_KEYWORD_FIELDS,
     RRF_K,
     CollectionSchema,
-    Condition,
     Filter,
-    HasVector,
     Point,
     ScoredPoint,
     VectorSpec,
@@ -173,7 +172,7 @@ class EdgeStore:
         shard, schema = self._shard(name), self._schema(name)
         edge_points = []
         for p in points:
-            vectors: dict[str, Any] = {n: _as_list(v) for n, v in p.vectors.items()}
+            vectors: dict[str, Any] = {n: as_list(v) for n, v in p.vectors.items()}
             if schema.keyword_vector and p.keywords:
                 # Empty sparse vectors are left out: stored, they would count in IDF statistics.
                 vectors[schema.keyword_vector] = _as_sparse(p.keywords)
@@ -192,9 +191,9 @@ class EdgeStore:
         return [
             Point(
                 point_id=str(r.id),
-                vectors=_dense_of(r.vector, keyword_vector),
+                vectors=dense_of(r.vector, keyword_vector),
                 payload=dict(r.payload or {}),
-                keywords=_sparse_of(r.vector, keyword_vector),
+                keywords=sparse_of(r.vector, keyword_vector),
             )
             for r in records
         ]
@@ -231,7 +230,7 @@ class EdgeStore:
     ) -> list[ScoredPoint]:
         shard = self._shard(name)
         request = qe.SearchRequest(
-            query=qe.Query.Nearest(_as_list(vector), using=vector_name),
+            query=qe.Query.Nearest(as_list(vector), using=vector_name),
             limit=limit,
             offset=offset,
             filter=to_edge_filter(filter),
@@ -241,7 +240,7 @@ class EdgeStore:
         )
         with self._errors("search", name):
             hits = shard.search(request)
-        return _scored(hits)
+        return scored(hits)
 
     def search_keywords(
         self,
@@ -265,7 +264,7 @@ class EdgeStore:
         )
         with self._errors("search", name):
             hits = shard.search(request)
-        return _scored(hits)
+        return scored(hits)
 
     def search_hybrid(
         self,
@@ -292,7 +291,7 @@ class EdgeStore:
             prefetches=[
                 qe.Prefetch(
                     limit=candidates,
-                    query=qe.Query.Nearest(_as_list(vector), using=vector_name),
+                    query=qe.Query.Nearest(as_list(vector), using=vector_name),
                     filter=edge_filter,
                     score_threshold=dense_threshold,
                 ),
@@ -308,7 +307,7 @@ class EdgeStore:
         )
         with self._errors("search", name):
             hits = shard.query(request)
-        return _scored(hits)
+        return scored(hits)
 
     def delete(self, name: str, point_ids: list[str]) -> None:
         shard = self._shard(name)
@@ -425,41 +424,32 @@ class EdgeStore:
 # -- filters ---------------------------------------------------------------------------------
 
 
+class _EdgeFilters:
+    """qdrant-edge's spelling of a filter (see `indexing.store.shared.translate`)."""
+
+    def group(self, *, must=None, must_not=None, should=None) -> qe.Filter:
+        return qe.Filter(should=should) if should is not None else qe.Filter(must=must, must_not=must_not)
+
+    def has_vector(self, vector_name: str):
+        return qe.HasVectorCondition(vector_name)
+
+    def range(self, key: str, *, gte=None, gt=None, lte=None, lt=None):
+        return qe.FieldCondition(key, range=qe.RangeFloat(gte=gte, gt=gt, lte=lte, lt=lt))
+
+    def match_any(self, key: str, values: list):
+        return qe.FieldCondition(key, match=qe.MatchAny(values))
+
+    def match_value(self, key: str, value: Any):
+        if isinstance(value, bool):
+            # The binding tries int before bool, and Python's True *is* an int, so MatchValue(True)
+            # becomes MatchValue(1) and never matches a stored boolean. numpy.bool_ is not an int
+            # and is extracted as a real bool.
+            value = np.bool_(value)
+        return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+
 def to_edge_filter(filter: Filter | None) -> qe.Filter | None:
-    if filter is None or filter.is_empty():
-        return None
-    return qe.Filter(
-        must=[_condition(c) for c in filter.must] or None,
-        must_not=[_condition(c) for c in filter.must_not] or None,
-    )
-
-
-def _condition(c: Condition | HasVector) -> Any:
-    if isinstance(c, HasVector):
-        return qe.HasVectorCondition(c.vector_name)
-    if c.range is not None:
-        r = c.range
-        return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
-    if c.any_of is not None:
-        values = list(c.any_of)
-        if all(isinstance(v, str) for v in values) or all(_is_int(v) for v in values):
-            return qe.FieldCondition(c.key, match=qe.MatchAny(values))
-        # MatchAny takes only strings or only integers: OR single matches instead.
-        return qe.Filter(should=[_condition(Condition(key=c.key, equals=v)) for v in values])
-    value = c.equals
-    if isinstance(value, float):
-        # Qdrant has no float equality; a closed range is the same test.
-        return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=value, lte=value))
-    if isinstance(value, bool):
-        # The binding tries int before bool, and Python's True *is* an int, so MatchValue(True)
-        # becomes MatchValue(1) and never matches a stored boolean. numpy.bool_ is not an int
-        # and is extracted as a real bool.
-        value = np.bool_(value)
-    return qe.FieldCondition(c.key, match=qe.MatchValue(value))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return translate(filter, _EdgeFilters())
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -489,26 +479,7 @@ def _ensure_field_indexes(shard: qe.EdgeShard) -> None:
             shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
 
 
-def _scored(hits: Any) -> list[ScoredPoint]:
-    return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in hits]
 
 
 def _as_sparse(keywords: SparseVector) -> qe.SparseVector:
-    return qe.SparseVector([int(i) for i in keywords.indices], [float(v) for v in keywords.values])
-
-
-def _sparse_of(vectors: Any, keyword_vector: str | None) -> SparseVector | None:
-    if not keyword_vector or not vectors or keyword_vector not in vectors:
-        return None
-    stored = vectors[keyword_vector]
-    return SparseVector(list(stored.indices), [float(v) for v in stored.values])
-
-
-def _as_list(vector: np.ndarray) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
-
-
-def _dense_of(vectors: Any, keyword_vector: str | None) -> dict[str, np.ndarray]:
-    if not vectors:
-        return {}
-    return {n: np.asarray(v, dtype=np.float32) for n, v in vectors.items() if n != keyword_vector}
+    return qe.SparseVector(*sparse_parts(keywords))

@@ -37,14 +37,13 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from encoders.common.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
 from encoders.text.keywords import SparseVector
+from indexing.store.shared import as_list, dense_of, scored, sparse_of, sparse_parts, translate
 from indexing.types import (
     INDEXED_KEYWORD_FIELDS,
     KEYWORD_VECTOR,
     RRF_K,
     CollectionSchema,
-    Condition,
     Filter,
-    HasVector,
     Point,
     ScoredPoint,
     VectorSpec,
@@ -222,7 +221,7 @@ class QdrantStore:
         schema = self._schema(name)
         structs = []
         for p in points:
-            vectors: dict[str, Any] = {n: _as_list(v) for n, v in p.vectors.items()}
+            vectors: dict[str, Any] = {n: as_list(v) for n, v in p.vectors.items()}
             if schema.keyword_vector and p.keywords:
                 # Empty sparse vectors are left out: stored, they would count in IDF statistics.
                 vectors[schema.keyword_vector] = _as_sparse(p.keywords)
@@ -240,9 +239,9 @@ class QdrantStore:
         return [
             Point(
                 point_id=str(r.id),
-                vectors=_dense_of(r.vector, keyword_vector),
+                vectors=dense_of(r.vector, keyword_vector),
                 payload=dict(r.payload or {}),
-                keywords=_sparse_of(r.vector, keyword_vector),
+                keywords=sparse_of(r.vector, keyword_vector),
             )
             for r in records
         ]
@@ -286,7 +285,7 @@ class QdrantStore:
         with self._errors("search", name):
             response = self._client.query_points(
                 name,
-                query=_as_list(vector),
+                query=as_list(vector),
                 using=vector_name,
                 limit=limit,
                 offset=offset or None,
@@ -295,7 +294,7 @@ class QdrantStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return _scored(response.points)
+        return scored(response.points)
 
     def search_keywords(
         self,
@@ -320,7 +319,7 @@ class QdrantStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return _scored(response.points)
+        return scored(response.points)
 
     def search_hybrid(
         self,
@@ -345,7 +344,7 @@ class QdrantStore:
                 name,
                 prefetch=[
                     models.Prefetch(
-                        query=_as_list(vector),
+                        query=as_list(vector),
                         using=vector_name,
                         limit=candidates,
                         filter=qfilter,
@@ -360,7 +359,7 @@ class QdrantStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return _scored(response.points)
+        return scored(response.points)
 
     def delete(self, name: str, point_ids: list[str]) -> None:
         with self._errors("delete from", name):
@@ -443,63 +442,37 @@ class QdrantStore:
 # -- filters ---------------------------------------------------------------------------------
 
 
+class _QdrantFilters:
+    """qdrant-client's spelling of a filter (see `indexing.store.shared.translate`)."""
+
+    def group(self, *, must=None, must_not=None, should=None) -> models.Filter:
+        return models.Filter(should=should) if should is not None else models.Filter(must=must, must_not=must_not)
+
+    def has_vector(self, vector_name: str):
+        return models.HasVectorCondition(has_vector=vector_name)
+
+    def range(self, key: str, *, gte=None, gt=None, lte=None, lt=None):
+        return models.FieldCondition(key=key, range=models.Range(gte=gte, gt=gt, lte=lte, lt=lt))
+
+    def match_any(self, key: str, values: list):
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+
+    def match_value(self, key: str, value: Any):
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
 def to_qdrant_filter(filter: Filter | None) -> models.Filter | None:
-    if filter is None or filter.is_empty():
-        return None
-    return models.Filter(
-        must=[_condition(c) for c in filter.must] or None,
-        must_not=[_condition(c) for c in filter.must_not] or None,
-    )
-
-
-def _condition(c: Condition | HasVector) -> Any:
-    if isinstance(c, HasVector):
-        return models.HasVectorCondition(has_vector=c.vector_name)
-    if c.range is not None:
-        r = c.range
-        return models.FieldCondition(key=c.key, range=models.Range(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
-    if c.any_of is not None:
-        values = list(c.any_of)
-        if all(isinstance(v, str) for v in values) or all(_is_int(v) for v in values):
-            return models.FieldCondition(key=c.key, match=models.MatchAny(any=values))
-        # MatchAny takes only strings or only integers: OR single matches instead.
-        return models.Filter(should=[_condition(Condition(key=c.key, equals=v)) for v in values])
-    if isinstance(c.equals, float):
-        # Qdrant has no float equality; a closed range is the same test.
-        return models.FieldCondition(key=c.key, range=models.Range(gte=c.equals, lte=c.equals))
-    return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.equals))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return translate(filter, _QdrantFilters())
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _as_list(vector: np.ndarray) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
 
 
 def _as_sparse(keywords: SparseVector) -> models.SparseVector:
-    return models.SparseVector(indices=[int(i) for i in keywords.indices], values=[float(v) for v in keywords.values])
-
-
-def _sparse_of(vectors: Any, keyword_vector: str | None) -> SparseVector | None:
-    if not keyword_vector or not isinstance(vectors, dict) or keyword_vector not in vectors:
-        return None
-    stored = vectors[keyword_vector]
-    return SparseVector(list(stored.indices), [float(v) for v in stored.values])
-
-
-def _scored(points: Any) -> list[ScoredPoint]:
-    return [ScoredPoint(point_id=str(h.id), score=float(h.score), payload=dict(h.payload or {})) for h in points]
-
-
-def _dense_of(vectors: Any, keyword_vector: str | None) -> dict[str, np.ndarray]:
-    if not isinstance(vectors, dict):
-        return {}
-    return {n: np.asarray(v, dtype=np.float32) for n, v in vectors.items() if n != keyword_vector}
+    indices, values = sparse_parts(keywords)
+    return models.SparseVector(indices=indices, values=values)
 
 
 def _keyword_vector_in(stored: dict[str, Any], sparse_vectors: dict[str, Any]) -> str | None:

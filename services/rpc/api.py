@@ -8,19 +8,19 @@ responses. It raises domain errors only; `services.rpc.errors` turns them into s
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from encoders.common.errors import BatchInvalid, InvalidInput
 from encoders.text.chunking import timed_texts
 from encoders.text.keywords import keyword_vector, query_vector
 from indexing.index import NewItem
+from indexing.query import ASK_MODE, DEFAULT_LIMIT, SearchQuery
 from indexing.recordings import recording_items
-from indexing.types import Modality
+from indexing.types import Modality, SearchMode
 from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
 from services.rpc import convert
 from services.serve.workers import EncodedImage, EncoderInfo
-
-DEFAULT_LIMIT = 10
 
 
 class LoupeApi:
@@ -139,44 +139,38 @@ class LoupeApi:
 
     # -- SearchService ----------------------------------------------------------------------
     async def search_text(self, req: search_pb2.SearchTextRequest) -> search_pb2.SearchResponse:
-        query = self._text(req.query, self.limits.max_query_chars, "query")
-        opts = self._options(req.options)
-        mode = convert.search_mode(req.options.mode)
-        keywords = query_vector(query) if mode != "dense" else None
-        if mode == "keyword":
-            return await self._search(opts, None, mode=mode, keyword_query=keywords)
-        embedded = await self.encoder.encode_texts([query])
-        response = await self._search(opts, embedded.vectors[0], mode=mode, keyword_query=keywords)
+        text = self._text(req.query, self.limits.max_query_chars, "query")
+        query = self._query(req.options, convert.search_mode(req.options.mode))
+        keywords = query_vector(text) if query.needs_keywords else None
+        if not query.needs_vector:
+            return await self._search(query.with_vectors(keywords=keywords))
+        embedded = await self.encoder.encode_texts([text])
+        response = await self._search(query.with_vectors(embedded.vectors[0], keywords))
         response.query_truncated = embedded.truncated[0]
         return response
 
     async def search_image(self, req: search_pb2.SearchImageRequest) -> search_pb2.SearchResponse:
-        opts = self._options(req.options)
+        query = self._query(req.options, SearchMode.DENSE.value)
         which = req.WhichOneof("query")
         if which == "image":
             (result,) = await self.encoder.encode_images([req.image])
             if isinstance(result, InvalidInput):
                 raise InvalidInput(result.reason, field="image")
-            return await self._search(opts, result.vector)
+            return await self._search(query.with_vectors(result.vector))
         if which == "id" and req.id:
             # The Index looks the item's vector up itself: one round trip, not two.
-            return await self._search(opts, None, like_id=req.id)
+            return await self._search(replace(query, like_id=req.id))
         raise InvalidInput("set image (bytes) or id (an indexed item) to search by", field="query")
 
-    async def _search(self, opts: dict, vector, mode: str = "dense", keyword_query=None,
-                      like_id: str | None = None) -> search_pb2.SearchResponse:
+    async def _search(self, query: SearchQuery) -> search_pb2.SearchResponse:
         info = await self.info()
-        limit, offset = opts["limit"], opts["offset"]
         # One extra hit tells whether there is a next page.
-        hits = await self.index.search(opts["name"], info.schema(), vector, limit=limit + 1, offset=offset,
-                                       modalities=opts["modalities"], conditions=opts["conditions"],
-                                       score_threshold=opts["score_threshold"], mode=mode,
-                                       keyword_query=keyword_query, like_id=like_id)
+        hits = await self.index.search(info.schema(), query.page_probe())
         response = search_pb2.SearchResponse(model_id=info.model_id)
-        for payload, score in hits[:limit]:
-            response.hits.add(item=convert.item(payload, opts["name"]), score=score)
-        if len(hits) > limit and offset + 2 * limit <= self.limits.max_window:
-            response.next_offset = offset + limit
+        for payload, score in hits[: query.limit]:
+            response.hits.add(item=convert.item(payload, query.collection), score=score)
+        if len(hits) > query.limit and query.offset + 2 * query.limit <= self.limits.max_window:
+            response.next_offset = query.offset + query.limit
         return response
 
     # -- QAService --------------------------------------------------------------------------
@@ -189,9 +183,9 @@ class LoupeApi:
         if r.k < 0 or r.k > self.limits.max_limit:
             raise InvalidInput(f"retrieval.k is {r.k}; it must be between 0 and {self.limits.max_limit}",
                                field="retrieval.k")
-        retrieval = {"collection": convert.collection_name(r.collection, "retrieval.collection"),
-                     "conditions": convert.conditions(r.filter, "retrieval.filter"),
-                     "mode": convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else "hybrid"}
+        retrieval = SearchQuery(collection=convert.collection_name(r.collection, "retrieval.collection"),
+                                conditions=convert.conditions(r.filter, "retrieval.filter"),
+                                mode=convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else ASK_MODE)
         answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval)
         return convert.answer(answer)
 
@@ -216,7 +210,7 @@ class LoupeApi:
         return self.transcriber
 
     # -- validation -------------------------------------------------------------------------
-    def _options(self, o: search_pb2.SearchOptions) -> dict:
+    def _query(self, o: search_pb2.SearchOptions, mode: str) -> SearchQuery:
         limit = o.limit if o.HasField("limit") else DEFAULT_LIMIT
         if not 1 <= limit <= self.limits.max_limit:
             raise InvalidInput(f"limit is {limit}; it must be between 1 and {self.limits.max_limit}",
@@ -229,9 +223,10 @@ class LoupeApi:
         if threshold is not None and o.mode != search_pb2.SEARCH_MODE_KEYWORD and not -1.0 <= threshold <= 1.0:
             raise InvalidInput(f"score_threshold {threshold} is outside -1..1 (cosine similarity)",
                                field="options.score_threshold")
-        return {"name": convert.collection_name(o.collection, "options.collection"), "limit": limit,
-                "offset": o.offset, "modalities": convert.modalities(o.modalities, "options.modalities"),
-                "conditions": convert.conditions(o.filter, "options.filter"), "score_threshold": threshold}
+        return SearchQuery(collection=convert.collection_name(o.collection, "options.collection"), mode=mode,
+                           limit=limit, offset=o.offset,
+                           modalities=convert.modalities(o.modalities, "options.modalities"),
+                           conditions=convert.conditions(o.filter, "options.filter"), score_threshold=threshold)
 
     def _check_count(self, n: int) -> None:
         if not 1 <= n <= self.limits.max_items_per_call:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
 from encoders.text.keywords import query_vector
-from indexing.types import Modality
+from indexing.query import SearchQuery
+from indexing.types import Modality, SearchMode
 from lmm.pipeline import AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
@@ -71,7 +73,7 @@ class AnswerWorker:
     def model_id(self) -> str:
         return self.vlm.model_id
 
-    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict) -> Answer:
+    async def ask(self, question: str, images: list[bytes], k: int, retrieval: SearchQuery) -> Answer:
         answer = await self.pipeline.ask_async(question, images, k, filters=retrieval)
         # Model and prompt version go to the log with every answer (never the question: it may hold PII).
         failed = [g.guard for g in answer.guards if not g.passed]
@@ -81,23 +83,21 @@ class AnswerWorker:
                  " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())))
         return answer
 
-    async def _retrieve(self, question: str, k: int, filters: dict | None = None) -> list[ContextImage]:
+    async def _retrieve(self, question: str, k: int, filters: SearchQuery) -> list[ContextImage]:
         """Context for the question: indexed images, texts and transcript segments found with the
         (masked) question in the request's mode, above a relevance floor (see `_relevant`)."""
-        r = filters or {}
-        mode = r.get("mode", "hybrid")
+        query = replace(filters, limit=k, offset=0, modalities=self.modalities,
+                        score_threshold=self.min_score if filters.mode == SearchMode.DENSE.value else None)
         info = await self.encoder.info()
-        vector = None if mode == "keyword" else (await self.encoder.encode_texts([question])).vectors[0]
-        common = {"limit": k, "offset": 0, "modalities": self.modalities, "conditions": r.get("conditions", ())}
-        hits = await self.index.search(r["collection"], info.schema(), vector, **common,
-                                       score_threshold=self.min_score if mode == "dense" else None, mode=mode,
-                                       keyword_query=query_vector(question) if mode != "dense" else None)
+        vector = (await self.encoder.encode_texts([question])).vectors[0] if query.needs_vector else None
+        query = query.with_vectors(vector, query_vector(question) if query.needs_keywords else None)
+        hits = await self.index.search(info.schema(), query)
         dense_ids = set()
-        if mode == "hybrid":  # fused scores are ranks, not similarities: take the floor from a dense search
-            dense = await self.index.search(r["collection"], info.schema(), vector, **common,
-                                            score_threshold=self.min_score, mode="dense", keyword_query=None)
-            dense_ids = {p["id"] for p, _ in dense}
-        return [self._context_item(p) for p, _ in hits if mode != "hybrid" or _relevant(question, p, dense_ids)]
+        hybrid = query.mode == SearchMode.HYBRID.value
+        if hybrid:  # fused scores are ranks, not similarities: take the floor from a dense search
+            dense_query = replace(query, mode=SearchMode.DENSE.value, keywords=None, score_threshold=self.min_score)
+            dense_ids = {p["id"] for p, _ in await self.index.search(info.schema(), dense_query)}
+        return [self._context_item(p) for p, _ in hits if not hybrid or _relevant(question, p, dense_ids)]
 
     def _context_item(self, p: dict) -> ContextImage:
         modality = p.get("modality") or Modality.IMAGE.value

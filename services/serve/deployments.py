@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from encoders.clip.encoder import TextEmbedding
+from indexing.query import SearchQuery
+from indexing.types import CollectionSchema
 from protos.loupe.v1 import common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
 from services.rpc.api import LoupeApi
@@ -67,27 +69,46 @@ class EncoderDeployment:
         return out
 
 
-class _IndexOwner:
-    """The single owner of the embedded store (keep num_replicas at 1 for Qdrant Edge)."""
+@serve.deployment(name="Index")
+class IndexDeployment:
+    """The single owner of the embedded store (keep num_replicas at 1 for Qdrant Edge).
+
+    Each method is one IndexWorker call in a worker thread: `indexing.Index` serialises writes
+    itself, reads run in parallel.
+    """
 
     def __init__(self, settings: LoupeSettings) -> None:
         self.worker = IndexWorker(settings)
 
+    async def ping(self) -> str:
+        return await asyncio.to_thread(self.worker.ping)
 
-def _in_thread(name: str):
-    # indexing.Index serialises writes itself; reads run in parallel.
-    async def method(self, *args, **kwargs):
-        return await asyncio.to_thread(getattr(self.worker, name), *args, **kwargs)
+    async def add(self, name: str, schema: CollectionSchema, items: list) -> list[tuple[str, bool]]:
+        return await asyncio.to_thread(self.worker.add, name, schema, items)
 
-    method.__name__ = name
-    return method
+    async def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
+        return await asyncio.to_thread(self.worker.add_recording, name, schema, recording, segments)
 
+    async def check_model(self, name: str, schema: CollectionSchema) -> None:
+        return await asyncio.to_thread(self.worker.check_model, name, schema)
 
-# Serve looks methods up by name on the class, so they are real attributes, one per worker call.
-for _name in ("ping", "add", "add_recording", "check_model", "search", "vector_of", "get", "delete_ids", "delete_where", "count", "collections"):
-    setattr(_IndexOwner, _name, _in_thread(_name))
+    async def search(self, schema: CollectionSchema, query: SearchQuery) -> list[tuple[dict, float]]:
+        return await asyncio.to_thread(self.worker.search, schema, query)
 
-IndexDeployment = serve.deployment(name="Index")(_IndexOwner)
+    async def get(self, name: str, public_id: str) -> dict:
+        return await asyncio.to_thread(self.worker.get, name, public_id)
+
+    async def delete_ids(self, name: str, ids: list[str]) -> int:
+        return await asyncio.to_thread(self.worker.delete_ids, name, ids)
+
+    async def delete_where(self, name: str, conditions: tuple) -> int:
+        return await asyncio.to_thread(self.worker.delete_where, name, conditions)
+
+    async def count(self, name: str, conditions: tuple, modalities: tuple) -> int:
+        return await asyncio.to_thread(self.worker.count, name, conditions, modalities)
+
+    async def collections(self) -> list[tuple[str, CollectionSchema, int]]:
+        return await asyncio.to_thread(self.worker.collections)
 
 
 @serve.deployment(name="Transcriber")

@@ -18,6 +18,7 @@ from encoders.common.errors import InvalidInput
 from encoders.image.decode import decode_image
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.whisper.transcribe import TranscriptInfo
+from indexing.query import SearchQuery
 from indexing.types import CollectionSchema
 from services.config import LoupeSettings
 
@@ -260,21 +261,9 @@ class IndexWorker:
         self.optimizer.wrote(name, len(segments) + created)
         return public_id, created
 
-    def search(self, name: str, schema: CollectionSchema, vector: np.ndarray | None, *, limit: int, offset: int,
-               modalities: tuple, conditions: tuple, score_threshold: float | None,
-               exclude_ids: tuple[str, ...] = (), mode: str = "dense", keyword_query=None,
-               like_id: str | None = None) -> list[tuple[dict, float]]:
-        """`like_id`: search with that stored item's vector (and leave the item out)."""
-        # The vector of this service's model, active or not: a collection being re-embedded
-        # holds one per model.
-        vector_name = self.index.schema_for(name, schema).vector_name
-        if like_id is not None:
-            _, vector = self.index.get_vector(name, like_id, vector_name)
-            exclude_ids = (*exclude_ids, like_id)
-        flt = self.index.resolve_filter(name, conditions) if conditions else None
-        return self.index.search(name, vector, limit=limit, offset=offset, modalities=modalities, filter=flt,
-                                 score_threshold=score_threshold, exclude_ids=exclude_ids, mode=mode,
-                                 keyword_query=keyword_query, vector_name=vector_name)
+    def search(self, schema: CollectionSchema, query: SearchQuery) -> list[tuple[dict, float]]:
+        """(payload, score) of the best hits for `query`, in this service's model's vector."""
+        return self.index.run_query(query, vector_name=self.index.schema_for(query.collection, schema).vector_name)
 
     def vector_of(self, name: str, schema: CollectionSchema, public_id: str) -> tuple[dict, np.ndarray]:
         return self.index.get_vector(name, public_id, self.index.schema_for(name, schema).vector_name)
