@@ -32,9 +32,9 @@ from encoders.image.decode import ImageLimits
 from indexing.batch import catalog, stages
 from indexing.batch.report import BatchSummary, ErrorReport, Progress
 from indexing.batch.writer import FAILED, CatalogWriter, StoreSpec
+from indexing.ingest import VECTOR_NAME
 from indexing.types import CollectionSchema
 
-VECTOR_NAME = "clip"
 # Rows per plan file, and so per Ray Data block: a task reads its block's images into memory
 # at once, and a block's outcomes reach the driver when its last row is written.
 _PLAN_ROWS_PER_FILE = 128

@@ -26,6 +26,7 @@ from PIL import Image
 from encoders.common.errors import InvalidInput, LoupeError
 from encoders.image.decode import ImageLimits, decode_image
 from indexing.batch.catalog import media_kind
+from indexing.ingest import TextReader
 
 FAILED = "failed"
 ROW_SCHEMA = pa.schema([
@@ -172,7 +173,8 @@ def fit_square(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-_ocr_engines: dict[str, Any] = {}
+# One reader per worker process and OCR setting; the engine loads on the first image that needs it.
+_text_readers: dict[tuple[str, str], TextReader] = {}
 
 
 def decode_batch(batch: pa.Table, *, options: DecodeOptions) -> pa.Table:
@@ -182,7 +184,9 @@ def decode_batch(batch: pa.Table, *, options: DecodeOptions) -> pa.Table:
             continue
         try:
             decoded = decode_image(row["data"], options.limits, field="file")
-            text = _read_text(decoded.image, options)
+            key = (options.ocr_mode, options.ocr_engine)
+            reader = _text_readers.get(key) or _text_readers.setdefault(key, TextReader(*key))
+            text = reader.read(decoded.image)
         except InvalidInput as e:
             fail(row, "decode", e.reason)
             continue
@@ -213,20 +217,6 @@ def _transform(pickled: bytes | None) -> Any:
         torch.set_num_threads(1)
         _transforms[pickled] = pickle.loads(pickled)  # noqa: S301 (made by our own driver)
     return _transforms[pickled]
-
-
-def _read_text(image, options: DecodeOptions) -> str:
-    if options.ocr_mode == "never":
-        return ""
-    from encoders.ocr import create_ocr, looks_like_text_image
-
-    if options.ocr_mode == "auto" and not looks_like_text_image(image):
-        return ""
-    # One engine per worker process, loaded on the first image that needs it.
-    engine = _ocr_engines.get(options.ocr_engine)
-    if engine is None:
-        engine = _ocr_engines[options.ocr_engine] = create_ocr(options.ocr_engine or None).load()
-    return engine.read(image).text
 
 
 # -- encode ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from encoders.common.errors import BatchInvalid, InvalidInput, LoupeError
 from encoders.text.keywords import keyword_vector
 from indexing.ids import content_key
 from indexing.index import Index, NewItem
+from indexing.ingest import image_item, store_recording, text_item
 from indexing.types import CollectionSchema, Modality
 
 INDEXED, UPDATED, SKIPPED, DUPLICATE, FAILED = "indexed", "updated", "skipped", "duplicate", "failed"
@@ -172,10 +173,7 @@ class CatalogWriter:
 
         recording, segments = pickle.loads(row["items"])  # noqa: S301 (made by our own pipeline)
         try:
-            [(public_id, created)] = self.index.upsert(self.collection, [recording], self.schema)
-            self.index.delete_children(self.collection, public_id)
-            if segments:
-                self.index.upsert(self.collection, segments, self.schema)
+            _, created = store_recording(self.index, self.collection, self.schema, recording, segments)
         except LoupeError as e:
             return {"status": FAILED, "stage": "store", "reason": e.reason}
         return _stored(row, created)
@@ -188,13 +186,13 @@ class CatalogWriter:
         return _stored(row, created)
 
     def _item(self, row: dict[str, Any]) -> NewItem:
-        text = row.get("text") or None
-        return NewItem(
-            public_id=None, sha256=row["sha256"], modality=Modality(row.get("modality") or "image"),
-            vector=np.frombuffer(row["vector"], dtype=np.float32),
-            source=row["uri"], metadata=json.loads(row["meta"]) if row["meta"] else {},
-            text=text, width=row.get("width") or None, height=row.get("height") or None,
-            keywords=keyword_vector(text) if text else None)
+        common = {"public_id": None, "sha256": row["sha256"], "source": row["uri"],
+                  "metadata": json.loads(row["meta"]) if row["meta"] else {},
+                  "vector": np.frombuffer(row["vector"], dtype=np.float32)}
+        if Modality(row.get("modality") or "image") is Modality.TEXT:
+            return text_item(**common, text=row["text"])
+        return image_item(**common, width=row.get("width") or None, height=row.get("height") or None,
+                          text=row.get("text"))
 
 
 def _stored(row: dict[str, Any], created: bool) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from dataclasses import replace
 
 from encoders.common.errors import BatchInvalid, InvalidInput
 from encoders.text.chunking import timed_texts
-from encoders.text.keywords import keyword_vector, query_vector
+from encoders.text.keywords import query_vector
 from indexing.index import NewItem
+from indexing.ingest import image_item, text_item
 from indexing.query import ASK_MODE, DEFAULT_LIMIT, SearchQuery
 from indexing.recordings import recording_items
-from indexing.types import Modality, SearchMode
+from indexing.types import SearchMode
 from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
 from services.rpc import convert
@@ -55,8 +56,7 @@ class LoupeApi:
             if isinstance(result, InvalidInput):
                 problems.append(InvalidInput(f"items[{i}]: {result.reason}", field=f"items[{i}].data"))
         _raise_all(problems)
-        items = [_new_item({**p, "text": e.text or None}, Modality.IMAGE, e.vector, width=e.width, height=e.height,
-                           keywords=keyword_vector(e.text) if e.text else None)
+        items = [image_item(**{**p, "text": e.text}, vector=e.vector, width=e.width, height=e.height)
                  for p, e in zip(prepared, encoded) if isinstance(e, EncodedImage)]
         return await self._store(name, items)
 
@@ -72,8 +72,7 @@ class LoupeApi:
                 problems.append(exc)
         _raise_all(problems)
         embedded = await self.encoder.encode_texts([p["text"] for p in prepared])
-        items = [_new_item(p, Modality.TEXT, v, keywords=keyword_vector(p["text"]))
-                 for p, v in zip(prepared, embedded.vectors)]
+        items = [text_item(**p, vector=v) for p, v in zip(prepared, embedded.vectors)]
         return await self._store(name, items)
 
     async def index_audio(self, req: index_pb2.IndexAudioRequest) -> index_pb2.IndexAudioResponse:
@@ -264,12 +263,6 @@ class LoupeApi:
         if self.answerer is not None:
             await self.answerer.model_id()
         return True
-
-
-def _new_item(p: dict, modality: Modality, vector, **extra) -> NewItem:
-    fields = {"text": p["text"], **extra}
-    return NewItem(public_id=p["public_id"], sha256=p["sha256"], modality=modality, vector=vector,
-                   source=p["source"], metadata=p["metadata"], **fields)
 
 
 def _raise_all(problems: list[InvalidInput]) -> None:

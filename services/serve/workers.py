@@ -18,11 +18,10 @@ from encoders.common.errors import InvalidInput
 from encoders.image.decode import decode_image
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.whisper.transcribe import TranscriptInfo
+from indexing.ingest import VECTOR_NAME, TextReader, store_recording
 from indexing.query import SearchQuery
 from indexing.types import CollectionSchema
 from services.config import LoupeSettings
-
-VECTOR_NAME = "clip"
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,7 @@ class EncoderWorker:
     def __init__(self, settings: LoupeSettings) -> None:
         self.clip = ClipEncoder(settings.clip_options()).load()
         self.image_limits = settings.limits.image_limits()
-        self.ocr_mode = settings.ocr.mode
-        self.ocr = None
-        if self.ocr_mode != "never":
-            from encoders.ocr import OcrOptions, create_ocr
-
-            engine = settings.ocr.engine or None
-            self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
-                                                     threads=settings.ocr.threads)).load()
+        self.text_reader = TextReader(settings.ocr.mode, settings.ocr.engine, settings.ocr.threads).load()
         self._info = EncoderInfo(self.clip.model_id, self.clip.model_version, self.clip.dim,
                                  self.clip.context_length, settings.profile)
 
@@ -81,19 +73,8 @@ class EncoderWorker:
             images.append(decoded.image)
         vectors = self.clip.encode_images(images) if images else []
         for (i, width, height), vector, image in zip(good, vectors, images):
-            results[i] = EncodedImage(vector, width, height, self.read_text(image))
+            results[i] = EncodedImage(vector, width, height, self.text_reader.read(image))
         return results
-
-    def read_text(self, image) -> str:
-        """OCR text of screenshots and documents (all images with mode "always")."""
-        if self.ocr is None:
-            return ""
-        if self.ocr_mode == "auto":
-            from encoders.ocr import looks_like_text_image
-
-            if not looks_like_text_image(image):
-                return ""
-        return self.ocr.read(image).text
 
     def encode_texts(self, texts: list[str]) -> TextEmbedding:
         return self.clip.encode_texts(texts)
@@ -255,9 +236,7 @@ class IndexWorker:
     def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
         """Store a recording and its segment chunks, replacing segments of an earlier version."""
         self.index.ensure_collection(name, schema)
-        [(public_id, created)] = self.index.upsert(name, [recording], schema)
-        self.index.delete_children(name, public_id)
-        self.index.upsert(name, segments, schema)
+        public_id, created = store_recording(self.index, name, schema, recording, segments)
         self.optimizer.wrote(name, len(segments) + created)
         return public_id, created
 
