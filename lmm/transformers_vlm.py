@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from encoders.common.errors import InvalidInput, ModelUnavailable, Overloaded
+from encoders.loading.hub import in_hf_cache, unreachable
 from encoders.loading.lazy import LazyModel
+from encoders.loading.runtime import pick_device, pick_dtype, set_threads
 from lmm.models import VlmOptions, token_budget
 from lmm.types import Draft, Prompt
 
-HUB_HOST = "huggingface.co"
 BUNDLED_VLMS = ("tiny-vlm",)
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
@@ -101,7 +100,7 @@ def _local_dir(folder: Path) -> VlmSource:
 
 
 def _hub(repo: str, cache_dir: str | None, timeout_s: float) -> VlmSource:
-    reason = hub_unreachable(timeout_s)
+    reason = unreachable(timeout_s)
     if reason is None:
         return VlmSource(repo, f"transformers:{repo}", False)
     if _in_hf_cache(repo, cache_dir):
@@ -111,31 +110,7 @@ def _hub(repo: str, cache_dir: str | None, timeout_s: float) -> VlmSource:
 
 
 def _in_hf_cache(repo: str, cache_dir: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir), str)
-
-
-def hub_unreachable(timeout_s: float) -> str | None:
-    """None when the hub answers a TCP connect within timeout_s, else why not (never hangs)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
-    host, port = endpoint.hostname or HUB_HOST, endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"{host} is unreachable ({exc})")
-
-    # The socket timeout does not cover name resolution, which can stall far longer: bound both.
-    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s + 0.5)
-    return outcome[0] if outcome else f"{host} did not answer within {timeout_s:g} s"
+    return in_hf_cache(repo, ("config.json",), cache_dir)
 
 
 class TransformersVlm(LazyModel):
@@ -155,13 +130,11 @@ class TransformersVlm(LazyModel):
 
     # -- loading ----------------------------------------------------------------------------
     def _load(self) -> None:
-        import torch
         import transformers
 
-        if self.options.threads > 0:
-            torch.set_num_threads(self.options.threads)
-        device = _pick_device(self.options.device)
-        dtype = _pick_dtype(self.options.dtype, device)
+        set_threads(self.options.threads)
+        device = pick_device(self.options.device)
+        dtype = pick_dtype(self.options.dtype, device, field="dtype")
         location = self.source.location
         if self.source.bundled:
             from lmm.tiny_vlm import ensure_built
@@ -247,24 +220,3 @@ def _processor_edge(processor) -> int:
         size = {k: getattr(size, k, None) for k in ("longest_edge", "height", "width", "shortest_edge")}
     edge = size.get("longest_edge") or max(size.get("height") or 0, size.get("width") or 0)
     return int(edge or 0)
-
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailable(f"device {device!r} was asked for but no CUDA device is visible; use device 'cpu'")
-    return device
-
-
-def _pick_dtype(name: str, device: str):
-    import torch
-
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in dtypes:
-        raise InvalidInput(f"unknown dtype {name!r}; valid: {', '.join(dtypes)}", field="dtype")
-    if name == "fp16" and device == "cpu":
-        raise ModelUnavailable("dtype fp16 needs a GPU; use fp32 or bf16 on CPU")
-    return dtypes[name]

@@ -18,6 +18,7 @@ from PIL import Image
 from encoders.clip.sources import ClipSource, resolve
 from encoders.common.errors import InvalidInput, ModelUnavailable
 from encoders.loading.lazy import LazyModel
+from encoders.loading.runtime import pick_device, pick_dtype, set_threads
 
 if TYPE_CHECKING:
     from encoders.clip.runtimes import DriftReport
@@ -112,9 +113,8 @@ class ClipEncoder(LazyModel):
         if self.options.runtime not in RUNTIMES:
             raise InvalidInput(f"encoder runtime {self.options.runtime!r} is not one of {', '.join(RUNTIMES)}",
                                field="encoder.runtime")
-        if self.options.threads > 0:
-            torch.set_num_threads(self.options.threads)
-        self._device = _pick_device(self.options.device)
+        set_threads(self.options.threads)
+        self._device = pick_device(self.options.device)
         try:
             # Random weights are seeded: the same spec is the same model in every process, so
             # benchmarks compare runtimes on one model and its ONNX export is cached once.
@@ -128,9 +128,7 @@ class ClipEncoder(LazyModel):
             from encoders.clip.sources import HOW_TO_SUPPLY
             raise ModelUnavailable(f"could not load {self.model_id}: {exc}. {HOW_TO_SUPPLY}") from exc
         model.eval()
-        self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.options.precision]
-        if self._dtype is torch.float16 and self._device == "cpu":
-            raise ModelUnavailable("precision fp16 needs a GPU; use fp32 or bf16 on CPU")
+        self._dtype = pick_dtype(self.options.precision, self._device)
         with torch.inference_mode():
             self._embed_dim = int(model.encode_text(tokenizer(["probe"]).to(self._device)).shape[-1])
         self._preprocess, self._tokenizer = preprocess, tokenizer
@@ -292,16 +290,6 @@ def _release_freed_memory() -> None:
 def _normalise(rows: np.ndarray) -> np.ndarray:
     rows = rows.astype(np.float32, copy=False)
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailable(f"device {device!r} was asked for but no CUDA device is visible; use device 'cpu'")
-    return device
 
 
 def _chunks(items: list, size: int) -> list[list]:

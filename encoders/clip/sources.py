@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from encoders.common.errors import InvalidInput, ModelUnavailable
+from encoders.loading.hub import in_hf_cache, require_download
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_MODELS = {"tiny-clip": BUNDLED_DIR / "tiny-clip"}
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
-HUB_HOST = "huggingface.co"
 
 HOW_TO_SUPPLY = (
     "Ways to supply CLIP weights: (1) run with --bundled-models (or LOUPE_PROFILE=bundled) to use "
@@ -58,7 +57,7 @@ def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3
     if spec.startswith("bundled:"):
         return _bundled(spec.removeprefix("bundled:"))
     if spec.startswith("hf-hub:"):
-        _require_hub(spec, hub_timeout_s)
+        require_download(spec, HOW_TO_SUPPLY, hub_timeout_s)
         return ClipSource(spec, None, f"open_clip:{spec}", "hub")
     if spec.startswith("local-dir:") or os.path.isdir(spec):
         return _local_dir(Path(spec.removeprefix("local-dir:")))
@@ -110,7 +109,7 @@ def _pretrained_tag(arch: str, tag: str, cache_dir: str | None, hub_timeout_s: f
         tags = ", ".join(t for a, t in open_clip.list_pretrained() if a == arch) or "none"
         raise InvalidInput(f"unknown pretrained tag {tag!r} for {arch}; known tags: {tags}", field="model")
     if not _in_hf_cache(cfg.get("hf_hub", ""), cache_dir):
-        _require_hub(f"{arch}/{tag}", hub_timeout_s)
+        require_download(f"{arch}/{tag}", HOW_TO_SUPPLY, hub_timeout_s)
     return ClipSource(arch, tag, f"open_clip:{arch}/{tag}", tag)
 
 
@@ -125,28 +124,10 @@ def _require_architecture(arch: str) -> None:
 def _in_hf_cache(hf_hub: str, cache_dir: str | None) -> bool:
     if not hf_hub:
         return False
-    from huggingface_hub import try_to_load_from_cache
-
     # open_clip writes "org/repo/" or "org/repo/filename".
     parts = hf_hub.strip("/").split("/")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    for name in (filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        if name and isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str):
-            return True
-    return False
-
-
-def _require_hub(what: str, timeout_s: float) -> None:
-    """Fail in seconds when the hub is unreachable; open_clip itself retries for ~45 s."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    reason = "HF_HUB_OFFLINE is set" if offline else None
-    if not offline:
-        try:
-            socket.create_connection((HUB_HOST, 443), timeout=timeout_s).close()
-        except OSError as exc:
-            reason = f"{HUB_HOST} is unreachable ({exc})"
-    if reason:
-        raise ModelUnavailable(f"weights for {what} are not in the local cache and {reason}. " + HOW_TO_SUPPLY)
+    return in_hf_cache(repo, (filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"), cache_dir)
 
 
 def file_version(path: Path) -> str:

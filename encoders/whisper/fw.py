@@ -23,6 +23,7 @@ import numpy as np
 from faster_whisper import WhisperModel  # this module is imported only when the backend is used
 
 from encoders.common.errors import ModelUnavailable
+from encoders.loading.runtime import pick_device
 from encoders.whisper.controls import TranscriptControls, best_decode, fails_checks
 from encoders.whisper.models import HOW_TO_SUPPLY, fetch
 from encoders.whisper.transcribe import (
@@ -35,7 +36,6 @@ from encoders.whisper.transcribe import (
     check_language,
     finite,
     needs_word_timings,
-    pick_device,
     vad_options,
 )
 

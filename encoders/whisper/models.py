@@ -24,7 +24,6 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from pathlib import Path
 
 from encoders.clip.sources import file_version
 from encoders.common.errors import InvalidInput, ModelUnavailable
+from encoders.loading.hub import HUB_HOST, require_download
 
-HUB_HOST = "huggingface.co"
 OPENAI_HOST = "openaipublic.azureedge.net"
 OPENAI_PREFIX = "openai:"
 LOCAL_PREFIX = "local-dir:"
@@ -331,12 +330,4 @@ def _fetch_openai(name: str) -> Path:
 
 def _require_host(host: str, what: str, timeout_s: float) -> None:
     """Fail in seconds when the download host is unreachable instead of waiting on retries."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    reason = "HF_HUB_OFFLINE is set" if offline and host == HUB_HOST else None
-    if reason is None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout_s).close()
-        except OSError as exc:
-            reason = f"{host} is unreachable ({exc})"
-    if reason:
-        raise ModelUnavailable(f"weights for {what} are not in the local cache and {reason}. " + HOW_TO_SUPPLY)
+    require_download(what, HOW_TO_SUPPLY, timeout_s, host=None if host == HUB_HOST else host)

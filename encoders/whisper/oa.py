@@ -27,6 +27,7 @@ import numpy as np
 
 from encoders.clip.sources import file_version
 from encoders.common.errors import InvalidInput, ModelUnavailable
+from encoders.loading.runtime import pick_device
 from encoders.whisper.controls import TranscriptControls, best_decode, fails_checks
 from encoders.whisper.models import fetch, whisper_cache_dir
 from encoders.whisper.transcribe import (
@@ -39,7 +40,6 @@ from encoders.whisper.transcribe import (
     check_language,
     finite,
     needs_word_timings,
-    pick_device,
     vad_options,
 )
 

@@ -261,17 +261,6 @@ def create_transcriber(backend: str = DEFAULT_BACKEND, model_spec: str = DEFAULT
     return getattr(importlib.import_module(module_name), class_name)(model_spec, options, **kwargs)
 
 
-def pick_device(device: str, cuda_available: bool) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; a GPU asked for but absent fails."""
-    if device == "auto":
-        return "cuda" if cuda_available else "cpu"
-    if device.startswith("cuda") and not cuda_available:
-        raise ModelUnavailable(f"device {device!r} was asked for but no CUDA device is visible; use device 'cpu'")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, not {device!r}", field="device")
-    return device
-
-
 def vad_options(options: TranscribeOptions):
     """faster-whisper's VadOptions for our options (shared by every backend)."""
     from faster_whisper.vad import VadOptions

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from encoders.common.errors import InvalidInput
-from indexing.batch.catalog import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from services.client.sdk import LoupeCallError, LoupeClient
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "ray_config.yaml"
@@ -359,6 +358,8 @@ def _scalar(text: str):
 def _media_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     """(images, audio): folders are walked by extension; files named explicitly are sent as
     audio when their extension says so, else as images (the server judges the content)."""
+    from indexing.batch.catalog import AUDIO_SUFFIXES, IMAGE_SUFFIXES  # PyAV and numpy: only for `loupe index`
+
     images, audio = [], []
     for path in paths:
         found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
