@@ -14,19 +14,19 @@ Every backend satisfies `lmm.types.VisionLanguageModel`.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from encoders.common.errors import InvalidInput
+from encoders.loading.registry import Entry, Registry
 from lmm.types import VisionLanguageModel
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 
 # Backend name -> "module:Class"; the class takes a VlmOptions.
-BACKENDS: dict[str, str] = {
-    "transformers": "lmm.transformers_vlm:TransformersVlm",
-    "openai": "lmm.openai_vlm:OpenAiVlm",
-}
+BACKENDS = Registry("VLM backend", {
+    "transformers": Entry("lmm.transformers_vlm:TransformersVlm", ("transformers", "torch"), "pip install transformers"),
+    "openai": Entry("lmm.openai_vlm:OpenAiVlm", ("httpx",), "pip install httpx"),
+})
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,14 @@ class VlmOptions:
 
 
 def list_backends() -> list[str]:
-    return sorted(BACKENDS)
+    return BACKENDS.names()
 
 
 def create_vlm(options: VlmOptions = VlmOptions()) -> VisionLanguageModel:
     """Build the backend `options.backend` names. Cheap: weights load on first use or `load()`."""
-    target = BACKENDS.get(options.backend)
-    if target is None:
-        raise InvalidInput(f"unknown VLM backend {options.backend!r}; valid backends: {', '.join(list_backends())}",
-                           field="backend")
+    cls = BACKENDS.cls(options.backend)
     if options.max_new_tokens < 1:
         raise InvalidInput(f"max_new_tokens must be at least 1, got {options.max_new_tokens}", field="max_new_tokens")
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
     return cls(options)
 
 

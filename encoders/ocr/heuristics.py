@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# looks_like_text_image: share of pixels (after downscaling to TEXT_IMAGE_SIDE) whose gray level
+# differs from the right and lower neighbours by at most 1, and share with a step of 64+.
 TEXT_IMAGE_SIDE = 640
 MIN_FLAT_SHARE = 0.75
 MIN_EDGE_SHARE = 0.005

@@ -22,8 +22,6 @@ are on by default and count what they removed in `TranscriptInfo.controls`.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from abc import abstractmethod
 from collections.abc import Collection, Iterator
@@ -31,8 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from encoders.common.errors import InvalidInput, ModelUnavailable
+from encoders.common.errors import InvalidInput
 from encoders.loading.lazy import LazyModel
+from encoders.loading.registry import Entry, Registry
 from encoders.whisper.controls import TranscriptControls, controlled
 from encoders.whisper.models import WhisperSource, resolve
 
@@ -40,22 +39,14 @@ SAMPLE_RATE = 16_000
 MAX_THREADS = 64
 
 
-@dataclass(frozen=True)
-class Backend:
-    # "module:class" of the Transcriber subclass; imported only when used.
-    target: str
-    # Modules that must be importable, checked before import so the error says what to install.
-    requires: tuple[str, ...]
-    # What to pip install when one is missing.
-    pip: str
-
-
-BACKENDS: dict[str, Backend] = {
-    "faster-whisper": Backend("encoders.whisper.fw:FasterWhisperTranscriber", ("faster_whisper",), "faster-whisper"),
+BACKENDS: dict[str, Entry] = {
+    "faster-whisper": Entry("encoders.whisper.fw:FasterWhisperTranscriber", ("faster_whisper",),
+                            "pip install faster-whisper"),
     # Uses faster-whisper's bundled Silero VAD, so it needs both libraries.
-    "openai-whisper": Backend("encoders.whisper.oa:OpenAIWhisperTranscriber", ("whisper", "faster_whisper"),
-                              "openai-whisper faster-whisper"),
+    "openai-whisper": Entry("encoders.whisper.oa:OpenAIWhisperTranscriber", ("whisper", "faster_whisper"),
+                            "pip install openai-whisper faster-whisper"),
 }
+TRANSCRIBERS = Registry("transcription backend", BACKENDS)
 DEFAULT_BACKEND = "faster-whisper"
 DEFAULT_MODEL = "base"
 # Options read when the model loads; they cannot change per call.
@@ -244,21 +235,13 @@ def check_language(language: str | None, known: Collection[str], multilingual: b
 
 
 def list_backends() -> list[str]:
-    return sorted(BACKENDS)
+    return TRANSCRIBERS.names()
 
 
 def create_transcriber(backend: str = DEFAULT_BACKEND, model_spec: str = DEFAULT_MODEL,
                        options: TranscribeOptions = TranscribeOptions(), **kwargs) -> Transcriber:
     """A transcriber for `backend` ("faster-whisper", "openai-whisper") over `model_spec`."""
-    entry = BACKENDS.get(backend)
-    if entry is None:
-        raise InvalidInput(f"unknown transcription backend {backend!r}; backends: {', '.join(list_backends())}",
-                           field="backend")
-    missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ModelUnavailable(f"backend {backend!r} needs `pip install {entry.pip}` (cannot import {', '.join(missing)})")
-    module_name, class_name = entry.target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)(model_spec, options, **kwargs)
+    return TRANSCRIBERS.create(backend, model_spec, options, **kwargs)
 
 
 def vad_options(options: TranscribeOptions):

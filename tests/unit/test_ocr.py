@@ -24,6 +24,7 @@ from encoders.ocr import (
     fix_lookalikes,
     looks_like_text_image,
     reading_order,
+    tesseract,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "screenshots"
@@ -145,7 +146,7 @@ def test_missing_engine_says_how_to_install(monkeypatch):
 def test_missing_traineddata_says_how_to_install(monkeypatch, tmp_path):
     if "tesseract" not in ocr.available_engines():
         pytest.skip(ocr.ENGINES["tesseract"].install)
-    monkeypatch.setattr(ocr, "TESSDATA_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(tesseract, "TESSDATA_DIRS", (str(tmp_path),))
     monkeypatch.delenv("TESSDATA_PREFIX", raising=False)
     with pytest.raises(ModelUnavailable, match="apt-get install tesseract-ocr-deu"):
         create_ocr("tesseract", OcrOptions(languages=("de",)))
