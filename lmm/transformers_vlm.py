@@ -26,6 +26,7 @@ from encoders.common.errors import InvalidInput, ModelUnavailable, Overloaded
 from encoders.loading.hub import in_hf_cache, unreachable
 from encoders.loading.lazy import LazyModel
 from encoders.loading.runtime import pick_device, pick_dtype, set_threads
+from encoders.loading.specs import BUNDLED, HUB, PATH, parse
 from lmm.models import VlmOptions, token_budget
 from lmm.types import Draft, Prompt
 
@@ -59,20 +60,19 @@ class VlmSource:
 
 def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3.0) -> VlmSource:
     """Turn a model spec into a loadable source, or fail fast with ways to supply the weights."""
-    spec = spec.strip()
-    if not spec:
-        raise InvalidInput("VLM model spec is empty. " + HOW_TO_SUPPLY, field="model")
-    if spec.startswith("bundled:"):
-        name = spec.removeprefix("bundled:")
+    parsed = parse(spec, what="VLM model", how_to_supply=HOW_TO_SUPPLY)
+    spec = parsed.raw
+    if parsed.kind == BUNDLED:
+        name = parsed.value
         if name not in BUNDLED_VLMS:
             raise InvalidInput(f"unknown bundled VLM {name!r}; bundled VLMs: "
                                f"{', '.join('bundled:' + n for n in BUNDLED_VLMS)}", field="model")
         from lmm.tiny_vlm import MODEL_ID
         return VlmSource(str(bundled_dir(name)), MODEL_ID, True, bundled=name)
-    if spec.startswith("local-dir:") or _looks_like_path(spec):
-        return _local_dir(Path(os.path.expanduser(spec.removeprefix("local-dir:"))))
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        return _hub(spec, cache_dir, hub_timeout_s)
+    if parsed.kind == PATH:
+        return _local_dir(parsed.path)
+    if parsed.kind == HUB or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        return _hub(parsed.value, cache_dir, hub_timeout_s)
     raise InvalidInput(f"VLM model spec {spec!r} is neither a hub id (org/name), a folder nor 'bundled:NAME'. "
                        + HOW_TO_SUPPLY, field="model")
 
@@ -83,10 +83,6 @@ def bundled_dir(name: str) -> Path:
     root = os.environ.get("LOUPE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loupe")
     return Path(root) / "vlm" / name
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or os.path.isdir(spec)
 
 
 def _local_dir(folder: Path) -> VlmSource:

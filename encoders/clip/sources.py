@@ -20,6 +20,7 @@ from pathlib import Path
 
 from encoders.common.errors import InvalidInput, ModelUnavailable
 from encoders.loading.hub import in_hf_cache, require_download
+from encoders.loading.specs import BUNDLED, HUB, PATH, parse
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_MODELS = {"tiny-clip": BUNDLED_DIR / "tiny-clip"}
@@ -51,16 +52,18 @@ class ClipSource:
 
 def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3.0) -> ClipSource:
     """Turn a spec into a loadable source, or fail fast with ways to supply the weights."""
-    spec = spec.strip()
-    if not spec:
-        raise InvalidInput("model spec is empty; " + HOW_TO_SUPPLY, field="model")
-    if spec.startswith("bundled:"):
-        return _bundled(spec.removeprefix("bundled:"))
-    if spec.startswith("hf-hub:"):
+    parsed = parse(spec, what="CLIP model", how_to_supply=HOW_TO_SUPPLY)
+    spec = parsed.raw
+    if parsed.kind == BUNDLED:
+        return _bundled(parsed.value)
+    if parsed.kind == HUB:
         require_download(spec, HOW_TO_SUPPLY, hub_timeout_s)
         return ClipSource(spec, None, f"open_clip:{spec}", "hub")
-    if spec.startswith("local-dir:") or os.path.isdir(spec):
-        return _local_dir(Path(spec.removeprefix("local-dir:")))
+    if parsed.kind == PATH:
+        if parsed.path.is_file():
+            raise InvalidInput(f"{spec} is a file; give its architecture too, e.g. 'ViT-B-32/{spec}', or a "
+                               "folder with open_clip_config.json. " + HOW_TO_SUPPLY, field="model")
+        return _local_dir(parsed.path)
     if "/" not in spec:
         raise InvalidInput(f"model spec {spec!r} needs a pretrained tag or checkpoint, e.g. "
                            f"'{spec}/laion2b_s34b_b79k'. " + HOW_TO_SUPPLY, field="model")

@@ -32,6 +32,7 @@ from pathlib import Path
 from encoders.clip.sources import file_version
 from encoders.common.errors import InvalidInput, ModelUnavailable
 from encoders.loading.hub import HUB_HOST, require_download
+from encoders.loading.specs import HUB, PATH, parse
 
 OPENAI_HOST = "openaipublic.azureedge.net"
 OPENAI_PREFIX = "openai:"
@@ -107,17 +108,16 @@ def list_models() -> list[str]:
 
 def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3.0) -> WhisperSource:
     """Turn a spec into a source, or fail fast (seconds) with the ways to supply weights."""
-    spec = spec.strip()
-    if not spec:
-        raise InvalidInput("Whisper model spec is empty; " + HOW_TO_SUPPLY, field="model")
+    parsed = parse(spec, what="Whisper model", how_to_supply=HOW_TO_SUPPLY)
+    spec = parsed.raw
     if spec in PACKAGED:
         return _packaged(spec)
     if spec.startswith(OPENAI_PREFIX):
         return _openai_name(spec.removeprefix(OPENAI_PREFIX), hub_timeout_s)
-    if spec.startswith(LOCAL_PREFIX) or _looks_local(spec):
-        return _local(Path(spec.removeprefix(LOCAL_PREFIX)).expanduser())
-    if _HUB_ID.match(spec) or spec in _faster_whisper_sizes():
-        return _hub(spec.removeprefix("hf-hub:"), cache_dir, hub_timeout_s)
+    if parsed.kind == PATH or spec.endswith(".pt"):
+        return _local(parsed.path)
+    if parsed.kind == HUB or _HUB_ID.match(spec) or spec in _faster_whisper_sizes():
+        return _hub(parsed.value, cache_dir, hub_timeout_s)
     raise InvalidInput(f"unknown Whisper model {spec!r}; known models: {', '.join(list_models())}; or give a "
                        "local folder/.pt path or a hub id like 'Systran/faster-whisper-small'", field="model")
 
@@ -247,10 +247,6 @@ def _verify(path: Path, sha256: str, fix: str) -> None:
 
 
 # -- local paths ----------------------------------------------------------------------------
-def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".pt") or os.path.exists(spec)
-
-
 def _local(path: Path) -> WhisperSource:
     if path.is_file():
         if path.suffix != ".pt":

@@ -75,7 +75,11 @@ def test_require_download_names_the_weights_and_how_to_supply(monkeypatch) -> No
 
 def test_a_dns_stall_is_bounded(monkeypatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def stall(*args, **kwargs):
+        time.sleep(1)
+        raise OSError("lookup stalled")
+
+    monkeypatch.setattr(socket, "create_connection", stall)
     start = time.monotonic()
     assert "did not answer within 0.2 s" in hub.unreachable(0.2)
     assert time.monotonic() - start < 2
@@ -104,3 +108,16 @@ def test_registry_lists_names_and_says_what_to_install() -> None:
     with pytest.raises(ModelUnavailable, match=r"widget 'ghost' is not installed \(cannot import no_such_mod_xyz\): "
                                                 r"pip install ghost"):
         reg.create("ghost")
+
+
+def test_one_spec_parser_for_every_family(tmp_path) -> None:
+    from encoders.loading.specs import BUNDLED, HUB, NAME, PATH, parse
+
+    assert (parse(" bundled:tiny-clip ").kind, parse("bundled:tiny-clip").value) == (BUNDLED, "tiny-clip")
+    assert parse("hf-hub:org/repo").kind == HUB and parse("hf-hub:org/repo").value == "org/repo"
+    assert parse(f"local-dir:{tmp_path}").path == tmp_path and parse(str(tmp_path)).kind == PATH
+    assert parse("~/models/x").path.is_absolute() and parse("./x").kind == PATH
+    for name in ("ViT-B-32/laion2b_s34b_b79k", "org/repo", "base", "ViT-B-32//data/w.pt"):
+        assert parse(name).kind == NAME
+    with pytest.raises(InvalidInput, match="Whisper model spec is empty. Put weights in"):
+        parse("  ", what="Whisper model", how_to_supply="Put weights in /models.")
