@@ -36,16 +36,26 @@ def main() -> None:
             c.index_images([ImageInput((SHOTS / n).read_bytes(), source=n) for n in sorted(cases)], collection="bench")
             for name, case in sorted(cases.items()):
                 for q in case["questions"]:
-                    for kind, kwargs in (("upload", {"images": [(SHOTS / name).read_bytes()]}),
-                                         ("retrieval", {"k": 3, "collection": "bench"})):
+                    for kind, kwargs in (
+                        ("upload", {"images": [(SHOTS / name).read_bytes()]}),
+                        ("retrieval", {"k": 3, "collection": "bench"}),
+                    ):
                         answer = c.ask(q["question"], **kwargs)
                         verdicts[qa_pb2.AnswerVerdict.Name(answer.verdict)] += 1
                         for step, seconds in answer.timings_s.items():
                             steps[kind][step].append(seconds)
                         steps[kind]["attempts"].append(answer.attempts)
-    report = {kind: {step: {"p50": round(statistics.median(v), 3),
-                            "p95": round(sorted(v)[int(0.95 * (len(v) - 1))], 3), "n": len(v)}
-                     for step, v in sorted(by_step.items())} for kind, by_step in steps.items()}
+    report = {
+        kind: {
+            step: {
+                "p50": round(statistics.median(v), 3),
+                "p95": round(sorted(v)[int(0.95 * (len(v) - 1))], 3),
+                "n": len(v),
+            }
+            for step, v in sorted(by_step.items())
+        }
+        for kind, by_step in steps.items()
+    }
     report["verdicts"] = dict(verdicts)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ask.json").write_text(json.dumps(report, indent=2))

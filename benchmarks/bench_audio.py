@@ -59,9 +59,16 @@ def in_process(backend: str, model: str) -> dict:
         audio_s += info.duration_s
         rates[name] = round(wer(REFS[name]["text"], text), 3)
     english = [v for k, v in rates.items() if REFS[k]["language"].startswith("en")]
-    return {"backend": backend, "model": model, "load_s": round(load_s, 2), "rtf": round(busy_s / audio_s, 3),
-            "audio_s": round(audio_s, 1), "wer_mean_english": round(statistics.mean(english), 3),
-            "wer": rates, "rss_growth_mb": round(rss_mb() - before)}
+    return {
+        "backend": backend,
+        "model": model,
+        "load_s": round(load_s, 2),
+        "rtf": round(busy_s / audio_s, 3),
+        "audio_s": round(audio_s, 1),
+        "wer_mean_english": round(statistics.mean(english), 3),
+        "wer": rates,
+        "rss_growth_mb": round(rss_mb() - before),
+    }
 
 
 CONTROLS_OFF = {"drop_repeats": False, "hallucination_silence_s": None, "prompt_reset_on_fallback": False}
@@ -80,20 +87,27 @@ def controls(backend: str, model: str) -> dict:
                 info, segments = t.transcribe(samples)
                 runs.append([s.text for s in segments])
             report["clips"].setdefault(name, {})[label] = {
-                "wer": round(wer(REFS[name]["text"], " ".join(runs[0])), 3), "identical": runs[0] == runs[1],
-                "segments": len(runs[0]), **info.controls.as_dict()}
+                "wer": round(wer(REFS[name]["text"], " ".join(runs[0])), 3),
+                "identical": runs[0] == runs[1],
+                "segments": len(runs[0]),
+                **info.controls.as_dict(),
+            }
     return report
 
 
 def print_controls(rows: list[dict]) -> None:
-    print(f"\n{'backend':15} {'model':8} {'clip':40} {'WER off':>7} {'WER on':>6} {'same':>5} {'fallback':>8} "
-          f"{'repeats':>7} {'loops':>5} {'words-':>6}")
+    print(
+        f"\n{'backend':15} {'model':8} {'clip':40} {'WER off':>7} {'WER on':>6} {'same':>5} {'fallback':>8} "
+        f"{'repeats':>7} {'loops':>5} {'words-':>6}"
+    )
     for r in rows:
         for name, c in r["clips"].items():
             on = c["on"]
-            print(f"{r['backend']:15} {r['model']:8} {name:40} {c['off']['wer']:>7} {on['wer']:>6} "
-                  f"{str(on['identical'] and c['off']['identical']):>5} {on['fallback_windows']:>8} "
-                  f"{on['repeated_segments']:>7} {on['loops_cut']:>5} {on['words_removed']:>6}")
+            print(
+                f"{r['backend']:15} {r['model']:8} {name:40} {c['off']['wer']:>7} {on['wer']:>6} "
+                f"{str(on['identical'] and c['off']['identical']):>5} {on['fallback_windows']:>8} "
+                f"{on['repeated_segments']:>7} {on['loops_cut']:>5} {on['words_removed']:>6}"
+            )
 
 
 def through_service(workdir: Path) -> dict:
@@ -111,13 +125,22 @@ def through_service(workdir: Path) -> dict:
         single = time.perf_counter() - start
         start = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda job: c.index_audio(job[1], id=f"conc-{job[0]}", collection="bench"),
-                          [(i, d) for i, d in enumerate(clips * 4)][: 4 * len(clips)]))
+            list(
+                pool.map(
+                    lambda job: c.index_audio(job[1], id=f"conc-{job[0]}", collection="bench"),
+                    [(i, d) for i, d in enumerate(clips * 4)][: 4 * len(clips)],
+                )
+            )
         concurrent = time.perf_counter() - start
         memory = transcriber_memory_mb()
-    return {"clips": len(clips), "audio_s": round(audio_s, 1),
-            "single_rtf": round(single / audio_s, 3), "concurrent4_rtf": round(concurrent / (4 * audio_s), 3),
-            "concurrent4_wall_s": round(concurrent, 1), "transcriber_rss_mb": memory}
+    return {
+        "clips": len(clips),
+        "audio_s": round(audio_s, 1),
+        "single_rtf": round(single / audio_s, 3),
+        "concurrent4_rtf": round(concurrent / (4 * audio_s), 3),
+        "concurrent4_wall_s": round(concurrent, 1),
+        "transcriber_rss_mb": memory,
+    }
 
 
 def transcriber_memory_mb() -> int:
@@ -157,13 +180,17 @@ def main() -> None:
     (RESULTS / "audio.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'backend':16} {'model':8} {'load s':>7} {'RTF':>6} {'WER en':>7} {'RSS+ MB':>8}")
     for r in report["backends"]:
-        print(f"{r['backend']:16} {r['model']:8} {r['load_s']:>7} {r['rtf']:>6} {r['wer_mean_english']:>7} "
-              f"{r['rss_growth_mb']:>8}")
+        print(
+            f"{r['backend']:16} {r['model']:8} {r['load_s']:>7} {r['rtf']:>6} {r['wer_mean_english']:>7} "
+            f"{r['rss_growth_mb']:>8}"
+        )
     if "service" in report:
         s = report["service"]
-        print(f"\nservice (faster-whisper base, IndexAudio incl. chunking + CLIP + store), {s['clips']} clips, "
-              f"{s['audio_s']} s audio: RTF one at a time {s['single_rtf']}, 4 at once {s['concurrent4_rtf']}; "
-              f"Transcriber replica RSS {s['transcriber_rss_mb']} MB")
+        print(
+            f"\nservice (faster-whisper base, IndexAudio incl. chunking + CLIP + store), {s['clips']} clips, "
+            f"{s['audio_s']} s audio: RTF one at a time {s['single_rtf']}, 4 at once {s['concurrent4_rtf']}; "
+            f"Transcriber replica RSS {s['transcriber_rss_mb']} MB"
+        )
 
 
 if __name__ == "__main__":

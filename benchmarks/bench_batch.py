@@ -60,8 +60,10 @@ def subset(root: Path, n: int) -> Path:
 def raw_encoder(root: Path, n: int = 256, threads: int = 0, runtime: str = "torch") -> float:
     """Images/s of the bare encoder, measured in a child process so this one (the pipeline's
     driver, whose memory is counted) never holds a model."""
-    code = (f"from pathlib import Path; from benchmarks.bench_batch import _raw; "
-            f"print(_raw(Path({str(root)!r}), {n}, {threads}, {runtime!r}))")
+    code = (
+        f"from pathlib import Path; from benchmarks.bench_batch import _raw; "
+        f"print(_raw(Path({str(root)!r}), {n}, {threads}, {runtime!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -69,8 +71,9 @@ def raw_encoder(root: Path, n: int = 256, threads: int = 0, runtime: str = "torc
 def _raw(root: Path, n: int, threads: int, runtime: str = "torch") -> float:
     from PIL import Image
 
-    encoder = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads or os.cpu_count(),
-                                      batch_size=32, runtime=runtime)).load()
+    encoder = ClipEncoder(
+        ClipOptions(model=MODEL, device="cpu", threads=threads or os.cpu_count(), batch_size=32, runtime=runtime)
+    ).load()
     images = [Image.open(p).convert("RGB") for p in sorted(root.rglob("*.jpg"))[:n]]
     encoder.encode_images(images[:32])  # warm-up
     start = time.perf_counter()
@@ -113,16 +116,31 @@ def pipeline(source: Path, actors: int, threads: int, runtime: str = "torch") ->
 
     with tempfile.TemporaryDirectory() as data_dir, PeakRss() as rss:
         clip = ClipOptions(model=MODEL, device="cpu", runtime=runtime)
-        options = BatchOptions(collection="bench", clip=clip, encode_actors=actors,
-                               encode_threads=threads, ocr="never", error_report=None, optimize=False)
+        options = BatchOptions(
+            collection="bench",
+            clip=clip,
+            encode_actors=actors,
+            encode_threads=threads,
+            ocr="never",
+            error_report=None,
+            optimize=False,
+        )
         summary = run_batch(source, StoreSpec(data_dir=data_dir), options, progress_every_s=30)
         ray.shutdown()
     busy = summary.seconds - summary.startup_s
-    return {"images": summary.total, "indexed": summary.counts["indexed"], "failed": summary.failed,
-            "seconds": round(summary.seconds, 1), "startup_s": round(summary.startup_s, 1),
-            "images_per_s": round(summary.done / busy, 2), "images_per_s_incl_startup":
-            round(summary.done / summary.seconds, 2), "peak_rss_mib": round(rss.peak_mib),
-            "actors": actors, "threads": threads, "runtime": runtime}
+    return {
+        "images": summary.total,
+        "indexed": summary.counts["indexed"],
+        "failed": summary.failed,
+        "seconds": round(summary.seconds, 1),
+        "startup_s": round(summary.startup_s, 1),
+        "images_per_s": round(summary.done / busy, 2),
+        "images_per_s_incl_startup": round(summary.done / summary.seconds, 2),
+        "peak_rss_mib": round(rss.peak_mib),
+        "actors": actors,
+        "threads": threads,
+        "runtime": runtime,
+    }
 
 
 def main() -> None:
@@ -142,8 +160,11 @@ def main() -> None:
         for rt in args.runtimes:
             raw = round(raw_encoder(root, runtime=rt), 2)
             main_run = pipeline(subset(root, args.images), actors=1, threads=cpus, runtime=rt)
-            results["runtimes"][rt] = {"raw_images_per_s": raw, "pipeline": main_run,
-                                       "ratio": round(main_run["images_per_s"] / raw, 3)}
+            results["runtimes"][rt] = {
+                "raw_images_per_s": raw,
+                "pipeline": main_run,
+                "ratio": round(main_run["images_per_s"] / raw, 3),
+            }
             print(json.dumps({rt: results["runtimes"][rt]}, indent=2), flush=True)
     if args.skip_scaling:
         (RESULTS / "batch.json").write_text(json.dumps(results, indent=2))

@@ -41,8 +41,13 @@ def pct(samples_ms: list[float]) -> dict:
     def at(q: float) -> float:
         return round(s[min(len(s) - 1, int(q * len(s)))], 2)
 
-    return {"p50_ms": round(statistics.median(s), 2), "p95_ms": at(0.95), "p99_ms": at(0.99),
-            "max_ms": round(s[-1], 2), "n": len(s)}
+    return {
+        "p50_ms": round(statistics.median(s), 2),
+        "p95_ms": at(0.95),
+        "p99_ms": at(0.99),
+        "max_ms": round(s[-1], 2),
+        "n": len(s),
+    }
 
 
 def items(n: int = 25):
@@ -80,8 +85,12 @@ def grpc_sequential(target: str, rounds: int) -> dict:
     stubs = {}
     with grpc.insecure_channel(target) as channel:
         index, search = index_pb2_grpc.IndexServiceStub(channel), search_pb2_grpc.SearchServiceStub(channel)
-        stubs = {"count": index.Count, "get_item": index.GetItem, "search_image": search.SearchImage,
-                 "search_text": search.SearchText}
+        stubs = {
+            "count": index.Count,
+            "get_item": index.GetItem,
+            "search_image": search.SearchImage,
+            "search_text": search.SearchText,
+        }
         out = {"proxy + Ingress only": _ingress_only(channel, rounds)}
         for label, (method, request) in _calls(search_pb2, index_pb2).items():
             call = stubs[method]
@@ -123,8 +132,16 @@ def in_process(rounds: int, imgs, caps) -> dict:
     from services.serve.workers import EncoderWorker, IndexWorker, ThreadCalls
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings({"profile": "bundled", "data_dir": tmp, "ocr": {"mode": "never"}, "audio": False,
-                                  "ask": {"enabled": False}, "encoder": {"threads": 2}})
+        settings = load_settings(
+            {
+                "profile": "bundled",
+                "data_dir": tmp,
+                "ocr": {"mode": "never"},
+                "audio": False,
+                "ask": {"enabled": False},
+                "encoder": {"threads": 2},
+            }
+        )
         encoder, index = EncoderWorker(settings), IndexWorker(settings)
         api = LoupeApi(settings, ThreadCalls(encoder), ThreadCalls(index))
 
@@ -158,10 +175,12 @@ def in_process(rounds: int, imgs, caps) -> dict:
 async def _fill_api(api, imgs, caps) -> None:
     from protos.loupe.v1 import index_pb2
 
-    await api.index_images(index_pb2.IndexImagesRequest(collection=COLLECTION, items=[
-        index_pb2.ImageItem(id=i, data=d) for i, d in imgs]))
-    await api.index_texts(index_pb2.IndexTextsRequest(collection=COLLECTION, items=[
-        index_pb2.TextItem(id=i, text=t) for i, t in caps]))
+    await api.index_images(
+        index_pb2.IndexImagesRequest(collection=COLLECTION, items=[index_pb2.ImageItem(id=i, data=d) for i, d in imgs])
+    )
+    await api.index_texts(
+        index_pb2.IndexTextsRequest(collection=COLLECTION, items=[index_pb2.TextItem(id=i, text=t) for i, t in caps])
+    )
 
 
 def fill_service(target: str, imgs, caps) -> None:
@@ -181,8 +200,9 @@ async def _level(target: str, concurrency: int, seconds: float, max_calls: int) 
     codes: Counter = Counter()
     latencies: list[float] = []
     retry_hints = 0
-    request = search_pb2.SearchTextRequest(query="a blue square on a white background",
-                                           options=search_pb2.SearchOptions(collection=COLLECTION, limit=10))
+    request = search_pb2.SearchTextRequest(
+        query="a blue square on a white background", options=search_pb2.SearchOptions(collection=COLLECTION, limit=10)
+    )
     deadline = time.monotonic() + seconds
     sent = 0
     async with grpc.aio.insecure_channel(target) as channel:
@@ -205,17 +225,27 @@ async def _level(target: str, concurrency: int, seconds: float, max_calls: int) 
         start = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"concurrency": concurrency, "calls": sum(codes.values()), "ok_per_s": round(codes["OK"] / wall, 1),
-            "calls_per_s": round(sum(codes.values()) / wall, 1), "codes": dict(codes),
-            "refusals_with_retry_info": retry_hints, "latency": pct(latencies), "wall_s": round(wall, 1)}
+    return {
+        "concurrency": concurrency,
+        "calls": sum(codes.values()),
+        "ok_per_s": round(codes["OK"] / wall, 1),
+        "calls_per_s": round(sum(codes.values()) / wall, 1),
+        "codes": dict(codes),
+        "refusals_with_retry_info": retry_hints,
+        "latency": pct(latencies),
+        "wall_s": round(wall, 1),
+    }
 
 
 def sweep(target: str, levels: list[int], seconds: float, max_calls: int) -> list[dict]:
     out = []
     for n in levels:
         row = asyncio.run(_level(target, n, seconds, max_calls))
-        print(f"  {n:>5} callers: {row['ok_per_s']:>7} OK/s  p50 {row['latency'].get('p50_ms')} ms  "
-              f"p99 {row['latency'].get('p99_ms')} ms  max {row['latency'].get('max_ms')} ms  {row['codes']}", flush=True)
+        print(
+            f"  {n:>5} callers: {row['ok_per_s']:>7} OK/s  p50 {row['latency'].get('p50_ms')} ms  "
+            f"p99 {row['latency'].get('p99_ms')} ms  max {row['latency'].get('max_ms')} ms  {row['codes']}",
+            flush=True,
+        )
         out.append(row)
         time.sleep(1.0)
     return out
@@ -244,8 +274,9 @@ def main() -> None:
 
             env = {"LOUPE_OCR__MODE": "never", "LOUPE_AUDIO": "false", "LOUPE_ASK__ENABLED": "false"}
             serve_args = ["--bundled-models", "--data-dir", str(Path(tmp) / "data")]
-            with ServiceProcess(serve_args + (["--dashboard"] if args.dashboard else []),
-                                log_path=Path(tmp) / "serve.log", env=env) as svc:
+            with ServiceProcess(
+                serve_args + (["--dashboard"] if args.dashboard else []), log_path=Path(tmp) / "serve.log", env=env
+            ) as svc:
                 from benchmarks.bench_search import service_memory_mb
 
                 fill_service(svc.target, imgs, caps)
@@ -267,8 +298,10 @@ def print_overhead(r: dict) -> None:
     print(f"  {'call':22} {'gRPC p50':>9} {'gRPC p95':>9} {'in-proc p50':>12} {'Serve adds':>11}")
     for label, g in r["grpc"].items():
         local = r["in_process"].get(label, {"p50_ms": 0.0})
-        print(f"  {label:22} {g['p50_ms']:>9} {g['p95_ms']:>9} {local['p50_ms']:>12} "
-              f"{round(g['p50_ms'] - local['p50_ms'], 2):>11}")
+        print(
+            f"  {label:22} {g['p50_ms']:>9} {g['p95_ms']:>9} {local['p50_ms']:>12} "
+            f"{round(g['p50_ms'] - local['p50_ms'], 2):>11}"
+        )
     enc = r["in_process"]["text encode (bare)"]
     print(f"  {'text encode (bare)':22} {'':>9} {'':>9} {enc['p50_ms']:>12}")
 

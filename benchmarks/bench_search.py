@@ -33,15 +33,19 @@ from indexing.index import Index, NewItem
 from indexing.types import CollectionSchema, Modality
 
 MODEL = "ViT-B-32/random"
-SCHEMA = CollectionSchema(vector_name="clip", dim=512, model_id="open_clip:ViT-B-32/random",
-                          model_version="random-init")
+SCHEMA = CollectionSchema(
+    vector_name="clip", dim=512, model_id="open_clip:ViT-B-32/random", model_version="random-init"
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def percentiles(samples_ms: list[float]) -> dict:
     s = sorted(samples_ms)
-    return {"p50_ms": round(statistics.median(s), 2), "p99_ms": round(s[min(len(s) - 1, int(0.99 * len(s)))], 2),
-            "n": len(s)}
+    return {
+        "p50_ms": round(statistics.median(s), 2),
+        "p99_ms": round(s[min(len(s) - 1, int(0.99 * len(s)))], 2),
+        "n": len(s),
+    }
 
 
 def jpegs(n: int, size: int = 512, seed: int = 0) -> list[bytes]:
@@ -64,8 +68,7 @@ def raw_throughput(images: list[bytes], batch: int, threads: int, runtime: str =
     from encoders.clip.encoder import ClipEncoder, ClipOptions
     from encoders.image.decode import decode_image
 
-    enc = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads, batch_size=batch,
-                                  runtime=runtime)).load()
+    enc = ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=threads, batch_size=batch, runtime=runtime)).load()
     pixels = np.stack([enc.preprocessor()(decode_image(b).image).numpy() for b in images[:batch]])
     enc.encode_pixels(pixels)  # warm-up
     rounds, start = 4, time.perf_counter()
@@ -75,11 +78,15 @@ def raw_throughput(images: list[bytes], batch: int, threads: int, runtime: str =
     # The same work including JPEG decode + the model's preprocessing, still in one process.
     start = time.perf_counter()
     for i in range(0, 2 * batch, batch):
-        enc.encode_images([decode_image(b).image for b in images[i:i + batch]])
+        enc.encode_images([decode_image(b).image for b in images[i : i + batch]])
     full_s = time.perf_counter() - start
-    return {"forward_images_per_s": round(rounds * batch / forward_s, 2),
-            "decode_preprocess_forward_images_per_s": round(2 * batch / full_s, 2), "batch": batch,
-            "threads": threads, "runtime": runtime}
+    return {
+        "forward_images_per_s": round(rounds * batch / forward_s, 2),
+        "decode_preprocess_forward_images_per_s": round(2 * batch / full_s, 2),
+        "batch": batch,
+        "threads": threads,
+        "runtime": runtime,
+    }
 
 
 # -- 2. store latency ----------------------------------------------------------------------
@@ -90,9 +97,20 @@ def seed_collection(index: Index, name: str, n: int, seed: int = 0) -> float:
     for lo in range(0, n, 1000):
         vecs = rng.standard_normal((min(1000, n - lo), 512)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        items = [NewItem(public_id=f"p{lo + i}", sha256=f"{lo + i:064x}", modality=Modality.IMAGE, vector=v,
-                         source=f"s{lo + i}", metadata={"bucket": (lo + i) % 10}, text=None, width=1, height=1)
-                 for i, v in enumerate(vecs)]
+        items = [
+            NewItem(
+                public_id=f"p{lo + i}",
+                sha256=f"{lo + i:064x}",
+                modality=Modality.IMAGE,
+                vector=v,
+                source=f"s{lo + i}",
+                metadata={"bucket": (lo + i) % 10},
+                text=None,
+                width=1,
+                height=1,
+            )
+            for i, v in enumerate(vecs)
+        ]
         index.upsert(name, items, SCHEMA)
     return n / (time.perf_counter() - start)
 
@@ -120,12 +138,17 @@ def store_latency(backend: str, n: int, queries: int) -> dict:
             index.search("bench", q, limit=10, offset=0, modalities=(), filter=None, score_threshold=None)
             plain.append((time.perf_counter() - start) * 1000)
             start = time.perf_counter()
-            index.search("bench", q, limit=10, offset=0, modalities=(Modality.IMAGE,), filter=flt,
-                         score_threshold=None)
+            index.search("bench", q, limit=10, offset=0, modalities=(Modality.IMAGE,), filter=flt, score_threshold=None)
             filtered.append((time.perf_counter() - start) * 1000)
         store.close()
-        return {"backend": backend, "points": n, "upsert_points_per_s": round(rate), "optimize_s": round(opt_s, 1),
-                "search": percentiles(plain), "filtered_search": percentiles(filtered)}
+        return {
+            "backend": backend,
+            "points": n,
+            "upsert_points_per_s": round(rate),
+            "optimize_s": round(opt_s, 1),
+            "search": percentiles(plain),
+            "filtered_search": percentiles(filtered),
+        }
 
 
 def _bucket_condition():
@@ -135,8 +158,9 @@ def _bucket_condition():
 
 
 # -- 3. the service ------------------------------------------------------------------------
-def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: int, workdir: Path,
-                    runtime: str = "torch") -> dict:
+def service_figures(
+    images: list[bytes], batch: int, sizes: list[int], queries: int, workdir: Path, runtime: str = "torch"
+) -> dict:
     from services.cli.launch import ServiceProcess
     from services.client.sdk import ImageInput, LoupeClient
 
@@ -153,7 +177,7 @@ def service_figures(images: list[bytes], batch: int, sizes: list[int], queries: 
     env = {"LOUPE_OCR__MODE": "never", "LOUPE_ENCODER__RUNTIME": runtime}
     with ServiceProcess(args, log_path=workdir / f"serve-{runtime}.log", env=env) as svc:
         with LoupeClient(svc.target, timeout_s=600) as client:
-            calls = [[ImageInput(b) for b in images[i:i + batch]] for i in range(0, len(images), batch)]
+            calls = [[ImageInput(b) for b in images[i : i + batch]] for i in range(0, len(images), batch)]
             client.index_images(calls[0], collection="throughput")  # warm-up
             start = time.perf_counter()
             _run_concurrently(lambda c: client.index_images(c, collection="throughput"), calls[1:], workers=2)
@@ -201,10 +225,22 @@ def service_memory_mb() -> dict:
     groups: dict[str, float] = {}
     for proc in psutil.process_iter(["cmdline", "memory_info"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        for key in ("ServeReplica:loupe:Encoder", "ServeReplica:loupe:Index", "ServeReplica:loupe:Ingress",
-                    "ServeReplica:loupe:Transcriber", "ServeReplica:loupe:Answerer",
-                    "ProxyActor", "ServeController", "raylet", "gcs_server", "dashboard", "DashboardAgent",
-                    "RuntimeEnvAgent", "serve_driver", "loupe serve"):
+        for key in (
+            "ServeReplica:loupe:Encoder",
+            "ServeReplica:loupe:Index",
+            "ServeReplica:loupe:Ingress",
+            "ServeReplica:loupe:Transcriber",
+            "ServeReplica:loupe:Answerer",
+            "ProxyActor",
+            "ServeController",
+            "raylet",
+            "gcs_server",
+            "dashboard",
+            "DashboardAgent",
+            "RuntimeEnvAgent",
+            "serve_driver",
+            "loupe serve",
+        ):
             if key in cmd and proc.info["memory_info"]:
                 groups[key] = groups.get(key, 0) + proc.info["memory_info"].rss / 2**20
                 break
@@ -223,16 +259,22 @@ def main() -> None:
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["qdrant-edge", "qdrant-client-local"])
-    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "onnx-int8"],
-                        help="encoder runtimes to measure, raw and through the service")
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["torch", "onnx", "onnx-int8"],
+        help="encoder runtimes to measure, raw and through the service",
+    )
     args = parser.parse_args()
     images = jpegs(args.images)
     previous = json.loads((RESULTS / "search.json").read_text()) if (RESULTS / "search.json").exists() else {}
-    report = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                          "cpu": _cpu_name()},
-              "model": MODEL, "raw": {rt: raw_throughput(images, args.batch, args.threads, rt) for rt in args.runtimes},
-              # Rows of earlier runs stay unless this run measures the same backend and size.
-              "store": previous.get("store", [])}
+    report = {
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": _cpu_name()},
+        "model": MODEL,
+        "raw": {rt: raw_throughput(images, args.batch, args.threads, rt) for rt in args.runtimes},
+        # Rows of earlier runs stay unless this run measures the same backend and size.
+        "store": previous.get("store", []),
+    }
     save(report)
     if not args.skip_store:
         for n in args.sizes:
@@ -253,8 +295,9 @@ def main() -> None:
             save(report)
         base = report["service"].get("torch", {}).get("service_images_per_s")
         if base:
-            report["service_vs_torch_service"] = {rt: round(v["service_images_per_s"] / base, 3)
-                                                  for rt, v in report["service"].items()}
+            report["service_vs_torch_service"] = {
+                rt: round(v["service_images_per_s"] / base, 3) for rt, v in report["service"].items()
+            }
         save(report)
     print_table(report)
 
@@ -274,26 +317,34 @@ def save(report: dict) -> None:
 def print_table(r: dict) -> None:
     first = next(iter(r["raw"].values()))
     print(f"\nimage encoding, {r['model']}, batch {first['batch']}, {first['threads']} threads, {r['machine']['cpu']}")
-    print(f"  {'runtime':10} {'raw fwd':>9} {'raw after':>10} {'raw full':>9} {'service':>9} {'svc/raw':>8} "
-          f"{'svc/torch svc':>14}   (images/s)")
+    print(
+        f"  {'runtime':10} {'raw fwd':>9} {'raw after':>10} {'raw full':>9} {'service':>9} {'svc/raw':>8} "
+        f"{'svc/torch svc':>14}   (images/s)"
+    )
     for rt, raw in r["raw"].items():
         after = r.get("raw_after", {}).get(rt, {}).get("forward_images_per_s", "")
         svc = r.get("service", {}).get(rt, {}).get("service_images_per_s", "")
-        print(f"  {rt:10} {raw['forward_images_per_s']:>9} {after:>10} {raw['decode_preprocess_forward_images_per_s']:>9} "
-              f"{svc:>9} {r.get('service_vs_raw_forward', {}).get(rt, ''):>8} "
-              f"{r.get('service_vs_torch_service', {}).get(rt, ''):>14}")
+        print(
+            f"  {rt:10} {raw['forward_images_per_s']:>9} {after:>10} {raw['decode_preprocess_forward_images_per_s']:>9} "
+            f"{svc:>9} {r.get('service_vs_raw_forward', {}).get(rt, ''):>8} "
+            f"{r.get('service_vs_torch_service', {}).get(rt, ''):>14}"
+        )
     print("\nstore search latency (top 10, 512-d cosine)")
     print(f"  {'backend':22} {'points':>7} {'upsert/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'filt p50':>9} {'filt p99':>9}")
     for s in r["store"]:
-        print(f"  {s['backend']:22} {s['points']:>7} {s['upsert_points_per_s']:>9} {s['search']['p50_ms']:>8} "
-              f"{s['search']['p99_ms']:>8} {s['filtered_search']['p50_ms']:>9} {s['filtered_search']['p99_ms']:>9}")
+        print(
+            f"  {s['backend']:22} {s['points']:>7} {s['upsert_points_per_s']:>9} {s['search']['p50_ms']:>8} "
+            f"{s['search']['p99_ms']:>8} {s['filtered_search']['p50_ms']:>9} {s['filtered_search']['p99_ms']:>9}"
+        )
     for rt, service in r.get("service", {}).items():
         print(f"\ngRPC search latency (qdrant-edge, runtime {rt})")
         for key, v in service.items():
             if key.startswith("grpc_"):
-                print(f"  {key[5:]:>7} points: by id p50 {v['search_by_id']['p50_ms']} ms p99 "
-                      f"{v['search_by_id']['p99_ms']} ms; by text (incl. encoding) p50 "
-                      f"{v['search_text_incl_encoding']['p50_ms']} ms p99 {v['search_text_incl_encoding']['p99_ms']} ms")
+                print(
+                    f"  {key[5:]:>7} points: by id p50 {v['search_by_id']['p50_ms']} ms p99 "
+                    f"{v['search_by_id']['p99_ms']} ms; by text (incl. encoding) p50 "
+                    f"{v['search_text_incl_encoding']['p50_ms']} ms p99 {v['search_text_incl_encoding']['p99_ms']} ms"
+                )
         print("  service memory (RSS, MiB):", service["memory_mb"])
 
 

@@ -342,9 +342,19 @@ class Index(ReembedMethods):
             _, vector = self.get_vector(name, query.like_id, vector_name)
             exclude = (*exclude, query.like_id)
         flt = self.resolve_filter(name, query.conditions) if query.conditions else None
-        return self.search(name, vector, limit=query.limit, offset=query.offset, modalities=query.modalities,
-                           filter=flt, score_threshold=query.score_threshold, exclude_ids=exclude, mode=query.mode,
-                           keyword_query=query.keywords, vector_name=vector_name)
+        return self.search(
+            name,
+            vector,
+            limit=query.limit,
+            offset=query.offset,
+            modalities=query.modalities,
+            filter=flt,
+            score_threshold=query.score_threshold,
+            exclude_ids=exclude,
+            mode=query.mode,
+            keyword_query=query.keywords,
+            vector_name=vector_name,
+        )
 
     def get(self, name: str, public_id: str) -> dict[str, Any]:
         return self._get(name, public_id).payload

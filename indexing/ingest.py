@@ -69,23 +69,51 @@ class TextReader:
         return self.load()._engine.read(image).text
 
 
-def image_item(*, public_id: str | None, sha256: str, source: str | None, metadata: dict[str, Any],
-               vector: np.ndarray, width: int | None, height: int | None, text: str | None) -> NewItem:
+def image_item(
+    *,
+    public_id: str | None,
+    sha256: str,
+    source: str | None,
+    metadata: dict[str, Any],
+    vector: np.ndarray,
+    width: int | None,
+    height: int | None,
+    text: str | None,
+) -> NewItem:
     """An image, with the OCR text (if any) stored and keyword-searchable."""
     text = text or None
-    return NewItem(public_id=public_id, sha256=sha256, modality=Modality.IMAGE, vector=vector, source=source,
-                   metadata=metadata, text=text, width=width, height=height,
-                   keywords=keyword_vector(text) if text else None)
+    return NewItem(
+        public_id=public_id,
+        sha256=sha256,
+        modality=Modality.IMAGE,
+        vector=vector,
+        source=source,
+        metadata=metadata,
+        text=text,
+        width=width,
+        height=height,
+        keywords=keyword_vector(text) if text else None,
+    )
 
 
-def text_item(*, public_id: str | None, sha256: str, source: str | None, metadata: dict[str, Any],
-              vector: np.ndarray, text: str) -> NewItem:
-    return NewItem(public_id=public_id, sha256=sha256, modality=Modality.TEXT, vector=vector, source=source,
-                   metadata=metadata, text=text, keywords=keyword_vector(text))
+def text_item(
+    *, public_id: str | None, sha256: str, source: str | None, metadata: dict[str, Any], vector: np.ndarray, text: str
+) -> NewItem:
+    return NewItem(
+        public_id=public_id,
+        sha256=sha256,
+        modality=Modality.TEXT,
+        vector=vector,
+        source=source,
+        metadata=metadata,
+        text=text,
+        keywords=keyword_vector(text),
+    )
 
 
-def store_recording(index: Index, name: str, schema: CollectionSchema, recording: NewItem,
-                    segments: list[NewItem]) -> tuple[str, bool]:
+def store_recording(
+    index: Index, name: str, schema: CollectionSchema, recording: NewItem, segments: list[NewItem]
+) -> tuple[str, bool]:
     """Store a recording, then its segments in place of any of an earlier version."""
     [(public_id, created)] = index.upsert(name, [recording], schema)
     index.delete_children(name, public_id)

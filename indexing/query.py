@@ -61,6 +61,8 @@ class SearchQuery:
         return replace(self, limit=self.limit + 1)
 
     def __repr__(self) -> str:  # vectors are long and say nothing in a log line
-        return (f"SearchQuery({self.collection!r}, mode={self.mode}, limit={self.limit}, offset={self.offset}, "
-                f"modalities={[m.value for m in self.modalities]}, conditions={len(self.conditions)}, "
-                f"threshold={self.score_threshold}, like_id={self.like_id!r})")
+        return (
+            f"SearchQuery({self.collection!r}, mode={self.mode}, limit={self.limit}, offset={self.offset}, "
+            f"modalities={[m.value for m in self.modalities]}, conditions={len(self.conditions)}, "
+            f"threshold={self.score_threshold}, like_id={self.like_id!r})"
+        )

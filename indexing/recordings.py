@@ -16,15 +16,45 @@ from indexing.payloads import NewItem
 from indexing.types import Modality
 
 
-def recording_items(*, public_id: str | None, sha256: str, source: str | None, metadata: dict[str, Any],
-                    embedded: EmbeddedTranscript, full_text: str, language: str | None,
-                    duration_s: float) -> tuple[NewItem, list[NewItem]]:
-    recording = NewItem(public_id=public_id, sha256=sha256, modality=Modality.AUDIO,
-                        vector=embedded.recording_vector, source=source, metadata=metadata, text=full_text,
-                        keywords=keyword_vector(full_text), language=language, duration_s=duration_s)
+def recording_items(
+    *,
+    public_id: str | None,
+    sha256: str,
+    source: str | None,
+    metadata: dict[str, Any],
+    embedded: EmbeddedTranscript,
+    full_text: str,
+    language: str | None,
+    duration_s: float,
+) -> tuple[NewItem, list[NewItem]]:
+    recording = NewItem(
+        public_id=public_id,
+        sha256=sha256,
+        modality=Modality.AUDIO,
+        vector=embedded.recording_vector,
+        source=source,
+        metadata=metadata,
+        text=full_text,
+        keywords=keyword_vector(full_text),
+        language=language,
+        duration_s=duration_s,
+    )
     rec_id = item_key(public_id, sha256)
-    segments = [NewItem(public_id=f"{rec_id}#{i}", sha256=sha256, modality=Modality.AUDIO_SEGMENT, vector=vector,
-                        source=source, metadata=metadata, text=chunk.text, keywords=keyword_vector(chunk.text),
-                        parent_id=rec_id, start_s=chunk.start_s, end_s=chunk.end_s, language=language)
-                for i, (chunk, vector) in enumerate(zip(embedded.chunks, embedded.vectors))]
+    segments = [
+        NewItem(
+            public_id=f"{rec_id}#{i}",
+            sha256=sha256,
+            modality=Modality.AUDIO_SEGMENT,
+            vector=vector,
+            source=source,
+            metadata=metadata,
+            text=chunk.text,
+            keywords=keyword_vector(chunk.text),
+            parent_id=rec_id,
+            start_s=chunk.start_s,
+            end_s=chunk.end_s,
+            language=language,
+        )
+        for i, (chunk, vector) in enumerate(zip(embedded.chunks, embedded.vectors))
+    ]
     return recording, segments

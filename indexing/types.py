@@ -233,9 +233,7 @@ class VectorStore(Protocol):
         """Write whole points: the dense vectors in `Point.vectors` (any other vector a point
         had is gone), the keyword vector if given, the payload."""
 
-    def retrieve(
-        self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False
-    ) -> list[Point]:
+    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False) -> list[Point]:
         """Points that exist, payload included. `with_vectors`: True for every vector, or
         the names of the vectors to read (dense ones, or the keyword vector)."""
 

@@ -131,10 +131,17 @@ def parse_case(raw: Any, where: str, root: Path = Path(".")) -> AskCase:
         raise InvalidInput(f"{where}: 'retrieval' must be an object like {{\"k\": 3}}", field="retrieval")
     if not images and not retrieval.get("k"):
         raise InvalidInput(f"{where}: a case needs images or a retrieval with k > 0", field="images")
-    return AskCase(id=str(raw.get("id") or where), question=question, images=images, retrieval=retrieval,
-                   expected_answer=raw.get("expected_answer"), must_contain=_strings(raw, "must_contain", where),
-                   must_not_contain=_strings(raw, "must_not_contain", where), expected_verdict=verdict,
-                   expected_citations=_strings(raw, "expected_citations", where))
+    return AskCase(
+        id=str(raw.get("id") or where),
+        question=question,
+        images=images,
+        retrieval=retrieval,
+        expected_answer=raw.get("expected_answer"),
+        must_contain=_strings(raw, "must_contain", where),
+        must_not_contain=_strings(raw, "must_not_contain", where),
+        expected_verdict=verdict,
+        expected_citations=_strings(raw, "expected_citations", where),
+    )
 
 
 def _strings(raw: dict, key: str, where: str) -> tuple[str, ...]:
@@ -148,7 +155,9 @@ def _strings(raw: dict, key: str, where: str) -> tuple[str, ...]:
 
 def score(case: AskCase, outcome: AskOutcome) -> CaseResult:
     text = normalise(outcome.text)
-    expected = [normalise(s) for s in ([case.expected_answer] if case.expected_answer else []) + list(case.must_contain)]
+    expected = [
+        normalise(s) for s in ([case.expected_answer] if case.expected_answer else []) + list(case.must_contain)
+    ]
     contains = all(e in text for e in expected) if expected else None
     exact = (text == normalise(case.expected_answer)) if case.expected_answer else None
     # An abstention or refusal that quotes nothing is not an unsafe pass; an answer is checked raw too.
@@ -160,13 +169,21 @@ def score(case: AskCase, outcome: AskOutcome) -> CaseResult:
         citations_ok = bool(cited) if outcome.verdict == "answered" else None
     failed = [g for g, passed, _ in outcome.guards if not passed]
     return CaseResult(
-        id=case.id, verdict=outcome.verdict, expected_verdict=case.expected_verdict,
+        id=case.id,
+        verdict=outcome.verdict,
+        expected_verdict=case.expected_verdict,
         verdict_ok=(outcome.verdict == case.expected_verdict) if case.expected_verdict else None,
         contains_expected=contains if outcome.verdict == "answered" or contains is None else False,
-        exact_match=exact, unsafe_pass=unsafe,
-        false_abstention=case.expects_answer and outcome.verdict != "answered", citations_ok=citations_ok,
-        failed_guards=failed, reasons=[r for _, passed, r in outcome.guards if not passed],
-        timings=dict(outcome.timings), text=outcome.text, expects_answer=case.expects_answer)
+        exact_match=exact,
+        unsafe_pass=unsafe,
+        false_abstention=case.expects_answer and outcome.verdict != "answered",
+        citations_ok=citations_ok,
+        failed_guards=failed,
+        reasons=[r for _, passed, r in outcome.guards if not passed],
+        timings=dict(outcome.timings),
+        text=outcome.text,
+        expects_answer=case.expects_answer,
+    )
 
 
 @dataclass
@@ -184,9 +201,13 @@ class AskEvalReport:
         steps = sorted({k for x in r for k in x.timings})
         latency = {s: _percentiles([x.timings[s] for x in r if s in x.timings]) for s in steps}
         return {
-            "cases": n, "verdicts": dict(Counter(x.verdict for x in r)), "errors": sum(bool(x.error) for x in r),
-            "verdict_match": rate(x.verdict_ok for x in r), "contains_expected": rate(x.contains_expected for x in r),
-            "exact_match": rate(x.exact_match for x in r), "unsafe_passes": sum(x.unsafe_pass for x in r),
+            "cases": n,
+            "verdicts": dict(Counter(x.verdict for x in r)),
+            "errors": sum(bool(x.error) for x in r),
+            "verdict_match": rate(x.verdict_ok for x in r),
+            "contains_expected": rate(x.contains_expected for x in r),
+            "exact_match": rate(x.exact_match for x in r),
+            "unsafe_passes": sum(x.unsafe_pass for x in r),
             "false_abstentions": sum(x.false_abstention for x in r),
             "false_abstention_rate": rate(x.false_abstention for x in r if x.expects_answer),
             "citations_correct": rate(x.citations_ok for x in r),
@@ -214,14 +235,31 @@ def run_ask_eval(cases: Sequence[AskCase], ask: Callable[[AskCase], AskOutcome])
         try:
             outcome = ask(case)
         except Exception as exc:  # one broken case must not end the eval
-            results.append(CaseResult(case.id, "error", case.expected_verdict, False if case.expected_verdict else None,
-                                      None, None, False, case.expects_answer, None, [], [], {}, "",
-                                      expects_answer=case.expects_answer, error=f"{type(exc).__name__}: {exc}"))
+            results.append(
+                CaseResult(
+                    case.id,
+                    "error",
+                    case.expected_verdict,
+                    False if case.expected_verdict else None,
+                    None,
+                    None,
+                    False,
+                    case.expects_answer,
+                    None,
+                    [],
+                    [],
+                    {},
+                    "",
+                    expects_answer=case.expects_answer,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
             continue
         timings = dict(outcome.timings)
         timings.setdefault("wall", time.perf_counter() - start)
-        results.append(score(case, AskOutcome(outcome.text, outcome.verdict, outcome.citations, outcome.guards,
-                                              timings)))
+        results.append(
+            score(case, AskOutcome(outcome.text, outcome.verdict, outcome.citations, outcome.guards, timings))
+        )
     return AskEvalReport(results)
 
 
@@ -230,12 +268,15 @@ def _mark(value: bool | None) -> str:
 
 
 def format_table(report: AskEvalReport) -> str:
-    lines = [f"{'case':28} {'verdict':10} {'expected':10} {'contains':8} {'exact':5} {'unsafe':6} {'cites':5} "
-             f"failed guards"]
+    lines = [
+        f"{'case':28} {'verdict':10} {'expected':10} {'contains':8} {'exact':5} {'unsafe':6} {'cites':5} failed guards"
+    ]
     for x in report.results:
-        lines.append(f"{x.id[:28]:28} {x.verdict:10} {x.expected_verdict or '-':10} {_mark(x.contains_expected):8} "
-                     f"{_mark(x.exact_match):5} {'YES' if x.unsafe_pass else 'no':6} {_mark(x.citations_ok):5} "
-                     f"{', '.join(x.failed_guards) or x.error or '-'}")
+        lines.append(
+            f"{x.id[:28]:28} {x.verdict:10} {x.expected_verdict or '-':10} {_mark(x.contains_expected):8} "
+            f"{_mark(x.exact_match):5} {'YES' if x.unsafe_pass else 'no':6} {_mark(x.citations_ok):5} "
+            f"{', '.join(x.failed_guards) or x.error or '-'}"
+        )
     t = report.totals()
     lines.append("")
     lines.append(f"{t['cases']} cases: " + ", ".join(f"{v} {k}" for k, v in sorted(t["verdicts"].items())))

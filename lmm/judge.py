@@ -18,9 +18,11 @@ from lmm.types import ContextImage, GuardResult, Prompt, VisionLanguageModel
 
 NAME = "output.judge"
 VERSION = "judge/v1"
-SYSTEM = ("You check answers given by a support assistant. You are shown the text of the context items, the "
-          "question and the answer. Reply with exactly one word: yes if the context supports every claim in the "
-          "answer, no otherwise.")
+SYSTEM = (
+    "You check answers given by a support assistant. You are shown the text of the context items, the "
+    "question and the answer. Reply with exactly one word: yes if the context supports every claim in the "
+    "answer, no otherwise."
+)
 MAX_CONTEXT_CHARS = 6_000
 _VERDICT = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 
@@ -35,8 +37,10 @@ class Judge:
 
     def prompt(self, question: str, answer: str, context: Sequence[ContextImage]) -> Prompt:
         blocks = "\n\n".join(f"[{img.id}] ({img.source or img.modality}):\n{img.ocr_text}" for img in context)
-        user = (f"Context:\n{blocks[:MAX_CONTEXT_CHARS]}\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
-                "Does the context support this answer? Reply yes or no.")
+        user = (
+            f"Context:\n{blocks[:MAX_CONTEXT_CHARS]}\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
+            "Does the context support this answer? Reply yes or no."
+        )
         return Prompt(VERSION, SYSTEM, user, tuple(context))
 
     def check(self, question: str, answer: str, context: Sequence[ContextImage]) -> GuardResult:
@@ -46,7 +50,10 @@ class Judge:
         if said == "yes":
             return GuardResult(NAME, True, f"the judge ({self.model_id}) says the context supports the answer")
         if said == "no":
-            return GuardResult(NAME, False, f"the judge ({self.model_id}) says the context does not support the "
-                                            "answer")
-        return GuardResult(NAME, False, f"the judge ({self.model_id}) did not reply yes or no "
-                                        f"({draft.text.strip()[:60]!r}): the answer is not confirmed")
+            return GuardResult(NAME, False, f"the judge ({self.model_id}) says the context does not support the answer")
+        return GuardResult(
+            NAME,
+            False,
+            f"the judge ({self.model_id}) did not reply yes or no "
+            f"({draft.text.strip()[:60]!r}): the answer is not confirmed",
+        )

@@ -23,10 +23,15 @@ from lmm.types import VisionLanguageModel
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 
 # Backend name -> "module:Class"; the class takes a VlmOptions.
-BACKENDS = Registry("VLM backend", {
-    "transformers": Entry("lmm.transformers_vlm:TransformersVlm", ("transformers", "torch"), "pip install transformers"),
-    "openai": Entry("lmm.openai_vlm:OpenAiVlm", ("httpx",), "pip install httpx"),
-})
+BACKENDS = Registry(
+    "VLM backend",
+    {
+        "transformers": Entry(
+            "lmm.transformers_vlm:TransformersVlm", ("transformers", "torch"), "pip install transformers"
+        ),
+        "openai": Entry("lmm.openai_vlm:OpenAiVlm", ("httpx",), "pip install httpx"),
+    },
+)
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,15 @@ class OpenAiVlm(LazyModel):
     def __init__(self, options: VlmOptions = VlmOptions()) -> None:
         url = urlparse(options.base_url)
         if url.scheme not in ("http", "https") or not url.netloc:
-            raise InvalidInput(f"base_url {options.base_url!r} must be an http(s) URL such as "
-                               "http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (Ollama)",
-                               field="base_url")
+            raise InvalidInput(
+                f"base_url {options.base_url!r} must be an http(s) URL such as "
+                "http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (Ollama)",
+                field="base_url",
+            )
         if options.image_format not in ("png", "jpeg"):
-            raise InvalidInput(f"image_format must be 'png' or 'jpeg', got {options.image_format!r}",
-                               field="image_format")
+            raise InvalidInput(
+                f"image_format must be 'png' or 'jpeg', got {options.image_format!r}", field="image_format"
+            )
         if not options.model.strip():
             raise InvalidInput("model is empty; give the model name the server serves", field="model")
         self.options = options
@@ -87,8 +90,11 @@ class OpenAiVlm(LazyModel):
     def generate(self, prompt: Prompt, *, max_new_tokens: int | None = None) -> Draft:
         budget = token_budget(max_new_tokens, self.options.max_new_tokens)
         if len(prompt.pixel_images) > self.options.max_images:
-            raise InvalidInput(f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
-                               "fit this model's settings", field="images")
+            raise InvalidInput(
+                f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
+                "fit this model's settings",
+                field="images",
+            )
         self.load()
         payload = self.request_body(prompt, budget)
         started = time.perf_counter()
@@ -107,8 +113,7 @@ class OpenAiVlm(LazyModel):
 
     def request_body(self, prompt: Prompt, max_tokens: int) -> dict:
         """The JSON body: system message, then a user message with image parts before the text."""
-        parts = [{"type": "image_url", "image_url": {"url": self._data_url(img.image)}}
-                 for img in prompt.pixel_images]
+        parts = [{"type": "image_url", "image_url": {"url": self._data_url(img.image)}} for img in prompt.pixel_images]
         parts.append({"type": "text", "text": prompt.user})
         return {
             "model": self.options.model,
@@ -128,18 +133,21 @@ class OpenAiVlm(LazyModel):
         except httpx.TimeoutException as exc:
             kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
             limit = self.options.connect_timeout_s if kind == "connect" else self.options.timeout_s
-            raise _Retry(f"{where} did not {kind} within {limit:g} s; check the server's load or raise "
-                         "timeout_s") from exc
+            raise _Retry(
+                f"{where} did not {kind} within {limit:g} s; check the server's load or raise timeout_s"
+            ) from exc
         except httpx.TransportError as exc:  # refused, reset, DNS, protocol errors
-            raise _Retry(f"{where} is unreachable ({type(exc).__name__}: {exc}); start the server or fix "
-                         "base_url") from exc
+            raise _Retry(
+                f"{where} is unreachable ({type(exc).__name__}: {exc}); start the server or fix base_url"
+            ) from exc
         status = response.status_code
         if status == 200:
             try:
                 return response.json()
             except ValueError as exc:
-                raise ModelUnavailable(f"{where} answered 200 with a body that is not JSON: "
-                                       f"{_excerpt(response.text)}") from exc
+                raise ModelUnavailable(
+                    f"{where} answered 200 with a body that is not JSON: {_excerpt(response.text)}"
+                ) from exc
         detail = _excerpt(response.text)
         if status == 429:
             wait = _retry_after(response.headers.get("retry-after"))
@@ -147,14 +155,20 @@ class OpenAiVlm(LazyModel):
         if status in RETRY_STATUSES:
             raise _Retry(f"{where} failed with HTTP {status}: {detail}")
         if status in (401, 403):
-            raise ModelUnavailable(f"{where} refused the API key (HTTP {status}: {detail}); set api_key or the "
-                                   f"{self.options.api_key_env} environment variable")
+            raise ModelUnavailable(
+                f"{where} refused the API key (HTTP {status}: {detail}); set api_key or the "
+                f"{self.options.api_key_env} environment variable"
+            )
         if status == 404:
-            raise ModelUnavailable(f"{where} answered 404 ({detail}): check that base_url ends with /v1 and "
-                                   f"that the server serves model {self.options.model!r}")
+            raise ModelUnavailable(
+                f"{where} answered 404 ({detail}): check that base_url ends with /v1 and "
+                f"that the server serves model {self.options.model!r}"
+            )
         if status in REJECT_STATUSES:
-            raise InvalidInput(f"{where} rejected the request (HTTP {status}: {detail}); send fewer or smaller "
-                               "images, a shorter question or a lower max_new_tokens")
+            raise InvalidInput(
+                f"{where} rejected the request (HTTP {status}: {detail}); send fewer or smaller "
+                "images, a shorter question or a lower max_new_tokens"
+            )
         raise ModelUnavailable(f"{where} answered HTTP {status}: {detail}")
 
     def _parse(self, data: dict) -> tuple[str, int]:
@@ -166,8 +180,9 @@ class OpenAiVlm(LazyModel):
             usage = data.get("usage") or {}
             tokens = int(usage.get("completion_tokens") or 0)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise ModelUnavailable(f"VLM endpoint {self.url} answered without choices[0].message: "
-                                   f"{_excerpt(str(data))}") from exc
+            raise ModelUnavailable(
+                f"VLM endpoint {self.url} answered without choices[0].message: {_excerpt(str(data))}"
+            ) from exc
         return str(content).strip(), tokens
 
     def _headers(self) -> dict[str, str]:
@@ -175,15 +190,16 @@ class OpenAiVlm(LazyModel):
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _backoff(self, attempt: int) -> float:
-        jittered = self.options.backoff_s * 2 ** attempt * (0.8 + 0.4 * random.random())
+        jittered = self.options.backoff_s * 2**attempt * (0.8 + 0.4 * random.random())
         return min(jittered, self.options.max_backoff_s)
 
     def _data_url(self, image) -> str:
         limit = self.options.max_image_edge or DEFAULT_MAX_IMAGE_EDGE
         if max(image.size) > limit:
             scale = limit / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 resample=3)  # bicubic
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=3
+            )  # bicubic
         buf = io.BytesIO()
         if self.options.image_format == "jpeg":
             image.convert("RGB").save(buf, format="JPEG", quality=90)

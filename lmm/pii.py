@@ -55,23 +55,30 @@ def _emails(text: str) -> list[PiiFinding]:
 
 # --- secrets ----------------------------------------------------------------------------------
 
-_TOKENS = [(name, re.compile(pattern)) for name, pattern in (
-    ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}\b"),
-    ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
-    ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
-    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-    ("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"),
-    ("stripe_key", r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),
-    ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"),
-    ("bearer_token", r"(?<=\bBearer )[A-Za-z0-9._~+/-]{16,}=*"),
-    ("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"),
-)]
-_SECRET_NAMES = (r"password|passwd|pwd|passphrase|pass ?code|pin|secret|client[_ -]?secret|api[_ -]?key|apikey"
-                 r"|access[_ -]?key|secret[_ -]?key|private[_ -]?key|access[_ -]?token|auth[_ -]?token"
-                 r"|refresh[_ -]?token|session[_ -]?token|token")
-_PAIR = re.compile(r"(?i)\b(?:" + _SECRET_NAMES + r")\b[\"']?\s*(?P<sep>[:=]|\bis\b)\s*[\"']?"
-                   r"(?P<value>[^\s\"'<>,;]{4,})")
+_TOKENS = [
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("aws_access_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}\b"),
+        ("github_token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
+        ("github_token", r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
+        ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+        ("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"),
+        ("stripe_key", r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+        ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),
+        ("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"),
+        ("bearer_token", r"(?<=\bBearer )[A-Za-z0-9._~+/-]{16,}=*"),
+        ("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"),
+    )
+]
+_SECRET_NAMES = (
+    r"password|passwd|pwd|passphrase|pass ?code|pin|secret|client[_ -]?secret|api[_ -]?key|apikey"
+    r"|access[_ -]?key|secret[_ -]?key|private[_ -]?key|access[_ -]?token|auth[_ -]?token"
+    r"|refresh[_ -]?token|session[_ -]?token|token"
+)
+_PAIR = re.compile(
+    r"(?i)\b(?:" + _SECRET_NAMES + r")\b[\"']?\s*(?P<sep>[:=]|\bis\b)\s*[\"']?"
+    r"(?P<value>[^\s\"'<>,;]{4,})"
+)
 # Status words a screenshot puts after "password:" / "token is"; they are not secrets.
 _NOT_SECRET = frozenset(
     "incorrect invalid required expired missing wrong empty none null hidden changed reset "
@@ -88,8 +95,11 @@ def _entropy(s: str) -> float:
 
 
 def _secrets(text: str) -> list[PiiFinding]:
-    found = [PiiFinding("SECRET", m.start(), m.end(), m.group(), name)
-             for name, pattern in _TOKENS for m in pattern.finditer(text)]
+    found = [
+        PiiFinding("SECRET", m.start(), m.end(), m.group(), name)
+        for name, pattern in _TOKENS
+        for m in pattern.finditer(text)
+    ]
     for m in _PAIR.finditer(text):
         value = m.group("value").rstrip(".")
         if value.casefold() in _NOT_SECRET or set(value) <= {"*", "•", "."}:
@@ -140,13 +150,75 @@ def _cards(text: str) -> list[PiiFinding]:
 
 # Country code -> IBAN length (ISO 13616 registry, the countries support traffic meets).
 IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
-    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24,
-    "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21,
-    "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LI": 21,
-    "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30,
-    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
-    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BR": 29,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NL": 18,
+    "NO": 15,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "SA": 24,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VG": 24,
+    "XK": 20,
 }
 _IBAN = re.compile(r"(?i)(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
 
@@ -175,7 +247,7 @@ def _ibans(text: str) -> list[PiiFinding]:
             if seen == length:
                 end = m.start() + i + 1
                 break
-        candidate = text[m.start():end]
+        candidate = text[m.start() : end]
         if seen == length and iban_ok(candidate) and not (end < len(text) and text[end].isalnum()):
             found.append(PiiFinding("IBAN", m.start(), end, candidate))
             pos = end
@@ -194,10 +266,13 @@ _MAC = re.compile(r"(?<![\w:-])[0-9A-Fa-f]{2}(?:([:-])[0-9A-Fa-f]{2})(?:\1[0-9A-
 
 def _ips(text: str) -> list[PiiFinding]:
     """IPv4 and IPv6 addresses, and MAC addresses (network identifiers of one device)."""
-    found = [PiiFinding("IP", m.start(), m.end(), m.group(), "mac") for m in _MAC.finditer(text)
-             if re.search(r"[A-Fa-f]", m.group())]  # all digits: a number with dashes, not a MAC
+    found = [
+        PiiFinding("IP", m.start(), m.end(), m.group(), "mac")
+        for m in _MAC.finditer(text)
+        if re.search(r"[A-Fa-f]", m.group())
+    ]  # all digits: a number with dashes, not a MAC
     for m in _IPV4.finditer(text):
-        if _VERSION_BEFORE.search(text[max(0, m.start() - 10):m.start()]):
+        if _VERSION_BEFORE.search(text[max(0, m.start() - 10) : m.start()]):
             continue
         try:
             ipaddress.IPv4Address(m.group())
@@ -218,7 +293,8 @@ def _ips(text: str) -> list[PiiFinding]:
 
 # --- phone numbers ----------------------------------------------------------------------------
 
-_PHONE = re.compile(r"""
+_PHONE = re.compile(
+    r"""
     (?<![\w+.\-/:#])
     (?:
         \+\d{1,3}(?:[ .\-]?\(\d{1,4}\)|[ .\-]?\d{1,4})(?:[ .\-]?\d{2,8}){1,5}   # +44 20 7946 0958
@@ -226,7 +302,9 @@ _PHONE = re.compile(r"""
       | (?:1[ .\-])?\d{2,5}(?:[ .\-]\d{2,8}){1,5}                              # 020 7946 0958
     )
     (?![\w\-/:]|[.,]\d)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 _DATE = re.compile(r"^(?:\d{4}[-./ ]\d{1,2}[-./ ]\d{1,2}|\d{1,2}[-./ ]\d{1,2}[-./ ]\d{2,4})$")
 _NOT_PHONE_BEFORE = re.compile(
     r"(?i)\b(?:error|err|code|status|build|version|ver|v|kb|ticket|order|case|invoice|serial|s/n|sn|"
@@ -255,16 +333,18 @@ def _looks_like_phone(s: str, before: str) -> bool:
 def _phones(text: str) -> list[PiiFinding]:
     found = []
     for m in _PHONE.finditer(text):
-        if _looks_like_phone(m.group(), text[max(0, m.start() - 30):m.start()]):
+        if _looks_like_phone(m.group(), text[max(0, m.start() - 30) : m.start()]):
             found.append(PiiFinding("PHONE", m.start(), m.end(), m.group()))
     return found
 
 
 # --- all of them ------------------------------------------------------------------------------
 
+
 def _people(text: str) -> list[PiiFinding]:
-    return ([PiiFinding("NAME", a, b, v, "labelled") for a, b, v in names(text)]
-            + [PiiFinding("ADDRESS", a, b, v, "postal") for a, b, v in addresses(text)])
+    return [PiiFinding("NAME", a, b, v, "labelled") for a, b, v in names(text)] + [
+        PiiFinding("ADDRESS", a, b, v, "postal") for a, b, v in addresses(text)
+    ]
 
 
 _DETECTORS = (_secrets, _emails, _ibans, _cards, _ips, _phones, _people)
@@ -314,7 +394,7 @@ class Masker:
         out, last, masked = [], 0, []
         for f in findings:
             placeholder = self._placeholder(f, restorable)
-            out.append(text[last:f.start])
+            out.append(text[last : f.start])
             out.append(placeholder)
             last = f.end
             masked.append(replace(f, placeholder=placeholder))
@@ -323,9 +403,7 @@ class Masker:
 
     def unmask(self, text: str) -> str:
         """Put back the request's own values; other placeholders stay as they are."""
-        return PLACEHOLDER.sub(
-            lambda m: self._values[m.group()] if m.group() in self._restorable else m.group(), text
-        )
+        return PLACEHOLDER.sub(lambda m: self._values[m.group()] if m.group() in self._restorable else m.group(), text)
 
     def placeholder_of(self, finding: PiiFinding) -> str | None:
         """The placeholder already given to this value, or None if the request never had it."""
@@ -365,14 +443,18 @@ ANSWER_PII_POLICIES = ("strict", "request")
 # A question asks for a kind of personal data when it names it (checked on the masked question).
 _ASKS_FOR = {
     "EMAIL": re.compile(r"\be-?mails?\b|\bmail\s+address", re.IGNORECASE),
-    "PHONE": re.compile(r"\b(?:tele)?phone|\bmobile\b|\bcell\b|\bnumber\s+to\s+call|\bcontact\s+number|\bcall\s+back",
-                        re.IGNORECASE),
+    "PHONE": re.compile(
+        r"\b(?:tele)?phone|\bmobile\b|\bcell\b|\bnumber\s+to\s+call|\bcontact\s+number|\bcall\s+back", re.IGNORECASE
+    ),
     "IBAN": re.compile(r"\biban\b|\bbank\s+account|\baccount\s+number", re.IGNORECASE),
     "IP": re.compile(r"\bip\b|\bipv[46]\b|\bip\s+address|\bmac\b|\bphysical\s+address", re.IGNORECASE),
     "CARD": re.compile(r"\bcard\b|\bvisa\b|\bmastercard\b|\bamex\b|\bpaid\s+with|\bpay\b", re.IGNORECASE),
     "NAME": re.compile(r"\bnames?\b|\bwho\b|\bcard\s*holder|\bsigned\s+by", re.IGNORECASE),
-    "ADDRESS": re.compile(r"\b(?:postal|street|home|shipping|billing|delivery|mailing|store|shop|office)\s+address"
-                          r"|\bwhere\b.{0,40}\b(?:live|lives|ship|shipped|deliver|delivered|located)\b", re.IGNORECASE),
+    "ADDRESS": re.compile(
+        r"\b(?:postal|street|home|shipping|billing|delivery|mailing|store|shop|office)\s+address"
+        r"|\bwhere\b.{0,40}\b(?:live|lives|ship|shipped|deliver|delivered|located)\b",
+        re.IGNORECASE,
+    ),
 }
 
 

@@ -70,7 +70,7 @@ Ocr = Callable[[Image.Image], str]
 Retriever = Callable[..., Sequence[ContextImage] | Awaitable[Sequence[ContextImage]]]
 PromptRenderer = Callable[[str, Sequence[ContextImage]], Prompt]
 STEPS = ("input_guards", "ocr", "retrieval", "draft", "output_guards", "judge", "total")
-JUDGE_HINT = "Say only what the context shows; if it does not contain the answer, say \"I don't know\"."
+JUDGE_HINT = 'Say only what the context shows; if it does not contain the answer, say "I don\'t know".'
 
 
 @dataclass(frozen=True)
@@ -111,16 +111,27 @@ class AskOptions:
     # Injection score at which a question or an image's text counts as carrying instructions.
     injection_threshold: float = THRESHOLD
     # What an abstention says to the asker (it passes the output PII guard too).
-    abstain_text: str = ("I don't know: I could not find an answer I can verify in the screenshots and "
-                         "documents provided.")
+    abstain_text: str = (
+        "I don't know: I could not find an answer I can verify in the screenshots and documents provided."
+    )
     # What a blocked request says; {reason} is the blocking guard's reason.
     blocked_text: str = "I can't answer this request: {reason}."
 
     def __post_init__(self) -> None:
         for name in ("blocked_words", "out_of_scope_topics"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        counts = ("max_images", "max_image_bytes", "max_pixels", "max_image_side", "max_context_images",
-                  "max_question_chars", "max_ocr_chars", "max_answer_chars", "max_new_tokens", "max_attempts")
+        counts = (
+            "max_images",
+            "max_image_bytes",
+            "max_pixels",
+            "max_image_side",
+            "max_context_images",
+            "max_question_chars",
+            "max_ocr_chars",
+            "max_answer_chars",
+            "max_new_tokens",
+            "max_attempts",
+        )
         bad = [f"{n}={getattr(self, n)}" for n in counts if getattr(self, n) < 1]
         if bad:
             raise ValueError(f"AskOptions limits must be at least 1: {', '.join(bad)}")
@@ -135,11 +146,18 @@ class AskOptions:
 
 
 def request_guards(o: AskOptions) -> GuardChain[RequestState]:
-    return GuardChain([
-        ImageCountGuard(o.max_images), ImageBytesGuard(o.max_image_bytes), ImageDecodeGuard(o.image_limits()),
-        ImagePixelsGuard(o.max_pixels, o.max_image_side), QuestionLengthGuard(o.max_question_chars),
-        QuestionPiiGuard(), QuestionInjectionGuard(o.injection_threshold), TopicGuard(o.out_of_scope_topics),
-    ])
+    return GuardChain(
+        [
+            ImageCountGuard(o.max_images),
+            ImageBytesGuard(o.max_image_bytes),
+            ImageDecodeGuard(o.image_limits()),
+            ImagePixelsGuard(o.max_pixels, o.max_image_side),
+            QuestionLengthGuard(o.max_question_chars),
+            QuestionPiiGuard(),
+            QuestionInjectionGuard(o.injection_threshold),
+            TopicGuard(o.out_of_scope_topics),
+        ]
+    )
 
 
 def context_guards(o: AskOptions) -> GuardChain[ContextState]:
@@ -147,12 +165,20 @@ def context_guards(o: AskOptions) -> GuardChain[ContextState]:
 
 
 def output_guards(o: AskOptions) -> GuardChain[DraftState]:
-    return GuardChain([
-        WellFormedGuard(), CitationGuard(), OutputPiiGuard(o.answer_pii), InstructionGuard(), PromptLeakGuard(),
-        *([AttributionGuard()] if o.require_citation else []),
-        GroundingGuard(uncited_uses_all_context=not o.require_citation), ClaimConsistencyGuard(),
-        BlockedWordsGuard(o.blocked_words), LengthGuard(o.max_answer_chars),
-    ])
+    return GuardChain(
+        [
+            WellFormedGuard(),
+            CitationGuard(),
+            OutputPiiGuard(o.answer_pii),
+            InstructionGuard(),
+            PromptLeakGuard(),
+            *([AttributionGuard()] if o.require_citation else []),
+            GroundingGuard(uncited_uses_all_context=not o.require_citation),
+            ClaimConsistencyGuard(),
+            BlockedWordsGuard(o.blocked_words),
+            LengthGuard(o.max_answer_chars),
+        ]
+    )
 
 
 def final_guards(o: AskOptions) -> GuardChain[DraftState]:
@@ -193,9 +219,15 @@ class _Request:
 
 
 class AskPipeline:
-    def __init__(self, model: VisionLanguageModel, ocr: Ocr | None = None, retriever: Retriever | None = None,
-                 prompt_renderer: PromptRenderer | None = None, options: AskOptions = AskOptions(),
-                 judge: Judge | None = None) -> None:
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        ocr: Ocr | None = None,
+        retriever: Retriever | None = None,
+        prompt_renderer: PromptRenderer | None = None,
+        options: AskOptions = AskOptions(),
+        judge: Judge | None = None,
+    ) -> None:
         """`prompt_renderer(question, images) -> Prompt`; None uses `lmm.prompts.render` with its default
         template. `judge`: an optional second opinion on every answer that passed the guards."""
         self.model, self.ocr, self.retriever, self.options, self.judge = model, ocr, retriever, options, judge
@@ -203,8 +235,9 @@ class AskPipeline:
         self.request_guards, self.context_guards = request_guards(options), context_guards(options)
         self.output_guards, self.final_guards = output_guards(options), final_guards(options)
 
-    def ask(self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *,
-            filters: Any = None) -> Answer:
+    def ask(
+        self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *, filters: Any = None
+    ) -> Answer:
         """Synchronous `ask_async`; inside a running event loop, await `ask_async` instead."""
         try:
             asyncio.get_running_loop()
@@ -214,8 +247,9 @@ class AskPipeline:
             raise RuntimeError("AskPipeline.ask() was called from a running event loop; use `await ask_async()`")
         return asyncio.run(self.ask_async(question, uploads, retrieve_k, filters=filters))
 
-    async def ask_async(self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *,
-                        filters: Any = None) -> Answer:
+    async def ask_async(
+        self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *, filters: Any = None
+    ) -> Answer:
         req = _Request(model_id=self.model.model_id)
         with req.clock("input_guards"):
             state = RequestState(question, [_as_upload(u, i) for i, u in enumerate(uploads)], req.masker)
@@ -231,8 +265,9 @@ class AskPipeline:
         with req.clock("retrieval"):
             retrieved = await self._retrieve(req.question, retrieve_k, filters, {u.id for u in uploaded})
         with req.clock("input_guards"):
-            context = ContextState(uploaded + retrieved[:max(0, self.options.max_context_images - len(uploaded))],
-                                   req.masker)
+            context = ContextState(
+                uploaded + retrieved[: max(0, self.options.max_context_images - len(uploaded))], req.masker
+            )
             self._record(req, self.context_guards.run(context))
         req.context = context.images
         prompt = self.prompt_renderer(req.question, tuple(req.context))
@@ -244,8 +279,9 @@ class AskPipeline:
         for attempt in range(1, self.options.max_attempts + 1):
             req.attempts = attempt
             with req.clock("draft"):
-                draft = await asyncio.to_thread(self.model.generate, current,
-                                                max_new_tokens=self.options.max_new_tokens)
+                draft = await asyncio.to_thread(
+                    self.model.generate, current, max_new_tokens=self.options.max_new_tokens
+                )
             req.model_id = draft.model_id or req.model_id
             with req.clock("output_guards"):
                 state = DraftState(draft.text, req.question, req.context, req.masker, system=prompt.system)
@@ -262,11 +298,18 @@ class AskPipeline:
                     verdict = Verdict.ABSTAINED if abstained else Verdict.ANSWERED
                     return self._answer(req, state.text, tuple(state.citations), verdict)
             assert failed is not None
-            current = replace(prompt, user=f"{prompt.user}\n\nYour previous answer was rejected: "
-                                           f"{failed.reason}. {hint}".rstrip())
+            current = replace(
+                prompt, user=f"{prompt.user}\n\nYour previous answer was rejected: {failed.reason}. {hint}".rstrip()
+            )
         last = failed
-        req.results.append(GuardResult("pipeline.abstain", False, f"{req.attempts} draft(s) failed the output "
-                                       f"guards; the last failed {last.guard}: {last.reason}", "abstained"))
+        req.results.append(
+            GuardResult(
+                "pipeline.abstain",
+                False,
+                f"{req.attempts} draft(s) failed the output guards; the last failed {last.guard}: {last.reason}",
+                "abstained",
+            )
+        )
         return self._own_text(req, self.options.abstain_text, Verdict.ABSTAINED)
 
     def _own_text(self, req: _Request, text: str, verdict: Verdict) -> Answer:
@@ -277,9 +320,17 @@ class AskPipeline:
         return self._answer(req, state.text, (), verdict)
 
     def _answer(self, req: _Request, text: str, citations: tuple[str, ...], verdict: Verdict) -> Answer:
-        return Answer(text=req.masker.unmask(text), citations=citations, verdict=verdict, guards=tuple(req.results),
-                      model_id=req.model_id, prompt_version=req.prompt_version, timings=req.clock.done(),
-                      attempts=req.attempts, cited=self._cited(req, text, citations))
+        return Answer(
+            text=req.masker.unmask(text),
+            citations=citations,
+            verdict=verdict,
+            guards=tuple(req.results),
+            model_id=req.model_id,
+            prompt_version=req.prompt_version,
+            timings=req.clock.done(),
+            attempts=req.attempts,
+            cited=self._cited(req, text, citations),
+        )
 
     def _cited(self, req: _Request, text: str, citations: tuple[str, ...]) -> tuple[Citation, ...]:
         """Each cited item with the line of its text that supports the answer; the snippet obeys
@@ -306,8 +357,14 @@ class AskPipeline:
             try:
                 text = await asyncio.to_thread(self.ocr, up.image)
             except Exception as exc:  # one unreadable image must not sink the question
-                req.results.append(GuardResult("ocr", True, f"OCR failed on upload-{n} ({type(exc).__name__}); "
-                                               f"its text is treated as empty", "no text"))
+                req.results.append(
+                    GuardResult(
+                        "ocr",
+                        True,
+                        f"OCR failed on upload-{n} ({type(exc).__name__}); its text is treated as empty",
+                        "no text",
+                    )
+                )
                 text = ""
         return ContextImage(f"upload-{n}", up.image, text or "", source="upload", uploaded=True)
 
@@ -338,8 +395,9 @@ def _as_upload(item: UploadLike, i: int) -> Upload:
         return Upload(field_name, image=item)
     if isinstance(item, ContextImage):
         return Upload(field_name, image=item.image, ocr_text=item.ocr_text)
-    raise InvalidInput(f"{field_name} is a {type(item).__name__}; send image bytes or a decoded image",
-                       field=field_name)
+    raise InvalidInput(
+        f"{field_name} is a {type(item).__name__}; send image bytes or a decoded image", field=field_name
+    )
 
 
 def _default_renderer() -> PromptRenderer:

@@ -59,8 +59,11 @@ def load_prompt(version: str = DEFAULT_PROMPT) -> PromptTemplate:
     """The template for `version` ("ask/v1"); unknown versions list the valid ones."""
     path = _path_of(version)
     if path is None or not path.is_file():
-        raise InvalidInput(f"unknown prompt version {version!r}; valid versions: "
-                           f"{', '.join(list_prompts()) or 'none (lmm/prompts/ is empty)'}", field="prompt_version")
+        raise InvalidInput(
+            f"unknown prompt version {version!r}; valid versions: "
+            f"{', '.join(list_prompts()) or 'none (lmm/prompts/ is empty)'}",
+            field="prompt_version",
+        )
     return parse(path.read_text(encoding="utf-8"), version=version, path=path)
 
 
@@ -70,18 +73,25 @@ def parse(text: str, *, version: str, path: Path = Path("<string>")) -> PromptTe
     sections: dict[str, str] = {}
     for i, mark in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        sections[mark.group(1)] = text[mark.end():end].strip("\n")
+        sections[mark.group(1)] = text[mark.end() : end].strip("\n")
     missing = [s for s in SECTIONS if s not in sections]
     unknown = [s for s in sections if s not in SECTIONS]
     if missing or unknown:
-        raise ValueError(f"prompt template {path} must have exactly the sections {', '.join(SECTIONS)}; "
-                         f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+        raise ValueError(
+            f"prompt template {path} must have exactly the sections {', '.join(SECTIONS)}; "
+            f"missing {missing or 'none'}, unknown {unknown or 'none'}"
+        )
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return PromptTemplate(version, sections["system"], sections["image"], sections["user"], path, digest)
 
 
-def render(template: PromptTemplate | str, question: str, images: Sequence[ContextImage] = (),
-           *, max_ocr_chars: int = MAX_OCR_CHARS) -> Prompt:
+def render(
+    template: PromptTemplate | str,
+    question: str,
+    images: Sequence[ContextImage] = (),
+    *,
+    max_ocr_chars: int = MAX_OCR_CHARS,
+) -> Prompt:
     """Fill the template: one block per image (id, source, OCR text), then the question.
 
     Images keep their order (uploads first is the caller's choice); their ids must be unique
@@ -94,19 +104,27 @@ def render(template: PromptTemplate | str, question: str, images: Sequence[Conte
     if duplicates:
         raise InvalidInput(f"context image ids must be unique; repeated: {', '.join(duplicates)}", field="images")
     blocks = [
-        _fill(template.image, {
-            "index": str(n), "count": str(len(images)), "id": _one_line(img.id),
-            "source": _one_line(img.source) or ("upload" if img.uploaded else "unknown"),
-            "ocr": _ocr(img.ocr_text, max_ocr_chars),
-        })
+        _fill(
+            template.image,
+            {
+                "index": str(n),
+                "count": str(len(images)),
+                "id": _one_line(img.id),
+                "source": _one_line(img.source) or ("upload" if img.uploaded else "unknown"),
+                "ocr": _ocr(img.ocr_text, max_ocr_chars),
+            },
+        )
         for n, img in enumerate(images, start=1)
     ]
-    user = _fill(template.user, {
-        "count": str(len(images)),
-        "images": "\n\n".join(blocks) if blocks else "(no images)",
-        "first_id": _one_line(images[0].id) if images else "image-id",
-        "question": defang(question.strip()),
-    })
+    user = _fill(
+        template.user,
+        {
+            "count": str(len(images)),
+            "images": "\n\n".join(blocks) if blocks else "(no images)",
+            "first_id": _one_line(images[0].id) if images else "image-id",
+            "question": defang(question.strip()),
+        },
+    )
     return Prompt(version=template.version, system=template.system, user=user, images=images)
 
 

@@ -38,11 +38,14 @@ CHAT_TEMPLATE = (
 )
 
 # Tokens the Idefics3 processor and chat template look up by name.
-SPECIAL_TOKENS = (
-    ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
-     "<global-img>"]
-    + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-)
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,20 @@ def build_tokenizer():
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     raw.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[3:], model_max_length=8192)
+        tokenizer_object=raw,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+        model_max_length=8192,
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[3:]})
-    missing = [t for t in SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
-               and t != "<|endoftext|>"]
+    missing = [
+        t
+        for t in SPECIAL_TOKENS
+        if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id) and t != "<|endoftext|>"
+    ]
     if missing:
         raise RuntimeError(f"tiny tokenizer lacks special tokens {missing}")
     return tokenizer
@@ -103,11 +114,14 @@ def build(out_dir: str | os.PathLike, config: TinyVlmConfig = TinyVlmConfig()) -
     out = Path(out_dir)
     tokenizer = build_tokenizer()
     image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": config.longest_edge}, max_image_size={"longest_edge": config.image_size},
-        do_image_splitting=True)
-    image_seq_len = (config.image_size // config.patch_size) ** 2 // config.scale_factor ** 2
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=image_seq_len, chat_template=CHAT_TEMPLATE)
+        size={"longest_edge": config.longest_edge},
+        max_image_size={"longest_edge": config.image_size},
+        do_image_splitting=True,
+    )
+    image_seq_len = (config.image_size // config.patch_size) ** 2 // config.scale_factor**2
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=CHAT_TEMPLATE
+    )
 
     vocab_size = _round_up(len(tokenizer), 64)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<end_of_utterance>")
@@ -117,16 +131,26 @@ def build(out_dir: str | os.PathLike, config: TinyVlmConfig = TinyVlmConfig()) -
         scale_factor=config.scale_factor,
         pad_token_id=pad_id,
         vision_config={
-            "hidden_size": config.vision_hidden, "intermediate_size": 2 * config.vision_hidden,
-            "num_hidden_layers": config.vision_layers, "num_attention_heads": config.vision_heads,
-            "image_size": config.image_size, "patch_size": config.patch_size,
+            "hidden_size": config.vision_hidden,
+            "intermediate_size": 2 * config.vision_hidden,
+            "num_hidden_layers": config.vision_layers,
+            "num_attention_heads": config.vision_heads,
+            "image_size": config.image_size,
+            "patch_size": config.patch_size,
         },
         text_config={
-            "model_type": "llama", "vocab_size": vocab_size, "hidden_size": config.text_hidden,
-            "intermediate_size": 2 * config.text_hidden, "num_hidden_layers": config.text_layers,
-            "num_attention_heads": config.text_heads, "num_key_value_heads": config.text_kv_heads,
-            "max_position_embeddings": config.max_positions, "rms_norm_eps": 1e-5,
-            "pad_token_id": pad_id, "bos_token_id": bos_id, "eos_token_id": eos_id,
+            "model_type": "llama",
+            "vocab_size": vocab_size,
+            "hidden_size": config.text_hidden,
+            "intermediate_size": 2 * config.text_hidden,
+            "num_hidden_layers": config.text_layers,
+            "num_attention_heads": config.text_heads,
+            "num_key_value_heads": config.text_kv_heads,
+            "max_position_embeddings": config.max_positions,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": pad_id,
+            "bos_token_id": bos_id,
+            "eos_token_id": eos_id,
             "tie_word_embeddings": False,
         },
     )
@@ -134,14 +158,19 @@ def build(out_dir: str | os.PathLike, config: TinyVlmConfig = TinyVlmConfig()) -
         torch.manual_seed(config.seed)
         model = Idefics3ForConditionalGeneration(model_config).eval()
     model.generation_config = GenerationConfig(
-        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False)
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_progress():
         model.save_pretrained(out)
         processor.save_pretrained(out)
-    (out / MARKER).write_text(json.dumps({"build_version": BUILD_VERSION, "config": asdict(config),
-                                          "note": "random weights: output is noise"}, indent=2))
+    (out / MARKER).write_text(
+        json.dumps(
+            {"build_version": BUILD_VERSION, "config": asdict(config), "note": "random weights: output is noise"},
+            indent=2,
+        )
+    )
     for path in out.iterdir():  # transformers writes the weights 0600; the cache may be shared
         path.chmod(0o644)
     return out

@@ -65,23 +65,29 @@ def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3
     if parsed.kind == BUNDLED:
         name = parsed.value
         if name not in BUNDLED_VLMS:
-            raise InvalidInput(f"unknown bundled VLM {name!r}; bundled VLMs: "
-                               f"{', '.join('bundled:' + n for n in BUNDLED_VLMS)}", field="model")
+            raise InvalidInput(
+                f"unknown bundled VLM {name!r}; bundled VLMs: {', '.join('bundled:' + n for n in BUNDLED_VLMS)}",
+                field="model",
+            )
         from lmm.tiny_vlm import MODEL_ID
+
         return VlmSource(str(bundled_dir(name)), MODEL_ID, True, bundled=name)
     if parsed.kind == PATH:
         return _local_dir(parsed.path)
     if parsed.kind == HUB or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return _hub(parsed.value, cache_dir, hub_timeout_s)
-    raise InvalidInput(f"VLM model spec {spec!r} is neither a hub id (org/name), a folder nor 'bundled:NAME'. "
-                       + HOW_TO_SUPPLY, field="model")
+    raise InvalidInput(
+        f"VLM model spec {spec!r} is neither a hub id (org/name), a folder nor 'bundled:NAME'. " + HOW_TO_SUPPLY,
+        field="model",
+    )
 
 
 def bundled_dir(name: str) -> Path:
     """Where a bundled VLM is built: $LOUPE_CACHE_DIR/vlm/NAME or $XDG_CACHE_HOME/loupe/vlm/NAME
     (default ~/.cache/loupe/vlm/NAME)."""
     root = os.environ.get("LOUPE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loupe")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loupe"
+    )
     return Path(root) / "vlm" / name
 
 
@@ -101,8 +107,7 @@ def _hub(repo: str, cache_dir: str | None, timeout_s: float) -> VlmSource:
         return VlmSource(repo, f"transformers:{repo}", False)
     if _in_hf_cache(repo, cache_dir):
         return VlmSource(repo, f"transformers:{repo}", True)
-    raise ModelUnavailable(f"weights for {repo} are not in the local Hugging Face cache and {reason}. "
-                           + HOW_TO_SUPPLY)
+    raise ModelUnavailable(f"weights for {repo} are not in the local Hugging Face cache and {reason}. " + HOW_TO_SUPPLY)
 
 
 def _in_hf_cache(repo: str, cache_dir: str | None) -> bool:
@@ -134,11 +139,13 @@ class TransformersVlm(LazyModel):
         location = self.source.location
         if self.source.bundled:
             from lmm.tiny_vlm import ensure_built
+
             try:
                 location = str(ensure_built(location))
             except OSError as exc:
-                raise ModelUnavailable(f"cannot build {self.model_id} in {location}: {exc}; set LOUPE_CACHE_DIR "
-                                       "to a writable folder") from exc
+                raise ModelUnavailable(
+                    f"cannot build {self.model_id} in {location}: {exc}; set LOUPE_CACHE_DIR to a writable folder"
+                ) from exc
         # AutoModelForVision2Seq is the older name (removed in transformers 5).
         model_cls = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
         common = {"local_files_only": self.source.local_only, "cache_dir": self.options.cache_dir}
@@ -148,8 +155,10 @@ class TransformersVlm(LazyModel):
         except (OSError, ValueError, KeyError, ImportError) as exc:  # missing files or extras, unknown arch
             raise ModelUnavailable(f"could not load {self.model_id} from {location}: {exc}. " + HOW_TO_SUPPLY) from exc
         if getattr(processor, "chat_template", None) is None:
-            raise ModelUnavailable(f"{self.model_id} has no chat template (chat_template.jinja or "
-                                   "chat_template.json in its folder); Loupe needs one to place images")
+            raise ModelUnavailable(
+                f"{self.model_id} has no chat template (chat_template.jinja or "
+                "chat_template.json in its folder); Loupe needs one to place images"
+            )
         self._device, self._dtype = device, dtype
         self._processor, self._model = processor, model.to(device).eval()
 
@@ -158,8 +167,11 @@ class TransformersVlm(LazyModel):
         """Greedy answer to `prompt`, at most `max_new_tokens` (capped by the options) tokens."""
         budget = token_budget(max_new_tokens, self.options.max_new_tokens)
         if len(prompt.pixel_images) > self.options.max_images:
-            raise InvalidInput(f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
-                               "fit this model's settings", field="images")
+            raise InvalidInput(
+                f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
+                "fit this model's settings",
+                field="images",
+            )
         self.load()
         import torch
 
@@ -167,35 +179,47 @@ class TransformersVlm(LazyModel):
         images = [self._fit(img.image) for img in prompt.pixel_images]
         text = self._chat_text(prompt)
         inputs = self._processor(text=text, images=images or None, return_tensors="pt")
-        inputs = {k: (v.to(self._device, dtype=self._dtype) if torch.is_floating_point(v) else v.to(self._device))
-                  for k, v in inputs.items() if hasattr(v, "to")}
+        inputs = {
+            k: (v.to(self._device, dtype=self._dtype) if torch.is_floating_point(v) else v.to(self._device))
+            for k, v in inputs.items()
+            if hasattr(v, "to")
+        }
         prompt_len = inputs["input_ids"].shape[1]
         try:
             with self._generate_lock, torch.inference_mode():
-                out = self._model.generate(**inputs, max_new_tokens=budget, do_sample=False,
-                                           max_time=self.options.timeout_s)
+                out = self._model.generate(
+                    **inputs, max_new_tokens=budget, do_sample=False, max_time=self.options.timeout_s
+                )
         except torch.OutOfMemoryError as exc:
-            raise Overloaded(f"{self.model_id} ran out of memory on {self._device}; retry later, or send fewer "
-                             "or smaller images", retry_after_s=5.0) from exc
+            raise Overloaded(
+                f"{self.model_id} ran out of memory on {self._device}; retry later, or send fewer or smaller images",
+                retry_after_s=5.0,
+            ) from exc
         new = out[0, prompt_len:]
         pad = self._processor.tokenizer.pad_token_id
         tokens = int((new != pad).sum()) if pad is not None else int(new.numel())
         answer = self._processor.decode(new, skip_special_tokens=True).strip()
-        return Draft(text=answer, model_id=self.model_id, tokens=tokens,
-                     seconds=time.perf_counter() - started)
+        return Draft(text=answer, model_id=self.model_id, tokens=tokens, seconds=time.perf_counter() - started)
 
     def _chat_text(self, prompt: Prompt) -> str:
         """The prompt through the model's chat template: system turn, then images and the user text."""
         user = [{"type": "image"} for _ in prompt.pixel_images] + [{"type": "text", "text": prompt.user}]
-        messages = [{"role": "system", "content": [{"type": "text", "text": prompt.system}]},
-                    {"role": "user", "content": user}]
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
+            {"role": "user", "content": user},
+        ]
         from jinja2 import TemplateError
 
         try:
             return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except (TemplateError, ValueError, TypeError):  # some templates refuse a system role
-            merged = [{"role": "user", "content": [{"type": "image"} for _ in prompt.pixel_images]
-                       + [{"type": "text", "text": prompt.system + "\n\n" + prompt.user}]}]
+            merged = [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"} for _ in prompt.pixel_images]
+                    + [{"type": "text", "text": prompt.system + "\n\n" + prompt.user}],
+                }
+            ]
             return self._processor.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
 
     def _fit(self, image):

@@ -48,8 +48,9 @@ class RequestLimits(BaseModel):
     audio_max_duration_s: float = 3 * 3600
 
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels,
-                           max_side=self.image_max_side)
+        return ImageLimits(
+            max_bytes=self.image_max_bytes, max_pixels=self.image_max_pixels, max_side=self.image_max_side
+        )
 
     def audio_limits(self) -> AudioLimits:
         return AudioLimits(max_bytes=self.audio_max_bytes, max_duration_s=self.audio_max_duration_s)
@@ -85,11 +86,11 @@ class AdmissionSettings(BaseModel):
     a call that waits longer than max_wait_s for a slot gets RESOURCE_EXHAUSTED with RetryInfo."""
 
     max_wait_s: float = Field(default=2.0, gt=0)
-    read: int = Field(default=64, ge=1)      # Count, GetItem, GetStatus
-    search: int = Field(default=32, ge=1)    # SearchText, SearchImage (the Encoder batches up to 32)
-    index: int = Field(default=8, ge=1)      # IndexImages, IndexTexts, Delete (up to 64 items each)
-    audio: int = Field(default=4, ge=1)      # IndexAudio, Transcribe
-    ask: int = Field(default=4, ge=1)        # Ask
+    read: int = Field(default=64, ge=1)  # Count, GetItem, GetStatus
+    search: int = Field(default=32, ge=1)  # SearchText, SearchImage (the Encoder batches up to 32)
+    index: int = Field(default=8, ge=1)  # IndexImages, IndexTexts, Delete (up to 64 items each)
+    audio: int = Field(default=4, ge=1)  # IndexAudio, Transcribe
+    ask: int = Field(default=4, ge=1)  # Ask
 
     def lanes(self) -> dict[str, int]:
         return {"read": self.read, "search": self.search, "index": self.index, "audio": self.audio, "ask": self.ask}
@@ -167,7 +168,8 @@ class AskSettings(BaseModel):
     # What retrieval may put in the context: images (with their OCR text), text items and
     # transcript segments (cited with their time range).
     retrieval_modalities: list[Literal["image", "text", "audio_segment"]] = Field(
-        default_factory=lambda: ["image", "text", "audio_segment"])
+        default_factory=lambda: ["image", "text", "audio_segment"]
+    )
     # Relevance floor: dense cosine below which a retrieved item is not packed in (in hybrid
     # mode, an item passes with this similarity or a content word shared with the question).
     retrieval_min_score: float = 0.2
@@ -203,8 +205,9 @@ class LoupeSettings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # Environment beats the YAML app args (init); nested values are deep-merged.
         return env_settings, init_settings
 
@@ -230,17 +233,33 @@ class LoupeSettings(BaseSettings):
         from encoders.whisper.transcribe import TranscribeOptions
 
         t = self.transcriber
-        return TranscribeOptions(beam_size=t.beam_size, vad_filter=t.vad_filter, word_timestamps=t.word_timestamps,
-                                 threads=t.threads, device=t.device, compute_type=t.compute_type,
-                                 drop_repeats=t.drop_repeats, hallucination_silence_s=t.hallucination_silence_s,
-                                 prompt_reset_on_fallback=t.prompt_reset_on_fallback, seed=t.seed)
+        return TranscribeOptions(
+            beam_size=t.beam_size,
+            vad_filter=t.vad_filter,
+            word_timestamps=t.word_timestamps,
+            threads=t.threads,
+            device=t.device,
+            compute_type=t.compute_type,
+            drop_repeats=t.drop_repeats,
+            hallucination_silence_s=t.hallucination_silence_s,
+            prompt_reset_on_fallback=t.prompt_reset_on_fallback,
+            seed=t.seed,
+        )
 
     def clip_options(self) -> ClipOptions:
         e = self.encoder
-        return ClipOptions(model=self.clip_model, device=e.device, precision=e.precision, threads=e.threads,
-                           batch_size=e.batch_size, text_overflow=e.text_overflow, runtime=e.runtime,
-                           onnx_cache_dir=e.onnx_cache_dir or None, int8_min_cosine=e.int8_min_cosine,
-                           int8_max_recall_loss=e.int8_max_recall_loss)
+        return ClipOptions(
+            model=self.clip_model,
+            device=e.device,
+            precision=e.precision,
+            threads=e.threads,
+            batch_size=e.batch_size,
+            text_overflow=e.text_overflow,
+            runtime=e.runtime,
+            onnx_cache_dir=e.onnx_cache_dir or None,
+            int8_min_cosine=e.int8_min_cosine,
+            int8_max_recall_loss=e.int8_max_recall_loss,
+        )
 
 
 def load_settings(args: dict[str, Any] | None = None) -> LoupeSettings:

@@ -7,5 +7,7 @@ import os
 
 def pytest_report_header(config) -> str:
     if os.environ.get("QDRANT_URL"):
-        return f"store suites: Qdrant Edge, qdrant-client local mode, and the Qdrant server at {os.environ['QDRANT_URL']}"
+        return (
+            f"store suites: Qdrant Edge, qdrant-client local mode, and the Qdrant server at {os.environ['QDRANT_URL']}"
+        )
     return "store suites: Qdrant Edge and qdrant-client local mode (set QDRANT_URL to add a real Qdrant server)"

@@ -44,14 +44,31 @@ SAMPLE_RATE = 16_000  # of `DecodedAudio.samples`
 _MP4 = "mov,mp4,m4a,3gp,3g2,mj2"
 _MKV = "matroska,webm"
 # FFmpeg demuxer name -> name a person knows.
-_LABELS = {"wav": "WAV", "mp3": "MP3", "flac": "FLAC", "ogg": "Ogg", _MP4: "MP4/M4A/MOV",
-           _MKV: "Matroska/WebM", "aac": "AAC (ADTS)", "aiff": "AIFF", "caf": "CAF"}
+_LABELS = {
+    "wav": "WAV",
+    "mp3": "MP3",
+    "flac": "FLAC",
+    "ogg": "Ogg",
+    _MP4: "MP4/M4A/MOV",
+    _MKV: "Matroska/WebM",
+    "aac": "AAC (ADTS)",
+    "aiff": "AIFF",
+    "caf": "CAF",
+}
 # Formats we will not open, named so the client hears what it sent rather than "unknown".
 _OTHER_SIGNATURES = (
-    (0, b"\x30\x26\xb2\x75", "ASF (WMA/WMV)"), (0, b"FLV", "FLV video"), (0, b"MThd", "MIDI"),
-    (0, b"#!AMR", "AMR"), (0, b"MAC ", "Monkey's Audio"), (0, b"wvpk", "WavPack"),
-    (0, b".snd", "Sun AU"), (8, b"AVI ", "AVI video"), (8, b"WEBP", "WebP image"),
-    (0, b"\x89PNG", "PNG image"), (0, b"\xff\xd8\xff", "JPEG image"), (0, b"GIF8", "GIF image"),
+    (0, b"\x30\x26\xb2\x75", "ASF (WMA/WMV)"),
+    (0, b"FLV", "FLV video"),
+    (0, b"MThd", "MIDI"),
+    (0, b"#!AMR", "AMR"),
+    (0, b"MAC ", "Monkey's Audio"),
+    (0, b"wvpk", "WavPack"),
+    (0, b".snd", "Sun AU"),
+    (8, b"AVI ", "AVI video"),
+    (8, b"WEBP", "WebP image"),
+    (0, b"\x89PNG", "PNG image"),
+    (0, b"\xff\xd8\xff", "JPEG image"),
+    (0, b"GIF8", "GIF image"),
     (0, b"%PDF", "PDF"),
 )
 
@@ -70,8 +87,7 @@ class AudioLimits:
     # Most channels accepted (up to 64, where PyAV's filter graph still resamples them).
     max_channels: int = 32
     # FFmpeg demuxer names (as sniffed from the bytes, never the caller's file name).
-    allowed_formats: tuple[str, ...] = ("wav", "mp3", "flac", "ogg", _MP4, _MKV, "aac",
-                                        "aiff", "caf")
+    allowed_formats: tuple[str, ...] = ("wav", "mp3", "flac", "ogg", _MP4, _MKV, "aac", "aiff", "caf")
     # FFmpeg codec names, shell-style patterns allowed ("pcm_*": every PCM flavour).
     allowed_codecs: tuple[str, ...] = ("pcm_*", "mp3", "flac", "vorbis", "opus", "aac", "alac")
 
@@ -114,16 +130,21 @@ def sniff_container(data: bytes) -> str | None:
         return "wav"
     if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
         return "aiff"
-    for magic, name in ((b"fLaC", "flac"), (b"OggS", "ogg"), (b"caff", "caf"),
-                        (b"\x1a\x45\xdf\xa3", _MKV)):
+    for magic, name in ((b"fLaC", "flac"), (b"OggS", "ogg"), (b"caff", "caf"), (b"\x1a\x45\xdf\xa3", _MKV)):
         if head.startswith(magic):
             return name
     if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):
         return _MP4
     if len(head) >= 3 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
         return "aac"  # 12-bit sync, layer 00: ADTS
-    if len(head) >= 3 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 \
-            and head[2] >> 4 != 15 and (head[2] >> 2) & 3 != 3:
+    if (
+        len(head) >= 3
+        and head[0] == 0xFF
+        and head[1] & 0xE0 == 0xE0
+        and head[1] & 0x06
+        and head[2] >> 4 != 15
+        and (head[2] >> 2) & 3 != 3
+    ):
         return "mp3"  # 11-bit sync, a layer, valid bit rate and sample rate indexes
     return "mp3" if start and head else None  # an ID3 tag is all but always an MP3
 
@@ -137,40 +158,46 @@ def _after_id3(data: bytes) -> int:
     return pos
 
 
-def probe_audio(data: bytes, limits: AudioLimits = AudioLimits(), *,
-                field: str = "audio") -> AudioInfo:
+def probe_audio(data: bytes, limits: AudioLimits = AudioLimits(), *, field: str = "audio") -> AudioInfo:
     """Check untrusted audio bytes from their headers alone; decode nothing."""
     with _opened(data, limits, field) as (_container, _stream, info):
         return info
 
 
-def decode_audio(data: bytes, limits: AudioLimits = AudioLimits(), *,
-                 field: str = "audio") -> DecodedAudio:
+def decode_audio(data: bytes, limits: AudioLimits = AudioLimits(), *, field: str = "audio") -> DecodedAudio:
     """Validate and decode untrusted audio bytes to 16 kHz mono float32, or raise
     `InvalidInput` saying why not."""
     with _opened(data, limits, field) as (container, stream, info):
         samples = _decode(container, stream, info, limits, field)
-    return DecodedAudio(samples, len(samples) / SAMPLE_RATE, info.sample_rate, info.channels,
-                        info.container, info.codec, info.sha256)
+    return DecodedAudio(
+        samples, len(samples) / SAMPLE_RATE, info.sample_rate, info.channels, info.container, info.codec, info.sha256
+    )
 
 
 @contextmanager
-def _opened(data: bytes, limits: AudioLimits,
-            field: str) -> Iterator[tuple[av.container.InputContainer, av.AudioStream, AudioInfo]]:
+def _opened(
+    data: bytes, limits: AudioLimits, field: str
+) -> Iterator[tuple[av.container.InputContainer, av.AudioStream, AudioInfo]]:
     _check_byte_size(data, limits, field)
     fmt = _check_format(data, limits, field)
     label = _LABELS[fmt]
     if fmt == "wav" and (header := _wav_fmt_chunk(data)) is not None:
         _check_rate_and_channels(*header, label, limits, field)
-    with _av_errors(label, field), av.open(
-        io.BytesIO(data), "r", format=fmt, metadata_errors="replace",
-        io_open=partial(_refuse_nested, field=field),
-        container_options={"format_whitelist": ",".join(limits.allowed_formats),
-                           "protocol_whitelist": "none"},
-    ) as container:
+    with (
+        _av_errors(label, field),
+        av.open(
+            io.BytesIO(data),
+            "r",
+            format=fmt,
+            metadata_errors="replace",
+            io_open=partial(_refuse_nested, field=field),
+            container_options={"format_whitelist": ",".join(limits.allowed_formats), "protocol_whitelist": "none"},
+        ) as container,
+    ):
         if container.format.name not in limits.allowed_formats:  # forced above; belt and braces
-            raise InvalidInput(f"FFmpeg opened the {label} file as {container.format.name}, "
-                               "which is not accepted", field=field)
+            raise InvalidInput(
+                f"FFmpeg opened the {label} file as {container.format.name}, which is not accepted", field=field
+            )
         stream = _audio_stream(container, label, field)
         codec = _check_codec(stream, label, limits, field)
         ctx = stream.codec_context
@@ -179,10 +206,11 @@ def _opened(data: bytes, limits: AudioLimits,
         if declared is not None and declared > limits.max_duration_s:
             raise InvalidInput(
                 f"the {label} header declares {_secs(declared)} of audio; the limit is "
-                f"{_secs(limits.max_duration_s)}; split the recording", field=field)
+                f"{_secs(limits.max_duration_s)}; split the recording",
+                field=field,
+            )
         digest = hashlib.sha256(data).hexdigest()
-        yield container, stream, AudioInfo(fmt, codec, ctx.sample_rate, ctx.channels,
-                                           declared, digest)
+        yield container, stream, AudioInfo(fmt, codec, ctx.sample_rate, ctx.channels, declared, digest)
 
 
 def _check_byte_size(data: bytes, limits: AudioLimits, field: str) -> None:
@@ -192,25 +220,29 @@ def _check_byte_size(data: bytes, limits: AudioLimits, field: str) -> None:
         raise InvalidInput(
             f"audio is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes"
             f"{f' ({limits.max_bytes / 2**20:.4g} MiB)' if limits.max_bytes >= 2**20 else ''}"
-            "; trim it or send a compressed format (FLAC, Opus, MP3)", field=field)
+            "; trim it or send a compressed format (FLAC, Opus, MP3)",
+            field=field,
+        )
 
 
 def _check_format(data: bytes, limits: AudioLimits, field: str) -> str:
     allowed = ", ".join(_LABELS[f] for f in limits.allowed_formats)
     fmt = sniff_container(data)
     if fmt is None:
-        other = next((name for at, magic, name in _OTHER_SIGNATURES
-                      if data[at : at + len(magic)] == magic), None)
+        other = next((name for at, magic, name in _OTHER_SIGNATURES if data[at : at + len(magic)] == magic), None)
         if other is None and data[:1] == b"\x47" and data[188:189] == b"\x47":
             other = "MPEG-TS video"
         raise InvalidInput(
             f"{other} is not an accepted audio format; convert it to one of: {allowed}"
-            if other else f"bytes are not audio in any recognised container (they start with "
-            f"{bytes(data[:8]).hex(' ')}); send one of: {allowed}", field=field)
+            if other
+            else f"bytes are not audio in any recognised container (they start with "
+            f"{bytes(data[:8]).hex(' ')}); send one of: {allowed}",
+            field=field,
+        )
     if fmt not in limits.allowed_formats:
         raise InvalidInput(
-            f"audio container {_LABELS[fmt]} is not accepted; convert it to one of: {allowed}",
-            field=field)
+            f"audio container {_LABELS[fmt]} is not accepted; convert it to one of: {allowed}", field=field
+        )
     return fmt
 
 
@@ -229,33 +261,39 @@ def _wav_fmt_chunk(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_rate_and_channels(rate: int, channels: int, label: str, limits: AudioLimits,
-                             field: str) -> None:
+def _check_rate_and_channels(rate: int, channels: int, label: str, limits: AudioLimits, field: str) -> None:
     if not limits.min_sample_rate <= rate <= limits.max_sample_rate:
         raise InvalidInput(
             f"the {label} audio has a sample rate of {rate:,} Hz; accepted rates are "
-            f"{limits.min_sample_rate:,} to {limits.max_sample_rate:,} Hz", field=field)
+            f"{limits.min_sample_rate:,} to {limits.max_sample_rate:,} Hz",
+            field=field,
+        )
     if not 1 <= channels <= limits.max_channels:
         raise InvalidInput(
             f"the {label} audio has {channels} channels; accepted: 1 to "
-            f"{limits.max_channels}; mix it down to mono or stereo", field=field)
+            f"{limits.max_channels}; mix it down to mono or stereo",
+            field=field,
+        )
 
 
 def _refuse_nested(url: str, flags: int, options: dict[str, str], *, field: str) -> None:
     """PyAV's hook for every file a demuxer opens besides ours (playlists, references)."""
-    raise InvalidInput(f"the file refers to another resource ({url[:80]!r}); send the audio "
-                       "itself as one self-contained file", field=field)
+    raise InvalidInput(
+        f"the file refers to another resource ({url[:80]!r}); send the audio itself as one self-contained file",
+        field=field,
+    )
 
 
-def _audio_stream(container: av.container.InputContainer, label: str,
-                  field: str) -> av.AudioStream:
+def _audio_stream(container: av.container.InputContainer, label: str, field: str) -> av.AudioStream:
     if container.streams.audio:
         return container.streams.audio[0]
     kinds = Counter(s.type for s in container.streams)
     found = ", ".join(f"{n} {kind}" for kind, n in kinds.items()) or "none"
     raise InvalidInput(
         f"the {label} file has no audio stream; it looks like a video or other container "
-        f"(streams: {found}); send a recording with an audio track", field=field)
+        f"(streams: {found}); send a recording with an audio track",
+        field=field,
+    )
 
 
 def _check_codec(stream: av.AudioStream, label: str, limits: AudioLimits, field: str) -> str:
@@ -264,37 +302,39 @@ def _check_codec(stream: av.AudioStream, label: str, limits: AudioLimits, field:
     if not any(fnmatch.fnmatchcase(codec, pattern) for pattern in limits.allowed_codecs):
         raise InvalidInput(
             f"the {label} file's audio codec {codec} is not accepted; re-encode it as one "
-            f"of: {', '.join(limits.allowed_codecs)}", field=field)
+            f"of: {', '.join(limits.allowed_codecs)}",
+            field=field,
+        )
     return codec
 
 
-def _declared_duration(container: av.container.InputContainer,
-                       stream: av.AudioStream) -> float | None:
+def _declared_duration(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
     """The longest duration the headers state (stream or container), or None."""
-    found = [float(stream.duration * stream.time_base)] if stream.duration and stream.time_base \
-        else []
+    found = [float(stream.duration * stream.time_base)] if stream.duration and stream.time_base else []
     found += [container.duration / 1_000_000] if container.duration is not None else []
     return max(found) if found and max(found) >= 0 else None
 
 
-def _decode(container: av.container.InputContainer, stream: av.AudioStream, info: AudioInfo,
-            limits: AudioLimits, field: str) -> np.ndarray:
+def _decode(
+    container: av.container.InputContainer, stream: av.AudioStream, info: AudioInfo, limits: AudioLimits, field: str
+) -> np.ndarray:
     label = _LABELS[info.container]
     expected_s = min(info.declared_duration_s or 60.0, limits.max_duration_s)
     out = _Growing(round(expected_s * SAMPLE_RATE), round(limits.max_duration_s * SAMPLE_RATE))
     resampler, setup, decoded_s = None, None, 0.0
     with _av_errors(label, field):
         for frame in container.decode(stream):
-            _check_rate_and_channels(frame.sample_rate, frame.layout.nb_channels, label,
-                                     limits, field)  # a stream may change mid-way
+            _check_rate_and_channels(
+                frame.sample_rate, frame.layout.nb_channels, label, limits, field
+            )  # a stream may change mid-way
             decoded_s += frame.samples / frame.sample_rate
             if decoded_s > limits.max_duration_s:
-                said = _secs(info.declared_duration_s) if info.declared_duration_s is not None \
-                    else "no duration"
+                said = _secs(info.declared_duration_s) if info.declared_duration_s is not None else "no duration"
                 raise InvalidInput(
                     f"the {label} audio decodes to more than {_secs(limits.max_duration_s)} "
                     f"(the limit), though its header declares {said}; split the recording",
-                    field=field)
+                    field=field,
+                )
             if (frame.format.name, frame.layout.name, frame.sample_rate) != setup:
                 if resampler is not None:
                     _append_mono(out, resampler.resample(None))
@@ -305,8 +345,9 @@ def _decode(container: av.container.InputContainer, stream: av.AudioStream, info
         if resampler is not None:
             _append_mono(out, resampler.resample(None))
     if out.size == 0:
-        raise InvalidInput(f"the {label} file contains no decodable audio; re-export it and "
-                           "send the complete file", field=field)
+        raise InvalidInput(
+            f"the {label} file contains no decodable audio; re-export it and send the complete file", field=field
+        )
     return out.result()
 
 
@@ -358,4 +399,5 @@ def _av_errors(label: str, field: str) -> Iterator[None]:
         raise InvalidInput(
             f"the {label} data is truncated or corrupt and could not be decoded "
             f"({type(e).__name__}: {detail}); re-export the audio and send the complete file",
-            field=field) from e
+            field=field,
+        ) from e

@@ -111,8 +111,9 @@ class ClipEncoder(LazyModel):
         from encoders.clip.runtimes import RUNTIMES
 
         if self.options.runtime not in RUNTIMES:
-            raise InvalidInput(f"encoder runtime {self.options.runtime!r} is not one of {', '.join(RUNTIMES)}",
-                               field="encoder.runtime")
+            raise InvalidInput(
+                f"encoder runtime {self.options.runtime!r} is not one of {', '.join(RUNTIMES)}", field="encoder.runtime"
+            )
         set_threads(self.options.threads)
         self._device = pick_device(self.options.device)
         try:
@@ -121,11 +122,15 @@ class ClipEncoder(LazyModel):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    self.source.model_name, pretrained=self.source.pretrained, device=self._device,
-                    cache_dir=self.options.cache_dir)
+                    self.source.model_name,
+                    pretrained=self.source.pretrained,
+                    device=self._device,
+                    cache_dir=self.options.cache_dir,
+                )
             tokenizer = open_clip.get_tokenizer(self.source.model_name, cache_dir=self.options.cache_dir)
         except Exception as exc:  # open_clip raises bare RuntimeError/FileNotFoundError
             from encoders.clip.sources import HOW_TO_SUPPLY
+
             raise ModelUnavailable(f"could not load {self.model_id}: {exc}. {HOW_TO_SUPPLY}") from exc
         model.eval()
         self._dtype = pick_dtype(self.options.precision, self._device)
@@ -142,16 +147,21 @@ class ClipEncoder(LazyModel):
             self._run_text = lambda tokens: self._forward(encode_text, tokens.to(self._device))
             return
         if self._device != "cpu" or self._dtype is not torch.float32:
-            raise ModelUnavailable(f"runtime {runtime} runs fp32 on CPU; on a GPU (or for fp16/bf16) "
-                                   "use runtime torch")
+            raise ModelUnavailable(f"runtime {runtime} runs fp32 on CPU; on a GPU (or for fp16/bf16) use runtime torch")
         from encoders.clip.runtimes import load_towers
 
         size = getattr(model.visual, "image_size", 224)
         self._image_size = int(size[0] if isinstance(size, tuple) else size)
         int8 = runtime == "onnx-int8"
-        towers = load_towers(model, model_name=self.model_id, image_size=self._image_size,
-                             context_length=int(tokenizer.context_length), int8=int8, threads=self.options.threads,
-                             cache_dir=self.options.onnx_cache_dir)
+        towers = load_towers(
+            model,
+            model_name=self.model_id,
+            image_size=self._image_size,
+            context_length=int(tokenizer.context_length),
+            int8=int8,
+            threads=self.options.threads,
+            cache_dir=self.options.onnx_cache_dir,
+        )
         self.onnx_folder = towers.folder
         if int8:
             self._gate_int8(towers)
@@ -191,13 +201,16 @@ class ClipEncoder(LazyModel):
         self.drift = report
         failures = report.failures(self.options.int8_min_cosine, self.options.int8_max_recall_loss)
         if failures:
-            raise ModelUnavailable(f"runtime onnx-int8 refused for {self.model_id}: {'; '.join(failures)} on the "
-                                   f"held-out set ({report.n_texts} captions, {report.n_images} images). Use runtime "
-                                   "onnx (exact), or relax encoder.int8_min_cosine / int8_max_recall_loss if that "
-                                   "loss is acceptable")
+            raise ModelUnavailable(
+                f"runtime onnx-int8 refused for {self.model_id}: {'; '.join(failures)} on the "
+                f"held-out set ({report.n_texts} captions, {report.n_images} images). Use runtime "
+                "onnx (exact), or relax encoder.int8_min_cosine / int8_max_recall_loss if that "
+                "loss is acceptable"
+            )
 
-    def check_drift(self, images: Sequence[Image.Image] = (), texts: Sequence[str] = (),
-                    pixels: np.ndarray | None = None) -> DriftReport:
+    def check_drift(
+        self, images: Sequence[Image.Image] = (), texts: Sequence[str] = (), pixels: np.ndarray | None = None
+    ) -> DriftReport:
         """int8 vs fp32 on a sample of the data it will serve (images, or `preprocessor()`
         tensors: e.g. a batch job's first batch); raises ModelUnavailable beyond the configured
         loss. A no-op report for the exact runtimes."""
@@ -210,8 +223,9 @@ class ClipEncoder(LazyModel):
         report = drift_report(self._fp32_view(), self, list(texts), list(images), pixels=pixels)
         failures = report.failures(self.options.int8_min_cosine, self.options.int8_max_recall_loss)
         if failures:
-            raise ModelUnavailable(f"runtime onnx-int8 refused on this data: {'; '.join(failures)} "
-                                   f"({n_images} images); use runtime onnx")
+            raise ModelUnavailable(
+                f"runtime onnx-int8 refused on this data: {'; '.join(failures)} ({n_images} images); use runtime onnx"
+            )
         return report
 
     # -- encoding ---------------------------------------------------------------------------
@@ -236,8 +250,10 @@ class ClipEncoder(LazyModel):
         self.load()
         import torch
 
-        batches = [self._run_image(torch.from_numpy(np.ascontiguousarray(chunk)))
-                   for chunk in _chunks(pixels, self.options.batch_size)]
+        batches = [
+            self._run_image(torch.from_numpy(np.ascontiguousarray(chunk)))
+            for chunk in _chunks(pixels, self.options.batch_size)
+        ]
         return _concat(batches, self._embed_dim)
 
     def encode_texts(self, texts: Sequence[str]) -> TextEmbedding:
@@ -246,8 +262,9 @@ class ClipEncoder(LazyModel):
         truncated = tuple(self.text_overflows(t) for t in texts)
         if self.options.text_overflow is TextOverflow.REJECT and any(truncated):
             i = truncated.index(True)
-            raise InvalidInput(f"text {i} is longer than the model's context of {self.context_length} tokens",
-                               field=f"texts[{i}]")
+            raise InvalidInput(
+                f"text {i} is longer than the model's context of {self.context_length} tokens", field=f"texts[{i}]"
+            )
         batches = [self._run_text(self._tokenizer(chunk)) for chunk in _chunks(list(texts), self.options.batch_size)]
         return TextEmbedding(_concat(batches, self._embed_dim), truncated)
 
@@ -267,8 +284,9 @@ class ClipEncoder(LazyModel):
     def _forward(self, fn, inputs) -> np.ndarray:
         import torch
 
-        autocast = torch.autocast(device_type=self._device.split(":")[0], dtype=self._dtype,
-                                  enabled=self._dtype is not torch.float32)
+        autocast = torch.autocast(
+            device_type=self._device.split(":")[0], dtype=self._dtype, enabled=self._dtype is not torch.float32
+        )
         with torch.inference_mode(), autocast:
             out = fn(inputs).float()
         out = torch.nn.functional.normalize(out, dim=-1)
@@ -293,7 +311,7 @@ def _normalise(rows: np.ndarray) -> np.ndarray:
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
+    return [items[i : i + size] for i in range(0, len(items), max(1, size))]
 
 
 def _concat(batches: list[np.ndarray], dim: int) -> np.ndarray:

@@ -72,8 +72,16 @@ class Towers:
         return self.text.run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)})[0]
 
 
-def load_towers(model, *, model_name: str, image_size: int, context_length: int, int8: bool, threads: int,
-                cache_dir: str | None = None) -> Towers:
+def load_towers(
+    model,
+    *,
+    model_name: str,
+    image_size: int,
+    context_length: int,
+    int8: bool,
+    threads: int,
+    cache_dir: str | None = None,
+) -> Towers:
     """Sessions for `model`, exporting (and quantising) into the cache on first use."""
     folder = cache_root(cache_dir) / f"{_safe(model_name)}-{weights_hash(model)[:16]}-v{EXPORT_FORMAT}"
     try:
@@ -88,16 +96,19 @@ def load_towers(model, *, model_name: str, image_size: int, context_length: int,
     except ModelUnavailable:
         raise
     except OSError as exc:
-        raise ModelUnavailable(f"cannot write the ONNX cache at {folder}: {exc}; set encoder.onnx_cache_dir "
-                               "(or LOUPE_ONNX_CACHE) to a writable folder, or use runtime torch") from exc
+        raise ModelUnavailable(
+            f"cannot write the ONNX cache at {folder}: {exc}; set encoder.onnx_cache_dir "
+            "(or LOUPE_ONNX_CACHE) to a writable folder, or use runtime torch"
+        ) from exc
     return open_towers(folder, threads, int8)
 
 
 def open_towers(folder: Path, threads: int, int8: bool) -> Towers:
     """Sessions over graphs already in `folder` (see load_towers)."""
     suffix = ".int8.onnx" if int8 else ".onnx"
-    return Towers(_session(folder / f"image{suffix}", threads), _session(folder / f"text{suffix}", threads),
-                  folder, int8)
+    return Towers(
+        _session(folder / f"image{suffix}", threads), _session(folder / f"text{suffix}", threads), folder, int8
+    )
 
 
 def _safe(name: str) -> str:
@@ -130,9 +141,16 @@ def _export(model, tower: str, path: Path, image_size: int, context_length: int)
     # With autograd on, nn.MultiheadAttention skips its fused fast path, which has no ONNX form.
     with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that hold for every batch size
-        torch.onnx.export(module.eval(), (example,), str(tmp), input_names=[name], output_names=["embedding"],
-                          dynamic_axes={name: {0: "batch"}, "embedding": {0: "batch"}}, opset_version=OPSET,
-                          dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(tmp),
+            input_names=[name],
+            output_names=["embedding"],
+            dynamic_axes={name: {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     os.replace(tmp, path)  # a concurrent exporter of the same weights writes the same bytes
 
 
@@ -184,8 +202,10 @@ class DriftReport:
         if self.min_cosine < min_cosine:
             out.append(f"min cosine to fp32 {self.min_cosine:.4f} < {min_cosine}")
         if self.recall_loss > max_recall_loss:
-            out.append(f"recall@{self.k} {self.recall_candidate:.3f} vs fp32 {self.recall_reference:.3f} "
-                       f"(loss {self.recall_loss:.3f} > {max_recall_loss})")
+            out.append(
+                f"recall@{self.k} {self.recall_candidate:.3f} vs fp32 {self.recall_reference:.3f} "
+                f"(loss {self.recall_loss:.3f} > {max_recall_loss})"
+            )
         return out
 
     def to_json(self) -> dict:
@@ -215,8 +235,16 @@ def drift_report(reference, candidate, texts: list[str], images: list, k: int = 
     def recall(top) -> float:
         return float(np.mean([i in top[i] for i in range(pairs)])) if pairs else 1.0
 
-    return DriftReport(len(texts), len(images), round(float(cos.min()), 6), round(float(cos.mean()), 6),
-                       round(recall(ref_top), 4), round(recall(cand_top), 4), round(overlap, 4), k)
+    return DriftReport(
+        len(texts),
+        len(images),
+        round(float(cos.min()), 6),
+        round(float(cos.mean()), 6),
+        round(recall(ref_top), 4),
+        round(recall(cand_top), 4),
+        round(overlap, 4),
+        k,
+    )
 
 
 def probe_set(n: int = 64, size: int = 224, seed: int = 20261201) -> tuple[list[str], list]:

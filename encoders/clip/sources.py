@@ -31,7 +31,7 @@ HOW_TO_SUPPLY = (
     "the small offline model shipped with Loupe; (2) point LOUPE_MODEL at a local folder holding "
     "open_clip_config.json and open_clip_model.safetensors; (3) give an architecture and a local "
     "checkpoint file, e.g. LOUPE_MODEL='ViT-B-32//data/vit-b-32.safetensors'; (4) pre-fill the "
-    "Hugging Face cache (HF_HOME) on a machine with internet, e.g. `python -c \"import open_clip; "
+    'Hugging Face cache (HF_HOME) on a machine with internet, e.g. `python -c "import open_clip; '
     "open_clip.create_model_and_transforms('ViT-B-32', pretrained='laion2b_s34b_b79k')\"`."
 )
 
@@ -61,12 +61,18 @@ def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3
         return ClipSource(spec, None, f"open_clip:{spec}", "hub")
     if parsed.kind == PATH:
         if parsed.path.is_file():
-            raise InvalidInput(f"{spec} is a file; give its architecture too, e.g. 'ViT-B-32/{spec}', or a "
-                               "folder with open_clip_config.json. " + HOW_TO_SUPPLY, field="model")
+            raise InvalidInput(
+                f"{spec} is a file; give its architecture too, e.g. 'ViT-B-32/{spec}', or a "
+                "folder with open_clip_config.json. " + HOW_TO_SUPPLY,
+                field="model",
+            )
         return _local_dir(parsed.path)
     if "/" not in spec:
-        raise InvalidInput(f"model spec {spec!r} needs a pretrained tag or checkpoint, e.g. "
-                           f"'{spec}/laion2b_s34b_b79k'. " + HOW_TO_SUPPLY, field="model")
+        raise InvalidInput(
+            f"model spec {spec!r} needs a pretrained tag or checkpoint, e.g. "
+            f"'{spec}/laion2b_s34b_b79k'. " + HOW_TO_SUPPLY,
+            field="model",
+        )
     arch, pretrained = spec.split("/", 1)
     _require_architecture(arch)
     if pretrained == "random":
@@ -83,8 +89,9 @@ def list_bundled() -> list[str]:
 def _bundled(name: str) -> ClipSource:
     folder = BUNDLED_MODELS.get(name)
     if folder is None:
-        raise InvalidInput(f"unknown bundled model {name!r}; bundled models: {', '.join(list_bundled())}",
-                           field="model")
+        raise InvalidInput(
+            f"unknown bundled model {name!r}; bundled models: {', '.join(list_bundled())}", field="model"
+        )
     source = _local_dir(folder)
     return ClipSource(source.model_name, None, f"bundled:{name}", source.model_version)
 
@@ -120,8 +127,11 @@ def _require_architecture(arch: str) -> None:
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise InvalidInput(f"unknown open_clip architecture {arch!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14 "
-                           f"(open_clip.list_models() lists all)", field="model")
+        raise InvalidInput(
+            f"unknown open_clip architecture {arch!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14 "
+            f"(open_clip.list_models() lists all)",
+            field="model",
+        )
 
 
 def _in_hf_cache(hf_hub: str, cache_dir: str | None) -> bool:

@@ -85,9 +85,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(
-    data: bytes, limits: ImageLimits = ImageLimits(), *, field: str = "image"
-) -> DecodedImage:
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, field: str = "image") -> DecodedImage:
     """Validate and decode untrusted image bytes, or raise `InvalidInput` saying why not."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError(
@@ -136,9 +134,7 @@ def _check_format(data: bytes, limits: ImageLimits, field: str) -> str:
             field=field,
         )
     if fmt not in limits.allowed_formats:
-        raise InvalidInput(
-            f"image format {fmt} is not accepted; convert it to one of: {allowed}", field=field
-        )
+        raise InvalidInput(f"image format {fmt} is not accepted; convert it to one of: {allowed}", field=field)
     return fmt
 
 
@@ -161,8 +157,7 @@ def _check_dimensions(size: tuple[int, int], limits: ImageLimits, field: str) ->
         )
     if width * height > limits.max_pixels:
         raise InvalidInput(
-            f"image is {width}x{height} = {width * height:,} pixels; "
-            f"the limit is {limits.max_pixels:,} pixels",
+            f"image is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,} pixels",
             field=field,
         )
     if max(width, height) > limits.max_side:
@@ -189,8 +184,7 @@ def _webp_canvas_size(data: bytes) -> tuple[int, int] | None:
         return None
     chunk = data[12:16]
     if chunk == b"VP8X":  # extended: 24-bit canvas width-1, height-1
-        return (int.from_bytes(data[24:27], "little") + 1,
-                int.from_bytes(data[27:30], "little") + 1)
+        return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
     if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit width-1, height-1
         bits = int.from_bytes(data[21:25], "little")
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
@@ -285,9 +279,7 @@ def _to_rgb(im: Image.Image, field: str) -> Image.Image:
     if im.mode == "P":
         transparent = "transparency" in im.info or (im.palette and im.palette.mode == "RGBA")
         im = im.convert("RGBA" if transparent else "RGB")
-    elif im.mode in ("LA", "La", "PA", "RGBa") or (
-        im.mode in ("1", "L", "RGB") and "transparency" in im.info
-    ):
+    elif im.mode in ("LA", "La", "PA", "RGBa") or (im.mode in ("1", "L", "RGB") and "transparency" in im.info):
         im = im.convert("RGBA")
     if im.mode == "RGBA":
         return _over_white(im)
@@ -295,8 +287,7 @@ def _to_rgb(im: Image.Image, field: str) -> Image.Image:
         return im.convert("RGB")
     except ValueError as e:
         raise InvalidInput(
-            f"image colour mode {im.mode} cannot be converted to RGB ({e}); "
-            "re-export it as 8-bit RGB",
+            f"image colour mode {im.mode} cannot be converted to RGB ({e}); re-export it as 8-bit RGB",
             field=field,
         ) from e
 

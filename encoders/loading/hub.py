@@ -62,5 +62,4 @@ def in_hf_cache(repo: str, filenames: tuple[str, ...], cache_dir: str | None = N
     """Whether any of `filenames` of hub repo `repo` is in the local Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(name and isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str)
-               for name in filenames)
+    return any(name and isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str) for name in filenames)

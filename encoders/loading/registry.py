@@ -42,8 +42,9 @@ class Registry:
     def entry(self, name: str) -> Entry:
         entry = self.entries.get(name)
         if entry is None:
-            raise InvalidInput(f"unknown {self.kind} {name!r}; {self.kind}s: {', '.join(self.names())}",
-                               field=self.field)
+            raise InvalidInput(
+                f"unknown {self.kind} {name!r}; {self.kind}s: {', '.join(self.names())}", field=self.field
+            )
         return entry
 
     def cls(self, name: str) -> type:
@@ -51,8 +52,10 @@ class Registry:
         entry = self.entry(name)
         missing = self._missing(entry)
         if missing:
-            raise ModelUnavailable(f"{self.kind} {name!r} is not installed (cannot import {', '.join(missing)}): "
-                                   f"{entry.install or 'install its library'}")
+            raise ModelUnavailable(
+                f"{self.kind} {name!r} is not installed (cannot import {', '.join(missing)}): "
+                f"{entry.install or 'install its library'}"
+            )
         module, _, cls = entry.target.partition(":")
         return getattr(importlib.import_module(module), cls)
 

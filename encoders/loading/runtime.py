@@ -16,7 +16,7 @@ def cuda_available() -> bool:
 
 
 def pick_device(device: str, cuda: bool | None = None) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; a GPU asked for but absent fails.
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; a GPU asked for but absent fails.
     `cuda`: whether a GPU is visible (asked of torch when None)."""
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, not {device!r}", field="device")

@@ -11,6 +11,19 @@ from encoders.ocr.heuristics import looks_like_text_image
 from encoders.ocr.layout import reading_order
 from encoders.ocr.lookalikes import fix_lookalikes
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "MAX_THREADS", "EngineSpec", "OcrEngine", "OcrLine", "OcrOptions",
-           "OcrResult", "available_engines", "create_ocr", "fix_lookalikes", "list_engines",
-           "looks_like_text_image", "reading_order"]
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "MAX_THREADS",
+    "EngineSpec",
+    "OcrEngine",
+    "OcrLine",
+    "OcrOptions",
+    "OcrResult",
+    "available_engines",
+    "create_ocr",
+    "fix_lookalikes",
+    "list_engines",
+    "looks_like_text_image",
+    "reading_order",
+]

@@ -89,8 +89,11 @@ class OcrEngine(LazyModel):
 
     def __init__(self, options: OcrOptions = OcrOptions()) -> None:
         if self.languages is not None and not set(options.languages) <= self.languages:
-            raise InvalidInput(f"OCR engine {self.name!r} reads {', '.join(sorted(self.languages))}, not "
-                               f"{', '.join(options.languages)}; use 'tesseract' for others", field="languages")
+            raise InvalidInput(
+                f"OCR engine {self.name!r} reads {', '.join(sorted(self.languages))}, not "
+                f"{', '.join(options.languages)}; use 'tesseract' for others",
+                field="languages",
+            )
         super().__init__()
         self.options = options
         self._read_lock = threading.Lock()  # the libraries keep per-call state
@@ -110,14 +113,21 @@ class OcrEngine(LazyModel):
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         scale = min(1.0, self.options.max_side / max(rgb.size))
         if scale < 1.0:
-            rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                             Image.Resampling.LANCZOS)
+            rgb = rgb.resize(
+                (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.LANCZOS
+            )
         with self._read_lock:
             raw = self._read(np.asarray(rgb))
         fix = fix_lookalikes if self.options.fix_lookalikes else (lambda t: t)
-        lines = [OcrLine(fix(" ".join(unicodedata.normalize("NFKC", t).split())), float(c),
-                         tuple(round(float(v) / scale) for v in b))  # type: ignore[arg-type]
-                 for t, c, b in raw if t.strip() and c >= self.options.min_confidence]
+        lines = [
+            OcrLine(
+                fix(" ".join(unicodedata.normalize("NFKC", t).split())),
+                float(c),
+                tuple(round(float(v) / scale) for v in b),
+            )  # type: ignore[arg-type]
+            for t, c, b in raw
+            if t.strip() and c >= self.options.min_confidence
+        ]
         ordered, text = reading_order(lines)
         return OcrResult(text, tuple(ordered), self.name, time.perf_counter() - start)
 
@@ -128,5 +138,3 @@ class OcrEngine(LazyModel):
     @abstractmethod
     def _read(self, pixels: np.ndarray) -> list[tuple[str, float, tuple[float, float, float, float]]]:
         """(text, confidence, box) per line found in an RGB array."""
-
-

@@ -9,10 +9,16 @@ from encoders.ocr.base import OcrEngine, OcrOptions
 EngineSpec = Entry
 
 ENGINES: dict[str, EngineSpec] = {
-    "rapidocr": EngineSpec("encoders.ocr.rapid:RapidOcrEngine", ("rapidocr_onnxruntime",),
-                           "pip install rapidocr-onnxruntime==1.4.4 (PP-OCRv4 models ship inside the wheel)"),
-    "tesseract": EngineSpec("encoders.ocr.tesseract:TesseractEngine", ("tesserocr",),
-                            "apt-get install tesseract-ocr-eng (traineddata) and pip install tesserocr==2.13.0"),
+    "rapidocr": EngineSpec(
+        "encoders.ocr.rapid:RapidOcrEngine",
+        ("rapidocr_onnxruntime",),
+        "pip install rapidocr-onnxruntime==1.4.4 (PP-OCRv4 models ship inside the wheel)",
+    ),
+    "tesseract": EngineSpec(
+        "encoders.ocr.tesseract:TesseractEngine",
+        ("tesserocr",),
+        "apt-get install tesseract-ocr-eng (traineddata) and pip install tesserocr==2.13.0",
+    ),
 }
 OCR_ENGINES = Registry("OCR engine", ENGINES, field="engine")
 

@@ -25,8 +25,9 @@ def looks_like_text_image(image: Image.Image) -> bool:
     gray = image.convert("L")
     if max(gray.size) > TEXT_IMAGE_SIDE:
         scale = TEXT_IMAGE_SIDE / max(gray.size)
-        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
-                           Image.Resampling.BOX)
+        gray = gray.resize(
+            (max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BOX
+        )
     g = np.asarray(gray, dtype=np.int16)
     step = np.maximum(np.abs(np.diff(g, axis=1))[:-1, :], np.abs(np.diff(g, axis=0))[:, :-1])
     return bool((step <= 1).mean() >= MIN_FLAT_SHARE and (step >= 64).mean() >= MIN_EDGE_SHARE)

@@ -64,8 +64,8 @@ def _independent(left: list[OcrLine], right: list[OcrLine]) -> bool:
 
     def shared(tolerance: float) -> float:
         centre = lambda l: (l.box[1] + l.box[3]) / 2
-        return sum(any(abs(centre(x) - centre(y)) <= tolerance * max(1, x.box[3] - x.box[1]) for y in big)
-                   for x in small) / len(small)
+        return sum(
+            any(abs(centre(x) - centre(y)) <= tolerance * max(1, x.box[3] - x.box[1]) for y in big) for x in small
+        ) / len(small)
 
     return shared(0.5) >= SIDEBAR_MIN_OVERLAP and shared(0.1) < TABLE_MIN_ALIGNED
-

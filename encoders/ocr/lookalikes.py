@@ -23,4 +23,3 @@ def fix_lookalikes(text: str) -> str:
     text = _CAPS_ZERO.sub("O", text)
     text = _CODE_CASE.sub(lambda m: m.group().upper(), text)
     return _ZERO_WORD.sub("O", text)
-

@@ -38,8 +38,9 @@ class RapidOcrEngine(OcrEngine):
         recognised, _ = m.text_rec(crops, self.options.restore_spaces)
         gray = img.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
         out = []
-        for box, original, (text, score, *ctc) in zip(boxes, m._get_origin_points(boxes, record, *bgr.shape[:2]),
-                                                       recognised):
+        for box, original, (text, score, *ctc) in zip(
+            boxes, m._get_origin_points(boxes, record, *bgr.shape[:2]), recognised
+        ):
             if ctc and text:
                 text = _respace(text, ctc[0], gray, _quad_box(box))
             out.append((text, score, _quad_box(original)))
@@ -68,8 +69,11 @@ def _respace(text: str, info, gray: np.ndarray, box) -> str:
     xs = [int((c + 0.5) * crop.shape[1] / col_num) for c in cols]
     out = [text[0]]
     for i in range(1, len(text)):
-        if (" " not in (text[i], text[i - 1]) and cols[i] - cols[i - 1] >= SPACE_MIN_COLUMNS
-                and _longest_run(blank[xs[i - 1]:xs[i]]) >= SPACE_GAP * pitch):
+        if (
+            " " not in (text[i], text[i - 1])
+            and cols[i] - cols[i - 1] >= SPACE_MIN_COLUMNS
+            and _longest_run(blank[xs[i - 1] : xs[i]]) >= SPACE_GAP * pitch
+        ):
             out.append(" ")
         out.append(text[i])
     return "".join(out)
@@ -78,4 +82,3 @@ def _respace(text: str, info, gray: np.ndarray, box) -> str:
 def _longest_run(flags: np.ndarray) -> int:
     edges = np.flatnonzero(np.diff(np.concatenate(([0], flags.astype(np.int8), [0]))))
     return int((edges[1::2] - edges[::2]).max(initial=0))
-

@@ -30,8 +30,11 @@ class TesseractEngine(OcrEngine):
         self._model.Recognize()
         iterator, level = self._model.GetIterator(), tesserocr.RIL.TEXTLINE
         lines = tesserocr.iterate_level(iterator, level) if iterator is not None else []
-        return [(line.GetUTF8Text(level) or "", line.Confidence(level) / 100.0, line.BoundingBox(level))
-                for line in lines if line.BoundingBox(level) is not None]
+        return [
+            (line.GetUTF8Text(level) or "", line.Confidence(level) / 100.0, line.BoundingBox(level))
+            for line in lines
+            if line.BoundingBox(level) is not None
+        ]
 
 
 # ISO 639-1 -> tesseract's codes for common languages; other codes are passed through.
@@ -45,7 +48,8 @@ def tessdata_dir(langs: list[str]) -> str:
     for folder in candidates + list(TESSDATA_DIRS):
         if all((Path(folder) / f"{lang}.traineddata").is_file() for lang in langs):
             return folder.rstrip("/") + "/"
-    raise ModelUnavailable(f"tesseract has no traineddata for {'+'.join(langs)} in "
-                           f"{', '.join(candidates + list(TESSDATA_DIRS))}; apt-get install "
-                           f"{' '.join('tesseract-ocr-' + lang for lang in langs)} or set TESSDATA_PREFIX")
-
+    raise ModelUnavailable(
+        f"tesseract has no traineddata for {'+'.join(langs)} in "
+        f"{', '.join(candidates + list(TESSDATA_DIRS))}; apt-get install "
+        f"{' '.join('tesseract-ocr-' + lang for lang in langs)} or set TESSDATA_PREFIX"
+    )

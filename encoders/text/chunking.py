@@ -41,8 +41,9 @@ class Chunk:
     text: str
 
 
-def chunk_transcript(segments: Sequence[TimedText], count_tokens: Callable[[str], int], max_tokens: int,
-                     overlap_tokens: int = 4) -> list[Chunk]:
+def chunk_transcript(
+    segments: Sequence[TimedText], count_tokens: Callable[[str], int], max_tokens: int, overlap_tokens: int = 4
+) -> list[Chunk]:
     """Greedy packing of words into chunks of at most `max_tokens`; each chunk after the first
     starts with the last words of the previous one (up to `overlap_tokens`), so a phrase cut
     at a boundary is still whole in one chunk."""
@@ -99,8 +100,9 @@ class EmbeddedTranscript:
 
 def timed_texts(segments) -> list[TimedText]:
     """Whisper segments (`encoders.whisper.transcribe.Segment`) -> the chunker's input."""
-    return [TimedText(s.start, s.end, s.text, tuple(TimedWord(w.start, w.end, w.text) for w in s.words))
-            for s in segments]
+    return [
+        TimedText(s.start, s.end, s.text, tuple(TimedWord(w.start, w.end, w.text) for w in s.words)) for s in segments
+    ]
 
 
 def embed_transcript(clip, segments: list[TimedText], overlap_tokens: int) -> EmbeddedTranscript:

@@ -79,8 +79,8 @@ def loop_start(words: list[str]) -> int | None:
             need = LOOP_MIN_REPEATS.get(n, 2)
             if i + n * need > n_words:
                 continue
-            phrase = words[i:i + n]
-            if all(words[i + k * n:i + (k + 1) * n] == phrase for k in range(1, need)):
+            phrase = words[i : i + n]
+            if all(words[i + k * n : i + (k + 1) * n] == phrase for k in range(1, need)):
                 return i + n
     return None
 
@@ -91,9 +91,9 @@ def restart_at(words: list[str]) -> int | None:
         return None
     head = words[:RESTART_WORDS]
     for k in range(RESTART_WORDS, len(words) - RESTART_WORDS + 1):
-        if words[k:k + RESTART_WORDS] == head:
+        if words[k : k + RESTART_WORDS] == head:
             tail = words[k:]
-            if _similar(words[:min(k, len(tail))], tail[:k]) >= RESTART_SIMILARITY:
+            if _similar(words[: min(k, len(tail))], tail[:k]) >= RESTART_SIMILARITY:
                 return k
     return None
 
@@ -103,7 +103,7 @@ def _cut_text(text: str, keep_words: int) -> str:
     matches = list(_WORD.finditer(text))
     if keep_words >= len(matches):
         return text
-    return text[:matches[keep_words].start()].rstrip(" ,;:-")
+    return text[: matches[keep_words].start()].rstrip(" ,;:-")
 
 
 def cut_loops(segment, controls: TranscriptControls):
@@ -142,9 +142,15 @@ def controlled(segments: Iterable, controls: TranscriptControls, enabled: bool =
             yield segment
 
 
-def fails_checks(compression_ratio: float, avg_logprob: float, no_speech_prob: float, *,
-                 compression_ratio_threshold: float | None, logprob_threshold: float | None,
-                 no_speech_threshold: float | None) -> bool:
+def fails_checks(
+    compression_ratio: float,
+    avg_logprob: float,
+    no_speech_prob: float,
+    *,
+    compression_ratio_threshold: float | None,
+    logprob_threshold: float | None,
+    no_speech_threshold: float | None,
+) -> bool:
     """Whisper's rule for retrying a window hotter: too repetitive (gzip ratio) or too improbable,
     unless it is improbable because it is silence (then the no-speech check skips it)."""
     repetitive = compression_ratio_threshold is not None and compression_ratio > compression_ratio_threshold
@@ -156,6 +162,7 @@ def fails_checks(compression_ratio: float, avg_logprob: float, no_speech_prob: f
 def best_decode(results: list, compression_ratio_threshold: float | None):
     """When every temperature failed: the most probable decode among those that are not
     repetitive (else among all), not simply the last, hottest one."""
-    calm = [r for r in results if compression_ratio_threshold is None
-            or r.compression_ratio <= compression_ratio_threshold]
+    calm = [
+        r for r in results if compression_ratio_threshold is None or r.compression_ratio <= compression_ratio_threshold
+    ]
     return max(calm or results, key=lambda r: r.avg_logprob)

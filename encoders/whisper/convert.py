@@ -71,9 +71,11 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise ModelUnavailable(f"{self.path} is truncated: needed {n} bytes at offset {self.pos} of "
-                                   f"{len(self.data)}. Re-install or re-download the model.")
-        chunk = self.data[self.pos:self.pos + n]
+            raise ModelUnavailable(
+                f"{self.path} is truncated: needed {n} bytes at offset {self.pos} of "
+                f"{len(self.data)}. Re-install or re-download the model."
+            )
+        chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
@@ -91,8 +93,10 @@ def read_model_bin(path: str | os.PathLike) -> Ct2Model:
     reader = _Reader(path.read_bytes(), path)
     version = reader.unpack("I")
     if not 1 <= version <= MAX_BINARY_VERSION:
-        raise ModelUnavailable(f"{path} has CTranslate2 binary version {version}; this reader knows "
-                               f"versions 1..{MAX_BINARY_VERSION}. Is it a CTranslate2 model.bin?")
+        raise ModelUnavailable(
+            f"{path} has CTranslate2 binary version {version}; this reader knows "
+            f"versions 1..{MAX_BINARY_VERSION}. Is it a CTranslate2 model.bin?"
+        )
     spec, revision = (reader.string(), reader.unpack("I")) if version >= 2 else ("", 1)
     variables = {}
     for _ in range(reader.unpack("I")):
@@ -136,8 +140,10 @@ def dequantize(model: Ct2Model, dtype=np.float32) -> dict[str, np.ndarray]:
                 stored[alias + "_scale"] = stored[target + "_scale"]
     zero_points = [n for n in stored if n.endswith("_zero")]
     if zero_points:
-        raise ModelUnavailable(f"{zero_points[0]!r}: weights quantised with zero points (AWQ/int4) cannot be "
-                               "converted; use a float16, float32 or int8 CTranslate2 model.")
+        raise ModelUnavailable(
+            f"{zero_points[0]!r}: weights quantised with zero points (AWQ/int4) cannot be "
+            "converted; use a float16, float32 or int8 CTranslate2 model."
+        )
     out = {}
     for name, value in stored.items():
         if name.endswith("_scale") or value.ndim == 0:
@@ -170,8 +176,10 @@ def to_openai_state_dict(weights: dict[str, np.ndarray]) -> tuple[dict[str, int]
         return weights[name]
 
     sd: dict[str, np.ndarray] = {
-        "encoder.conv1.weight": take("encoder/conv1/weight"), "encoder.conv1.bias": take("encoder/conv1/bias"),
-        "encoder.conv2.weight": take("encoder/conv2/weight"), "encoder.conv2.bias": take("encoder/conv2/bias"),
+        "encoder.conv1.weight": take("encoder/conv1/weight"),
+        "encoder.conv1.bias": take("encoder/conv1/bias"),
+        "encoder.conv2.weight": take("encoder/conv2/weight"),
+        "encoder.conv2.bias": take("encoder/conv2/bias"),
         "encoder.positional_embedding": take("encoder/position_encodings/encodings"),
         "decoder.positional_embedding": take("decoder/position_encodings/encodings"),
         "decoder.token_embedding.weight": take("decoder/embeddings/weight"),
@@ -185,8 +193,9 @@ def to_openai_state_dict(weights: dict[str, np.ndarray]) -> tuple[dict[str, int]
     _check_tied_projection(weights, used)
     leftover = sorted(n for n, v in weights.items() if n not in used and v.ndim > 0 and not n.endswith("_scale"))
     if leftover:
-        raise ModelUnavailable(f"unexpected CTranslate2 variables {leftover[:5]}: this Whisper layout is not "
-                               "supported by the converter")
+        raise ModelUnavailable(
+            f"unexpected CTranslate2 variables {leftover[:5]}: this Whisper layout is not supported by the converter"
+        )
     return dims, sd
 
 
@@ -228,8 +237,10 @@ def _check_tied_projection(weights: dict[str, np.ndarray], used: set[str]) -> No
     projection = weights.get("decoder/projection/weight")
     if projection is not None:
         if not np.array_equal(projection, weights["decoder/embeddings/weight"]):
-            raise ModelUnavailable("decoder/projection/weight differs from the token embedding; openai-whisper "
-                                   "ties them, so this model cannot be converted")
+            raise ModelUnavailable(
+                "decoder/projection/weight differs from the token embedding; openai-whisper "
+                "ties them, so this model cannot be converted"
+            )
         used.add("decoder/projection/weight")
     bias = weights.get("decoder/projection/bias")
     if bias is not None:
@@ -256,11 +267,16 @@ def infer_dims(weights: dict[str, np.ndarray]) -> dict[str, int]:
         return int(value) if value is not None else width // HEAD_DIM
 
     return {
-        "n_mels": int(conv1.shape[1]), "n_audio_ctx": int(audio_pos.shape[0]),
-        "n_audio_state": int(audio_pos.shape[1]), "n_audio_head": heads("encoder", audio_pos.shape[1]),
-        "n_audio_layer": layers("encoder"), "n_vocab": int(embeddings.shape[0]),
-        "n_text_ctx": int(text_pos.shape[0]), "n_text_state": int(text_pos.shape[1]),
-        "n_text_head": heads("decoder", text_pos.shape[1]), "n_text_layer": layers("decoder"),
+        "n_mels": int(conv1.shape[1]),
+        "n_audio_ctx": int(audio_pos.shape[0]),
+        "n_audio_state": int(audio_pos.shape[1]),
+        "n_audio_head": heads("encoder", audio_pos.shape[1]),
+        "n_audio_layer": layers("encoder"),
+        "n_vocab": int(embeddings.shape[0]),
+        "n_text_ctx": int(text_pos.shape[0]),
+        "n_text_state": int(text_pos.shape[1]),
+        "n_text_head": heads("decoder", text_pos.shape[1]),
+        "n_text_layer": layers("decoder"),
     }
 
 
@@ -283,8 +299,10 @@ def convert(ct2_folder: str | os.PathLike, out_path: str | os.PathLike, *, dtype
 
     folder, out_path = Path(ct2_folder), Path(out_path)
     if not (folder / "model.bin").is_file():
-        raise ModelUnavailable(f"{folder} has no model.bin; expected a CTranslate2 Whisper folder "
-                               "(model.bin, config.json, tokenizer.json or vocabulary.txt)")
+        raise ModelUnavailable(
+            f"{folder} has no model.bin; expected a CTranslate2 Whisper folder "
+            "(model.bin, config.json, tokenizer.json or vocabulary.txt)"
+        )
     model = read_model_bin(folder / "model.bin")
     if model.spec and model.spec != "WhisperSpec":
         raise ModelUnavailable(f"{folder} holds a {model.spec}, not a Whisper model")
@@ -295,7 +313,10 @@ def convert(ct2_folder: str | os.PathLike, out_path: str | os.PathLike, *, dtype
         dtype = "float16" if all(d == np.float16 for d in stored) else "float32"
     # Straight to the output dtype: a float16 model never takes float32 space.
     dims, state = to_openai_state_dict(dequantize(model, np.float16 if dtype == "float16" else np.float32))
-    checkpoint = {"dims": dims, "model_state_dict": {k: torch.tensor(np.ascontiguousarray(v)) for k, v in state.items()}}
+    checkpoint = {
+        "dims": dims,
+        "model_state_dict": {k: torch.tensor(np.ascontiguousarray(v)) for k, v in state.items()},
+    }
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     heads = alignment_heads_dump(config, dims)

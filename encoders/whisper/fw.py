@@ -51,27 +51,38 @@ class FasterWhisperTranscriber(Transcriber):
         import ctranslate2
 
         if self.source.format != "ct2":
-            raise ModelUnavailable(f"{self.model_id} is an openai-whisper checkpoint; faster-whisper needs a "
-                                   "CTranslate2 folder. Use backend 'openai-whisper' for .pt files. " + HOW_TO_SUPPLY)
+            raise ModelUnavailable(
+                f"{self.model_id} is an openai-whisper checkpoint; faster-whisper needs a "
+                "CTranslate2 folder. Use backend 'openai-whisper' for .pt files. " + HOW_TO_SUPPLY
+            )
         folder = fetch(self.source, cache_dir=self.cache_dir)
         if not (Path(folder) / "tokenizer.json").is_file():
             # Without it faster-whisper would fetch a tokenizer from the hub (and hang offline).
-            raise ModelUnavailable(f"{folder} has no tokenizer.json; copy it from the model's hub repository "
-                                   "next to model.bin. " + HOW_TO_SUPPLY)
+            raise ModelUnavailable(
+                f"{folder} has no tokenizer.json; copy it from the model's hub repository "
+                "next to model.bin. " + HOW_TO_SUPPLY
+            )
         device = pick_device(self.options.device, ctranslate2.get_cuda_device_count() > 0)
         kind, _, index = device.partition(":")
         compute_type = self.options.compute_type
         if compute_type == "auto":
             compute_type = "int8" if kind == "cpu" else "float16"
         try:
-            return _ControlledModel(str(folder), device=kind, device_index=int(index or 0), compute_type=compute_type,
-                                    cpu_threads=self.options.threads, num_workers=1, seed=self.options.seed)
+            return _ControlledModel(
+                str(folder),
+                device=kind,
+                device_index=int(index or 0),
+                compute_type=compute_type,
+                cpu_threads=self.options.threads,
+                num_workers=1,
+                seed=self.options.seed,
+            )
         except (RuntimeError, ValueError) as exc:  # CTranslate2 reports bad files and types this way
-            raise ModelUnavailable(f"faster-whisper could not load {self.model_id} on {device} with compute "
-                                   f"type {compute_type}: {exc}") from exc
+            raise ModelUnavailable(
+                f"faster-whisper could not load {self.model_id} on {device} with compute type {compute_type}: {exc}"
+            ) from exc
 
-    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions
-                    ) -> tuple[TranscriptInfo, Iterator[Segment]]:
+    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> tuple[TranscriptInfo, Iterator[Segment]]:
         model = self._model
         from faster_whisper.tokenizer import _LANGUAGE_CODES
 
@@ -80,20 +91,31 @@ class FasterWhisperTranscriber(Transcriber):
         _handoff.call = _Call(controls, options)
         try:
             segments, info = model.transcribe(
-                samples, language=language, beam_size=options.beam_size, best_of=options.best_of,
+                samples,
+                language=language,
+                beam_size=options.beam_size,
+                best_of=options.best_of,
                 temperature=list(options.temperatures),
                 compression_ratio_threshold=options.compression_ratio_threshold,
-                log_prob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
+                log_prob_threshold=options.logprob_threshold,
+                no_speech_threshold=options.no_speech_threshold,
                 condition_on_previous_text=options.condition_on_previous_text,
                 # 0: any window that fell back (temperature > 0) resets the prompt.
                 prompt_reset_on_temperature=0.0 if options.prompt_reset_on_fallback else 0.5,
                 hallucination_silence_threshold=options.hallucination_silence_s,
-                word_timestamps=needs_word_timings(options), vad_filter=options.vad_filter,
-                vad_parameters=vad_options(options) if options.vad_filter else None)
+                word_timestamps=needs_word_timings(options),
+                vad_filter=options.vad_filter,
+                vad_parameters=vad_options(options) if options.vad_filter else None,
+            )
         finally:
             _handoff.call = None
-        transcript = TranscriptInfo(language=info.language, language_probability=finite(info.language_probability),
-                                    duration_s=len(samples) / SAMPLE_RATE, model_id=self.model_id, controls=controls)
+        transcript = TranscriptInfo(
+            language=info.language,
+            language_probability=finite(info.language_probability),
+            duration_s=len(samples) / SAMPLE_RATE,
+            model_id=self.model_id,
+            controls=controls,
+        )
         return transcript, _convert(segments, options.word_timestamps)
 
 
@@ -110,9 +132,14 @@ class _ControlledModel(WhisperModel):
     def __init__(self, model_path: str, *, seed: int, **kwargs) -> None:
         super().__init__(model_path, **kwargs)
         self._seed = seed
-        self._sampler_args = {"model_path": model_path, "device": kwargs["device"],
-                                  "device_index": kwargs["device_index"], "compute_type": kwargs["compute_type"],
-                                  "intra_threads": kwargs["cpu_threads"], "inter_threads": 1}
+        self._sampler_args = {
+            "model_path": model_path,
+            "device": kwargs["device"],
+            "device_index": kwargs["device_index"],
+            "compute_type": kwargs["compute_type"],
+            "intra_threads": kwargs["cpu_threads"],
+            "inter_threads": 1,
+        }
         self._sampler_lock = threading.Lock()
 
     def generate_segments(self, features, tokenizer, options, *args, **kwargs):
@@ -137,33 +164,49 @@ class _ControlledModel(WhisperModel):
         controls.windows += 1
         max_length = self.max_length if options.max_new_tokens is None else len(prompt) + options.max_new_tokens
         if max_length > self.max_length:
-            raise ValueError(f"prompt ({len(prompt)} tokens) plus max_new_tokens exceeds the model's "
-                             f"{self.max_length} tokens")
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) plus max_new_tokens exceeds the model's {self.max_length} tokens"
+            )
         results = []
         for temperature in options.temperatures:
             if temperature > 0:
                 model = self._sampler(call)
-                kwargs = {"beam_size": 1, "num_hypotheses": options.best_of, "sampling_topk": 0,
-                          "sampling_temperature": temperature}
+                kwargs = {
+                    "beam_size": 1,
+                    "num_hypotheses": options.best_of,
+                    "sampling_topk": 0,
+                    "sampling_temperature": temperature,
+                }
             else:
                 model = self.model
                 kwargs = {"beam_size": options.beam_size, "patience": options.patience}
             result = model.generate(
-                encoder_output, [prompt], length_penalty=options.length_penalty,
-                repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size,
-                max_length=max_length, return_scores=True, return_no_speech_prob=True,
-                suppress_blank=options.suppress_blank, suppress_tokens=options.suppress_tokens,
+                encoder_output,
+                [prompt],
+                length_penalty=options.length_penalty,
+                repetition_penalty=options.repetition_penalty,
+                no_repeat_ngram_size=options.no_repeat_ngram_size,
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=options.suppress_blank,
+                suppress_tokens=options.suppress_tokens,
                 max_initial_timestamp_index=int(round(options.max_initial_timestamp / self.time_precision)),
-                **kwargs)[0]
+                **kwargs,
+            )[0]
             tokens = result.sequences_ids[0]
             # The score is the length-penalised cumulative log-probability.
             avg_logprob = result.scores[0] * len(tokens) ** options.length_penalty / (len(tokens) + 1)
             decode = _Decode(result, avg_logprob, temperature, get_compression_ratio(tokenizer.decode(tokens).strip()))
             results.append(decode)
-            if not fails_checks(decode.compression_ratio, avg_logprob, result.no_speech_prob,
-                                compression_ratio_threshold=options.compression_ratio_threshold,
-                                logprob_threshold=options.log_prob_threshold,
-                                no_speech_threshold=options.no_speech_threshold):
+            if not fails_checks(
+                decode.compression_ratio,
+                avg_logprob,
+                result.no_speech_prob,
+                compression_ratio_threshold=options.compression_ratio_threshold,
+                logprob_threshold=options.log_prob_threshold,
+                no_speech_threshold=options.no_speech_threshold,
+            ):
                 break
         else:
             controls.kept_best_windows += 1
@@ -172,7 +215,7 @@ class _ControlledModel(WhisperModel):
             decode = _Decode(decode.result, decode.avg_logprob, temperature, decode.compression_ratio)
         if len(results) > 1:
             controls.fallback_windows += 1
-        if (options.condition_on_previous_text and decode.temperature > options.prompt_reset_on_temperature):
+        if options.condition_on_previous_text and decode.temperature > options.prompt_reset_on_temperature:
             controls.prompt_resets += 1
         return decode.result, decode.avg_logprob, decode.temperature, decode.compression_ratio
 
@@ -187,7 +230,15 @@ class _Decode:
 
 def _convert(segments: Iterable, with_words: bool) -> Iterator[Segment]:
     for s in segments:
-        words = tuple(Word(float(w.start), float(w.end), w.word, finite(w.probability))
-                      for w in (s.words or () if with_words else ()))
-        yield Segment(start=float(s.start), end=float(s.end), text=s.text.strip(), words=words,
-                      avg_logprob=finite(s.avg_logprob), no_speech_prob=finite(s.no_speech_prob))
+        words = tuple(
+            Word(float(w.start), float(w.end), w.word, finite(w.probability))
+            for w in (s.words or () if with_words else ())
+        )
+        yield Segment(
+            start=float(s.start),
+            end=float(s.end),
+            text=s.text.strip(),
+            words=words,
+            avg_logprob=finite(s.avg_logprob),
+            no_speech_prob=finite(s.no_speech_prob),
+        )

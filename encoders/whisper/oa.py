@@ -91,8 +91,7 @@ class OpenAIWhisperTranscriber(Transcriber):
         target = whisper_cache_dir(self.cache_dir) / "openai" / f"{name}-{version}.pt"
         return target if target.is_file() else convert(path, target)
 
-    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions
-                    ) -> tuple[TranscriptInfo, Iterator[Segment]]:
+    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> tuple[TranscriptInfo, Iterator[Segment]]:
         import whisper.tokenizer
 
         model = self._model
@@ -101,10 +100,14 @@ class OpenAIWhisperTranscriber(Transcriber):
         groups = _speech_groups(samples, options)
         probability = 1.0
         if language is None and model.is_multilingual:
-            first = np.concatenate([samples[c["start"]:c["end"]] for c in groups[0]]) if groups else samples[:0]
+            first = np.concatenate([samples[c["start"] : c["end"]] for c in groups[0]]) if groups else samples[:0]
             language, probability = self._detect_language(first)
-        info = TranscriptInfo(language=language or "en", language_probability=probability,
-                              duration_s=len(samples) / SAMPLE_RATE, model_id=self.model_id)
+        info = TranscriptInfo(
+            language=language or "en",
+            language_probability=probability,
+            duration_s=len(samples) / SAMPLE_RATE,
+            model_id=self.model_id,
+        )
         return info, self._segments(samples, groups, info.language, options, info.controls)
 
     def _detect_language(self, audio: np.ndarray) -> tuple[str, float]:
@@ -118,25 +121,40 @@ class OpenAIWhisperTranscriber(Transcriber):
         language = max(probs, key=probs.get)
         return language, finite(probs[language])
 
-    def _segments(self, samples: np.ndarray, groups: list[list[dict]], language: str,
-                  options: TranscribeOptions, controls: TranscriptControls) -> Iterator[Segment]:
+    def _segments(
+        self,
+        samples: np.ndarray,
+        groups: list[list[dict]],
+        language: str,
+        options: TranscribeOptions,
+        controls: TranscriptControls,
+    ) -> Iterator[Segment]:
         import torch
         import whisper
         from faster_whisper.vad import SpeechTimestampsMap
 
         prompt = None
         for group in groups:
-            audio = np.concatenate([samples[c["start"]:c["end"]] for c in group])
+            audio = np.concatenate([samples[c["start"] : c["end"]] for c in group])
             with self._decode_lock, torch.random.fork_rng(devices=[]):
                 self._model.call = _Call(controls, options)
                 result = whisper.transcribe(
-                    self._model, audio, verbose=None, language=language, fp16=self._fp16,
-                    temperature=options.temperatures, beam_size=options.beam_size, best_of=options.best_of,
+                    self._model,
+                    audio,
+                    verbose=None,
+                    language=language,
+                    fp16=self._fp16,
+                    temperature=options.temperatures,
+                    beam_size=options.beam_size,
+                    best_of=options.best_of,
                     compression_ratio_threshold=options.compression_ratio_threshold,
-                    logprob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
+                    logprob_threshold=options.logprob_threshold,
+                    no_speech_threshold=options.no_speech_threshold,
                     condition_on_previous_text=options.condition_on_previous_text,
                     hallucination_silence_threshold=options.hallucination_silence_s,
-                    word_timestamps=needs_word_timings(options), initial_prompt=prompt)
+                    word_timestamps=needs_word_timings(options),
+                    initial_prompt=prompt,
+                )
                 fell_back = self._model.call.fell_back
                 self._model.call = None
             ts_map = SpeechTimestampsMap(group, SAMPLE_RATE)
@@ -155,8 +173,11 @@ def _fp16(compute_type: str, device: str) -> bool:
     if compute_type == "auto":
         return device != "cpu"
     if compute_type not in ("float16", "float32"):
-        raise InvalidInput(f"openai-whisper computes in float32 or float16 (GPU), not {compute_type!r}; use "
-                           "compute_type 'auto', 'float32' or 'float16'", field="compute_type")
+        raise InvalidInput(
+            f"openai-whisper computes in float32 or float16 (GPU), not {compute_type!r}; use "
+            "compute_type 'auto', 'float32' or 'float16'",
+            field="compute_type",
+        )
     if compute_type == "float16" and device == "cpu":
         raise ModelUnavailable("compute_type float16 needs a GPU with openai-whisper; use float32 on CPU")
     return compute_type == "float16"
@@ -224,10 +245,18 @@ def _controlled_whisper_class():
                 # openai-whisper drops the prompt after a window hotter than 0.5; any fallback should.
                 result = replace(result, temperature=max(result.temperature, 1.0))
             last = options.temperature == o.temperatures[-1] and len(call.window) == len(o.temperatures)
-            if last and len(o.temperatures) > 1 and fails_checks(
-                    result.compression_ratio, result.avg_logprob, result.no_speech_prob,
+            if (
+                last
+                and len(o.temperatures) > 1
+                and fails_checks(
+                    result.compression_ratio,
+                    result.avg_logprob,
+                    result.no_speech_prob,
                     compression_ratio_threshold=o.compression_ratio_threshold,
-                    logprob_threshold=o.logprob_threshold, no_speech_threshold=o.no_speech_threshold):
+                    logprob_threshold=o.logprob_threshold,
+                    no_speech_threshold=o.no_speech_threshold,
+                )
+            ):
                 controls.kept_best_windows += 1
                 best = best_decode(call.window, o.compression_ratio_threshold)
                 result = replace(best, temperature=result.temperature)
@@ -243,11 +272,23 @@ def _restore(raw: dict, ts_map, with_words: bool = True) -> Segment:
     words = []
     for w in raw.get("words") or ():  # timings decide the segment's span even when not returned
         index = ts_map.get_chunk_index((w["start"] + w["end"]) / 2)
-        words.append(Word(float(ts_map.get_original_time(w["start"], index)),
-                          float(ts_map.get_original_time(w["end"], index)), w["word"], finite(w.get("probability", 0.0))))
+        words.append(
+            Word(
+                float(ts_map.get_original_time(w["start"], index)),
+                float(ts_map.get_original_time(w["end"], index)),
+                w["word"],
+                finite(w.get("probability", 0.0)),
+            )
+        )
     if words:
         start, end = words[0].start, words[-1].end
     else:
         start, end = ts_map.get_original_time(raw["start"]), ts_map.get_original_time(raw["end"], is_end=True)
-    return Segment(start=float(start), end=float(end), text=raw["text"].strip(), words=tuple(words) if with_words else (),
-                   avg_logprob=finite(raw.get("avg_logprob", 0.0)), no_speech_prob=finite(raw.get("no_speech_prob", 0.0)))
+    return Segment(
+        start=float(start),
+        end=float(end),
+        text=raw["text"].strip(),
+        words=tuple(words) if with_words else (),
+        avg_logprob=finite(raw.get("avg_logprob", 0.0)),
+        no_speech_prob=finite(raw.get("no_speech_prob", 0.0)),
+    )

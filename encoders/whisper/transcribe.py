@@ -40,11 +40,15 @@ MAX_THREADS = 64
 
 
 BACKENDS: dict[str, Entry] = {
-    "faster-whisper": Entry("encoders.whisper.fw:FasterWhisperTranscriber", ("faster_whisper",),
-                            "pip install faster-whisper"),
+    "faster-whisper": Entry(
+        "encoders.whisper.fw:FasterWhisperTranscriber", ("faster_whisper",), "pip install faster-whisper"
+    ),
     # Uses faster-whisper's bundled Silero VAD, so it needs both libraries.
-    "openai-whisper": Entry("encoders.whisper.oa:OpenAIWhisperTranscriber", ("whisper", "faster_whisper"),
-                            "pip install openai-whisper faster-whisper"),
+    "openai-whisper": Entry(
+        "encoders.whisper.oa:OpenAIWhisperTranscriber",
+        ("whisper", "faster_whisper"),
+        "pip install openai-whisper faster-whisper",
+    ),
 }
 TRANSCRIBERS = Registry("transcription backend", BACKENDS)
 DEFAULT_BACKEND = "faster-whisper"
@@ -108,13 +112,17 @@ class TranscribeOptions:
         if self.beam_size < 1 or self.best_of < 1:
             raise InvalidInput("beam_size and best_of must be at least 1", field="beam_size")
         if not self.temperatures or any(not 0.0 <= t <= 2.0 for t in self.temperatures):
-            raise InvalidInput(f"temperatures must be a non-empty tuple of values in [0, 2], not "
-                               f"{self.temperatures!r}", field="temperatures")
+            raise InvalidInput(
+                f"temperatures must be a non-empty tuple of values in [0, 2], not {self.temperatures!r}",
+                field="temperatures",
+            )
         if not 0.0 < self.vad_threshold < 1.0:
             raise InvalidInput(f"vad_threshold must be in (0, 1), not {self.vad_threshold}", field="vad_threshold")
         if self.hallucination_silence_s is not None and not self.hallucination_silence_s > 0:
-            raise InvalidInput(f"hallucination_silence_s must be > 0 seconds or None, not "
-                               f"{self.hallucination_silence_s}", field="hallucination_silence_s")
+            raise InvalidInput(
+                f"hallucination_silence_s must be > 0 seconds or None, not {self.hallucination_silence_s}",
+                field="hallucination_silence_s",
+            )
         if not 0 <= self.seed < 2**31:
             raise InvalidInput(f"seed must be in [0, 2**31), not {self.seed}", field="seed")
         if self.language is not None and not self.language.strip():
@@ -155,8 +163,14 @@ class Transcriber(LazyModel):
 
     backend: str = ""
 
-    def __init__(self, model: str = DEFAULT_MODEL, options: TranscribeOptions = TranscribeOptions(), *,
-                 cache_dir: str | None = None, hub_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        options: TranscribeOptions = TranscribeOptions(),
+        *,
+        cache_dir: str | None = None,
+        hub_timeout_s: float = 3.0,
+    ) -> None:
         self.options = options
         self.cache_dir = cache_dir
         # Fails fast (seconds) when the weights cannot be had.
@@ -175,8 +189,9 @@ class Transcriber(LazyModel):
     def _load(self) -> None:
         self._model = self._load_model()
 
-    def transcribe(self, samples: np.ndarray, options: TranscribeOptions | None = None
-                   ) -> tuple[TranscriptInfo, Iterator[Segment]]:
+    def transcribe(
+        self, samples: np.ndarray, options: TranscribeOptions | None = None
+    ) -> tuple[TranscriptInfo, Iterator[Segment]]:
         """float32 16 kHz mono samples -> (info, lazily decoded segments in time order)."""
         options = self._call_options(options)
         samples = check_samples(samples)
@@ -189,9 +204,12 @@ class Transcriber(LazyModel):
             return self.options
         changed = [f for f in LOAD_FIELDS if getattr(options, f) != getattr(self.options, f)]
         if changed:
-            raise InvalidInput(f"{', '.join(changed)} are fixed when the model loads (loaded with "
-                               f"{', '.join(f'{f}={getattr(self.options, f)!r}' for f in changed)}); "
-                               "create another transcriber for other values", field=changed[0])
+            raise InvalidInput(
+                f"{', '.join(changed)} are fixed when the model loads (loaded with "
+                f"{', '.join(f'{f}={getattr(self.options, f)!r}' for f in changed)}); "
+                "create another transcriber for other values",
+                field=changed[0],
+            )
         return options
 
     # -- for subclasses ---------------------------------------------------------------------
@@ -200,8 +218,7 @@ class Transcriber(LazyModel):
         """Load the backend's model; the result is kept as `self._model`."""
 
     @abstractmethod
-    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions
-                    ) -> tuple[TranscriptInfo, Iterator[Segment]]:
+    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> tuple[TranscriptInfo, Iterator[Segment]]:
         """(info, lazily decoded segments) for checked 16 kHz mono samples."""
 
 
@@ -209,8 +226,11 @@ def check_samples(samples: np.ndarray) -> np.ndarray:
     """The audio contract: 1-D float32 in [-1, 1]-ish at 16 kHz, no NaN/inf; empty is allowed."""
     samples = np.asarray(samples)
     if samples.ndim != 1:
-        raise InvalidInput(f"audio must be mono 1-D samples, got shape {samples.shape}; decode with "
-                           "encoders.audio.decode.decode_audio first", field="audio")
+        raise InvalidInput(
+            f"audio must be mono 1-D samples, got shape {samples.shape}; decode with "
+            "encoders.audio.decode.decode_audio first",
+            field="audio",
+        )
     if samples.dtype != np.float32:
         if not np.issubdtype(samples.dtype, np.floating):
             raise InvalidInput(f"audio samples must be float32 in [-1, 1], got {samples.dtype}", field="audio")
@@ -226,11 +246,15 @@ def check_language(language: str | None, known: Collection[str], multilingual: b
         return None
     language = language.strip().lower()
     if language not in known:
-        raise InvalidInput(f"unknown language code {language!r}; Whisper knows: {', '.join(sorted(known))}",
-                           field="language")
+        raise InvalidInput(
+            f"unknown language code {language!r}; Whisper knows: {', '.join(sorted(known))}", field="language"
+        )
     if not multilingual and language != "en":
-        raise InvalidInput(f"{model_id} is English-only and cannot transcribe language {language!r}; use a "
-                           "multilingual model such as 'base'", field="language")
+        raise InvalidInput(
+            f"{model_id} is English-only and cannot transcribe language {language!r}; use a "
+            "multilingual model such as 'base'",
+            field="language",
+        )
     return language
 
 
@@ -238,8 +262,12 @@ def list_backends() -> list[str]:
     return TRANSCRIBERS.names()
 
 
-def create_transcriber(backend: str = DEFAULT_BACKEND, model_spec: str = DEFAULT_MODEL,
-                       options: TranscribeOptions = TranscribeOptions(), **kwargs) -> Transcriber:
+def create_transcriber(
+    backend: str = DEFAULT_BACKEND,
+    model_spec: str = DEFAULT_MODEL,
+    options: TranscribeOptions = TranscribeOptions(),
+    **kwargs,
+) -> Transcriber:
     """A transcriber for `backend` ("faster-whisper", "openai-whisper") over `model_spec`."""
     return TRANSCRIBERS.create(backend, model_spec, options, **kwargs)
 
@@ -248,8 +276,11 @@ def vad_options(options: TranscribeOptions):
     """faster-whisper's VadOptions for our options (shared by every backend)."""
     from faster_whisper.vad import VadOptions
 
-    return VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
-                      speech_pad_ms=options.vad_speech_pad_ms)
+    return VadOptions(
+        threshold=options.vad_threshold,
+        min_silence_duration_ms=options.vad_min_silence_ms,
+        speech_pad_ms=options.vad_speech_pad_ms,
+    )
 
 
 def needs_word_timings(options: TranscribeOptions) -> bool:

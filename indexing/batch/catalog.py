@@ -33,8 +33,9 @@ from encoders.common.errors import InvalidInput
 from encoders.image.decode import sniff_format
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mka",
-                            ".aiff", ".aif", ".caf"})
+AUDIO_SUFFIXES = frozenset(
+    {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mka", ".aiff", ".aif", ".caf"}
+)
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 TYPES = ("str", "int", "float", "bool", "date", "list[str]", "list[int]", "list[float]", "list[bool]")
 URI_COLUMNS = ("uri", "url", "path", "file")
@@ -55,8 +56,9 @@ class Row:
     stage: str = ""
 
 
-def rows(source: str | Path, *, uri_column: str | None = None,
-         column_types: dict[str, str] | None = None) -> Iterator[Row]:
+def rows(
+    source: str | Path, *, uri_column: str | None = None, column_types: dict[str, str] | None = None
+) -> Iterator[Row]:
     """Rows of a folder or a manifest, numbered from 1 (a manifest's data rows; the files
     of a folder in sorted order). InvalidInput if the source itself is unusable."""
     path = Path(source)
@@ -67,8 +69,7 @@ def rows(source: str | Path, *, uri_column: str | None = None,
         raise InvalidInput(f"batch source {str(source)!r} is neither a folder nor a manifest file", field="source")
     kind = MANIFEST_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise InvalidInput(f"manifest {path.name!r} must end in one of {', '.join(MANIFEST_SUFFIXES)}",
-                           field="source")
+        raise InvalidInput(f"manifest {path.name!r} must end in one of {', '.join(MANIFEST_SUFFIXES)}", field="source")
     declared = dict(column_types or {})
     for column, type_name in declared.items():
         _check_type_name(column, type_name)
@@ -82,15 +83,16 @@ def parse_column_types(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, type_name = spec.partition("=")
         if not sep:
-            raise InvalidInput(f"column type {spec!r} must be NAME=TYPE, TYPE one of {', '.join(TYPES)}",
-                               field="column_types")
+            raise InvalidInput(
+                f"column type {spec!r} must be NAME=TYPE, TYPE one of {', '.join(TYPES)}", field="column_types"
+            )
         _check_type_name(name.strip(), type_name.strip())
         out[name.strip()] = type_name.strip()
     return out
 
 
 def media_kind(data: bytes) -> str | None:
-    """"image" or "audio" from the first bytes, else None."""
+    """ "image" or "audio" from the first bytes, else None."""
     if sniff_format(data):
         return "image"
     if sniff_container(data):
@@ -99,6 +101,7 @@ def media_kind(data: bytes) -> str | None:
 
 
 # -- folders -----------------------------------------------------------------------------------
+
 
 def _folder_rows(root: Path) -> Iterator[Row]:
     n = 0
@@ -135,6 +138,7 @@ def _sniffs_as_media(path: Path) -> bool:
 
 
 # -- manifests ---------------------------------------------------------------------------------
+
 
 def _csv_records(path: Path, declared: dict[str, str]) -> Iterator[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -211,8 +215,9 @@ def _arrow_type_name(t: Any) -> str | None:
     return None
 
 
-def _typed_rows(records: Iterator[dict[str, Any]], path: Path, uri_column: str | None,
-                declared: dict[str, str]) -> Iterator[Row]:
+def _typed_rows(
+    records: Iterator[dict[str, Any]], path: Path, uri_column: str | None, declared: dict[str, str]
+) -> Iterator[Row]:
     inferred: dict[str, str] = {}
     base = path.resolve().parent
     column = uri_column
@@ -225,8 +230,11 @@ def _typed_rows(records: Iterator[dict[str, Any]], path: Path, uri_column: str |
         if column is None:
             column = next((c for c in URI_COLUMNS if c in record), None)
             if column is None:
-                raise InvalidInput(f"manifest {path.name!r} has no URI column: name it one of "
-                                   f"{', '.join(URI_COLUMNS)}, or pass --uri-column", field="uri_column")
+                raise InvalidInput(
+                    f"manifest {path.name!r} has no URI column: name it one of "
+                    f"{', '.join(URI_COLUMNS)}, or pass --uri-column",
+                    field="uri_column",
+                )
         uri = record.get(column)
         if not isinstance(uri, str) or not uri.strip():
             yield Row(n, "", {}, error=f"no URI in column {column!r}", stage="manifest")
@@ -236,8 +244,11 @@ def _typed_rows(records: Iterator[dict[str, Any]], path: Path, uri_column: str |
             if key == column:
                 continue
             if not _COLUMN.match(key):
-                raise InvalidInput(f"manifest column {key!r} cannot be a metadata field: names start with a letter "
-                                   "or '_' and hold letters, digits, '_' or '-' (at most 64)", field="source")
+                raise InvalidInput(
+                    f"manifest column {key!r} cannot be a metadata field: names start with a letter "
+                    "or '_' and hold letters, digits, '_' or '-' (at most 64)",
+                    field="source",
+                )
             type_name = declared.get(key) or inferred.setdefault(key, _infer(value))
             try:
                 metadata[key] = convert(value, type_name)
@@ -261,10 +272,12 @@ def _resolve_uri(uri: str, base: Path) -> str:
 
 # -- typing ------------------------------------------------------------------------------------
 
+
 def _check_type_name(column: str, type_name: str) -> None:
     if type_name not in TYPES:
-        raise InvalidInput(f"column {column!r}: unknown type {type_name!r}; types: {', '.join(TYPES)}",
-                           field="column_types")
+        raise InvalidInput(
+            f"column {column!r}: unknown type {type_name!r}; types: {', '.join(TYPES)}", field="column_types"
+        )
 
 
 def _infer(value: Any) -> str:

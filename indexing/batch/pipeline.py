@@ -82,9 +82,15 @@ class BatchOptions:
     error_report: str | None = "loupe-batch-errors.jsonl"
 
 
-def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions = BatchOptions(), *,
-              progress: IO[str] | None = None, progress_every_s: float = 10.0,
-              bar: bool | None = None) -> BatchSummary:
+def run_batch(
+    source: str | os.PathLike,
+    store: StoreSpec,
+    options: BatchOptions = BatchOptions(),
+    *,
+    progress: IO[str] | None = None,
+    progress_every_s: float = 10.0,
+    bar: bool | None = None,
+) -> BatchSummary:
     """Index every item of `source` into `store`; per-item failures go to the report.
 
     Raises a LoupeError (InvalidInput for a bad source, ModelMismatch, StoreUnavailable,
@@ -97,8 +103,9 @@ def run_batch(source: str | os.PathLike, store: StoreSpec, options: BatchOptions
         total, broken = _write_plan(source, options, plan_dir, errors)
         _start_ray(options.address)
         schema, side, preprocess = _describe_model(options)
-        summary = BatchSummary(options.collection, options.vector_name, schema.model_id, total=total,
-                               error_report=options.error_report)
+        summary = BatchSummary(
+            options.collection, options.vector_name, schema.model_id, total=total, error_report=options.error_report
+        )
         summary.counts[FAILED] = broken
         meter = Progress(total, stream=progress, every_s=progress_every_s, bar=bar)
         meter.update([FAILED] * broken)
@@ -199,8 +206,7 @@ def _describe_model(options: BatchOptions) -> tuple[CollectionSchema, int | None
 
     facts = ray.get(ray.remote(num_cpus=0, max_calls=1)(_model_facts).remote(options.clip))
     dim, model_id, model_version, side, preprocess = facts
-    schema = CollectionSchema(vector_name=options.vector_name, dim=dim, model_id=model_id,
-                              model_version=model_version)
+    schema = CollectionSchema(vector_name=options.vector_name, dim=dim, model_id=model_id, model_version=model_version)
     return schema, side, preprocess
 
 
@@ -211,8 +217,13 @@ def _model_facts(clip: ClipOptions) -> tuple[int, str, str, int | None, bytes]:
 
     encoder = ClipEncoder(replace(clip, threads=1)).load()
     preprocess = encoder.preprocessor()
-    return (encoder.dim, encoder.model_id, encoder.model_version, stages.square_side(preprocess),
-            pickle.dumps(preprocess))
+    return (
+        encoder.dim,
+        encoder.model_id,
+        encoder.model_version,
+        stages.square_side(preprocess),
+        pickle.dumps(preprocess),
+    )
 
 
 def _start_ray(address: str | None) -> None:
@@ -269,8 +280,11 @@ def _writer(store: StoreSpec, options: BatchOptions, schema: CollectionSchema):
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     # Named, so pipeline steps look it up instead of carrying its handle in their arguments.
     name = f"loupe-batch-writer-{uuid.uuid4().hex[:12]}"
-    actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(_WriterActor).options(
-        name=name, scheduling_strategy=here).remote()
+    actor = (
+        ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(_WriterActor)
+        .options(name=name, scheduling_strategy=here)
+        .remote()
+    )
     ray.get(actor.open.remote(store, options.collection, schema, options.new_vector))
     return actor, name
 
@@ -284,8 +298,13 @@ def _dataset(plan_dir: str, options: BatchOptions, transform: tuple[int | None, 
     common = {"batch_format": "pyarrow", "num_cpus": options.task_cpus}
     max_bytes = max(options.image_limits.max_bytes, options.audio.limits.max_bytes if options.audio else 0)
     side, preprocess = transform
-    decode = stages.DecodeOptions(preprocess=None if side else preprocess, limits=options.image_limits,
-                                  ocr_mode=options.ocr, ocr_engine=options.ocr_engine, side=side)
+    decode = stages.DecodeOptions(
+        preprocess=None if side else preprocess,
+        limits=options.image_limits,
+        ocr_mode=options.ocr,
+        ocr_engine=options.ocr_engine,
+        side=side,
+    )
     # The plan files live on this node only.
     # One block per plan file, read on this node (the files live here). read_parquet would
     # merge small files into one block, and a block moves through the steps as a whole.
@@ -294,24 +313,54 @@ def _dataset(plan_dir: str, options: BatchOptions, transform: tuple[int | None, 
     with warnings.catch_warnings():
         # "ray_remote_args is deprecated": map_batches has no named argument for a strategy.
         warnings.simplefilter("ignore")
-        ds = ds.map_batches(_load_plan_part, fn_kwargs={"plan_dir": plan_dir, "parts": parts}, batch_size=1,
-                            batch_format="pyarrow", num_cpus=0, scheduling_strategy=here)
-    ds = ds.map_batches(stages.read_batch, fn_kwargs={"max_bytes": max_bytes, "audio": options.audio is not None},
-                        batch_size=options.read_batch, **common)
-    ds = ds.map_batches(stages.Plan, fn_constructor_kwargs={"writer": writer}, batch_size=options.read_batch,
-                        compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow", num_cpus=0)
-    ds = ds.map_batches(stages.decode_batch, fn_kwargs={"options": decode}, batch_size=options.read_batch,
-                        **common)
-    ds = ds.map_batches(stages.Encode, fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads)},
-                        batch_size=options.encode_batch, compute=ray.data.ActorPoolStrategy(size=actors),
-                        batch_format="pyarrow", num_cpus=reserve)
+        ds = ds.map_batches(
+            _load_plan_part,
+            fn_kwargs={"plan_dir": plan_dir, "parts": parts},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=0,
+            scheduling_strategy=here,
+        )
+    ds = ds.map_batches(
+        stages.read_batch,
+        fn_kwargs={"max_bytes": max_bytes, "audio": options.audio is not None},
+        batch_size=options.read_batch,
+        **common,
+    )
+    ds = ds.map_batches(
+        stages.Plan,
+        fn_constructor_kwargs={"writer": writer},
+        batch_size=options.read_batch,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_format="pyarrow",
+        num_cpus=0,
+    )
+    ds = ds.map_batches(stages.decode_batch, fn_kwargs={"options": decode}, batch_size=options.read_batch, **common)
+    ds = ds.map_batches(
+        stages.Encode,
+        fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads)},
+        batch_size=options.encode_batch,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_format="pyarrow",
+        num_cpus=reserve,
+    )
     if options.audio is not None:
-        ds = ds.map_batches(stages.Transcribe, fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads),
-                                                                      "audio": options.audio},
-                            batch_size=options.read_batch, compute=ray.data.ActorPoolStrategy(size=1),
-                            batch_format="pyarrow", num_cpus=0)
-    return ds.map_batches(stages.Write, fn_constructor_kwargs={"writer": writer}, batch_size=options.write_batch,
-                          compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow", num_cpus=0)
+        ds = ds.map_batches(
+            stages.Transcribe,
+            fn_constructor_kwargs={"clip_options": replace(options.clip, threads=threads), "audio": options.audio},
+            batch_size=options.read_batch,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_format="pyarrow",
+            num_cpus=0,
+        )
+    return ds.map_batches(
+        stages.Write,
+        fn_constructor_kwargs={"writer": writer},
+        batch_size=options.write_batch,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_format="pyarrow",
+        num_cpus=0,
+    )
 
 
 def _load_plan_part(batch: pa.Table, *, plan_dir: str, parts: list[str]) -> pa.Table:
@@ -333,5 +382,6 @@ def _encode_pool(options: BatchOptions) -> tuple[int, int, float]:
         raise InvalidInput(
             f"{actors} encode actor(s) reserving {reserve:g} CPU each would leave less than one of the "
             f"cluster's {cpus:g} CPUs for reading and decoding; lower --actors or --encode-cpus",
-            field="encode_cpus")
+            field="encode_cpus",
+        )
     return actors, threads, reserve

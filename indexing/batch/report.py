@@ -75,8 +75,12 @@ class ErrorReport:
 
     def add(self, row: dict[str, Any]) -> None:
         if self._file is not None:
-            record = {"uri": row.get("uri") or "", "row": row.get("row"), "stage": row.get("stage") or "",
-                      "reason": row.get("reason") or ""}
+            record = {
+                "uri": row.get("uri") or "",
+                "row": row.get("row"),
+                "stage": row.get("stage") or "",
+                "reason": row.get("reason") or "",
+            }
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
 
@@ -88,8 +92,9 @@ class ErrorReport:
 class Progress:
     """A bar with items/s and ETA on a terminal; a plain line every `every_s` seconds otherwise."""
 
-    def __init__(self, total: int, *, stream: IO[str] | None = None, every_s: float = 10.0,
-                 bar: bool | None = None) -> None:
+    def __init__(
+        self, total: int, *, stream: IO[str] | None = None, every_s: float = 10.0, bar: bool | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.total = total
         self.every_s = every_s
@@ -115,8 +120,9 @@ class Progress:
         if self._bar is not None:
             self._bar.update(len(outcomes))
             c = self.counts
-            self._bar.set_postfix_str(f"new {c[INDEXED]} skip {c[SKIPPED] + c[UPDATED] + c[DUPLICATE]} "
-                                      f"fail {c[FAILED]}", refresh=False)
+            self._bar.set_postfix_str(
+                f"new {c[INDEXED]} skip {c[SKIPPED] + c[UPDATED] + c[DUPLICATE]} fail {c[FAILED]}", refresh=False
+            )
         elif time.monotonic() - self._last_line >= self.every_s:
             self.line()
 
@@ -130,9 +136,13 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         c = self.counts
         pct = 100.0 * done / self.total if self.total else 100.0
-        print(f"[loupe batch] {done:,}/{self.total:,} ({pct:.1f}%) {rate:.1f} items/s, ETA {_clock(eta)}; "
-              f"indexed {c[INDEXED]:,} updated {c[UPDATED]:,} skipped {c[SKIPPED]:,} "
-              f"duplicates {c[DUPLICATE]:,} failed {c[FAILED]:,}", file=self.stream, flush=True)
+        print(
+            f"[loupe batch] {done:,}/{self.total:,} ({pct:.1f}%) {rate:.1f} items/s, ETA {_clock(eta)}; "
+            f"indexed {c[INDEXED]:,} updated {c[UPDATED]:,} skipped {c[SKIPPED]:,} "
+            f"duplicates {c[DUPLICATE]:,} failed {c[FAILED]:,}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:

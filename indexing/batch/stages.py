@@ -29,15 +29,29 @@ from indexing.batch.catalog import media_kind
 from indexing.ingest import TextReader
 
 FAILED = "failed"
-ROW_SCHEMA = pa.schema([
-    ("row", pa.int64()), ("uri", pa.string()), ("meta", pa.string()),
-    ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-    ("sha256", pa.string()), ("kind", pa.string()), ("known", pa.bool_()),
-    ("data", pa.binary()), ("crop", pa.binary()), ("pixels", pa.binary()), ("width", pa.int64()), ("height", pa.int64()),
-    ("text", pa.string()), ("vector", pa.binary()), ("modality", pa.string()),
-    # A recording's items (indexing.recordings.recording_items), pickled.
-    ("items", pa.binary()),
-])
+ROW_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("uri", pa.string()),
+        ("meta", pa.string()),
+        ("status", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("sha256", pa.string()),
+        ("kind", pa.string()),
+        ("known", pa.bool_()),
+        ("data", pa.binary()),
+        ("crop", pa.binary()),
+        ("pixels", pa.binary()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("text", pa.string()),
+        ("vector", pa.binary()),
+        ("modality", pa.string()),
+        # A recording's items (indexing.recordings.recording_items), pickled.
+        ("items", pa.binary()),
+    ]
+)
 # What reaches the driver: no bytes.
 RESULT_COLUMNS = ("row", "uri", "status", "stage", "reason", "sha256")
 _HTTP_TIMEOUT_S = 30
@@ -56,11 +70,11 @@ def pending(row: dict[str, Any]) -> bool:
 
 
 def fail(row: dict[str, Any], stage: str, reason: str) -> None:
-    row.update(status=FAILED, stage=stage, reason=reason, data=None, crop=None, pixels=None, vector=None,
-               items=None)
+    row.update(status=FAILED, stage=stage, reason=reason, data=None, crop=None, pixels=None, vector=None, items=None)
 
 
 # -- read --------------------------------------------------------------------------------------
+
 
 def read_batch(batch: pa.Table, *, max_bytes: int, audio: bool) -> pa.Table:
     rows = rows_of(batch)
@@ -74,8 +88,13 @@ def read_batch(batch: pa.Table, *, max_bytes: int, audio: bool) -> pa.Table:
             continue
         kind = media_kind(data)
         if kind is None:
-            fail(row, "read", "not an image or audio file (its first bytes match no supported format)"
-                 if data else "the file is empty (0 bytes)")
+            fail(
+                row,
+                "read",
+                "not an image or audio file (its first bytes match no supported format)"
+                if data
+                else "the file is empty (0 bytes)",
+            )
             continue
         if kind == "audio" and not audio:
             fail(row, "read", "an audio file, and audio indexing is off for this run")
@@ -107,6 +126,7 @@ def read_uri(uri: str, max_bytes: int) -> bytes:
 
 # -- plan --------------------------------------------------------------------------------------
 
+
 class Plan:
     """Asks the writer actor (looked up by name) which rows still need encoding."""
 
@@ -131,6 +151,7 @@ class Plan:
 
 
 # -- decode ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -196,7 +217,9 @@ def decode_batch(batch: pa.Table, *, options: DecodeOptions) -> pa.Table:
         if options.side:
             row["crop"] = np.asarray(fit_square(decoded.image, options.side), dtype=np.uint8).tobytes()
         else:
-            row["pixels"] = _transform(options.preprocess)(decoded.image).numpy().astype(np.float32, copy=False).tobytes()
+            row["pixels"] = (
+                _transform(options.preprocess)(decoded.image).numpy().astype(np.float32, copy=False).tobytes()
+            )
         row.update(data=None, width=decoded.width, height=decoded.height, text=text or None, modality="image")
     return table(rows)
 
@@ -220,6 +243,7 @@ def _transform(pickled: bytes | None) -> Any:
 
 
 # -- encode ------------------------------------------------------------------------------------
+
 
 class Encode:
     """One CLIP model per actor; encodes the batch's decoded images in one forward pass."""
@@ -260,6 +284,7 @@ class Encode:
 
 
 # -- audio ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AudioOptions:
@@ -310,10 +335,16 @@ class Transcribe:
             fail(row, "transcribe", e.reason)
             return
         embedded = embed_transcript(self.clip, timed_texts(segments), self.audio.chunk_overlap_tokens)
-        items = recording_items(public_id=None, sha256=row["sha256"], source=row["uri"],
-                                metadata=json.loads(row["meta"]) if row["meta"] else {}, embedded=embedded,
-                                full_text=" ".join(seg.text.strip() for seg in segments),
-                                language=info.language, duration_s=info.duration_s)
+        items = recording_items(
+            public_id=None,
+            sha256=row["sha256"],
+            source=row["uri"],
+            metadata=json.loads(row["meta"]) if row["meta"] else {},
+            embedded=embedded,
+            full_text=" ".join(seg.text.strip() for seg in segments),
+            language=info.language,
+            duration_s=info.duration_s,
+        )
         row.update(data=None, items=pickle.dumps(items), modality="audio")
 
     def _load(self) -> None:
@@ -322,11 +353,11 @@ class Transcribe:
             from encoders.whisper.transcribe import create_transcriber
 
             self.clip = ClipEncoder(self.clip_options).load()
-            self.transcriber = create_transcriber(self.audio.backend, self.audio.model,
-                                                  self.audio.transcribe).load()
+            self.transcriber = create_transcriber(self.audio.backend, self.audio.model, self.audio.transcribe).load()
 
 
 # -- write -------------------------------------------------------------------------------------
+
 
 class Write:
     """Hands encoded rows to the writer actor (looked up by name); returns outcome columns only."""
@@ -342,8 +373,24 @@ class Write:
         rows = rows_of(batch)
         todo = [r for r in rows if pending(r) and (r.get("vector") or r.get("items"))]
         if todo:
-            sent = [{k: r[k] for k in ("sha256", "uri", "meta", "known", "vector", "width", "height", "text",
-                                      "modality", "items")} for r in todo]
+            sent = [
+                {
+                    k: r[k]
+                    for k in (
+                        "sha256",
+                        "uri",
+                        "meta",
+                        "known",
+                        "vector",
+                        "width",
+                        "height",
+                        "text",
+                        "modality",
+                        "items",
+                    )
+                }
+                for r in todo
+            ]
             try:
                 answers = ray.get(self.writer.write.remote(sent))
             except LoupeError as e:  # the store refused the whole batch (e.g. unavailable)
@@ -353,5 +400,7 @@ class Write:
         for row in rows:
             if pending(row):
                 fail(row, row.get("kind") or "pipeline", "was not processed by any step (unsupported kind)")
-        return pa.Table.from_pylist([{k: r.get(k) for k in RESULT_COLUMNS} for r in rows],
-                                    schema=pa.schema([ROW_SCHEMA.field(k) for k in RESULT_COLUMNS]))
+        return pa.Table.from_pylist(
+            [{k: r.get(k) for k in RESULT_COLUMNS} for r in rows],
+            schema=pa.schema([ROW_SCHEMA.field(k) for k in RESULT_COLUMNS]),
+        )

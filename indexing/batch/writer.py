@@ -65,8 +65,7 @@ class StoreSpec:
 class CatalogWriter:
     """Plans and writes rows of one collection, for one model (one named vector)."""
 
-    def __init__(self, spec: StoreSpec, collection: str, schema: CollectionSchema, *,
-                 new_vector: bool = False) -> None:
+    def __init__(self, spec: StoreSpec, collection: str, schema: CollectionSchema, *, new_vector: bool = False) -> None:
         self.index = Index(spec.open())
         self.collection = collection
         if new_vector and self.index.store.get_schema(collection) is not None:
@@ -77,9 +76,13 @@ class CatalogWriter:
         self.schema = self.index.schema_for(collection, schema)
 
     def describe(self) -> dict[str, Any]:
-        return {"collection": self.collection, "vector": self.schema.vector_name,
-                "model_id": self.schema.model_id, "model_version": self.schema.model_version,
-                "points": self.index.count(self.collection)}
+        return {
+            "collection": self.collection,
+            "vector": self.schema.vector_name,
+            "model_id": self.schema.model_id,
+            "model_version": self.schema.model_version,
+            "points": self.index.count(self.collection),
+        }
 
     def plan(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """For rows with `sha256`, `uri` and `meta` (JSON): set `status` to an outcome when
@@ -139,8 +142,14 @@ class CatalogWriter:
                 try:
                     items.append(_refilled(payload, clip, limits))
                 except (LoupeError, OSError, ValueError) as e:
-                    failures.append({"uri": (payload.get("sources") or [""])[0], "row": None, "stage": "re-embed",
-                                     "reason": f"item {payload['id']!r}: {getattr(e, 'reason', e)}"})
+                    failures.append(
+                        {
+                            "uri": (payload.get("sources") or [""])[0],
+                            "row": None,
+                            "stage": "re-embed",
+                            "reason": f"item {payload['id']!r}: {getattr(e, 'reason', e)}",
+                        }
+                    )
             if items:
                 self.index.upsert(self.collection, items, self.schema)
             if after is None:
@@ -186,13 +195,18 @@ class CatalogWriter:
         return _stored(row, created)
 
     def _item(self, row: dict[str, Any]) -> NewItem:
-        common = {"public_id": None, "sha256": row["sha256"], "source": row["uri"],
-                  "metadata": json.loads(row["meta"]) if row["meta"] else {},
-                  "vector": np.frombuffer(row["vector"], dtype=np.float32)}
+        common = {
+            "public_id": None,
+            "sha256": row["sha256"],
+            "source": row["uri"],
+            "metadata": json.loads(row["meta"]) if row["meta"] else {},
+            "vector": np.frombuffer(row["vector"], dtype=np.float32),
+        }
         if Modality(row.get("modality") or "image") is Modality.TEXT:
             return text_item(**common, text=row["text"])
-        return image_item(**common, width=row.get("width") or None, height=row.get("height") or None,
-                          text=row.get("text"))
+        return image_item(
+            **common, width=row.get("width") or None, height=row.get("height") or None, text=row.get("text")
+        )
 
 
 def _stored(row: dict[str, Any], created: bool) -> dict[str, Any]:
@@ -216,8 +230,9 @@ def _refilled(payload: dict[str, Any], clip: Any, limits: Any) -> NewItem:
             except (LoupeError, OSError, ValueError) as e:
                 problems.append(f"{uri}: {getattr(e, 'reason', e)}")
         else:
-            raise ValueError("no readable source to re-encode the image from" + (f" ({'; '.join(problems)})"
-                                                                                 if problems else ""))
+            raise ValueError(
+                "no readable source to re-encode the image from" + (f" ({'; '.join(problems)})" if problems else "")
+            )
         vector = clip.encode_images([decoded.image])[0]
     elif text is not None:
         # A recording's own vector is re-made from its whole transcript (the service averages
@@ -225,7 +240,17 @@ def _refilled(payload: dict[str, Any], clip: Any, limits: Any) -> NewItem:
         vector = clip.encode_texts([text]).vectors[0]
     else:
         raise ValueError("nothing stored to re-encode it from (no source image, no text)")
-    fields = {k: payload[k] for k in ("width", "height", "parent_id", "start_s", "end_s", "language", "duration_s")
-              if k in payload}
-    return NewItem(public_id=payload["id"], sha256=payload["sha256"], modality=modality, vector=vector,
-                   text=text, keywords=keyword_vector(text) if text else None, **fields)
+    fields = {
+        k: payload[k]
+        for k in ("width", "height", "parent_id", "start_s", "end_s", "language", "duration_s")
+        if k in payload
+    }
+    return NewItem(
+        public_id=payload["id"],
+        sha256=payload["sha256"],
+        modality=modality,
+        vector=vector,
+        text=text,
+        keywords=keyword_vector(text) if text else None,
+        **fields,
+    )

@@ -180,9 +180,7 @@ class EdgeStore:
         with self._errors("write to", name):
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
 
-    def retrieve(
-        self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False
-    ) -> list[Point]:
+    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False) -> list[Point]:
         shard, keyword_vector = self._shard(name), self._schema(name).keyword_vector
         selector = with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
         with self._errors("read from", name):
@@ -477,8 +475,6 @@ def _ensure_field_indexes(shard: qe.EdgeShard) -> None:
     for field in INDEXED_KEYWORD_FIELDS:
         if field not in existing:
             shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
-
-
 
 
 def _as_sparse(keywords: SparseVector) -> qe.SparseVector:

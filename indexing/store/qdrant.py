@@ -177,9 +177,7 @@ class QdrantStore:
             self._client.update_collection(name, metadata=metadata)
 
     def create_vector(self, name: str, vector_name: str, dim: int) -> None:
-        config = models.DenseVectorNameConfig(
-            dense=models.DenseVectorConfig(size=dim, distance=models.Distance.COSINE)
-        )
+        config = models.DenseVectorNameConfig(dense=models.DenseVectorConfig(size=dim, distance=models.Distance.COSINE))
         with self._errors("add a vector to", name):
             if vector_name in self._dense_names(name):
                 self._client.delete_vector_name(name, vector_name, wait=True)
@@ -229,9 +227,7 @@ class QdrantStore:
         with self._errors("write to", name):
             self._client.upsert(name, points=structs, wait=True)
 
-    def retrieve(
-        self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False
-    ) -> list[Point]:
+    def retrieve(self, name: str, point_ids: list[str], *, with_vectors: bool | Sequence[str] = False) -> list[Point]:
         selector = with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
         keyword_vector = self._schema(name).keyword_vector if selector else None
         with self._errors("read from", name):
@@ -466,8 +462,6 @@ def to_qdrant_filter(filter: Filter | None) -> models.Filter | None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
 
 
 def _as_sparse(keywords: SparseVector) -> models.SparseVector:

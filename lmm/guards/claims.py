@@ -21,8 +21,11 @@ PAIRS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         ("activity", "active activated live", "inactive revoked expired suspended deactivated cancelled canceled"),
         ("connectivity", "online connected reachable up", "offline disconnected unreachable down"),
         ("enablement", "enabled on", "disabled off"),
-        ("outcome", "succeeded successful success passed completed complete ok",
-         "failed failure unsuccessful error errored aborted incomplete"),
+        (
+            "outcome",
+            "succeeded successful success passed completed complete ok",
+            "failed failure unsuccessful error errored aborted incomplete",
+        ),
         ("payment", "paid settled", "unpaid due overdue outstanding pending declined"),
         ("validity", "valid verified", "invalid unverified"),
         ("permission", "allowed granted approved accepted permitted", "denied blocked rejected refused forbidden"),
@@ -34,10 +37,14 @@ PAIRS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 # "up"/"down"/"on"/"off"/"ok"/"due"/"complete" are ordinary words too: they count only next to a
 # status verb ("is down", "turned off", "payment due").
 _WEAK = frozenset("up down on off ok due complete error pending".split())
-_STATUS_VERB = re.compile(r"\b(?:is|are|was|were|be|been|being|shows?|showing|says?|status|state|now|turned|"
-                          r"switched|went|goes|remains?|stays?|currently|marked|set\s+to)\s*:?\s*$")
-_NEGATION = re.compile(r"\b(?:not|no|never|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|hasn't|haven't|"
-                       r"cannot|can't|won't|no\s+longer|neither|nor)\b(?:\s+\w+){0,2}\s*$")
+_STATUS_VERB = re.compile(
+    r"\b(?:is|are|was|were|be|been|being|shows?|showing|says?|status|state|now|turned|"
+    r"switched|went|goes|remains?|stays?|currently|marked|set\s+to)\s*:?\s*$"
+)
+_NEGATION = re.compile(
+    r"\b(?:not|no|never|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|hasn't|haven't|"
+    r"cannot|can't|won't|no\s+longer|neither|nor)\b(?:\s+\w+){0,2}\s*$"
+)
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _YES = re.compile(r"^\W*(yes|yeah|yep|correct|it\s+is|they\s+are)\b", re.IGNORECASE)
 _NO = re.compile(r"^\W*(no|nope|it\s+is\s+not|it\s+isn't|they\s+are\s+not)\b", re.IGNORECASE)
@@ -62,7 +69,7 @@ def claims(text: str) -> list[Claim]:
         for name, (pos, neg) in PAIRS.items():
             if word not in pos and word not in neg:
                 continue
-            before = lowered[max(0, m.start() - 40):m.start()]
+            before = lowered[max(0, m.start() - 40) : m.start()]
             if word in _WEAK and not _STATUS_VERB.search(before):
                 continue
             negated = _NEGATION.search(before) is not None

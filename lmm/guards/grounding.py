@@ -35,10 +35,18 @@ class Fact:
         return f"{self.kind} '{self.text}'"
 
 
-_QUOTES = [re.compile(p) for p in (
-    r"\"([^\"\n]{1,200})\"", r"“([^”\n]{1,200})”", r"„([^“”\n]{1,200})[“”]", r"«\s?([^»\n]{1,200}?)\s?»",
-    r"‘([^’\n]{1,200})’", r"`([^`\n]{1,200})`", r"(?<![\w'])'([^\n]{1,200}?)'(?!\w)",
-)]
+_QUOTES = [
+    re.compile(p)
+    for p in (
+        r"\"([^\"\n]{1,200})\"",
+        r"“([^”\n]{1,200})”",
+        r"„([^“”\n]{1,200})[“”]",
+        r"«\s?([^»\n]{1,200}?)\s?»",
+        r"‘([^’\n]{1,200})’",
+        r"`([^`\n]{1,200})`",
+        r"(?<![\w'])'([^\n]{1,200}?)'(?!\w)",
+    )
+]
 _HEX = re.compile(r"\b0[xX][0-9A-Fa-f]+\b")
 _CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 _CODE = re.compile(r"(?<![\w.-])(?=[\w.-]*\d)(?=[\w.-]*[^\W\d_])[^\W_]+(?:[-_.][^\W_]+)*(?![\w-])")
@@ -82,7 +90,7 @@ def _names(text: str) -> Iterable[str]:
     """Runs of two or more capitalised words; a sentence's first word does not count."""
     run: list[re.Match[str]] = []
     for m in [*_WORD.finditer(text), None]:
-        joined = m is not None and run and text[run[-1].end():m.start()] == " "
+        joined = m is not None and run and text[run[-1].end() : m.start()] == " "
         capital = m is not None and m.group()[0].isupper() and m.group() not in ("I", "I'm", "I’m")
         if capital and (joined or not run):
             run.append(m)
@@ -93,11 +101,11 @@ def _names(text: str) -> Iterable[str]:
 
 def _name_of(text: str, run: list[re.Match[str]]) -> Iterable[str]:
     if run:
-        before = text[:run[0].start()].rstrip()
+        before = text[: run[0].start()].rstrip()
         if not before or before[-1] in _OPENS_SENTENCE:
             run = run[1:]
     if len(run) >= 2:
-        yield text[run[0].start():run[-1].end()]
+        yield text[run[0].start() : run[-1].end()]
 
 
 def normalise(text: str) -> str:
@@ -128,9 +136,11 @@ def is_grounded(fact: Fact, source: str) -> bool:
     if fact.kind == "number":
         # Exactly, even inside a code ("42" in "E42"); with look-alikes only as a word of its own
         # (else "10" would be found in "hello").
-        return any(re.search(rf"(?<!\d){re.escape(v)}(?!\d)", source)
-                   or re.search(r"(?<![^\W_])" + "".join(map(_char, v)) + r"(?![^\W_])", source)
-                   for v in {value, value.replace(",", "")})
+        return any(
+            re.search(rf"(?<!\d){re.escape(v)}(?!\d)", source)
+            or re.search(r"(?<![^\W_])" + "".join(map(_char, v)) + r"(?![^\W_])", source)
+            for v in {value, value.replace(",", "")}
+        )
     if fact.kind == "code":
         parts = [_char(c) for c in value if c.isalnum()]
         body = r"[-_\s.]?".join(parts)

@@ -68,8 +68,10 @@ class ImageCountGuard(BaseGuard):
         n = len(state.uploads)
         if n > self.max_images:
             state.fault_field = "uploads"
-            return self.fail(f"{_plural(n, 'image')} uploaded; at most {self.max_images} per question. "
-                             f"Send only the screenshots that show the problem")
+            return self.fail(
+                f"{_plural(n, 'image')} uploaded; at most {self.max_images} per question. "
+                f"Send only the screenshots that show the problem"
+            )
         return self.ok(f"{_plural(n, 'image')} uploaded")
 
 
@@ -90,8 +92,10 @@ class ImageBytesGuard(BaseGuard):
                 return self.fail(f"{up.field} is empty (0 bytes); send the file's contents")
             if len(up.data) > self.max_bytes:
                 state.fault_field = up.field
-                return self.fail(f"{up.field} is {len(up.data):,} bytes; the limit is {self.max_bytes:,} bytes; "
-                                 f"downscale or recompress it")
+                return self.fail(
+                    f"{up.field} is {len(up.data):,} bytes; the limit is {self.max_bytes:,} bytes; "
+                    f"downscale or recompress it"
+                )
         return self.ok()
 
 
@@ -133,8 +137,10 @@ class ImagePixelsGuard(BaseGuard):
             w, h = up.image.size
             if w * h > self.max_pixels or max(w, h) > self.max_side:
                 state.fault_field = up.field
-                return self.fail(f"{up.field} is {w}x{h} = {w * h:,} pixels; the limits are {self.max_pixels:,} "
-                                 f"pixels and {self.max_side:,} on the longest side; downscale it")
+                return self.fail(
+                    f"{up.field} is {w}x{h} = {w * h:,} pixels; the limits are {self.max_pixels:,} "
+                    f"pixels and {self.max_side:,} on the longest side; downscale it"
+                )
         return self.ok()
 
 
@@ -152,8 +158,10 @@ class QuestionLengthGuard(BaseGuard):
             return self.fail("the question is empty; type what you want to know about the screenshots")
         if n > self.max_chars:
             state.fault_field = "question"
-            return self.fail(f"the question is {n:,} characters; the limit is {self.max_chars:,}. "
-                             f"Shorten it, and attach long logs as screenshots or retrieved documents")
+            return self.fail(
+                f"the question is {n:,} characters; the limit is {self.max_chars:,}. "
+                f"Shorten it, and attach long logs as screenshots or retrieved documents"
+            )
         return self.ok(f"{n:,} characters")
 
 
@@ -181,11 +189,15 @@ class QuestionInjectionGuard(BaseGuard):
             return self.ok()
         kinds = ", ".join(report.kinds())
         if only_injection(cleaned):
-            return self.fail(f"the question only gives the assistant instructions ({kinds}) and asks nothing about "
-                             f"the screenshots; ask a question about what they show")
+            return self.fail(
+                f"the question only gives the assistant instructions ({kinds}) and asks nothing about "
+                f"the screenshots; ask a question about what they show"
+            )
         state.question = cleaned
-        return self.ok(f"instructions to the assistant found ({kinds}, score {report.score:.2f})",
-                       action=f"neutralised {_plural(len(report.findings), 'instruction')} in the question")
+        return self.ok(
+            f"instructions to the assistant found ({kinds}, score {report.score:.2f})",
+            action=f"neutralised {_plural(len(report.findings), 'instruction')} in the question",
+        )
 
 
 class TopicGuard(BaseGuard):
@@ -195,14 +207,18 @@ class TopicGuard(BaseGuard):
 
     def __init__(self, topics: Sequence[str]) -> None:
         self.topics = tuple(t for t in (t.strip() for t in topics) if t)
-        self._patterns = [re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, t.split())) + r"(?!\w)", re.IGNORECASE)
-                          for t in self.topics]
+        self._patterns = [
+            re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, t.split())) + r"(?!\w)", re.IGNORECASE)
+            for t in self.topics
+        ]
 
     def check(self, state: RequestState) -> GuardResult:
         for topic, pattern in zip(self.topics, self._patterns, strict=True):
             if pattern.search(state.question):
-                return self.fail(f"questions about '{topic}' are out of scope for Ask; ask about the product "
-                                 f"shown in the screenshots, or contact the team that handles '{topic}'")
+                return self.fail(
+                    f"questions about '{topic}' are out of scope for Ask; ask about the product "
+                    f"shown in the screenshots, or contact the team that handles '{topic}'"
+                )
         return self.ok()
 
 
@@ -218,7 +234,7 @@ class OcrLengthGuard(BaseGuard):
         cut = []
         for i, img in enumerate(state.images):
             if len(img.ocr_text) > self.max_chars:
-                state.images[i] = replace(img, ocr_text=img.ocr_text[:self.max_chars])
+                state.images[i] = replace(img, ocr_text=img.ocr_text[: self.max_chars])
                 cut.append(img.id)
         return self.ok(action=f"cut the text of {', '.join(cut)} to {self.max_chars:,} characters" if cut else "")
 
@@ -256,5 +272,7 @@ class OcrInjectionGuard(BaseGuard):
                 done.append(f"{img.id} ({', '.join(report.kinds())})")
         if not done:
             return self.ok()
-        return self.ok(f"text in {_plural(len(done), 'image')} gives the assistant instructions; it is treated as data",
-                       action=f"neutralised instructions in {'; '.join(done)}")
+        return self.ok(
+            f"text in {_plural(len(done), 'image')} gives the assistant instructions; it is treated as data",
+            action=f"neutralised instructions in {'; '.join(done)}",
+        )

@@ -46,8 +46,9 @@ class DraftState:
 
     def visible_text(self, img: ContextImage) -> str:
         """An item's text as an answer may quote it: masked cards read as their last four digits."""
-        return PLACEHOLDER.sub(lambda m: self.masker.card_text(m.group()) if m.group(1) == "CARD" else m.group(),
-                               img.ocr_text)
+        return PLACEHOLDER.sub(
+            lambda m: self.masker.card_text(m.group()) if m.group(1) == "CARD" else m.group(), img.ocr_text
+        )
 
 
 _ABSTAIN = re.compile(
@@ -67,8 +68,10 @@ def is_abstention(text: str) -> bool:
     return len(text) <= MAX_ABSTENTION_CHARS and _ABSTAIN.search(text) is not None
 
 
-_BRACKET = re.compile(r"\s?\[\s*(?:(?P<prefix>cite|citation|source|sources|ref|id|image|img)\s*[:=]\s*)?"
-                      r"(?P<body>[^\[\]\n]{1,200}?)\s*\]")
+_BRACKET = re.compile(
+    r"\s?\[\s*(?:(?P<prefix>cite|citation|source|sources|ref|id|image|img)\s*[:=]\s*)?"
+    r"(?P<body>[^\[\]\n]{1,200}?)\s*\]"
+)
 _ID_LIKE = re.compile(r"^(?:upload-\d+|[\w.:/-]*[-_:][\w.:/-]*\d[\w.:/-]*)$")
 _REMOVED_MARK = re.compile(r"\[[a-z]+ removed\]|" + re.escape(REMOVED))
 
@@ -192,29 +195,35 @@ class OutputPiiGuard(BaseGuard):
             placeholder = state.masker.placeholder_of(f)
             if f.kind == "CARD":
                 cards += 1
-                text = text[:f.start] + last_four(f.value) + text[f.end:]
-            elif placeholder is not None and state.masker.is_restorable(placeholder) \
-                    and self._allowed(f.kind, state.question):
+                text = text[: f.start] + last_four(f.value) + text[f.end :]
+            elif (
+                placeholder is not None
+                and state.masker.is_restorable(placeholder)
+                and self._allowed(f.kind, state.question)
+            ):
                 kept.append(f)
-                text = text[:f.start] + placeholder + text[f.end:]
+                text = text[: f.start] + placeholder + text[f.end :]
             else:
                 removed.append(f)
-                text = text[:f.start] + f"[{f.kind.lower()} removed]" + text[f.end:]
+                text = text[: f.start] + f"[{f.kind.lower()} removed]" + text[f.end :]
         foreign = 0
         for m in reversed(list(PLACEHOLDER.finditer(text))):
             kind = m.group(1)
             if kind == "CARD":
                 cards += 1
-                text = text[:m.start()] + state.masker.card_text(m.group()) + text[m.end():]
+                text = text[: m.start()] + state.masker.card_text(m.group()) + text[m.end() :]
             elif not (state.masker.is_restorable(m.group()) and self._allowed(kind, state.question)):
                 foreign += 1
-                text = text[:m.start()] + f"[{kind.lower()} removed]" + text[m.end():]
+                text = text[: m.start()] + f"[{kind.lower()} removed]" + text[m.end() :]
         state.text = text
-        parts = [f"removed {describe(removed)} the question did not ask for or the request did not contain"
-                 if removed else "",
-                 f"removed {foreign} placeholder(s) of data the answer may not show" if foreign else "",
-                 f"shortened {cards} card number(s) to the last four digits" if cards else "",
-                 f"kept {describe(kept)} from the request" if kept else ""]
+        parts = [
+            f"removed {describe(removed)} the question did not ask for or the request did not contain"
+            if removed
+            else "",
+            f"removed {foreign} placeholder(s) of data the answer may not show" if foreign else "",
+            f"shortened {cards} card number(s) to the last four digits" if cards else "",
+            f"kept {describe(kept)} from the request" if kept else "",
+        ]
         return self.ok(action="; ".join(p for p in parts if p))
 
 
@@ -222,8 +231,10 @@ class GroundingGuard(BaseGuard):
     """Codes, numbers, quotes and names must appear in the question or in the text of a cited image."""
 
     name, on_fail = "output.grounding", OnFail.RETRY
-    retry_hint = ("Use only codes, numbers, quoted text and names that appear in the question or in the OCR text "
-                  "of the images you cite; if the context does not contain the answer, say \"I don't know\".")
+    retry_hint = (
+        "Use only codes, numbers, quoted text and names that appear in the question or in the OCR text "
+        'of the images you cite; if the context does not contain the answer, say "I don\'t know".'
+    )
 
     def __init__(self, *, uncited_uses_all_context: bool = False, common_terms: frozenset[str] = COMMON_TERMS) -> None:
         # With citations optional, an answer that cites nothing is held to the whole context.
@@ -263,9 +274,14 @@ class BlockedWordsGuard(BaseGuard):
 
     def __init__(self, words: Sequence[str]) -> None:
         self.words = tuple(w for w in (w.strip() for w in words) if w)
-        self._pattern = (re.compile(r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, w.split()))
-                                                               for w in self.words) + r")(?!\w)", re.IGNORECASE)
-                         if self.words else None)
+        self._pattern = (
+            re.compile(
+                r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, w.split())) for w in self.words) + r")(?!\w)",
+                re.IGNORECASE,
+            )
+            if self.words
+            else None
+        )
 
     def check(self, state: DraftState) -> GuardResult:
         found = sorted({m.group().casefold() for m in self._pattern.finditer(state.text)}) if self._pattern else []
@@ -292,8 +308,10 @@ class LengthGuard(BaseGuard):
             return self.ok()
         ends = [m.end() for m in _SENTENCE_END.finditer(state.text, 0, self.max_chars + 1) if m.end() <= self.max_chars]
         if not ends:
-            return self.fail(f"the draft is {n:,} characters and its first sentence alone exceeds the "
-                             f"{self.max_chars:,}-character limit")
-        state.text = state.text[:ends[-1]].rstrip()
+            return self.fail(
+                f"the draft is {n:,} characters and its first sentence alone exceeds the "
+                f"{self.max_chars:,}-character limit"
+            )
+        state.text = state.text[: ends[-1]].rstrip()
         state.citations = cited_ids(state.text, state.context_ids)
         return self.ok(action=f"cut from {n:,} to {len(state.text):,} characters at a sentence boundary")

@@ -28,14 +28,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qdrant-path", default=None, help="write to a qdrant-client local folder instead")
     g.add_argument("--address", default=None, help="run on this Ray cluster (e.g. auto, head:6379); default: local")
     g.add_argument("--vector", default=None, help="named vector to fill (default: clip)")
-    g.add_argument("--new-vector", action="store_true",
-                   help="add --vector to a collection built by another model (re-embedding), old one keeps serving")
-    g.add_argument("--switch", action="store_true",
-                   help="after filling --vector on every item, make it the collection's active vector")
+    g.add_argument(
+        "--new-vector",
+        action="store_true",
+        help="add --vector to a collection built by another model (re-embedding), old one keeps serving",
+    )
+    g.add_argument(
+        "--switch",
+        action="store_true",
+        help="after filling --vector on every item, make it the collection's active vector",
+    )
     g.add_argument("--actors", type=int, default=0, help="encode actors (default: one per 2 CPUs)")
     g.add_argument("--threads", type=int, default=0, help="torch threads per encode actor (default: CPUs/actors)")
-    g.add_argument("--encode-cpus", type=float, default=0.0,
-                   help="logical CPUs each encode actor reserves (default: all but one CPU shared out, at most 1)")
+    g.add_argument(
+        "--encode-cpus",
+        type=float,
+        default=0.0,
+        help="logical CPUs each encode actor reserves (default: all but one CPU shared out, at most 1)",
+    )
     g.add_argument("--task-cpus", type=float, default=0.25, help="logical CPUs each read/decode task reserves")
     g.add_argument("--read-batch", type=int, default=64, help="rows per read/decode task")
     g.add_argument("--encode-batch", type=int, default=32, help="images per forward pass")
@@ -43,8 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ocr", choices=OCR_MODES, default=None, help="OCR at index time (default: the service's)")
     g.add_argument("--no-audio", action="store_true", help="report audio files as failed instead of indexing them")
     g.add_argument("--uri-column", default=None, help="manifest column with the URIs (default: uri/url/path/file)")
-    g.add_argument("--column-type", action="append", default=[], metavar="NAME=TYPE",
-                   help="declare a manifest column's type: str int float bool date list[str] ...")
+    g.add_argument(
+        "--column-type",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE",
+        help="declare a manifest column's type: str int float bool date list[str] ...",
+    )
     g.add_argument("--errors", default="loupe-batch-errors.jsonl", help="error report (JSON lines)")
     g.add_argument("--summary-json", default=None, help="also write the summary as JSON here")
     g.add_argument("--no-optimize", action="store_true", help="skip building the vector index at the end")
@@ -67,14 +82,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = _store(args, settings)
         options = BatchOptions(
-            collection=args.collection or "default", clip=settings.clip_options(),
-            vector_name=args.vector or "clip", new_vector=args.new_vector, switch=args.switch, address=args.address,
-            encode_actors=args.actors, encode_threads=args.threads, encode_cpus=args.encode_cpus,
-            task_cpus=args.task_cpus, read_batch=args.read_batch, encode_batch=args.encode_batch,
-            write_batch=args.write_batch, ocr=args.ocr or settings.ocr.mode, ocr_engine=settings.ocr.engine,
-            audio=None if args.no_audio else _audio(settings), image_limits=settings.limits.image_limits(), uri_column=args.uri_column,
-            column_types=catalog.parse_column_types(args.column_type), optimize=not args.no_optimize,
-            error_report=args.errors)
+            collection=args.collection or "default",
+            clip=settings.clip_options(),
+            vector_name=args.vector or "clip",
+            new_vector=args.new_vector,
+            switch=args.switch,
+            address=args.address,
+            encode_actors=args.actors,
+            encode_threads=args.threads,
+            encode_cpus=args.encode_cpus,
+            task_cpus=args.task_cpus,
+            read_batch=args.read_batch,
+            encode_batch=args.encode_batch,
+            write_batch=args.write_batch,
+            ocr=args.ocr or settings.ocr.mode,
+            ocr_engine=settings.ocr.engine,
+            audio=None if args.no_audio else _audio(settings),
+            image_limits=settings.limits.image_limits(),
+            uri_column=args.uri_column,
+            column_types=catalog.parse_column_types(args.column_type),
+            optimize=not args.no_optimize,
+            error_report=args.errors,
+        )
         summary = run_batch(args.batch, store, options, progress_every_s=args.progress_every)
     except LoupeError as e:
         print(f"error: {e.reason}", file=sys.stderr)
@@ -114,5 +143,10 @@ def _audio(settings):
     from indexing.batch.stages import AudioOptions
 
     t = settings.transcriber
-    return AudioOptions(backend=t.backend, model=t.spec, transcribe=settings.transcribe_options(),
-                        limits=settings.limits.audio_limits(), chunk_overlap_tokens=t.chunk_overlap_tokens)
+    return AudioOptions(
+        backend=t.backend,
+        model=t.spec,
+        transcribe=settings.transcribe_options(),
+        limits=settings.limits.audio_limits(),
+        chunk_overlap_tokens=t.chunk_overlap_tokens,
+    )

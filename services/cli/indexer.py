@@ -31,29 +31,39 @@ class IndexReport:
     def summary(self) -> str:
         done = self.created + self.existing
         rate = done / self.seconds if self.seconds else 0.0
-        lines = [f"indexed {done} item(s): {self.created} new, {self.existing} already present; "
-                 f"{len(self.failed)} failed; {self.seconds:.1f} s ({rate:.1f} items/s)"]
+        lines = [
+            f"indexed {done} item(s): {self.created} new, {self.existing} already present; "
+            f"{len(self.failed)} failed; {self.seconds:.1f} s ({rate:.1f} items/s)"
+        ]
         lines += [f"  {note}" for note in self.notes]
         lines += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
         return "\n".join(lines)
 
 
-def index_paths(client: LoupeClient, files: list[Path], texts: list[tuple[str, str]], *,
-                metadata: dict[str, Any], collection: str, batch_size: int, audio: list[Path] = (),
-                language: str = "") -> IndexReport:
+def index_paths(
+    client: LoupeClient,
+    files: list[Path],
+    texts: list[tuple[str, str]],
+    *,
+    metadata: dict[str, Any],
+    collection: str,
+    batch_size: int,
+    audio: list[Path] = (),
+    language: str = "",
+) -> IndexReport:
     report, start = IndexReport(), time.monotonic()
-    with tqdm(total=len(files) + len(texts) + len(audio), unit="item", file=sys.stderr, mininterval=1.0,
-              disable=None) as bar:
+    with tqdm(
+        total=len(files) + len(texts) + len(audio), unit="item", file=sys.stderr, mininterval=1.0, disable=None
+    ) as bar:
         for path in audio:
             _send_audio(client, path, report, metadata=metadata, collection=collection, language=language)
             bar.update(1)
         for batch in _image_batches(files, batch_size, report, bar):
             items = [ImageInput(data, source=str(path), metadata=metadata) for path, data in batch]
-            _send(lambda xs: client.index_images(xs, collection=collection), items,
-                  [str(p) for p, _ in batch], report)
+            _send(lambda xs: client.index_images(xs, collection=collection), items, [str(p) for p, _ in batch], report)
             bar.update(len(batch))
         for i in range(0, len(texts), batch_size):
-            chunk = texts[i:i + batch_size]
+            chunk = texts[i : i + batch_size]
             items = [TextInput(text, source=name, metadata=metadata) for name, text in chunk]
             _send(lambda xs: client.index_texts(xs, collection=collection), items, [n for n, _ in chunk], report)
             bar.update(len(chunk))
@@ -95,7 +105,7 @@ def _send(call, items: list, names: list[str], report: IndexReport) -> None:
                         return
                     continue
             if exc.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) and attempt < RETRIES - 1:
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(0.5 * 2**attempt)
                 continue
             report.failed += [(n, f"{exc.code.name}: {exc.reason}") for n in names]
             return
@@ -121,7 +131,7 @@ def _send_audio(client: LoupeClient, path: Path, report: IndexReport, **kwargs) 
         except LoupeCallError as exc:
             busy = exc.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
             if busy and attempt < RETRIES - 1:
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(0.5 * 2**attempt)
                 continue
             report.failed.append((str(path), f"{exc.code.name}: {exc.reason}"))
             return

@@ -15,8 +15,16 @@ import yaml
 from services.config import RequestLimits
 
 
-def render_config(config: str | Path, *, bundled: bool = False, data_dir: str | None = None, port: int | None = None,
-                  qdrant_url: str | None = None, model: str | None = None, http_port: int | None = None) -> dict:
+def render_config(
+    config: str | Path,
+    *,
+    bundled: bool = False,
+    data_dir: str | None = None,
+    port: int | None = None,
+    qdrant_url: str | None = None,
+    model: str | None = None,
+    http_port: int | None = None,
+) -> dict:
     """The Serve config with the CLI's choices written into the app args."""
     cfg = yaml.safe_load(Path(config).read_text())
     app = cfg["applications"][0]
@@ -67,9 +75,11 @@ def serve_env(cfg: dict) -> dict[str, str]:
 # How long `loupe serve` waits for Serve to drain and stop after a signal before killing it.
 STOP_TIMEOUT_S = 30.0
 # Errors in the service's output that a restart will not cure: stop at once and say why.
-_FATAL = re.compile(r"(?:encoders\.errors\.|indexing\.\w+\.)?(ModelUnavailable|StoreUnavailable|InvalidInput|"
-                    r"ValidationError|ModelMismatch): (?P<reason>.+)"
-                    r"|ValueError: (?P<config>Deployment '[^']+' does not exist.*)")
+_FATAL = re.compile(
+    r"(?:encoders\.errors\.|indexing\.\w+\.)?(ModelUnavailable|StoreUnavailable|InvalidInput|"
+    r"ValidationError|ModelMismatch): (?P<reason>.+)"
+    r"|ValueError: (?P<config>Deployment '[^']+' does not exist.*)"
+)
 
 
 def port_in_use(port: int) -> str | None:
@@ -101,23 +111,40 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
     except (ValidationError, ValueError, OSError) as exc:  # a bad config never reaches Ray
         print(f"loupe: cannot start: the config {config} is not valid: {exc}", file=sys.stderr, flush=True)
         return 2
-    ports = {"gRPC": cfg.get("grpc_options", {}).get("port", 9000), "HTTP": cfg.get("http_options", {}).get("port", 8000)}
+    ports = {
+        "gRPC": cfg.get("grpc_options", {}).get("port", 9000),
+        "HTTP": cfg.get("http_options", {}).get("port", 8000),
+    }
     for name, port in ports.items():
         why = port_in_use(int(port))
         if why:
-            print(f"loupe: cannot start: {why} ({name}). Another Loupe service (or another program) owns it: "
-                  f"stop it, or choose another port with --port / --http-port.", file=sys.stderr, flush=True)
+            print(
+                f"loupe: cannot start: {why} ({name}). Another Loupe service (or another program) owns it: "
+                f"stop it, or choose another port with --port / --http-port.",
+                file=sys.stderr,
+                flush=True,
+            )
             return 2
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     # "local" starts a private Ray instance; give an address to deploy onto a running cluster.
-    cmd = [sys.executable, "-m", "services.serve.driver", *(["--dashboard"] if dashboard else []),
-           ray_address or "local", fh.name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.serve.driver",
+        *(["--dashboard"] if dashboard else []),
+        ray_address or "local",
+        fh.name,
+    ]
     app_args = cfg["applications"][0]["args"]
-    print(f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
-          f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
-          f"firewall or the TLS proxy in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
-          f"{ports['HTTP']}", file=sys.stderr, flush=True)
+    print(
+        f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
+        f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
+        f"firewall or the TLS proxy in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
+        f"{ports['HTTP']}",
+        file=sys.stderr,
+        flush=True,
+    )
     # Serve's working dir must let replicas import this project's packages.
     cwd = Path(__file__).resolve().parents[2]
     try:
@@ -186,15 +213,27 @@ class Supervisor:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "port": self.grpc_port, "phase": phase,
-                                       "started_at": self._started_at, "waiting_for": self._waiting}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "port": self.grpc_port,
+                        "phase": phase,
+                        "started_at": self._started_at,
+                        "waiting_for": self._waiting,
+                    }
+                )
+            )
             os.replace(tmp, path)
         except OSError as exc:  # serving goes on; only `loupe status` loses the start-up detail
             if not self._state_warned:
                 self._state_warned = True
-                print(f"loupe: cannot record start-up state at {path} ({exc.strerror or exc}); `loupe status` "
-                      "will not say what a starting service waits for (set XDG_RUNTIME_DIR to a writable folder)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"loupe: cannot record start-up state at {path} ({exc.strerror or exc}); `loupe status` "
+                    "will not say what a starting service waits for (set XDG_RUNTIME_DIR to a writable folder)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _track(self, line: str) -> None:
         """Follow start-up from Serve's log lines."""
@@ -218,8 +257,15 @@ class Supervisor:
         import signal
         import threading
 
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self._write_state("starting")
@@ -317,12 +363,13 @@ def stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
 class ServiceProcess:
     """`loupe serve` in a child process, for tests and benchmarks: start, wait for SERVING, stop.
 
-        with ServiceProcess(["--bundled-models", "--data-dir", d]) as svc:
-            LoupeClient(svc.target)...
+    with ServiceProcess(["--bundled-models", "--data-dir", d]) as svc:
+        LoupeClient(svc.target)...
     """
 
-    def __init__(self, serve_args: list[str], *, log_path: Path, start_timeout_s: float = 420,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, serve_args: list[str], *, log_path: Path, start_timeout_s: float = 420, env: dict[str, str] | None = None
+    ) -> None:
         import socket
 
         def free_port() -> int:
@@ -334,8 +381,17 @@ class ServiceProcess:
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.start_timeout_s = start_timeout_s
-        self.cmd = [sys.executable, "-m", "services.cli.main", "serve", *serve_args, "--port", str(self.port),
-                    "--http-port", str(free_port())]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "serve",
+            *serve_args,
+            "--port",
+            str(self.port),
+            "--http-port",
+            str(free_port()),
+        ]
         self.proc: subprocess.Popen | None = None
         self.env = env or {}
 
@@ -349,8 +405,9 @@ class ServiceProcess:
     def start(self) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), **self.env)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         try:
             self._wait_serving()
         except BaseException:

@@ -1,14 +1,14 @@
 """`loupe`: run the service and talk to it.
 
-    loupe serve [--bundled-models]          start Ray Serve with ray_config.yaml
-    loupe index PATH... [--texts FILE]      index image and audio files/folders (and texts)
-    loupe index --batch SOURCE              catalog pipeline (Ray Data) straight into the store
-    loupe transcribe FILE                   print a timestamped transcript
-    loupe ask [FILE...] "question"          ask about screenshots and/or indexed images
-    loupe search TEXT | --image FILE        search, print a table
-    loupe delete ID... | --where k=v        delete items
-    loupe status                            health, model, collections
-    loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
+loupe serve [--bundled-models]          start Ray Serve with ray_config.yaml
+loupe index PATH... [--texts FILE]      index image and audio files/folders (and texts)
+loupe index --batch SOURCE              catalog pipeline (Ray Data) straight into the store
+loupe transcribe FILE                   print a timestamped transcript
+loupe ask [FILE...] "question"          ask about screenshots and/or indexed images
+loupe search TEXT | --image FILE        search, print a table
+loupe delete ID... | --where k=v        delete items
+loupe status                            health, model, collections
+loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
 """
 
 from __future__ import annotations
@@ -30,9 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from services.cli.launch import serve
 
-        return serve(config=args.config, ray_address=args.ray_address, dashboard=args.dashboard,
-                     bundled=args.bundled_models, data_dir=args.data_dir, port=args.port, qdrant_url=args.qdrant_url,
-                     model=args.model, http_port=args.http_port)
+        return serve(
+            config=args.config,
+            ray_address=args.ray_address,
+            dashboard=args.dashboard,
+            bundled=args.bundled_models,
+            data_dir=args.data_dir,
+            port=args.port,
+            qdrant_url=args.qdrant_url,
+            model=args.model,
+            http_port=args.http_port,
+        )
     if args.command == "index" and args.batch:
         from services.cli import batch as batch_cli
 
@@ -63,8 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
     s.add_argument("--model", default=None, help="CLIP model spec (see README)")
     s.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (about 1 GB more memory)")
-    s.add_argument("--ray-address", default=None,
-                   help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray")
+    s.add_argument(
+        "--ray-address",
+        default=None,
+        help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray",
+    )
 
     i = sub.add_parser("index", help="index image and audio files or folders (recursively)")
     i.add_argument("paths", nargs="*", type=Path)
@@ -88,13 +99,21 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--id", help="search by an indexed item's id")
     q.add_argument("--limit", type=int, default=10)
     q.add_argument("--offset", type=int, default=0)
-    q.add_argument("--modality", action="append", default=[],
-                   choices=["image", "text", "audio_segment", "audio"])
-    q.add_argument("--where", action="append", default=[], metavar="EXPR",
-                   help="k=v, k=a|b (any of), k>=n, k<n ... (all must hold)")
+    q.add_argument("--modality", action="append", default=[], choices=["image", "text", "audio_segment", "audio"])
+    q.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="k=v, k=a|b (any of), k>=n, k<n ... (all must hold)",
+    )
     q.add_argument("--min-score", type=float, default=None)
-    q.add_argument("--mode", choices=["dense", "keyword", "hybrid"], default="dense",
-                   help="dense: CLIP; keyword: exact words/codes; hybrid: both, rank-fused")
+    q.add_argument(
+        "--mode",
+        choices=["dense", "keyword", "hybrid"],
+        default="dense",
+        help="dense: CLIP; keyword: exact words/codes; hybrid: both, rank-fused",
+    )
     q.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _collection(q)
 
@@ -133,15 +152,29 @@ def cmd_index(client: LoupeClient, args) -> int:
     if not images and not audio and not texts:
         print("nothing to index: give image or audio files/folders, or --texts FILE", file=sys.stderr)
         return 2
-    report = index_paths(client, images, texts, metadata=meta, collection=args.collection,
-                         batch_size=args.batch_size, audio=audio, language=args.language)
+    report = index_paths(
+        client,
+        images,
+        texts,
+        metadata=meta,
+        collection=args.collection,
+        batch_size=args.batch_size,
+        audio=audio,
+        language=args.language,
+    )
     print(report.summary())
     return 1 if report.failed else 0
 
 
 def cmd_search(client: LoupeClient, args) -> int:
-    opts = {"limit": args.limit, "offset": args.offset, "modalities": args.modality, "where": _where(args.where),
-                "score_threshold": args.min_score, "collection": args.collection}
+    opts = {
+        "limit": args.limit,
+        "offset": args.offset,
+        "modalities": args.modality,
+        "where": _where(args.where),
+        "score_threshold": args.min_score,
+        "collection": args.collection,
+    }
     if args.query and not (args.image or args.id):
         opts["mode"] = args.mode
     if args.image:
@@ -155,8 +188,14 @@ def cmd_search(client: LoupeClient, args) -> int:
         return 2
     if args.json:
         for h in result.hits:
-            record = {"id": h.id, "score": round(h.score, 4), "modality": h.item.modality,
-                      "sources": h.item.sources, "text": h.item.text, "metadata": h.item.metadata}
+            record = {
+                "id": h.id,
+                "score": round(h.score, 4),
+                "modality": h.item.modality,
+                "sources": h.item.sources,
+                "text": h.item.text,
+                "metadata": h.item.metadata,
+            }
             if h.item.modality == "audio_segment":
                 record.update(parent_id=h.item.parent_id, start_s=h.item.start_s, end_s=h.item.end_s)
             print(json.dumps(record))
@@ -201,14 +240,18 @@ def clock(seconds: float) -> str:
 def cmd_transcribe(client: LoupeClient, args) -> int:
     for part in client.transcribe(args.file.read_bytes(), language=args.language, word_timestamps=args.words):
         if hasattr(part, "language_probability"):
-            print(f"# {args.file}: {clock(part.duration_s)}, language {part.language} "
-                  f"(p={part.language_probability:.2f}), model {part.model_id}")
+            print(
+                f"# {args.file}: {clock(part.duration_s)}, language {part.language} "
+                f"(p={part.language_probability:.2f}), model {part.model_id}"
+            )
             continue
         if hasattr(part, "loops_cut"):
             if part.repeated_segments or part.loops_cut or part.fallback_windows:
-                print(f"# controls: {part.fallback_windows} of {part.windows} window(s) decoded again, "
-                      f"{part.repeated_segments} repeated segment(s) dropped, {part.loops_cut} loop(s) cut "
-                      f"({part.words_removed} word(s) removed)")
+                print(
+                    f"# controls: {part.fallback_windows} of {part.windows} window(s) decoded again, "
+                    f"{part.repeated_segments} repeated segment(s) dropped, {part.loops_cut} loop(s) cut "
+                    f"({part.words_removed} word(s) removed)"
+                )
             continue
         print(f"[{clock(part.start_s)} - {clock(part.end_s)}] {part.text.strip()}", flush=True)
         if args.words:
@@ -236,8 +279,9 @@ def cmd_status(client: LoupeClient, args) -> int:
         return 3
     print(f"health: {health}")
     st = client.status()
-    print(f"model: {st.model_id} ({st.model_version}), profile {st.profile}, store {st.store_backend}, "
-          f"loupe {st.version}")
+    print(
+        f"model: {st.model_id} ({st.model_version}), profile {st.profile}, store {st.store_backend}, loupe {st.version}"
+    )
     for c in st.collections:
         print(f"  collection {c.name}: {c.count} item(s), {c.model_id} dim {c.dim}")
     return 0
@@ -309,11 +353,21 @@ def ask_outcome(client: LoupeClient, case, collection: str = ""):
     from lmm.evals import AskOutcome
 
     r = case.retrieval
-    answer = client.ask(case.question, [p.read_bytes() for p in case.images], k=int(r.get("k") or 0),
-                        collection=r.get("collection") or collection, where=r.get("where"), mode=r.get("mode"))
-    return AskOutcome(text=answer.text, verdict=qa_verdict(answer.verdict), citations=tuple(answer.citations),
-                      guards=tuple((g.guard, g.passed, g.reason) for g in answer.guards),
-                      timings=dict(answer.timings_s))
+    answer = client.ask(
+        case.question,
+        [p.read_bytes() for p in case.images],
+        k=int(r.get("k") or 0),
+        collection=r.get("collection") or collection,
+        where=r.get("where"),
+        mode=r.get("mode"),
+    )
+    return AskOutcome(
+        text=answer.text,
+        verdict=qa_verdict(answer.verdict),
+        citations=tuple(answer.citations),
+        guards=tuple((g.guard, g.passed, g.reason) for g in answer.guards),
+        timings=dict(answer.timings_s),
+    )
 
 
 def qa_verdict(value: int) -> str:
@@ -322,8 +376,15 @@ def qa_verdict(value: int) -> str:
     return qa_pb2.AnswerVerdict.Name(value).removeprefix("ANSWER_VERDICT_").lower()
 
 
-COMMANDS = {"index": cmd_index, "ask": cmd_ask, "search": cmd_search, "delete": cmd_delete, "status": cmd_status,
-            "transcribe": cmd_transcribe, "eval": cmd_eval}
+COMMANDS = {
+    "index": cmd_index,
+    "ask": cmd_ask,
+    "search": cmd_search,
+    "delete": cmd_delete,
+    "status": cmd_status,
+    "transcribe": cmd_transcribe,
+    "eval": cmd_eval,
+}
 
 
 def _where(exprs: list[str]) -> dict:

@@ -33,10 +33,17 @@ from protos.loupe.v1 import (
 )
 from services.rpc.errors import field_violations
 
-MODALITIES = {"image": common_pb2.MODALITY_IMAGE, "text": common_pb2.MODALITY_TEXT,
-              "audio_segment": common_pb2.MODALITY_AUDIO_SEGMENT, "audio": common_pb2.MODALITY_AUDIO}
-MODES = {"dense": search_pb2.SEARCH_MODE_DENSE, "keyword": search_pb2.SEARCH_MODE_KEYWORD,
-         "hybrid": search_pb2.SEARCH_MODE_HYBRID}
+MODALITIES = {
+    "image": common_pb2.MODALITY_IMAGE,
+    "text": common_pb2.MODALITY_TEXT,
+    "audio_segment": common_pb2.MODALITY_AUDIO_SEGMENT,
+    "audio": common_pb2.MODALITY_AUDIO,
+}
+MODES = {
+    "dense": search_pb2.SEARCH_MODE_DENSE,
+    "keyword": search_pb2.SEARCH_MODE_KEYWORD,
+    "hybrid": search_pb2.SEARCH_MODE_HYBRID,
+}
 _MODALITY_NAMES = {v: k for k, v in MODALITIES.items()}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -86,10 +93,21 @@ class Item:
 
     @classmethod
     def from_proto(cls, m: common_pb2.Item) -> Item:
-        return cls(id=m.id, modality=_MODALITY_NAMES.get(m.modality, "unspecified"), sources=list(m.sources),
-                   metadata=MessageToDict(m.metadata), text=m.text, model_id=m.model_id, width=m.width,
-                   height=m.height, parent_id=m.parent_id, start_s=m.start_s, end_s=m.end_s, language=m.language,
-                   duration_s=m.duration_s)
+        return cls(
+            id=m.id,
+            modality=_MODALITY_NAMES.get(m.modality, "unspecified"),
+            sources=list(m.sources),
+            metadata=MessageToDict(m.metadata),
+            text=m.text,
+            model_id=m.model_id,
+            width=m.width,
+            height=m.height,
+            parent_id=m.parent_id,
+            start_s=m.start_s,
+            end_s=m.end_s,
+            language=m.language,
+            duration_s=m.duration_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -117,11 +135,21 @@ class SearchResult:
 
 
 class LoupeClient:
-    def __init__(self, target: str = "localhost:9000", *, api_key: str | None = None, timeout_s: float = 60.0,
-                 application: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    def __init__(
+        self,
+        target: str = "localhost:9000",
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        application: str | None = None,
+    ) -> None:
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
         self.timeout_s = timeout_s
         self._metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         if application:  # picks the Serve app when several are deployed
@@ -162,10 +190,17 @@ class LoupeClient:
             msg.metadata.update(dict(it.metadata))
         return [(r.id, r.created) for r in self._call(self._index.IndexTexts, request).items]
 
-    def index_audio(self, data: bytes, *, id: str = "", source: str = "", metadata: Mapping[str, Any] | None = None,
-                    language: str = "", collection: str = "") -> index_pb2.IndexAudioResponse:
-        request = index_pb2.IndexAudioRequest(collection=collection, data=data, id=id, source=source,
-                                              language=language)
+    def index_audio(
+        self,
+        data: bytes,
+        *,
+        id: str = "",
+        source: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        language: str = "",
+        collection: str = "",
+    ) -> index_pb2.IndexAudioResponse:
+        request = index_pb2.IndexAudioRequest(collection=collection, data=data, id=id, source=source, language=language)
         request.metadata.update(dict(metadata or {}))
         return self._call(self._index.IndexAudio, request)
 
@@ -182,8 +217,7 @@ class LoupeClient:
     def get(self, id: str, *, collection: str = "") -> Item:
         return Item.from_proto(self._call(self._index.GetItem, index_pb2.GetItemRequest(collection=collection, id=id)))
 
-    def delete(self, ids: Iterable[str] = (), *, where: Mapping[str, Any] | None = None,
-               collection: str = "") -> int:
+    def delete(self, ids: Iterable[str] = (), *, where: Mapping[str, Any] | None = None, collection: str = "") -> int:
         request = index_pb2.DeleteRequest(collection=collection)
         if where:
             request.filter.CopyFrom(build_filter(where))
@@ -191,10 +225,12 @@ class LoupeClient:
             request.ids.ids.extend(ids)
         return self._call(self._index.Delete, request).deleted
 
-    def count(self, *, where: Mapping[str, Any] | None = None, modalities: Iterable[str] = (),
-              collection: str = "") -> int:
-        request = index_pb2.CountRequest(collection=collection, filter=build_filter(where or {}),
-                                         modalities=[MODALITIES[m] for m in modalities])
+    def count(
+        self, *, where: Mapping[str, Any] | None = None, modalities: Iterable[str] = (), collection: str = ""
+    ) -> int:
+        request = index_pb2.CountRequest(
+            collection=collection, filter=build_filter(where or {}), modalities=[MODALITIES[m] for m in modalities]
+        )
         return self._call(self._index.Count, request).count
 
     def status(self) -> index_pb2.StatusResponse:
@@ -205,8 +241,16 @@ class LoupeClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     # -- ask --------------------------------------------------------------------------------
-    def ask(self, question: str, images: Iterable[bytes] = (), *, k: int = 0, collection: str = "",
-            where: Mapping[str, Any] | None = None, mode: str | None = None) -> qa_pb2.AskResponse:
+    def ask(
+        self,
+        question: str,
+        images: Iterable[bytes] = (),
+        *,
+        k: int = 0,
+        collection: str = "",
+        where: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+    ) -> qa_pb2.AskResponse:
         """Ask about uploaded images and/or the `k` best indexed images. The response carries
         the verdict (answered / abstained / blocked), citations and every guard's result."""
         retrieval = qa_pb2.Retrieval(k=k, collection=collection, filter=build_filter(where or {}))
@@ -228,11 +272,23 @@ class LoupeClient:
         return _result(self._call(self._search.SearchImage, request))
 
 
-def search_options(*, limit: int | None = None, offset: int = 0, modalities: Iterable[str] = (),
-                   where: Mapping[str, Any] | None = None, score_threshold: float | None = None,
-                   collection: str = "", mode: str = "dense") -> search_pb2.SearchOptions:
-    opts = search_pb2.SearchOptions(collection=collection, offset=offset, mode=MODES[mode],
-                                    modalities=[MODALITIES[m] for m in modalities], filter=build_filter(where or {}))
+def search_options(
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    modalities: Iterable[str] = (),
+    where: Mapping[str, Any] | None = None,
+    score_threshold: float | None = None,
+    collection: str = "",
+    mode: str = "dense",
+) -> search_pb2.SearchOptions:
+    opts = search_pb2.SearchOptions(
+        collection=collection,
+        offset=offset,
+        mode=MODES[mode],
+        modalities=[MODALITIES[m] for m in modalities],
+        filter=build_filter(where or {}),
+    )
     if limit is not None:
         opts.limit = limit
     if score_threshold is not None:
@@ -269,6 +325,9 @@ def _value(v: Any):
 
 
 def _result(response: search_pb2.SearchResponse) -> SearchResult:
-    return SearchResult(hits=[Hit(Item.from_proto(h.item), h.score) for h in response.hits],
-                        model_id=response.model_id, next_offset=response.next_offset,
-                        query_truncated=response.query_truncated)
+    return SearchResult(
+        hits=[Hit(Item.from_proto(h.item), h.score) for h in response.hits],
+        model_id=response.model_id,
+        next_offset=response.next_offset,
+        query_truncated=response.query_truncated,
+    )

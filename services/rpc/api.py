@@ -56,8 +56,11 @@ class LoupeApi:
             if isinstance(result, InvalidInput):
                 problems.append(InvalidInput(f"items[{i}]: {result.reason}", field=f"items[{i}].data"))
         _raise_all(problems)
-        items = [image_item(**{**p, "text": e.text}, vector=e.vector, width=e.width, height=e.height)
-                 for p, e in zip(prepared, encoded) if isinstance(e, EncodedImage)]
+        items = [
+            image_item(**{**p, "text": e.text}, vector=e.vector, width=e.width, height=e.height)
+            for p, e in zip(prepared, encoded)
+            if isinstance(e, EncodedImage)
+        ]
         return await self._store(name, items)
 
     async def index_texts(self, req: index_pb2.IndexTextsRequest) -> index_pb2.IndexResponse:
@@ -84,19 +87,33 @@ class LoupeApi:
         # Transcription costs seconds: refuse a wrong-model collection before it, not after.
         await self.index.check_model(name, (await self.info()).schema())
         transcript = await transcriber.transcribe(req.data, convert.language(req.language))
-        embedded = await self.encoder.embed_transcript(timed_texts(transcript.segments),
-                                                       self.settings.transcriber.chunk_overlap_tokens)
+        embedded = await self.encoder.embed_transcript(
+            timed_texts(transcript.segments), self.settings.transcriber.chunk_overlap_tokens
+        )
         info, t = await self.info(), transcript.info
         recording, segments = recording_items(
-            public_id=p["public_id"], sha256=p["sha256"], source=p["source"], metadata=p["metadata"],
-            embedded=embedded, full_text=" ".join(seg.text.strip() for seg in transcript.segments),
-            language=t.language, duration_s=t.duration_s)
+            public_id=p["public_id"],
+            sha256=p["sha256"],
+            source=p["source"],
+            metadata=p["metadata"],
+            embedded=embedded,
+            full_text=" ".join(seg.text.strip() for seg in transcript.segments),
+            language=t.language,
+            duration_s=t.duration_s,
+        )
         public_id, created = await self.index.add_recording(name, info.schema(), recording, segments)
         return index_pb2.IndexAudioResponse(
-            id=public_id, created=created, duration_s=t.duration_s, language=t.language,
-            language_probability=t.language_probability, segment_count=len(segments), model_id=info.model_id,
-            transcriber_model_id=t.model_id, collection=name,
-            transcript_controls=convert.transcript_controls(t.controls))
+            id=public_id,
+            created=created,
+            duration_s=t.duration_s,
+            language=t.language,
+            language_probability=t.language_probability,
+            segment_count=len(segments),
+            model_id=info.model_id,
+            transcriber_model_id=t.model_id,
+            collection=name,
+            transcript_controls=convert.transcript_controls(t.controls),
+        )
 
     async def get_item(self, req: index_pb2.GetItemRequest) -> common_pb2.Item:
         name = convert.collection_name(req.collection)
@@ -115,8 +132,9 @@ class LoupeApi:
         if which == "filter":
             conds = convert.conditions(req.filter)
             if not conds:
-                raise InvalidInput("delete by filter needs at least one condition (refusing to delete everything)",
-                                   field="filter")
+                raise InvalidInput(
+                    "delete by filter needs at least one condition (refusing to delete everything)", field="filter"
+                )
             return index_pb2.DeleteResponse(deleted=await self.index.delete_where(name, conds))
         raise InvalidInput("say what to delete: set ids or filter", field="selector")
 
@@ -129,11 +147,17 @@ class LoupeApi:
     async def get_status(self, req: index_pb2.GetStatusRequest) -> index_pb2.StatusResponse:
         info = await self.info()
         backend = await self.index.ping()
-        out = index_pb2.StatusResponse(model_id=info.model_id, model_version=info.model_version,
-                                       profile=info.profile, store_backend=backend, version=_version())
+        out = index_pb2.StatusResponse(
+            model_id=info.model_id,
+            model_version=info.model_version,
+            profile=info.profile,
+            store_backend=backend,
+            version=_version(),
+        )
         for name, schema, count in await self.index.collections():
-            out.collections.add(name=name, count=count, model_id=schema.model_id,
-                                model_version=schema.model_version, dim=schema.dim)
+            out.collections.add(
+                name=name, count=count, model_id=schema.model_id, model_version=schema.model_version, dim=schema.dim
+            )
         return out
 
     # -- SearchService ----------------------------------------------------------------------
@@ -180,11 +204,14 @@ class LoupeApi:
             raise ModelUnavailable("this service runs without Ask; enable the Answerer deployment (ask.enabled)")
         r = req.retrieval
         if r.k < 0 or r.k > self.limits.max_limit:
-            raise InvalidInput(f"retrieval.k is {r.k}; it must be between 0 and {self.limits.max_limit}",
-                               field="retrieval.k")
-        retrieval = SearchQuery(collection=convert.collection_name(r.collection, "retrieval.collection"),
-                                conditions=convert.conditions(r.filter, "retrieval.filter"),
-                                mode=convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else ASK_MODE)
+            raise InvalidInput(
+                f"retrieval.k is {r.k}; it must be between 0 and {self.limits.max_limit}", field="retrieval.k"
+            )
+        retrieval = SearchQuery(
+            collection=convert.collection_name(r.collection, "retrieval.collection"),
+            conditions=convert.conditions(r.filter, "retrieval.filter"),
+            mode=convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else ASK_MODE,
+        )
         answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval)
         return convert.answer(answer)
 
@@ -212,25 +239,34 @@ class LoupeApi:
     def _query(self, o: search_pb2.SearchOptions, mode: str) -> SearchQuery:
         limit = o.limit if o.HasField("limit") else DEFAULT_LIMIT
         if not 1 <= limit <= self.limits.max_limit:
-            raise InvalidInput(f"limit is {limit}; it must be between 1 and {self.limits.max_limit}",
-                               field="options.limit")
+            raise InvalidInput(
+                f"limit is {limit}; it must be between 1 and {self.limits.max_limit}", field="options.limit"
+            )
         if o.offset < 0 or o.offset + limit > self.limits.max_window:
-            raise InvalidInput(f"offset {o.offset} + limit {limit} must stay within 0..{self.limits.max_window}; "
-                               "narrow the query with a filter instead of paging deeper", field="options.offset")
+            raise InvalidInput(
+                f"offset {o.offset} + limit {limit} must stay within 0..{self.limits.max_window}; "
+                "narrow the query with a filter instead of paging deeper",
+                field="options.offset",
+            )
         threshold = o.score_threshold if o.HasField("score_threshold") else None
         # Keyword mode thresholds a BM25 score (unbounded); the others a cosine.
         if threshold is not None and o.mode != search_pb2.SEARCH_MODE_KEYWORD and not -1.0 <= threshold <= 1.0:
-            raise InvalidInput(f"score_threshold {threshold} is outside -1..1 (cosine similarity)",
-                               field="options.score_threshold")
-        return SearchQuery(collection=convert.collection_name(o.collection, "options.collection"), mode=mode,
-                           limit=limit, offset=o.offset,
-                           modalities=convert.modalities(o.modalities, "options.modalities"),
-                           conditions=convert.conditions(o.filter, "options.filter"), score_threshold=threshold)
+            raise InvalidInput(
+                f"score_threshold {threshold} is outside -1..1 (cosine similarity)", field="options.score_threshold"
+            )
+        return SearchQuery(
+            collection=convert.collection_name(o.collection, "options.collection"),
+            mode=mode,
+            limit=limit,
+            offset=o.offset,
+            modalities=convert.modalities(o.modalities, "options.modalities"),
+            conditions=convert.conditions(o.filter, "options.filter"),
+            score_threshold=threshold,
+        )
 
     def _check_count(self, n: int) -> None:
         if not 1 <= n <= self.limits.max_items_per_call:
-            raise InvalidInput(f"{n} items sent; send 1 to {self.limits.max_items_per_call} per call",
-                               field="items")
+            raise InvalidInput(f"{n} items sent; send 1 to {self.limits.max_items_per_call} per call", field="items")
 
     @staticmethod
     def _text(text: str, max_chars: int, field: str) -> str:
@@ -243,9 +279,13 @@ class LoupeApi:
 
     def _prepare(self, it, i: int | None, *, content: bytes, text: str | None, prefix: str | None = None) -> dict:
         prefix = f"items[{i}]." if prefix is None else prefix
-        return {"public_id": convert.caller_id(it.id, f"{prefix}id"), "sha256": hashlib.sha256(content).hexdigest(),
-                "source": it.source or None, "text": text,
-                "metadata": convert.metadata(it.metadata, self.limits, f"{prefix}metadata")}
+        return {
+            "public_id": convert.caller_id(it.id, f"{prefix}id"),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "source": it.source or None,
+            "text": text,
+            "metadata": convert.metadata(it.metadata, self.limits, f"{prefix}metadata"),
+        }
 
     async def _store(self, name: str, items: list[NewItem]) -> index_pb2.IndexResponse:
         info = await self.info()
@@ -279,4 +319,3 @@ def _version() -> str:
         return version("loupe")
     except PackageNotFoundError:
         return "dev"
-

@@ -28,8 +28,11 @@ _ID_MAX = 256
 def collection_name(name: str, field: str = "collection") -> str:
     name = name or DEFAULT_COLLECTION
     if not _COLLECTION_RE.match(name):
-        raise InvalidInput(f"collection name {name[:80]!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', "
-                           "starting with a letter or digit", field=field)
+        raise InvalidInput(
+            f"collection name {name[:80]!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+            field=field,
+        )
     return name
 
 
@@ -37,8 +40,9 @@ def modalities(values, field: str) -> tuple[Modality, ...]:
     out = []
     for i, value in enumerate(values):
         if value not in _MODALITY_FROM_PROTO:
-            raise InvalidInput(f"modality {value} is not one of IMAGE, TEXT, AUDIO_SEGMENT, AUDIO",
-                               field=f"{field}[{i}]")
+            raise InvalidInput(
+                f"modality {value} is not one of IMAGE, TEXT, AUDIO_SEGMENT, AUDIO", field=f"{field}[{i}]"
+            )
         out.append(_MODALITY_FROM_PROTO[value])
     return tuple(dict.fromkeys(out))
 
@@ -49,8 +53,10 @@ def caller_id(value: str, field: str) -> str | None:
     if len(value) > _ID_MAX or any(ord(c) < 32 for c in value):
         raise InvalidInput(f"id must be at most {_ID_MAX} printable characters", field=field)
     if value.startswith("sha256:"):
-        raise InvalidInput("ids starting with 'sha256:' are reserved for content-addressed items; "
-                           "leave id empty to get one", field=field)
+        raise InvalidInput(
+            "ids starting with 'sha256:' are reserved for content-addressed items; leave id empty to get one",
+            field=field,
+        )
     return value
 
 
@@ -61,8 +67,10 @@ def metadata(struct: struct_pb2.Struct, limits: RequestLimits, field: str) -> di
         raise InvalidInput(f"metadata has {len(data)} keys; the limit is {limits.max_metadata_keys}", field=field)
     for key, value in data.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
-            raise InvalidInput(f"metadata key {key[:80]!r} must be 1-64 letters, digits or '_', not starting "
-                               "with a digit", field=f"{field}.{key[:80]}")
+            raise InvalidInput(
+                f"metadata key {key[:80]!r} must be 1-64 letters, digits or '_', not starting with a digit",
+                field=f"{field}.{key[:80]}",
+            )
         values = value if isinstance(value, list) else [value]
         for v in values:
             _check_scalar(v, limits, f"{field}.{key}")
@@ -72,11 +80,11 @@ def metadata(struct: struct_pb2.Struct, limits: RequestLimits, field: str) -> di
 
 def _check_scalar(value: Any, limits: RequestLimits, field: str) -> None:
     if value is None or isinstance(value, (dict, list)):
-        raise InvalidInput("metadata values must be strings, numbers, booleans or flat lists of those",
-                           field=field)
+        raise InvalidInput("metadata values must be strings, numbers, booleans or flat lists of those", field=field)
     if isinstance(value, str) and len(value) > limits.max_metadata_value_chars:
-        raise InvalidInput(f"metadata string is {len(value)} characters; the limit is "
-                           f"{limits.max_metadata_value_chars}", field=field)
+        raise InvalidInput(
+            f"metadata string is {len(value)} characters; the limit is {limits.max_metadata_value_chars}", field=field
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput("metadata numbers must be finite", field=field)
 
@@ -102,7 +110,9 @@ def conditions(flt: common_pb2.Filter, field: str = "filter") -> tuple[Condition
             out.append(Condition(key=cond.field, equals=_filter_scalar(cond.equals, f"{where}.equals")))
         elif kind == "any_of":
             if not cond.any_of.values:
-                raise InvalidInput(f"filter on {cond.field!r}: any_of needs at least one value", field=f"{where}.any_of")
+                raise InvalidInput(
+                    f"filter on {cond.field!r}: any_of needs at least one value", field=f"{where}.any_of"
+                )
             values = tuple(_filter_scalar(v, f"{where}.any_of") for v in cond.any_of.values)
             out.append(Condition(key=cond.field, any_of=values))
         else:
@@ -130,21 +140,32 @@ def _range(rng: common_pb2.Range, name: str, field: str) -> Range:
     low = max((bounds.get("gte", -math.inf), bounds.get("gt", -math.inf)))
     high = min((bounds.get("lte", math.inf), bounds.get("lt", math.inf)))
     if low > high:
-        raise InvalidInput(f"range filter on {name!r} is empty: lower bound {low} is above upper bound {high}",
-                           field=field)
+        raise InvalidInput(
+            f"range filter on {name!r} is empty: lower bound {low} is above upper bound {high}", field=field
+        )
     return Range(**bounds)
 
 
 def item(payload: dict[str, Any], collection: str) -> common_pb2.Item:
     msg = common_pb2.Item(
-        id=payload.get("id", ""), modality=_MODALITY_TO_PROTO.get(Modality(payload.get("modality", "image"))),
-        sources=payload.get("sources", []), text=payload.get("text") or "", sha256=payload.get("sha256", ""),
-        model_id=payload.get("model_id", ""), model_version=payload.get("model_version", ""),
-        width=int(payload.get("width") or 0), height=int(payload.get("height") or 0),
-        created_at=float(payload.get("created_at") or 0), updated_at=float(payload.get("updated_at") or 0),
-        collection=collection, parent_id=payload.get("parent_id") or "", start_s=float(payload.get("start_s") or 0),
-        end_s=float(payload.get("end_s") or 0), language=payload.get("language") or "",
-        duration_s=float(payload.get("duration_s") or 0))
+        id=payload.get("id", ""),
+        modality=_MODALITY_TO_PROTO.get(Modality(payload.get("modality", "image"))),
+        sources=payload.get("sources", []),
+        text=payload.get("text") or "",
+        sha256=payload.get("sha256", ""),
+        model_id=payload.get("model_id", ""),
+        model_version=payload.get("model_version", ""),
+        width=int(payload.get("width") or 0),
+        height=int(payload.get("height") or 0),
+        created_at=float(payload.get("created_at") or 0),
+        updated_at=float(payload.get("updated_at") or 0),
+        collection=collection,
+        parent_id=payload.get("parent_id") or "",
+        start_s=float(payload.get("start_s") or 0),
+        end_s=float(payload.get("end_s") or 0),
+        language=payload.get("language") or "",
+        duration_s=float(payload.get("duration_s") or 0),
+    )
     if payload.get("meta"):
         msg.metadata.update(payload["meta"])
     return msg
@@ -164,8 +185,9 @@ def language(code: str, field: str = "language") -> str | None:
     if not code:
         return None
     if not re.match(r"^[a-z]{2,3}$", code):
-        raise InvalidInput(f"language {code[:20]!r} must be an ISO 639-1 code like 'en', or empty to detect it",
-                           field=field)
+        raise InvalidInput(
+            f"language {code[:20]!r} must be an ISO 639-1 code like 'en', or empty to detect it", field=field
+        )
     return code
 
 
@@ -179,26 +201,51 @@ def transcript_part(part) -> audio_pb2.TranscribeResponse:
     if hasattr(part, "loops_cut"):
         return audio_pb2.TranscribeResponse(controls=transcript_controls(part))
     if hasattr(part, "language_probability"):
-        return audio_pb2.TranscribeResponse(info=audio_pb2.TranscriptInfo(
-            language=part.language, language_probability=part.language_probability, duration_s=part.duration_s,
-            model_id=part.model_id))
-    words = [audio_pb2.Word(start_s=w.start, end_s=w.end, text=w.text.strip(), probability=w.probability)
-             for w in part.words]
-    return audio_pb2.TranscribeResponse(segment=audio_pb2.TranscriptSegment(
-        start_s=part.start, end_s=part.end, text=part.text, words=words, avg_logprob=part.avg_logprob,
-        no_speech_prob=part.no_speech_prob))
+        return audio_pb2.TranscribeResponse(
+            info=audio_pb2.TranscriptInfo(
+                language=part.language,
+                language_probability=part.language_probability,
+                duration_s=part.duration_s,
+                model_id=part.model_id,
+            )
+        )
+    words = [
+        audio_pb2.Word(start_s=w.start, end_s=w.end, text=w.text.strip(), probability=w.probability) for w in part.words
+    ]
+    return audio_pb2.TranscribeResponse(
+        segment=audio_pb2.TranscriptSegment(
+            start_s=part.start,
+            end_s=part.end,
+            text=part.text,
+            words=words,
+            avg_logprob=part.avg_logprob,
+            no_speech_prob=part.no_speech_prob,
+        )
+    )
 
 
-_VERDICTS = {"answered": qa_pb2.ANSWER_VERDICT_ANSWERED, "abstained": qa_pb2.ANSWER_VERDICT_ABSTAINED,
-             "blocked": qa_pb2.ANSWER_VERDICT_BLOCKED}
+_VERDICTS = {
+    "answered": qa_pb2.ANSWER_VERDICT_ANSWERED,
+    "abstained": qa_pb2.ANSWER_VERDICT_ABSTAINED,
+    "blocked": qa_pb2.ANSWER_VERDICT_BLOCKED,
+}
 
 
 def answer(a) -> qa_pb2.AskResponse:
     """An lmm.types.Answer as the wire message."""
     return qa_pb2.AskResponse(
-        text=a.text, citations=list(a.citations), verdict=_VERDICTS[a.verdict.value],
-        guards=[qa_pb2.GuardReport(guard=g.guard, passed=g.passed, reason=g.reason, action=g.action)
-                for g in a.guards],
-        model_id=a.model_id, prompt_version=a.prompt_version, timings_s=dict(a.timings), attempts=a.attempts,
-        cited=[qa_pb2.Citation(id=c.id, source=c.source, snippet=c.snippet, modality=c.modality,
-                               start_s=c.start_s, end_s=c.end_s) for c in a.cited])
+        text=a.text,
+        citations=list(a.citations),
+        verdict=_VERDICTS[a.verdict.value],
+        guards=[qa_pb2.GuardReport(guard=g.guard, passed=g.passed, reason=g.reason, action=g.action) for g in a.guards],
+        model_id=a.model_id,
+        prompt_version=a.prompt_version,
+        timings_s=dict(a.timings),
+        attempts=a.attempts,
+        cited=[
+            qa_pb2.Citation(
+                id=c.id, source=c.source, snippet=c.snippet, modality=c.modality, start_s=c.start_s, end_s=c.end_s
+            )
+            for c in a.cited
+        ],
+    )

@@ -70,13 +70,16 @@ def to_status(exc: BaseException) -> RpcStatus:
 
 def _bad_request(exc: InvalidInput) -> error_details_pb2.BadRequest:
     problems = exc.problems if isinstance(exc, BatchInvalid) else [exc]
-    return error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=p.field or "", description=p.reason) for p in problems])
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=p.field or "", description=p.reason) for p in problems
+        ]
+    )
 
 
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """Client side: (field, description) pairs from a failed call's BadRequest details."""
-    for key, value in (error.trailing_metadata() or ()):
+    for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             rich = status_pb2.Status.FromString(value)
             for detail in rich.details:

@@ -22,10 +22,16 @@ from encoders.common.errors import Overloaded
 
 # Which lane each RPC waits in. Health checks and Transcribe's stream pass through their own paths.
 LANES = {
-    "Count": "read", "GetItem": "read", "GetStatus": "read", "Delete": "index",
-    "SearchText": "search", "SearchImage": "search",
-    "IndexImages": "index", "IndexTexts": "index",
-    "IndexAudio": "audio", "Transcribe": "audio",
+    "Count": "read",
+    "GetItem": "read",
+    "GetStatus": "read",
+    "Delete": "index",
+    "SearchText": "search",
+    "SearchImage": "search",
+    "IndexImages": "index",
+    "IndexTexts": "index",
+    "IndexAudio": "audio",
+    "Transcribe": "audio",
     "Ask": "ask",
 }
 
@@ -88,10 +94,14 @@ class Admission:
 
     def _refusal(self, lane: _Lane, why: str) -> Overloaded:
         retry = self.retry_after_s(lane)
-        return Overloaded(f"the service is busy: {lane.limit} {lane.name} calls are running and {why}; "
-                          f"retry after {retry:g} s (admission.{lane.name} and admission.max_wait_s set the bounds)",
-                          retry_after_s=retry)
+        return Overloaded(
+            f"the service is busy: {lane.limit} {lane.name} calls are running and {why}; "
+            f"retry after {retry:g} s (admission.{lane.name} and admission.max_wait_s set the bounds)",
+            retry_after_s=retry,
+        )
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        return {name: {"limit": lane.limit, "running": lane.running, "waiting": lane.waiting}
-                for name, lane in self._lanes.items()}
+        return {
+            name: {"limit": lane.limit, "running": lane.running, "waiting": lane.waiting}
+            for name, lane in self._lanes.items()
+        }

@@ -20,8 +20,12 @@ from services.serve.deployments import (
 def build_app(args: dict[str, Any]) -> Application:
     """`args` are the application args from ray_config.yaml; LOUPE_* variables override them."""
     settings = load_settings(args)
-    logging.getLogger("loupe").info("building Loupe: profile=%s model=%s store=%s", settings.profile,
-                                     settings.clip_model, settings.qdrant_url or settings.data_dir)
+    logging.getLogger("loupe").info(
+        "building Loupe: profile=%s model=%s store=%s",
+        settings.profile,
+        settings.clip_model,
+        settings.qdrant_url or settings.data_dir,
+    )
     encoder = EncoderDeployment.bind(settings)
     index = IndexDeployment.bind(settings)
     transcriber = TranscriberDeployment.bind(settings) if settings.audio else None

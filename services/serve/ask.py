@@ -36,25 +36,45 @@ class AnswerWorker:
         from lmm.prompts import load_prompt, render
 
         a = settings.ask
-        self.vlm = create_vlm(VlmOptions(backend=a.backend, model=settings.vlm_model, device=a.device,
-                                         max_new_tokens=a.max_new_tokens, base_url=a.base_url))
+        self.vlm = create_vlm(
+            VlmOptions(
+                backend=a.backend,
+                model=settings.vlm_model,
+                device=a.device,
+                max_new_tokens=a.max_new_tokens,
+                base_url=a.base_url,
+            )
+        )
         getattr(self.vlm, "load", lambda: None)()
         engine = settings.ocr.engine or None
-        self.ocr = create_ocr(engine, OcrOptions(**({"engine": engine} if engine else {}),
-                                                 threads=settings.ocr.threads)).load()
+        self.ocr = create_ocr(
+            engine, OcrOptions(**({"engine": engine} if engine else {}), threads=settings.ocr.threads)
+        ).load()
         self.encoder, self.index = encoder, index
         self.modalities = tuple(Modality(m) for m in a.retrieval_modalities)
         self.min_score = a.retrieval_min_score
         self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
         template = load_prompt(a.prompt)
-        options = AskOptions(max_images=a.max_images, max_question_chars=a.max_question_chars,
-                             max_answer_chars=a.max_answer_chars, max_new_tokens=a.max_new_tokens,
-                             max_attempts=a.max_attempts, blocked_words=tuple(a.blocked_words),
-                             out_of_scope_topics=tuple(a.out_of_scope_topics), answer_pii=a.answer_pii,
-                             max_image_bytes=settings.limits.image_max_bytes, max_pixels=settings.limits.image_max_pixels)
-        self.pipeline = AskPipeline(self.vlm, ocr=lambda image: self.ocr.read(image).text, retriever=self._retrieve,
-                                    prompt_renderer=lambda q, images: render(template, q, images), options=options,
-                                    judge=self._judge(a))
+        options = AskOptions(
+            max_images=a.max_images,
+            max_question_chars=a.max_question_chars,
+            max_answer_chars=a.max_answer_chars,
+            max_new_tokens=a.max_new_tokens,
+            max_attempts=a.max_attempts,
+            blocked_words=tuple(a.blocked_words),
+            out_of_scope_topics=tuple(a.out_of_scope_topics),
+            answer_pii=a.answer_pii,
+            max_image_bytes=settings.limits.image_max_bytes,
+            max_pixels=settings.limits.image_max_pixels,
+        )
+        self.pipeline = AskPipeline(
+            self.vlm,
+            ocr=lambda image: self.ocr.read(image).text,
+            retriever=self._retrieve,
+            prompt_renderer=lambda q, images: render(template, q, images),
+            options=options,
+            judge=self._judge(a),
+        )
 
     def _judge(self, a):
         from lmm.judge import Judge
@@ -64,8 +84,15 @@ class AnswerWorker:
             return None
         if a.judge == "same":
             return Judge(self.vlm)
-        model = create_vlm(VlmOptions(backend=a.judge, model=a.judge_model or a.model or self.vlm.model_id,
-                                      device=a.device, max_new_tokens=8, base_url=a.judge_base_url))
+        model = create_vlm(
+            VlmOptions(
+                backend=a.judge,
+                model=a.judge_model or a.model or self.vlm.model_id,
+                device=a.device,
+                max_new_tokens=8,
+                base_url=a.judge_base_url,
+            )
+        )
         getattr(model, "load", lambda: None)()
         return Judge(model)
 
@@ -77,17 +104,28 @@ class AnswerWorker:
         answer = await self.pipeline.ask_async(question, images, k, filters=retrieval)
         # Model and prompt version go to the log with every answer (never the question: it may hold PII).
         failed = [g.guard for g in answer.guards if not g.passed]
-        log.info("ask: verdict=%s model=%s prompt=%s attempts=%d citations=%d failed_guards=%s timings=%s",
-                 answer.verdict.value, answer.model_id, answer.prompt_version, answer.attempts,
-                 len(answer.citations), ",".join(failed) or "-",
-                 " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())))
+        log.info(
+            "ask: verdict=%s model=%s prompt=%s attempts=%d citations=%d failed_guards=%s timings=%s",
+            answer.verdict.value,
+            answer.model_id,
+            answer.prompt_version,
+            answer.attempts,
+            len(answer.citations),
+            ",".join(failed) or "-",
+            " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())),
+        )
         return answer
 
     async def _retrieve(self, question: str, k: int, filters: SearchQuery) -> list[ContextImage]:
         """Context for the question: indexed images, texts and transcript segments found with the
         (masked) question in the request's mode, above a relevance floor (see `_relevant`)."""
-        query = replace(filters, limit=k, offset=0, modalities=self.modalities,
-                        score_threshold=self.min_score if filters.mode == SearchMode.DENSE.value else None)
+        query = replace(
+            filters,
+            limit=k,
+            offset=0,
+            modalities=self.modalities,
+            score_threshold=self.min_score if filters.mode == SearchMode.DENSE.value else None,
+        )
         info = await self.encoder.info()
         vector = (await self.encoder.encode_texts([question])).vectors[0] if query.needs_vector else None
         query = query.with_vectors(vector, query_vector(question) if query.needs_keywords else None)
@@ -102,9 +140,15 @@ class AnswerWorker:
     def _context_item(self, p: dict) -> ContextImage:
         modality = p.get("modality") or Modality.IMAGE.value
         pixels = self._pixels(p) if modality == Modality.IMAGE.value else _NO_PIXELS
-        return ContextImage(id=p["id"], image=pixels, ocr_text=p.get("text") or "",
-                            source=(p.get("sources") or [""])[0], modality=modality,
-                            start_s=p.get("start_s"), end_s=p.get("end_s"))
+        return ContextImage(
+            id=p["id"],
+            image=pixels,
+            ocr_text=p.get("text") or "",
+            source=(p.get("sources") or [""])[0],
+            modality=modality,
+            start_s=p.get("start_s"),
+            end_s=p.get("end_s"),
+        )
 
     def _pixels(self, payload: dict) -> Image.Image:
         """The item's image when a source is a file under an allowed root, else a grey tile."""

@@ -25,8 +25,7 @@ from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, Tran
 
 log = logging.getLogger("loupe")
 
-HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService",
-                   "loupe.v1.QAService")
+HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService", "loupe.v1.QAService")
 
 
 @serve.deployment(name="Encoder")
@@ -153,9 +152,13 @@ class Ingress:
     def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
         self.settings = settings
         self._transcriber = transcriber
-        self.api = LoupeApi(settings, HandleCalls(encoder), HandleCalls(index),
-                            HandleCalls(transcriber) if transcriber is not None else None,
-                            HandleCalls(answerer) if answerer is not None else None)
+        self.api = LoupeApi(
+            settings,
+            HandleCalls(encoder),
+            HandleCalls(index),
+            HandleCalls(transcriber) if transcriber is not None else None,
+            HandleCalls(answerer) if answerer is not None else None,
+        )
         self.admission = Admission(settings.admission.lanes(), settings.admission.max_wait_s)
 
     async def _run(self, call, request, grpc_context, empty, rpc: str):
@@ -183,8 +186,9 @@ class Ingress:
         return await self._run(self.api.index_texts, request, grpc_context, index_pb2.IndexResponse(), "IndexTexts")
 
     async def IndexAudio(self, request, grpc_context):
-        return await self._run(self.api.index_audio, request, grpc_context, index_pb2.IndexAudioResponse(),
-                               "IndexAudio")
+        return await self._run(
+            self.api.index_audio, request, grpc_context, index_pb2.IndexAudioResponse(), "IndexAudio"
+        )
 
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
@@ -252,6 +256,6 @@ def _set_status(grpc_context, exc: BaseException) -> None:
 def _split(results: list, sizes: list[int]) -> list[list]:
     out, start = [], 0
     for size in sizes:
-        out.append(results[start:start + size])
+        out.append(results[start : start + size])
         start += size
     return out

@@ -34,8 +34,9 @@ class EncoderInfo:
     profile: str
 
     def schema(self) -> CollectionSchema:
-        return CollectionSchema(vector_name=VECTOR_NAME, dim=self.dim, model_id=self.model_id,
-                                model_version=self.model_version)
+        return CollectionSchema(
+            vector_name=VECTOR_NAME, dim=self.dim, model_id=self.model_id, model_version=self.model_version
+        )
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class EncoderWorker:
         self.clip = ClipEncoder(settings.clip_options()).load()
         self.image_limits = settings.limits.image_limits()
         self.text_reader = TextReader(settings.ocr.mode, settings.ocr.engine, settings.ocr.threads).load()
-        self._info = EncoderInfo(self.clip.model_id, self.clip.model_version, self.clip.dim,
-                                 self.clip.context_length, settings.profile)
+        self._info = EncoderInfo(
+            self.clip.model_id, self.clip.model_version, self.clip.dim, self.clip.context_length, settings.profile
+        )
 
     def info(self) -> EncoderInfo:
         return self._info
@@ -99,8 +101,9 @@ class TranscriberWorker:
         from encoders.whisper.transcribe import create_transcriber
 
         self.options = settings.transcribe_options()
-        self.transcriber = create_transcriber(settings.transcriber.backend, settings.transcriber.spec,
-                                              self.options).load()
+        self.transcriber = create_transcriber(
+            settings.transcriber.backend, settings.transcriber.spec, self.options
+        ).load()
         self.limits = settings.limits.audio_limits()
 
     def model_id(self) -> str:
@@ -113,8 +116,11 @@ class TranscriberWorker:
         from encoders.audio.decode import decode_audio
 
         audio = decode_audio(data, self.limits)
-        options = replace(self.options, language=language or None,
-                          word_timestamps=self.options.word_timestamps if word_timestamps is None else word_timestamps)
+        options = replace(
+            self.options,
+            language=language or None,
+            word_timestamps=self.options.word_timestamps if word_timestamps is None else word_timestamps,
+        )
         info, segments = self.transcriber.transcribe(audio.samples, options)
         return info, segments, audio.sha256
 
@@ -168,8 +174,9 @@ class IndexWorker:
         from indexing.index import Index
 
         self.backend = "qdrant-client" if settings.qdrant_url else "qdrant-edge"
-        self.index = Index(open_store(data_dir=settings.data_dir, url=settings.qdrant_url,
-                                      api_key=settings.qdrant_api_key))
+        self.index = Index(
+            open_store(data_dir=settings.data_dir, url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+        )
         self.optimizer = Optimizer(self.index, settings.optimize_after_points)
 
     def ping(self) -> str:

@@ -40,9 +40,23 @@ def _seed_legacy_collection(data_dir: Path) -> None:
     index = Index(open_store(data_dir=str(data_dir)))
     index.ensure_collection(LEGACY_COLLECTION, schema)
     vector = np.ones(32, np.float32) / np.sqrt(32)
-    index.upsert(LEGACY_COLLECTION, [NewItem(public_id="old-1", sha256="0" * 64, modality=Modality.TEXT,
-                                             vector=vector, source="legacy", metadata={}, text="old",
-                                             width=None, height=None)], schema)
+    index.upsert(
+        LEGACY_COLLECTION,
+        [
+            NewItem(
+                public_id="old-1",
+                sha256="0" * 64,
+                modality=Modality.TEXT,
+                vector=vector,
+                source="legacy",
+                metadata={},
+                text="old",
+                width=None,
+                height=None,
+            )
+        ],
+        schema,
+    )
     index.store.close()
 
 
@@ -51,8 +65,10 @@ def service(tmp_path_factory) -> Service:
     root = tmp_path_factory.mktemp("loupe")
     data_dir = root / "data"
     _seed_legacy_collection(data_dir)
-    env = {"LOUPE_LIMITS__AUDIO_MAX_DURATION_S": str(AUDIO_MAX_DURATION_S),
-           "LOUPE_LIMITS__AUDIO_MAX_BYTES": str(AUDIO_MAX_BYTES)}
+    env = {
+        "LOUPE_LIMITS__AUDIO_MAX_DURATION_S": str(AUDIO_MAX_DURATION_S),
+        "LOUPE_LIMITS__AUDIO_MAX_BYTES": str(AUDIO_MAX_BYTES),
+    }
     args = ["--bundled-models", "--data-dir", str(data_dir)]
     with ServiceProcess(args, log_path=root / "serve.log", env=env) as proc:
         yield Service(proc.target, data_dir, proc)

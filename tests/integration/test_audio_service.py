@@ -36,8 +36,9 @@ def recordings(service):
     out = {}
     with service.client(timeout_s=300) as client:
         for name in SPEECH + ["silence_60s.flac", "music_chords_10s.flac"]:
-            out[name] = client.index_audio((AUDIO / name).read_bytes(), source=name, collection=COLLECTION,
-                                           metadata={"queue": "support"})
+            out[name] = client.index_audio(
+                (AUDIO / name).read_bytes(), source=name, collection=COLLECTION, metadata={"queue": "support"}
+            )
     return out
 
 
@@ -69,8 +70,7 @@ def test_silence_and_music_yield_no_segments(recordings):
 def test_a_query_finds_the_moment_it_was_said(service, recordings, name):
     query = QUERIES[name]
     with service.client() as client:
-        result = client.search_text(query, mode="hybrid", modalities=["audio_segment"], limit=3,
-                                    collection=COLLECTION)
+        result = client.search_text(query, mode="hybrid", modalities=["audio_segment"], limit=3, collection=COLLECTION)
         words = list(client.transcribe((AUDIO / name).read_bytes(), word_timestamps=True))[1:-1]
     top = result.hits[0].item
     assert top.parent_id == recordings[name].id and top.sources == [name]
@@ -136,8 +136,7 @@ def test_bad_audio_is_rejected(service, recordings, case):
     data = make()
     with service.client() as client:
         before = client.count(collection=COLLECTION)
-        for call in (lambda: client.index_audio(data, collection=COLLECTION),
-                     lambda: list(client.transcribe(data))):
+        for call in (lambda: client.index_audio(data, collection=COLLECTION), lambda: list(client.transcribe(data))):
             with pytest.raises(LoupeCallError) as info:
                 call()
             assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value

@@ -25,17 +25,36 @@ pytestmark = pytest.mark.slow
 N_IMAGES = 2500
 
 
-def loupe_batch(source: Path, data_dir: Path, *extra: str, errors: Path | None = None,
-                summary: Path | None = None) -> subprocess.Popen:
+def loupe_batch(
+    source: Path, data_dir: Path, *extra: str, errors: Path | None = None, summary: Path | None = None
+) -> subprocess.Popen:
     errors = errors or data_dir.parent / "errors.jsonl"
     summary = summary or data_dir.parent / "summary.json"
-    cmd = [sys.executable, "-m", "services.cli.main", "index", "--batch", str(source), "--bundled-models",
-           "--data-dir", str(data_dir), "--errors", str(errors), "--summary-json", str(summary),
-           "--progress-every", "1", "--ocr", "never", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "index",
+        "--batch",
+        str(source),
+        "--bundled-models",
+        "--data-dir",
+        str(data_dir),
+        "--errors",
+        str(errors),
+        "--summary-json",
+        str(summary),
+        "--progress-every",
+        "1",
+        "--ocr",
+        "never",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Its own session, so the kill below reaches the local Ray it starts as well.
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
@@ -151,8 +170,12 @@ def test_broken_rows_go_to_the_report_and_the_rest_is_indexed(tmp_path):
         good.append({"uri": f"ok-{i}.jpg", "price": float(i)})
     (root / "garbage.jpg").write_bytes(b"\x00" * 300)
     (root / "truncated.jpg").write_bytes(image_bytes(99, 64, seed=5)[:400])
-    rows = good + [{"uri": "missing.jpg", "price": 1.0}, {"uri": "garbage.jpg", "price": 2.0},
-                   {"uri": "truncated.jpg", "price": 3.0}, {"uri": "ok-0.jpg", "price": "cheap"}]
+    rows = good + [
+        {"uri": "missing.jpg", "price": 1.0},
+        {"uri": "garbage.jpg", "price": 2.0},
+        {"uri": "truncated.jpg", "price": 3.0},
+        {"uri": "ok-0.jpg", "price": "cheap"},
+    ]
     write_manifest(root / "m.jsonl", rows)
     errors = tmp_path / "errors.jsonl"
     code, out = finish(loupe_batch(root / "m.jsonl", tmp_path / "data", errors=errors))
@@ -222,8 +245,7 @@ def test_audio_files_in_a_folder_are_transcribed_and_indexed(tmp_path):
     assert len(by_modality["image"]) == 1 and len(by_modality["audio"]) == 1
     recording = by_modality["audio"][0]
     assert "printer" in recording["text"].lower() and recording["duration_s"] > 3
-    assert by_modality["audio_segment"] and all(s["parent_id"] == recording["id"]
-                                                for s in by_modality["audio_segment"])
+    assert by_modality["audio_segment"] and all(s["parent_id"] == recording["id"] for s in by_modality["audio_segment"])
 
 
 def _other_model(tmp_path: Path) -> Path:
@@ -252,8 +274,11 @@ def test_reembedding_into_a_new_vector_then_switch(tmp_path):
     # A second model without --new-vector is refused before anything is written.
     code, out = finish(loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}"))
     assert code == 2 and "bundled:tiny-clip" in out, out
-    code, out = finish(loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}", "--vector", "clip_v2",
-                                   "--new-vector", "--switch"))
+    code, out = finish(
+        loupe_batch(
+            cat.manifest, data, "--model", f"local-dir:{model}", "--vector", "clip_v2", "--new-vector", "--switch"
+        )
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code == 0 and summary["counts"]["indexed"] == 40 and summary["points"] == 40, out
     assert "now the active one (was 'clip')" in out, out
@@ -267,7 +292,8 @@ def test_reembedding_into_a_new_vector_then_switch(tmp_path):
     finally:
         index.close()
     # And again: nothing left to encode for the new model.
-    code, out = finish(loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}", "--vector", "clip_v2",
-                                   "--new-vector"))
+    code, out = finish(
+        loupe_batch(cat.manifest, data, "--model", f"local-dir:{model}", "--vector", "clip_v2", "--new-vector")
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code == 0 and summary["counts"]["skipped"] == 40, out

@@ -45,8 +45,13 @@ def cluster(tmp_path, monkeypatch):
             # Each node in its own session: its daemons stay in that process group, so the
             # teardown stops this cluster only (`ray stop` would stop every Ray here, the
             # service other tests run on included).
-            start = subprocess.Popen([RAY, "start", *extra, *common], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            start = subprocess.Popen(
+                [RAY, "start", *extra, *common],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
             groups.append(start.pid)
             out, _ = start.communicate(timeout=120)
             assert start.returncode == 0, out
@@ -65,8 +70,9 @@ def _short_temp_dir() -> str:
 
 
 def _alive_nodes(address: str) -> int:
-    code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); " \
-           "print(sum(n['Alive'] for n in ray.nodes()))"
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -76,10 +82,29 @@ def test_batch_on_a_cluster_into_qdrant_client(cluster, tmp_path):
     cat = make_catalog(tmp_path / "cat", N_IMAGES, size=48, kind="parquet")
     qdrant_dir = tmp_path / "qdrant"
     summary_path = tmp_path / "summary.json"
-    cmd = [sys.executable, "-m", "services.cli.main", "index", "--batch", str(cat.manifest), "--bundled-models",
-           "--address", cluster, "--qdrant-path", str(qdrant_dir), "--collection", "catalog", "--ocr", "never",
-           "--errors", str(tmp_path / "errors.jsonl"), "--summary-json", str(summary_path),
-           "--actors", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "index",
+        "--batch",
+        str(cat.manifest),
+        "--bundled-models",
+        "--address",
+        cluster,
+        "--qdrant-path",
+        str(qdrant_dir),
+        "--collection",
+        "catalog",
+        "--ocr",
+        "never",
+        "--errors",
+        str(tmp_path / "errors.jsonl"),
+        "--summary-json",
+        str(summary_path),
+        "--actors",
+        "1",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads(summary_path.read_text())

@@ -44,8 +44,18 @@ def test_index_search_status_delete(service, folder, capsys):
     assert code == 0 and "bundled:tiny-clip" in out
     assert out.splitlines()[1].split()[2] == "image" and "circle.png" in out.splitlines()[1]
 
-    code, out, _ = run(service, capsys, "search", "--image", str(folder / "nested" / "star.png"),
-                       "--collection", "cli", "--limit", "1", "--json")
+    code, out, _ = run(
+        service,
+        capsys,
+        "search",
+        "--image",
+        str(folder / "nested" / "star.png"),
+        "--collection",
+        "cli",
+        "--limit",
+        "1",
+        "--json",
+    )
     assert code == 0 and "star.png" in out and len(out.splitlines()) == 1
 
     code, out, _ = run(service, capsys, "status")

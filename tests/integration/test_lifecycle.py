@@ -56,9 +56,23 @@ def test_missing_weights_end_start_up_with_the_reason(tmp_path):
     empty = tmp_path / "no-weights"
     empty.mkdir()
     start = time.monotonic()
-    done = subprocess.run([*SERVE, "--bundled-models", "--model", str(empty), "--data-dir", str(tmp_path / "data"),
-                           "--port", str(_free_port()), "--http-port", str(_free_port())],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *SERVE,
+            "--bundled-models",
+            "--model",
+            str(empty),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(_free_port()),
+            "--http-port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     took = time.monotonic() - start
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("loupe: cannot start:")]
@@ -71,8 +85,12 @@ def test_a_served_port_is_refused_and_the_first_service_keeps_its_data(service, 
     with service.client() as client:
         before = client.status()
     start = time.monotonic()
-    done = subprocess.run([*SERVE, "--bundled-models", "--data-dir", str(tmp_path / "other"), "--port", str(port)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*SERVE, "--bundled-models", "--data-dir", str(tmp_path / "other"), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and time.monotonic() - start < 30
     assert f"port {port} is already served" in done.stderr and "--port" in done.stderr
     with service.client() as client:

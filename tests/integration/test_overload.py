@@ -78,8 +78,9 @@ def test_search_flood_ends_in_ok_or_refusal_within_seconds(tight_service):
 
     with LoupeClient(tight_service.target) as client:
         client.index_texts([TextInput(f"a red circle number {i}") for i in range(20)], collection="flood")
-    request = search_pb2.SearchTextRequest(query="a red circle",
-                                           options=search_pb2.SearchOptions(collection="flood", limit=5))
+    request = search_pb2.SearchTextRequest(
+        query="a red circle", options=search_pb2.SearchOptions(collection="flood", limit=5)
+    )
 
     def caller(_):
         outcomes = []

@@ -32,13 +32,22 @@ def catalog(service):
     with service.client() as client:
         image_ids, caption_ids = [], []
         for start in range(0, N, 50):
-            items = [ImageInput(images[i], source=f"shape-{i}.png",
-                                metadata={"n": i, "shape": captions[i].split()[2], "even": i % 2 == 0})
-                     for i in range(start, min(N, start + 50))]
+            items = [
+                ImageInput(
+                    images[i],
+                    source=f"shape-{i}.png",
+                    metadata={"n": i, "shape": captions[i].split()[2], "even": i % 2 == 0},
+                )
+                for i in range(start, min(N, start + 50))
+            ]
             image_ids += [pid for pid, _ in client.index_images(items, collection=COLLECTION)]
-            caption_ids += [pid for pid, _ in client.index_texts(
-                [TextInput(captions[i], source=f"caption-{i}") for i in range(start, min(N, start + 50))],
-                collection=COLLECTION)]
+            caption_ids += [
+                pid
+                for pid, _ in client.index_texts(
+                    [TextInput(captions[i], source=f"caption-{i}") for i in range(start, min(N, start + 50))],
+                    collection=COLLECTION,
+                )
+            ]
     return {"images": images, "captions": captions, "image_ids": image_ids, "caption_ids": caption_ids}
 
 
@@ -83,9 +92,13 @@ def test_image_to_image_finds_the_same_picture_first(service, catalog):
 
 def test_image_to_text_returns_the_caption(service, catalog):
     with service.client() as client:
-        right = sum(client.search_image(catalog["images"][i], limit=1, modalities=["text"],
-                                        collection=COLLECTION).hits[0].item.text == catalog["captions"][i]
-                    for i in range(N))
+        right = sum(
+            client.search_image(catalog["images"][i], limit=1, modalities=["text"], collection=COLLECTION)
+            .hits[0]
+            .item.text
+            == catalog["captions"][i]
+            for i in range(N)
+        )
     print(f"image->text over gRPC: top-1 {right / N:.3f}")
     assert right / N >= 0.6
 
@@ -105,8 +118,9 @@ def test_filters_paging_and_threshold(service, catalog):
         evens = client.search_text("a shape", limit=50, where={"even": True, "n": [1, 2, 3, 4]}, collection=COLLECTION)
         assert sorted(h.item.metadata["n"] for h in evens) == [2, 4]
         page1 = client.search_text("a blue square", limit=5, modalities=["image"], collection=COLLECTION)
-        page2 = client.search_text("a blue square", limit=5, offset=page1.next_offset, modalities=["image"],
-                                   collection=COLLECTION)
+        page2 = client.search_text(
+            "a blue square", limit=5, offset=page1.next_offset, modalities=["image"], collection=COLLECTION
+        )
         assert page1.next_offset == 5 and not {h.id for h in page1} & {h.id for h in page2}
         high = client.search_text("a blue square", limit=100, score_threshold=0.5, collection=COLLECTION)
         assert all(h.score >= 0.5 for h in high)
@@ -116,8 +130,10 @@ def test_filters_paging_and_threshold(service, catalog):
 def test_reindexing_is_idempotent_and_keeps_both_sources(service, catalog):
     with service.client() as client:
         before = client.count(collection=COLLECTION)
-        [(pid, created)] = client.index_images([ImageInput(catalog["images"][7], source="copy/of/shape-7.png",
-                                                           metadata={"extra": "yes"})], collection=COLLECTION)
+        [(pid, created)] = client.index_images(
+            [ImageInput(catalog["images"][7], source="copy/of/shape-7.png", metadata={"extra": "yes"})],
+            collection=COLLECTION,
+        )
         assert (pid, created) == (catalog["image_ids"][7], False)
         assert client.count(collection=COLLECTION) == before
         item = client.get(pid, collection=COLLECTION)
@@ -128,8 +144,9 @@ def test_reindexing_is_idempotent_and_keeps_both_sources(service, catalog):
 
 def test_caller_ids_get_and_delete(service):
     with service.client() as client:
-        [(pid, created)] = client.index_texts([TextInput("a green star on a black background", id="sku-1",
-                                                         metadata={"price": 3.5})], collection="ids")
+        [(pid, created)] = client.index_texts(
+            [TextInput("a green star on a black background", id="sku-1", metadata={"price": 3.5})], collection="ids"
+        )
         assert (pid, created) == ("sku-1", True)
         assert client.get("sku-1", collection="ids").text == "a green star on a black background"
         client.index_texts([TextInput("a red ring", id="sku-2", metadata={"price": 9})], collection="ids")

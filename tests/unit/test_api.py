@@ -41,8 +41,9 @@ def _png(img) -> bytes:
 
 def test_index_then_search_each_way(api):
     pairs = make_pairs(6, seed=777, size=64, distinct=True)
-    req = index_pb2.IndexImagesRequest(items=[index_pb2.ImageItem(data=_png(img), source=f"{i}.png")
-                                              for i, (img, _) in enumerate(pairs)])
+    req = index_pb2.IndexImagesRequest(
+        items=[index_pb2.ImageItem(data=_png(img), source=f"{i}.png") for i, (img, _) in enumerate(pairs)]
+    )
     stored = run(api.index_images(req))
     assert stored.model_id == "bundled:tiny-clip" and all(it.created for it in stored.items)
     assert all(it.id.startswith("sha256:") for it in stored.items)
@@ -59,8 +60,13 @@ def test_index_then_search_each_way(api):
 
 def test_a_bad_item_stores_nothing(api):
     good = _png(make_pairs(1, seed=1)[0][0])
-    req = index_pb2.IndexImagesRequest(items=[index_pb2.ImageItem(data=good), index_pb2.ImageItem(data=b""),
-                                              index_pb2.ImageItem(data=bad_media.truncated_jpeg())])
+    req = index_pb2.IndexImagesRequest(
+        items=[
+            index_pb2.ImageItem(data=good),
+            index_pb2.ImageItem(data=b""),
+            index_pb2.ImageItem(data=bad_media.truncated_jpeg()),
+        ]
+    )
     with pytest.raises(BatchInvalid) as info:
         run(api.index_images(req))
     assert [p.field for p in info.value.problems] == ["items[1].data", "items[2].data"]
@@ -72,8 +78,7 @@ def test_limits_and_options(api):
     run(api.index_texts(index_pb2.IndexTextsRequest(items=[index_pb2.TextItem(text="a red ring")])))
     for limit in (0, 101):
         with pytest.raises(InvalidInput, match="limit"):
-            run(api.search_text(search_pb2.SearchTextRequest(
-                query="x", options=search_pb2.SearchOptions(limit=limit))))
+            run(api.search_text(search_pb2.SearchTextRequest(query="x", options=search_pb2.SearchOptions(limit=limit))))
     with pytest.raises(InvalidInput, match="offset"):
         run(api.search_text(search_pb2.SearchTextRequest(query="x", options=search_pb2.SearchOptions(offset=995))))
     long = run(api.search_text(search_pb2.SearchTextRequest(query="ring " * 100)))
@@ -96,4 +101,6 @@ def test_other_model_collection_is_refused(api, tmp_path):
     other = CollectionSchema(vector_name="clip", dim=8, model_id="open_clip:elsewhere", model_version="1")
     run(api.index.add("old", other, []))
     with pytest.raises(ModelMismatch, match="elsewhere"):
-        run(api.search_text(search_pb2.SearchTextRequest(query="x", options=search_pb2.SearchOptions(collection="old"))))
+        run(
+            api.search_text(search_pb2.SearchTextRequest(query="x", options=search_pb2.SearchOptions(collection="old")))
+        )

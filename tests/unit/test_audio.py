@@ -74,22 +74,31 @@ def fed_seconds(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 BAD: list[tuple[str, Callable[[], bytes], AudioLimits, tuple[str, ...]]] = [
     ("empty", ba.empty_bytes, AudioLimits(), ("empty", "0 bytes")),
-    ("random", ba.random_bytes, AudioLimits(), ("not audio", "recognised container",
-                                                "00 b1 65", "WAV, MP3, FLAC")),
+    ("random", ba.random_bytes, AudioLimits(), ("not audio", "recognised container", "00 b1 65", "WAV, MP3, FLAC")),
     ("header-only WAV", ba.header_only_wav, AudioLimits(), ("WAV", "no decodable audio")),
     ("truncated FLAC", ba.truncated_flac, AudioLimits(), ("FLAC", "truncated or corrupt")),
     ("truncated Ogg", ba.truncated_ogg, AudioLimits(), ("Ogg", "truncated or corrupt")),
     ("truncated MP3", ba.truncated_mp3, AudioLimits(), ("MP3", "truncated or corrupt")),
-    ("MP4 video only", ba.video_without_audio, AudioLimits(),
-     ("MP4/M4A/MOV", "no audio stream", "video or other container", "1 video")),
-    ("MKV video only", lambda: ba.video_without_audio("matroska"), AudioLimits(),
-     ("Matroska/WebM", "no audio stream", "1 video")),
-    ("over byte cap", lambda: ba.over_byte_cap(10_000), AudioLimits(max_bytes=10_000),
-     ("10,002 bytes", "limit is 10,000 bytes")),
-    ("4 GHz WAV", ba.wav_huge_sample_rate, AudioLimits(),
-     ("sample rate", "4,000,000,000 Hz", "384,000 Hz")),
-    ("2 GHz WAV", lambda: ba.wav_huge_sample_rate(2_000_000_000), AudioLimits(),
-     ("sample rate", "2,000,000,000 Hz")),
+    (
+        "MP4 video only",
+        ba.video_without_audio,
+        AudioLimits(),
+        ("MP4/M4A/MOV", "no audio stream", "video or other container", "1 video"),
+    ),
+    (
+        "MKV video only",
+        lambda: ba.video_without_audio("matroska"),
+        AudioLimits(),
+        ("Matroska/WebM", "no audio stream", "1 video"),
+    ),
+    (
+        "over byte cap",
+        lambda: ba.over_byte_cap(10_000),
+        AudioLimits(max_bytes=10_000),
+        ("10,002 bytes", "limit is 10,000 bytes"),
+    ),
+    ("4 GHz WAV", ba.wav_huge_sample_rate, AudioLimits(), ("sample rate", "4,000,000,000 Hz", "384,000 Hz")),
+    ("2 GHz WAV", lambda: ba.wav_huge_sample_rate(2_000_000_000), AudioLimits(), ("sample rate", "2,000,000,000 Hz")),
     ("0 Hz WAV", ba.wav_zero_sample_rate, AudioLimits(), ("sample rate", "0 Hz")),
     ("0-channel WAV", ba.wav_zero_channels, AudioLimits(), ("0 channels", "1 to 32")),
     ("33 channels", lambda: ba.many_channels_wav(33), AudioLimits(), ("33 channels", "1 to 32")),
@@ -97,17 +106,23 @@ BAD: list[tuple[str, Callable[[], bytes], AudioLimits, tuple[str, ...]]] = [
     ("AVI", lambda: ba.other_format("avi"), AudioLimits(), ("AVI video", "not an accepted")),
     ("WMA", lambda: ba.other_format("wma"), AudioLimits(), ("ASF (WMA/WMV)",)),
     ("MIDI", lambda: ba.other_format("midi"), AudioLimits(), ("MIDI",)),
-    ("too long", lambda: ba.long_silence_flac(8), SHORT,
-     ("header declares 8 s", "limit is 5 s")),
-    ("header under-states", lambda: ba.lying_flac(8, declared_seconds=1), SHORT,
-     ("decodes to more than 5 s", "declares 1 s")),
-    ("header has no duration", lambda: ba.lying_flac(8, declared_seconds=0), SHORT,
-     ("decodes to more than 5 s", "declares no duration")),
+    ("too long", lambda: ba.long_silence_flac(8), SHORT, ("header declares 8 s", "limit is 5 s")),
+    (
+        "header under-states",
+        lambda: ba.lying_flac(8, declared_seconds=1),
+        SHORT,
+        ("decodes to more than 5 s", "declares 1 s"),
+    ),
+    (
+        "header has no duration",
+        lambda: ba.lying_flac(8, declared_seconds=0),
+        SHORT,
+        ("decodes to more than 5 s", "declares no duration"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("make", "limits", "words"), [b[1:] for b in BAD],
-                         ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(("make", "limits", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_input_is_rejected_with_a_reason(
     make: Callable[[], bytes], limits: AudioLimits, words: tuple[str, ...]
 ) -> None:
@@ -139,8 +154,7 @@ def test_default_duration_cap_rejects_from_the_header_without_decoding(
 
 
 @pytest.mark.parametrize("declared", [1, 0])
-def test_decoding_stops_at_the_cap_when_the_header_lies(declared: float,
-                                                        fed_seconds: list[float]) -> None:
+def test_decoding_stops_at_the_cap_when_the_header_lies(declared: float, fed_seconds: list[float]) -> None:
     data = ba.lying_flac(120, declared_seconds=declared)
     assert probe_audio(data, SHORT).declared_duration_s == (declared or None)
     assert "decodes to more than 5 s" in rejected(data, SHORT).reason
@@ -187,8 +201,7 @@ GOOD = [
 ]
 
 
-@pytest.mark.parametrize(("make", "container", "codec", "rate", "tolerance"), GOOD,
-                         ids=[g[0].__name__ for g in GOOD])
+@pytest.mark.parametrize(("make", "container", "codec", "rate", "tolerance"), GOOD, ids=[g[0].__name__ for g in GOOD])
 def test_good_formats_decode_to_16k_mono_float32(
     make: Callable[[float], bytes], container: str, codec: str, rate: int, tolerance: float
 ) -> None:
@@ -215,8 +228,7 @@ def test_probe_reads_headers_without_decoding(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(audio.av, "AudioResampler", refuse)
     info = probe_audio(ba.tone_flac(2.0))
-    assert (info.container, info.codec, info.sample_rate, info.channels) == ("flac", "flac",
-                                                                           16_000, 1)
+    assert (info.container, info.codec, info.sample_rate, info.channels) == ("flac", "flac", 16_000, 1)
     assert info.declared_duration_s == pytest.approx(2.0)
     with pytest.raises(InvalidInput, match="no audio stream"):
         probe_audio(ba.video_without_audio())

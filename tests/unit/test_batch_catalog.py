@@ -43,41 +43,56 @@ def test_manifest_metadata_is_typed(tmp_path, kind):
 
 def test_csv_types_are_inferred_from_first_value_or_declared(tmp_path):
     m = tmp_path / "m.csv"
-    m.write_text("path,size,ratio,flag,zip,day,tags\n"
-                 "a.jpg,3,0.5,true,00123,2024-05-01,\"[\"\"x\"\",\"\"y\"\"]\"\n"
-                 "b.jpg,4,1,false,00456,2024-05-02T10:00:00+02:00,[\"z\"]\n")
+    m.write_text(
+        "path,size,ratio,flag,zip,day,tags\n"
+        'a.jpg,3,0.5,true,00123,2024-05-01,"[""x"",""y""]"\n'
+        'b.jpg,4,1,false,00456,2024-05-02T10:00:00+02:00,["z"]\n'
+    )
     r1, r2 = _rows(m, column_types={"zip": "str"})
-    assert r1.metadata == {"size": 3, "ratio": 0.5, "flag": True, "zip": "00123", "day": "2024-05-01",
-                           "tags": ["x", "y"]}
+    assert r1.metadata == {
+        "size": 3,
+        "ratio": 0.5,
+        "flag": True,
+        "zip": "00123",
+        "day": "2024-05-01",
+        "tags": ["x", "y"],
+    }
     assert r2.metadata["ratio"] == 1.0 and r2.metadata["day"] == "2024-05-02T08:00:00Z"
 
 
 def test_broken_rows_fail_alone_with_stage_and_reason(tmp_path):
     m = tmp_path / "m.csv"
-    m.write_text("uri,price:float,n:int,added:date\n"
-                 "ok.jpg,1.5,1,2024-01-01\n"
-                 "bad-price.jpg,cheap,1,2024-01-01\n"
-                 "bad-date.jpg,2,1,yesterday\n"
-                 ",2,1,2024-01-01\n"
-                 "too,many,fields,here,extra\n"
-                 "\n"
-                 "ok2.jpg,,7,\n")
+    m.write_text(
+        "uri,price:float,n:int,added:date\n"
+        "ok.jpg,1.5,1,2024-01-01\n"
+        "bad-price.jpg,cheap,1,2024-01-01\n"
+        "bad-date.jpg,2,1,yesterday\n"
+        ",2,1,2024-01-01\n"
+        "too,many,fields,here,extra\n"
+        "\n"
+        "ok2.jpg,,7,\n"
+    )
     rows = _rows(m)
-    assert [(r.row, r.stage) for r in rows if r.error] == [(2, "metadata"), (3, "metadata"), (4, "manifest"),
-                                                          (5, "manifest")]
+    assert [(r.row, r.stage) for r in rows if r.error] == [
+        (2, "metadata"),
+        (3, "metadata"),
+        (4, "manifest"),
+        (5, "manifest"),
+    ]
     reasons = {r.row: r.error for r in rows if r.error}
     assert "'price' (float)" in reasons[2] and "cheap" in reasons[2]
     assert "ISO 8601" in reasons[3]
     assert "no URI" in reasons[4] and "5 fields" in reasons[5]
     good = [r for r in rows if not r.error]
-    assert [(r.row, r.metadata) for r in good] == [(1, {"price": 1.5, "n": 1, "added": "2024-01-01"}),
-                                                  (7, {"n": 7})]
+    assert [(r.row, r.metadata) for r in good] == [(1, {"price": 1.5, "n": 1, "added": "2024-01-01"}), (7, {"n": 7})]
 
 
 def test_jsonl_bad_lines_and_type_changes(tmp_path):
     m = tmp_path / "m.jsonl"
-    m.write_text('{"uri": "a.jpg", "n": 1}\n{not json}\n[1, 2]\n{"uri": "b.jpg", "n": "two"}\n'
-                 '{"uri": "c.jpg", "n": 3, "note": null}\n')
+    m.write_text(
+        '{"uri": "a.jpg", "n": 1}\n{not json}\n[1, 2]\n{"uri": "b.jpg", "n": "two"}\n'
+        '{"uri": "c.jpg", "n": 3, "note": null}\n'
+    )
     rows = _rows(m)
     assert [(r.row, r.stage) for r in rows if r.error] == [(2, "manifest"), (3, "manifest"), (4, "metadata")]
     assert rows[-1].metadata == {"n": 3}
@@ -118,8 +133,15 @@ def test_unusable_sources_raise(tmp_path):
 def test_convert_edges():
     assert catalog.convert("1|2", "list[int]") == [1, 2]
     assert catalog.convert(3, "float") == 3.0
-    for value, type_name in [(1.5, "int"), (True, "int"), ("nan", "float"), (2**64, "int"), ("maybe", "bool"),
-                             ({"a": 1}, "str"), ("x", "list[int]")]:
+    for value, type_name in [
+        (1.5, "int"),
+        (True, "int"),
+        ("nan", "float"),
+        (2**64, "int"),
+        ("maybe", "bool"),
+        ({"a": 1}, "str"),
+        ("x", "list[int]"),
+    ]:
         with pytest.raises(ValueError):
             catalog.convert(value, type_name)
     assert json.loads(json.dumps(catalog.convert("2024-05-01T10:00:00", "date"))) == "2024-05-01T10:00:00Z"

@@ -49,8 +49,16 @@ def test_read_decode_encode(clip, tmp_path):
     (tmp_path / "text.jpg").write_text("hello, not an image")
     (tmp_path / "cut.jpg").write_bytes(image_bytes(2, 64)[:300])
     (tmp_path / "big.jpg").write_bytes(b"\xff" * 5000)
-    uris = [str(good), str(tmp_path / "missing.jpg"), str(tmp_path / "empty.jpg"), str(tmp_path / "text.jpg"),
-            str(tmp_path / "cut.jpg"), "s3://bucket/x.jpg", str(tmp_path / "big.jpg"), f"file://{good}"]
+    uris = [
+        str(good),
+        str(tmp_path / "missing.jpg"),
+        str(tmp_path / "empty.jpg"),
+        str(tmp_path / "text.jpg"),
+        str(tmp_path / "cut.jpg"),
+        "s3://bucket/x.jpg",
+        str(tmp_path / "big.jpg"),
+        f"file://{good}",
+    ]
     read = stages.read_batch(_table([(u, {}) for u in uris]), max_bytes=4096, audio=True).to_pylist()
     reasons = [(r["status"], r["stage"], r["reason"]) for r in read]
     assert reasons[0] == (None, None, None) and read[0]["kind"] == "image"

@@ -18,20 +18,33 @@ SCHEMA = CollectionSchema(vector_name="clip", dim=4, model_id="test:model", mode
 
 
 def _row(content: bytes, uri: str, meta: dict | None = None) -> dict:
-    return {"sha256": hashlib.sha256(content).hexdigest(), "uri": uri, "meta": json.dumps(meta) if meta else "",
-            "status": ""}
+    return {
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "uri": uri,
+        "meta": json.dumps(meta) if meta else "",
+        "status": "",
+    }
 
 
 def _encoded(row: dict, seed: int) -> dict:
     v = np.random.default_rng(seed).normal(size=4).astype(np.float32)
-    return {**row, "vector": (v / np.linalg.norm(v)).tobytes(), "width": 8, "height": 8, "text": None,
-            "modality": "image"}
+    return {
+        **row,
+        "vector": (v / np.linalg.norm(v)).tobytes(),
+        "width": 8,
+        "height": 8,
+        "text": None,
+        "modality": "image",
+    }
 
 
 @pytest.fixture(params=["edge", "qdrant-local"])
 def spec(request, tmp_path):
-    return StoreSpec(data_dir=str(tmp_path / "edge")) if request.param == "edge" else \
-        StoreSpec(qdrant_path=str(tmp_path / "qdrant"))
+    return (
+        StoreSpec(data_dir=str(tmp_path / "edge"))
+        if request.param == "edge"
+        else StoreSpec(qdrant_path=str(tmp_path / "qdrant"))
+    )
 
 
 def test_plan_then_write_then_plan_again(spec):
@@ -40,7 +53,9 @@ def test_plan_then_write_then_plan_again(spec):
     planned = writer.plan([dict(a), dict(b)])
     assert [r["status"] for r in planned] == ["", ""] and not any(r["known"] for r in planned)
     copy_of_a = _row(b"a", "/x/copy.jpg")
-    outcomes = writer.write([_encoded(planned[0], 1), _encoded(planned[1], 2), _encoded(dict(copy_of_a, known=False), 1)])
+    outcomes = writer.write(
+        [_encoded(planned[0], 1), _encoded(planned[1], 2), _encoded(dict(copy_of_a, known=False), 1)]
+    )
     assert [o["status"] for o in outcomes] == ["indexed", "indexed", "duplicate"]
     assert writer.describe()["points"] == 2
     again = writer.plan([dict(a), dict(b), _row(b"a", "/x/a.jpg", {"colour": "green"}), _row(b"b", "/y/b2.jpg")])
@@ -93,8 +108,12 @@ def test_error_report_lines(tmp_path):
     report = ErrorReport(str(tmp_path / "e.jsonl"))
     report.add({"uri": "/a.jpg", "row": 3, "stage": "decode", "reason": "truncated"})
     report.close()
-    assert json.loads((tmp_path / "e.jsonl").read_text()) == {"uri": "/a.jpg", "row": 3, "stage": "decode",
-                                                              "reason": "truncated"}
+    assert json.loads((tmp_path / "e.jsonl").read_text()) == {
+        "uri": "/a.jpg",
+        "row": 3,
+        "stage": "decode",
+        "reason": "truncated",
+    }
 
 
 def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
@@ -115,8 +134,20 @@ def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
     rows = [_row(p.read_bytes(), str(p)) for p in files]
     old.write([_encoded(dict(r, known=False), i) for i, r in enumerate(rows)])
     vec = np.ones(4, np.float32) / 2
-    old.index.upsert("cat", [NewItem(public_id="note-1", sha256="ab" * 32, modality=Modality.TEXT, vector=vec,
-                                     text="a red circle on a blue background", source="crm")], SCHEMA)
+    old.index.upsert(
+        "cat",
+        [
+            NewItem(
+                public_id="note-1",
+                sha256="ab" * 32,
+                modality=Modality.TEXT,
+                vector=vec,
+                text="a red circle on a blue background",
+                source="crm",
+            )
+        ],
+        SCHEMA,
+    )
     old.close()
 
     clip_options = ClipOptions(model="bundled:tiny-clip", device="cpu", threads=1)
@@ -129,8 +160,9 @@ def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
     from PIL import Image
 
     vector = clip.encode_images([Image.open(files[0]).convert("RGB")])[0]
-    assert writer.write([{**planned[0], "vector": vector.tobytes(), "width": 40, "height": 40, "text": None,
-                          "modality": "image"}]) == [{"status": "indexed"}]
+    assert writer.write(
+        [{**planned[0], "vector": vector.tobytes(), "width": 40, "height": 40, "text": None, "modality": "image"}]
+    ) == [{"status": "indexed"}]
     assert "incomplete: 3 item(s)" in writer.complete(switch=True)
     assert writer.catch_up(clip_options, ImageLimits()) == []
     assert "now the active one (was 'clip')" in writer.complete(switch=True)
@@ -140,8 +172,13 @@ def test_reembedding_fills_a_new_vector_then_switches(spec, tmp_path):
     query = clip.encode_images([Image.open(files[2]).convert("RGB")])[0]
     hits = index.search("cat", query, limit=1, vector_name="clip_v2")
     assert hits[0][0]["sources"] == [str(files[2])] and hits[0][1] > 0.99
-    text_hit = index.search("cat", clip.encode_texts(["a red circle on a blue background"]).vectors[0], limit=1,
-                            vector_name="clip_v2", modalities=(Modality.TEXT,))
+    text_hit = index.search(
+        "cat",
+        clip.encode_texts(["a red circle on a blue background"]).vectors[0],
+        limit=1,
+        vector_name="clip_v2",
+        modalities=(Modality.TEXT,),
+    )
     assert text_hit[0][0]["id"] == "note-1" and text_hit[0][0]["sources"] == ["crm"]
     assert index.search("cat", vec, limit=1, vector_name="clip")[0][0]["id"] == "note-1"
     writer.close()
@@ -160,8 +197,9 @@ def test_catch_up_reports_items_it_cannot_refill(spec, tmp_path):
     path.unlink()
     clip_options = ClipOptions(model="bundled:tiny-clip", device="cpu", threads=1)
     clip = ClipEncoder(clip_options).load()
-    writer = CatalogWriter(spec, "cat", CollectionSchema("v2", clip.dim, clip.model_id, clip.model_version),
-                           new_vector=True)
+    writer = CatalogWriter(
+        spec, "cat", CollectionSchema("v2", clip.dim, clip.model_id, clip.model_version), new_vector=True
+    )
     [failure] = writer.catch_up(clip_options, ImageLimits())
     assert failure["stage"] == "re-embed" and "no readable source" in failure["reason"] and "gone.jpg" in failure["uri"]
     assert "incomplete: 1 item(s)" in writer.complete(switch=True)

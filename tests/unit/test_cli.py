@@ -10,7 +10,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_where_expressions():
     assert cli._where(["colour=red", "size=s|m", "price>=2", "price<10", "n=3", "sale=true"]) == {
-        "colour": "red", "size": ["s", "m"], "price": {"gte": 2.0, "lt": 10.0}, "n": 3, "sale": True}
+        "colour": "red",
+        "size": ["s", "m"],
+        "price": {"gte": 2.0, "lt": 10.0},
+        "n": 3,
+        "sale": True,
+    }
 
 
 def test_media_files_walks_folders(tmp_path):
@@ -65,11 +70,13 @@ def test_start_up_state_follows_serve_output(monkeypatch, tmp_path):
     sup = Supervisor(["true"], env={}, cwd=tmp_path, grpc_port=45678)
     sup._write_state("starting")
     assert read_state(45678)["waiting_for"] == {"Ray": "starting"}
-    for line in ("INFO serve 1 -- Started Serve in namespace \"serve\".",
-                 "(ServeController pid=2) INFO controller -- Imported and built app 'loupe' successfully.",
-                 "(ServeController pid=2) INFO controller -- Adding 1 replica to Deployment(name='Encoder', app='loupe').",
-                 "(ServeController pid=2) INFO controller -- Adding 1 replica to Deployment(name='Index', app='loupe').",
-                 "(ServeReplica:loupe:Index pid=3) INFO replica -- Finished initializing replica."):
+    for line in (
+        'INFO serve 1 -- Started Serve in namespace "serve".',
+        "(ServeController pid=2) INFO controller -- Imported and built app 'loupe' successfully.",
+        "(ServeController pid=2) INFO controller -- Adding 1 replica to Deployment(name='Encoder', app='loupe').",
+        "(ServeController pid=2) INFO controller -- Adding 1 replica to Deployment(name='Index', app='loupe').",
+        "(ServeReplica:loupe:Index pid=3) INFO replica -- Finished initializing replica.",
+    ):
         sup._track(line)
     state = read_state(45678)
     assert state["phase"] == "starting" and state["pid"] == os.getpid()
@@ -91,8 +98,17 @@ def test_status_of_a_starting_service_says_what_it_waits_for(monkeypatch, tmp_pa
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     path = state_path(45679)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"pid": os.getpid(), "port": 45679, "phase": "starting", "started_at": time.time() - 7,
-                                "waiting_for": {"Encoder": "loading (models, store)"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "port": 45679,
+                "phase": "starting",
+                "started_at": time.time() - 7,
+                "waiting_for": {"Encoder": "loading (models, store)"},
+            }
+        )
+    )
     assert main(["--target", "127.0.0.1:45679", "--timeout", "2", "status"]) == 3
     out = capsys.readouterr().out
     assert "health: STARTING" in out and "waiting for Encoder: loading (models, store)" in out

@@ -44,8 +44,10 @@ def test_identity_and_shape(clip):
 def test_golden_embeddings(clip):
     """Catches silent changes in weights, preprocessing or tokenisation."""
     image, caption = _golden_inputs()
-    got = {"image": [round(float(x), 4) for x in clip.encode_images([image])[0][:8]],
-           "text": [round(float(x), 4) for x in clip.encode_texts([caption]).vectors[0][:8]]}
+    got = {
+        "image": [round(float(x), 4) for x in clip.encode_images([image])[0][:8]],
+        "text": [round(float(x), 4) for x in clip.encode_texts([caption]).vectors[0][:8]],
+    }
     if os.environ.get("LOUPE_REGEN_GOLDEN") == "1":  # after a deliberate model change
         GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
     want = json.loads(GOLDEN.read_text())

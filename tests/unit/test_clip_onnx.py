@@ -19,8 +19,9 @@ MODEL = "bundled:tiny-clip"
 
 
 def _encoder(runtime: str, cache, **kw) -> ClipEncoder:
-    return ClipEncoder(ClipOptions(model=MODEL, device="cpu", threads=1, runtime=runtime,
-                                   onnx_cache_dir=str(cache), **kw)).load()
+    return ClipEncoder(
+        ClipOptions(model=MODEL, device="cpu", threads=1, runtime=runtime, onnx_cache_dir=str(cache), **kw)
+    ).load()
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,10 @@ def onnx_enc(cache):
 
 def test_fp32_onnx_matches_pytorch_on_golden_and_held_out_inputs(torch_enc, onnx_enc, held_out):
     texts, images = held_out
-    for a, b in ((torch_enc.encode_texts(texts).vectors, onnx_enc.encode_texts(texts).vectors),
-                 (torch_enc.encode_images(images), onnx_enc.encode_images(images))):
+    for a, b in (
+        (torch_enc.encode_texts(texts).vectors, onnx_enc.encode_texts(texts).vectors),
+        (torch_enc.encode_images(images), onnx_enc.encode_images(images)),
+    ):
         assert a.shape == b.shape and b.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, rtol=1e-5)
         assert np.sum(a * b, axis=1).min() >= 0.9999
@@ -89,8 +92,15 @@ def test_other_weights_get_their_own_export(tmp_path, onnx_enc):
     name = next(k for k in weights if k.endswith("proj") or "projection" in k)
     weights[name] = weights[name] * 1.01
     save_file(weights, str(tmp_path / "model" / "open_clip_model.safetensors"))
-    changed = ClipEncoder(ClipOptions(model=str(tmp_path / "model"), device="cpu", threads=1, runtime="onnx",
-                                      onnx_cache_dir=str(onnx_enc.onnx_folder.parent))).load()
+    changed = ClipEncoder(
+        ClipOptions(
+            model=str(tmp_path / "model"),
+            device="cpu",
+            threads=1,
+            runtime="onnx",
+            onnx_cache_dir=str(onnx_enc.onnx_folder.parent),
+        )
+    ).load()
     assert changed.onnx_folder != onnx_enc.onnx_folder
 
 
@@ -175,8 +185,16 @@ def test_batch_encode_stage_checks_int8_on_its_first_batch(cache, held_out):
 
     _, images = held_out
     int8 = _encoder("onnx-int8", cache)
-    rows = [{"kind": "image", "status": None, "crop": np.asarray(im.resize((64, 64))).tobytes(), "pixels": None,
-             "vector": None} for im in images[:4]]
+    rows = [
+        {
+            "kind": "image",
+            "status": None,
+            "crop": np.asarray(im.resize((64, 64))).tobytes(),
+            "pixels": None,
+            "vector": None,
+        }
+        for im in images[:4]
+    ]
     encode = stages.Encode.__new__(stages.Encode)
     encode.clip = int8
     int8.options = replace(int8.options, int8_min_cosine=0.999999)

@@ -12,18 +12,24 @@ from services.rpc import convert
 def test_where_dict_round_trips_to_conditions():
     flt = build_filter({"colour": "red", "tags": ["a", "b"], "price": {"gte": 1, "lt": 5.5}, "sale": True})
     assert convert.conditions(flt) == (
-        Condition(key="colour", equals="red"), Condition(key="tags", any_of=("a", "b")),
-        Condition(key="price", range=Range(gte=1.0, lt=5.5)), Condition(key="sale", equals=True))
+        Condition(key="colour", equals="red"),
+        Condition(key="tags", any_of=("a", "b")),
+        Condition(key="price", range=Range(gte=1.0, lt=5.5)),
+        Condition(key="sale", equals=True),
+    )
 
 
-@pytest.mark.parametrize("cond, words", [
-    (common_pb2.FieldCondition(field="x"), "has no match"),
-    (common_pb2.FieldCondition(equals=struct_pb2.Value(string_value="a")), "no field name"),
-    (common_pb2.FieldCondition(field="x", range=common_pb2.Range()), "no bounds"),
-    (common_pb2.FieldCondition(field="x", range=common_pb2.Range(gte=5, lt=1)), "is empty"),
-    (common_pb2.FieldCondition(field="x", any_of=common_pb2.ValueList()), "at least one value"),
-    (common_pb2.FieldCondition(field="x", equals=struct_pb2.Value(null_value=0)), "must be a string"),
-])
+@pytest.mark.parametrize(
+    "cond, words",
+    [
+        (common_pb2.FieldCondition(field="x"), "has no match"),
+        (common_pb2.FieldCondition(equals=struct_pb2.Value(string_value="a")), "no field name"),
+        (common_pb2.FieldCondition(field="x", range=common_pb2.Range()), "no bounds"),
+        (common_pb2.FieldCondition(field="x", range=common_pb2.Range(gte=5, lt=1)), "is empty"),
+        (common_pb2.FieldCondition(field="x", any_of=common_pb2.ValueList()), "at least one value"),
+        (common_pb2.FieldCondition(field="x", equals=struct_pb2.Value(null_value=0)), "must be a string"),
+    ],
+)
 def test_malformed_filters_are_rejected(cond, words):
     with pytest.raises(InvalidInput, match=words) as info:
         convert.conditions(common_pb2.Filter(must=[cond]))

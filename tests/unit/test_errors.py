@@ -14,16 +14,21 @@ from services.rpc.errors import to_status
 
 
 def _details(status):
-    (key, raw), = status.trailing_metadata
+    ((key, raw),) = status.trailing_metadata
     assert key == "grpc-status-details-bin"
     return status_pb2.Status.FromString(raw)
 
 
 def test_each_domain_error_has_its_code():
-    cases = {InvalidInput("x"): grpc.StatusCode.INVALID_ARGUMENT, NotFound("x"): grpc.StatusCode.NOT_FOUND,
-             ModelMismatch("x"): grpc.StatusCode.FAILED_PRECONDITION, Overloaded("x"): grpc.StatusCode.RESOURCE_EXHAUSTED,
-             ModelUnavailable("x"): grpc.StatusCode.UNAVAILABLE, StoreUnavailable("x"): grpc.StatusCode.UNAVAILABLE,
-             PermissionError("x"): grpc.StatusCode.UNAUTHENTICATED}
+    cases = {
+        InvalidInput("x"): grpc.StatusCode.INVALID_ARGUMENT,
+        NotFound("x"): grpc.StatusCode.NOT_FOUND,
+        ModelMismatch("x"): grpc.StatusCode.FAILED_PRECONDITION,
+        Overloaded("x"): grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ModelUnavailable("x"): grpc.StatusCode.UNAVAILABLE,
+        StoreUnavailable("x"): grpc.StatusCode.UNAVAILABLE,
+        PermissionError("x"): grpc.StatusCode.UNAUTHENTICATED,
+    }
     for exc, code in cases.items():
         assert to_status(exc).code == code, exc
 
@@ -39,8 +44,10 @@ def test_bad_request_names_every_bad_field():
     rich = _details(to_status(exc))
     bad = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad) for d in rich.details if d.Is(bad.DESCRIPTOR))
-    assert [(v.field, v.description) for v in bad.field_violations] == [("items[0].data", "empty"),
-                                                                       ("items[2].data", "too big")]
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("items[0].data", "empty"),
+        ("items[2].data", "too big"),
+    ]
 
 
 def test_overload_carries_retry_delay():

@@ -23,17 +23,24 @@ def _write(tmp_path, lines):
 
 def test_load_cases_and_clear_errors(tmp_path):
     (tmp_path / "shot.png").write_bytes(b"png")
-    good = _write(tmp_path, ['# a comment', json.dumps({"id": "a", "question": "What code?", "images": ["shot.png"],
-                                                       "must_contain": "E-42"}),
-                             json.dumps({"question": "From the index?", "retrieval": {"k": 3}})])
+    good = _write(
+        tmp_path,
+        [
+            "# a comment",
+            json.dumps({"id": "a", "question": "What code?", "images": ["shot.png"], "must_contain": "E-42"}),
+            json.dumps({"question": "From the index?", "retrieval": {"k": 3}}),
+        ],
+    )
     cases = load_cases(good)
     assert [c.id for c in cases] == ["a", "cases.jsonl line 3"]
     assert cases[0].images == (tmp_path / "shot.png",) and cases[0].must_contain == ("E-42",)
-    for line, words in [("{not json", "line 1 is not JSON"), (json.dumps({"question": ""}), "question"),
-                        (json.dumps({"question": "q", "images": ["nope.png"]}), "not found"),
-                        (json.dumps({"question": "q"}), "needs images or a retrieval"),
-                        (json.dumps({"question": "q", "retrieval": {"k": 1}, "expected_verdict": "fine"}),
-                         "expected_verdict")]:
+    for line, words in [
+        ("{not json", "line 1 is not JSON"),
+        (json.dumps({"question": ""}), "question"),
+        (json.dumps({"question": "q", "images": ["nope.png"]}), "not found"),
+        (json.dumps({"question": "q"}), "needs images or a retrieval"),
+        (json.dumps({"question": "q", "retrieval": {"k": 1}, "expected_verdict": "fine"}), "expected_verdict"),
+    ]:
         with pytest.raises(InvalidInput, match=words):
             load_cases(_write(tmp_path, [line]))
     with pytest.raises(InvalidInput, match="used twice"):
@@ -58,15 +65,23 @@ def test_scoring_a_small_case_by_hand():
         "q1": outcome("error E-42 [upload-1]."),
         "q2": outcome("Load paper into Tray 2.", citations=("upload-1",)),
         "q3": outcome("Paid with 4111 1111 1111 1111."),
-        "q4": outcome("I don't know.", "abstained", (), [("output.grounding", False, "E-99 not found"),
-                                                           ("pipeline.abstain", False, "1 draft(s) failed")],
-                      {"draft": 1.5, "total": 3.0}),
+        "q4": outcome(
+            "I don't know.",
+            "abstained",
+            (),
+            [("output.grounding", False, "E-99 not found"), ("pipeline.abstain", False, "1 draft(s) failed")],
+            {"draft": 1.5, "total": 3.0},
+        ),
         "q5": outcome("I can't answer this request.", "blocked", (), [("input.topic", False, "out of scope")]),
     }
     report = run_ask_eval(cases, lambda c: outcomes[c.question])
     r = {x.id: x for x in report.results}
     assert (r["exact"].exact_match, r["exact"].contains_expected, r["exact"].verdict_ok) == (True, True, True)
-    assert (r["contains"].contains_expected, r["contains"].exact_match, r["contains"].citations_ok) == (True, None, False)
+    assert (r["contains"].contains_expected, r["contains"].exact_match, r["contains"].citations_ok) == (
+        True,
+        None,
+        False,
+    )
     assert r["unsafe"].unsafe_pass and r["unsafe"].contains_expected is None
     assert r["abstained"].false_abstention and r["abstained"].contains_expected is False
     assert r["abstained"].failed_guards == ["output.grounding", "pipeline.abstain"]
@@ -104,16 +119,21 @@ def test_eval_runs_the_in_process_pipeline(tmp_path):
         def generate(self, prompt, *, max_new_tokens):
             return Draft("The printer shows E-42.", "scripted")
 
-    pipeline = AskPipeline(Model(), lambda im: "PrintJet 4720\nOffline\nE-42\nPaper tray empty",
-                           options=AskOptions(max_attempts=1))
+    pipeline = AskPipeline(
+        Model(), lambda im: "PrintJet 4720\nOffline\nE-42\nPaper tray empty", options=AskOptions(max_attempts=1)
+    )
     Image.new("RGB", (8, 8)).save(tmp_path / "shot.png")
-    cases = [AskCase("e42", "What error?", images=(tmp_path / "shot.png",), must_contain=("E-42",),
-                     expected_verdict="answered")]
+    cases = [
+        AskCase(
+            "e42", "What error?", images=(tmp_path / "shot.png",), must_contain=("E-42",), expected_verdict="answered"
+        )
+    ]
 
     def ask(case):
         a = pipeline.ask(case.question, [p.read_bytes() for p in case.images])
-        return AskOutcome(a.text, a.verdict.value, a.citations, tuple((g.guard, g.passed, g.reason) for g in a.guards),
-                          a.timings)
+        return AskOutcome(
+            a.text, a.verdict.value, a.citations, tuple((g.guard, g.passed, g.reason) for g in a.guards), a.timings
+        )
 
     report = run_ask_eval(cases, ask)
     assert report.totals()["contains_expected"] == 1.0 and report.results[0].citations_ok

@@ -133,6 +133,7 @@ def test_only_injection() -> None:
 
 # --- the chain ----------------------------------------------------------------------------------
 
+
 class Fixed(BaseGuard):
     def __init__(self, name: str, passed: bool, on_fail: OnFail) -> None:
         self.name, self.passed, self.on_fail = name, passed, on_fail
@@ -144,8 +145,14 @@ class Fixed(BaseGuard):
 
 def test_chain_runs_in_order_and_stops_at_a_blocking_failure() -> None:
     seen: list[str] = []
-    run = GuardChain([Fixed("a", True, OnFail.RETRY), Fixed("b", False, OnFail.NOTE), Fixed("c", False, OnFail.BLOCK),
-                      Fixed("d", True, OnFail.RETRY)]).run(seen)
+    run = GuardChain(
+        [
+            Fixed("a", True, OnFail.RETRY),
+            Fixed("b", False, OnFail.NOTE),
+            Fixed("c", False, OnFail.BLOCK),
+            Fixed("d", True, OnFail.RETRY),
+        ]
+    ).run(seen)
     assert seen == ["a", "b", "c"]
     assert [r.guard for r in run.results] == ["a", "b", "c"]
     assert not run.passed and run.stopped_by.guard == "c" and run.on_fail is OnFail.BLOCK
@@ -162,6 +169,7 @@ def test_chain_refuses_duplicate_names() -> None:
 
 
 # --- input guards -------------------------------------------------------------------------------
+
 
 def png(size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
@@ -251,8 +259,13 @@ def context_image(id_: str, text: str, uploaded: bool = True) -> ContextImage:
 
 def test_ocr_pii_masks_uploads_restorably_and_retrieved_text_not() -> None:
     masker = Masker()
-    state = ContextState([context_image("upload-1", "mail me@home.example"),
-                          context_image("doc-1", "mail them@else.example", uploaded=False)], masker)
+    state = ContextState(
+        [
+            context_image("upload-1", "mail me@home.example"),
+            context_image("doc-1", "mail them@else.example", uploaded=False),
+        ],
+        masker,
+    )
     result = OcrPiiGuard().check(state)
     assert result.passed and "1 email in upload-1" in result.action and "doc-1" in result.action
     assert [img.ocr_text for img in state.images] == ["mail [EMAIL_1]", "mail [EMAIL_2]"]
@@ -268,22 +281,35 @@ def test_ocr_injection_is_neutralised_and_noted() -> None:
 
 # --- output guards ------------------------------------------------------------------------------
 
-def draft(text: str, context: list[ContextImage] | None = None, question: str = "What does it mean?",
-          masker: Masker | None = None) -> DraftState:
-    return DraftState(text, question, context if context is not None else [context_image("upload-1", OCR)],
-                      masker or Masker())
+
+def draft(
+    text: str,
+    context: list[ContextImage] | None = None,
+    question: str = "What does it mean?",
+    masker: Masker | None = None,
+) -> DraftState:
+    return DraftState(
+        text, question, context if context is not None else [context_image("upload-1", OCR)], masker or Masker()
+    )
 
 
 OCR = "Printer status: Error E-42 (0x1F). Paper jam in Tray 2. Press 'Resume' after clearing. HP LaserJet Pro"
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("", "empty"), ("   \n\t ", "empty"), ("</s><pad><|endoftext|>", "empty"), ("!!! ??? ...", "empty"),
-    ("the the the the the the the", "repeats"), ("ok " + "a" * 40, "repeats"),
-    ("\x00\x01\x02\x03 jam \x04\x05\x06\x07", "non-printable"),
-    ("#$%^ 12 34 56 78 90 @@ ## 77 :: 88 // 99", "symbols"),
-    ("paper jam tray ok now tray ok paper now jam jam now paper ok tray " * 3, "distinct words"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        ("</s><pad><|endoftext|>", "empty"),
+        ("!!! ??? ...", "empty"),
+        ("the the the the the the the", "repeats"),
+        ("ok " + "a" * 40, "repeats"),
+        ("\x00\x01\x02\x03 jam \x04\x05\x06\x07", "non-printable"),
+        ("#$%^ 12 34 56 78 90 @@ ## 77 :: 88 // 99", "symbols"),
+        ("paper jam tray ok now tray ok paper now jam jam now paper ok tray " * 3, "distinct words"),
+    ],
+)
 def test_malformed_drafts_fail(text: str, reason: str) -> None:
     result = WellFormedGuard().check(draft(text))
     assert not result.passed and reason in result.reason
@@ -307,8 +333,9 @@ def test_output_pii_keeps_the_requests_own_values_and_removes_others() -> None:
     masker = Masker()
     masker.mask("reach me at me@home.example")
     masker.mask("doc says them@else.example", restorable=False)
-    state = draft("Write to me@home.example, not spy@evil.example or them@else.example; card 4111 1111 1111 1111.",
-                  masker=masker)
+    state = draft(
+        "Write to me@home.example, not spy@evil.example or them@else.example; card 4111 1111 1111 1111.", masker=masker
+    )
     result = OutputPiiGuard("request").check(state)
     assert result.passed
     assert state.text == "Write to [EMAIL_1], not [email removed] or [email removed]; card card ending 1111."
@@ -317,7 +344,7 @@ def test_output_pii_keeps_the_requests_own_values_and_removes_others() -> None:
 
 
 def test_grounded_answer_passes() -> None:
-    state = draft("Error E42 (0x1f) means a paper jam in Tray 2 of the HP LaserJet Pro; press \"Resume\" [upload-1].")
+    state = draft('Error E42 (0x1f) means a paper jam in Tray 2 of the HP LaserJet Pro; press "Resume" [upload-1].')
     state.citations = ["upload-1"]
     assert GroundingGuard().check(state).passed
 
@@ -378,9 +405,18 @@ def test_length_cap_fails_without_a_sentence_boundary() -> None:
 
 
 def test_fact_extraction() -> None:
-    facts = extract_facts('1. Open Windows Update and click "Retry".\n2. Error 0x80070005, ERR_NAME_NOT_RESOLVED, '
-                          'KB5034441 on the 2nd try, IPv4, 3 times, Step 4.')
-    assert facts == [Fact("quote", "Retry"), Fact("code", "0x80070005"), Fact("code", "ERR_NAME_NOT_RESOLVED"),
-                     Fact("code", "KB5034441"), Fact("number", "3"), Fact("name", "Windows Update")]
+    facts = extract_facts(
+        '1. Open Windows Update and click "Retry".\n2. Error 0x80070005, ERR_NAME_NOT_RESOLVED, '
+        "KB5034441 on the 2nd try, IPv4, 3 times, Step 4."
+    )
+    assert facts == [
+        Fact("quote", "Retry"),
+        Fact("code", "0x80070005"),
+        Fact("code", "ERR_NAME_NOT_RESOLVED"),
+        Fact("code", "KB5034441"),
+        Fact("number", "3"),
+        Fact("name", "Windows Update"),
+    ]
     assert ungrounded(facts, ["windows update: retry", "0X80070005 err_name_not_resolved kb 5034441"]) == [
-        Fact("number", "3")]
+        Fact("number", "3")
+    ]

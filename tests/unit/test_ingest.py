@@ -50,11 +50,31 @@ def test_store_recording_replaces_the_segments_of_an_earlier_version(tmp_path) -
     index.ensure_collection("c", SCHEMA)
 
     def version(n: int):
-        rec = NewItem(public_id="call", sha256=f"{n:064x}", modality=Modality.AUDIO, vector=unit(1, 1, 0, 0),
-                      source="call.wav", metadata={}, text="full", duration_s=9.0)
-        segs = [NewItem(public_id=f"call#{i}", sha256=f"{n:064x}", modality=Modality.AUDIO_SEGMENT,
-                        vector=unit(1, 0, i + 1, 0), source="call.wav", metadata={}, text=f"part {i}",
-                        parent_id="call", start_s=float(i), end_s=i + 1.0) for i in range(n)]
+        rec = NewItem(
+            public_id="call",
+            sha256=f"{n:064x}",
+            modality=Modality.AUDIO,
+            vector=unit(1, 1, 0, 0),
+            source="call.wav",
+            metadata={},
+            text="full",
+            duration_s=9.0,
+        )
+        segs = [
+            NewItem(
+                public_id=f"call#{i}",
+                sha256=f"{n:064x}",
+                modality=Modality.AUDIO_SEGMENT,
+                vector=unit(1, 0, i + 1, 0),
+                source="call.wav",
+                metadata={},
+                text=f"part {i}",
+                parent_id="call",
+                start_s=float(i),
+                end_s=i + 1.0,
+            )
+            for i in range(n)
+        ]
         return rec, segs
 
     assert store_recording(index, "c", SCHEMA, *version(3)) == ("call", True)

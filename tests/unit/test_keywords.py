@@ -34,8 +34,10 @@ def filler(n: int) -> list[str]:
         ("v2.3.1", ["v2.3.1", "v2", "2", "3", "1"]),
         ("42", ["42"]),
         ("iPhone15 Pro", ["iphone15", "iphone", "15", "phone", "pro"]),
-        ("NullPointerException at HTTPServer", ["nullpointerexception", "null", "pointer", "exception", "at",
-                                                "httpserver", "http", "server"]),
+        (
+            "NullPointerException at HTTPServer",
+            ["nullpointerexception", "null", "pointer", "exception", "at", "httpserver", "http", "server"],
+        ),
         ("user@example.com", ["user@example.com", "user", "example", "com"]),
         ("C++ and C#", ["c++", "and", "c#"]),
         ("Café déjà vu", ["café", "cafe", "déjà", "deja", "vu"]),
@@ -65,7 +67,10 @@ def test_indices_are_stable_blake2b():
     # Not Python's hash(): the same in another process with another hash seed.
     out = subprocess.run(
         [sys.executable, "-c", "from encoders.text.keywords import term_index; print(term_index('error'))"],
-        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )
     assert out.stdout.strip() == "3792789588"

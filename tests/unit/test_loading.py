@@ -68,13 +68,17 @@ def test_hub_offline_and_endpoint(monkeypatch) -> None:
 
 def test_require_download_names_the_weights_and_how_to_supply(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "true")
-    with pytest.raises(ModelUnavailable, match=r"weights for org/model are not in the local cache and "
-                                               r"HF_HUB_OFFLINE is set\. Put them in /models"):
+    with pytest.raises(
+        ModelUnavailable,
+        match=r"weights for org/model are not in the local cache and "
+        r"HF_HUB_OFFLINE is set\. Put them in /models",
+    ):
         hub.require_download("org/model", "Put them in /models.", 1.0)
 
 
 def test_a_dns_stall_is_bounded(monkeypatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
     def stall(*args, **kwargs):
         time.sleep(1)
         raise OSError("lookup stalled")
@@ -99,14 +103,19 @@ def test_runtime_choices() -> None:
 
 
 def test_registry_lists_names_and_says_what_to_install() -> None:
-    reg = Registry("widget", {"json": Entry("json:JSONDecoder"), "ghost": Entry("ghost:Ghost", ("no_such_mod_xyz",),
-                                                                              "pip install ghost")})
+    reg = Registry(
+        "widget",
+        {"json": Entry("json:JSONDecoder"), "ghost": Entry("ghost:Ghost", ("no_such_mod_xyz",), "pip install ghost")},
+    )
     assert reg.names() == ["ghost", "json"] and reg.installed() == ["json"]
     assert reg.create("json").decode("[1]") == [1]
     with pytest.raises(InvalidInput, match="unknown widget 'yaml'; widgets: ghost, json"):
         reg.create("yaml")
-    with pytest.raises(ModelUnavailable, match=r"widget 'ghost' is not installed \(cannot import no_such_mod_xyz\): "
-                                                r"pip install ghost"):
+    with pytest.raises(
+        ModelUnavailable,
+        match=r"widget 'ghost' is not installed \(cannot import no_such_mod_xyz\): "
+        r"pip install ghost",
+    ):
         reg.create("ghost")
 
 

@@ -98,9 +98,7 @@ def test_png_bomb_fixture_is_a_real_png() -> None:
     [(fmt, 20_000, bm.huge_dimensions(fmt, 20_000, 20_000)) for fmt in ("PNG", "JPEG", "BMP")],
     ids=["PNG", "JPEG", "BMP"],
 )
-def test_huge_header_is_rejected_without_decoding(
-    no_pixel_decoding: None, fmt: str, side: int, data: bytes
-) -> None:
+def test_huge_header_is_rejected_without_decoding(no_pixel_decoding: None, fmt: str, side: int, data: bytes) -> None:
     assert len(data) < 1_000
     start = time.perf_counter()
     reason = rejected(data).reason
@@ -151,9 +149,7 @@ def test_default_byte_cap_is_checked_before_parsing(pil_must_not_open: None) -> 
     assert "20,971,521 bytes; the limit is 20,971,520 bytes (20 MiB)" in reason
 
 
-@pytest.mark.parametrize(
-    ("make", "name"), [(bm.ico_bytes, "ICO"), (bm.pdf_bytes, "PDF"), (bm.svg_bytes, "SVG")]
-)
+@pytest.mark.parametrize(("make", "name"), [(bm.ico_bytes, "ICO"), (bm.pdf_bytes, "PDF"), (bm.svg_bytes, "SVG")])
 def test_unsupported_format_names_what_was_found(pil_must_not_open: None, make, name) -> None:
     reason = rejected(make()).reason
     assert f"image format {name} is not accepted" in reason
@@ -294,8 +290,14 @@ def test_sniff_format(make, expected: str | None) -> None:
 
 
 def test_concurrent_decoding_gives_the_same_answers() -> None:
-    makers = [bm.jpeg_exif_orientation_6, bm.rgba_png, bm.animated_gif, bm.sixteen_bit_png,
-              bm.truncated_jpeg, bm.png_bomb]
+    makers = [
+        bm.jpeg_exif_orientation_6,
+        bm.rgba_png,
+        bm.animated_gif,
+        bm.sixteen_bit_png,
+        bm.truncated_jpeg,
+        bm.png_bomb,
+    ]
     inputs = [make() for make in makers] * 8
 
     def outcome(data: bytes) -> tuple[object, ...]:

@@ -30,15 +30,23 @@ from encoders.ocr import (
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "screenshots"
 CASES = json.loads((FIXTURES / "cases.json").read_text())
 # Screenshots whose key is an error code (the others' keys are ids: order, ticket, IP address).
-ERROR_SHOTS = ["win_update_0x80070005.png", "app_start_0xc000007b.png", "printer_e42_tray_empty.png",
-               "terminal_connection_refused.png", "browser_dns_nxdomain.png", "login_auth_1007.png",
-               "bsod_critical_process_died.png", "ci_build_ts2304_dark.png"]
+ERROR_SHOTS = [
+    "win_update_0x80070005.png",
+    "app_start_0xc000007b.png",
+    "printer_e42_tray_empty.png",
+    "terminal_connection_refused.png",
+    "browser_dns_nxdomain.png",
+    "login_auth_1007.png",
+    "bsod_critical_process_died.png",
+    "ci_build_ts2304_dark.png",
+]
 # The default engine measured 0.000-0.048 on these (benchmarks/bench_ocr.py); bounds leave room.
 MAX_CER_PER_IMAGE = 0.08
 MAX_CER_MEAN = 0.025
 
-needs_default = pytest.mark.skipif(ocr.DEFAULT_ENGINE not in ocr.available_engines(),
-                                   reason=ocr.ENGINES[ocr.DEFAULT_ENGINE].install)
+needs_default = pytest.mark.skipif(
+    ocr.DEFAULT_ENGINE not in ocr.available_engines(), reason=ocr.ENGINES[ocr.DEFAULT_ENGINE].install
+)
 
 
 def shot(name: str) -> Image.Image:
@@ -77,8 +85,11 @@ def test_result_shape_and_reading_order(results):
     assert r.engine == ocr.DEFAULT_ENGINE and r.seconds > 0
     # Reading order exactly; characters within a small CER (ONNX Runtime's AVX2 and AVX-512
     # kernels round differently, which can flip a low-confidence character).
-    want = ["Windows Update", "Some updates failed to install",
-            "There were problems installing some updates, but we'll try again later."]
+    want = [
+        "Windows Update",
+        "Some updates failed to install",
+        "There were problems installing some updates, but we'll try again later.",
+    ]
     got = r.text.splitlines()[:3]
     assert len(got) == 3 and all(cer(w, g) <= 0.05 for w, g in zip(want, got)), got
     assert all(0.5 <= line.confidence <= 1.0 for line in r.lines)
@@ -137,8 +148,11 @@ def test_unknown_engine_lists_valid_ones():
 
 
 def test_missing_engine_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(ocr.ENGINES, "rapidocr", ocr.EngineSpec("RapidOcrEngine", ("no_such_module_xyz",),
-                                                                "pip install rapidocr-onnxruntime==1.4.4"))
+    monkeypatch.setitem(
+        ocr.ENGINES,
+        "rapidocr",
+        ocr.EngineSpec("RapidOcrEngine", ("no_such_module_xyz",), "pip install rapidocr-onnxruntime==1.4.4"),
+    )
     with pytest.raises(ModelUnavailable, match=r"pip install rapidocr-onnxruntime==1\.4\.4"):
         create_ocr("rapidocr")
 
@@ -182,23 +196,54 @@ def test_sidebar_split_but_tables_and_chats_kept_in_rows():
     table = [line(f"item{i}", 10, 30 * i, 200, 30 * i + 20) for i in range(5)]
     table += [line(f"{i}.99", 400, 30 * i, 450, 30 * i + 20) for i in range(5)]
     assert reading_order(table)[1].split("\n") == [f"item{i} {i}.99" for i in range(5)]
-    chat = [line("left1", 10, 0, 300, 20), line("left2", 10, 25, 300, 45), line("right1", 500, 60, 900, 80),
-            line("right2", 500, 85, 900, 105), line("left3", 10, 120, 300, 140), line("right3", 500, 160, 900, 180)]
+    chat = [
+        line("left1", 10, 0, 300, 20),
+        line("left2", 10, 25, 300, 45),
+        line("right1", 500, 60, 900, 80),
+        line("right2", 500, 85, 900, 105),
+        line("left3", 10, 120, 300, 140),
+        line("right3", 500, 160, 900, 180),
+    ]
     assert reading_order(chat)[1].split("\n") == ["left1", "left2", "right1", "right2", "left3", "right3"]
 
 
 # --- look-alike fixes ----------------------------------------------------------------------
-@pytest.mark.parametrize("raw, fixed", [
-    ("(Oxcooooo7b).", "(0xc000007b)."), ("[Errno 1il]", "[Errno 111]"), ("python3.1l/socket.py", "python3.11/socket.py"),
-    ("INF0 starting", "INFO starting"), ("net::ERR_CONNECTI0N_RESET", "net::ERR_CONNECTION_RESET"),
-    ("0rder #GV-20250314-0917", "Order #GV-20250314-0917"), ("error Ts2304:", "error TS2304:"),
-])
+@pytest.mark.parametrize(
+    "raw, fixed",
+    [
+        ("(Oxcooooo7b).", "(0xc000007b)."),
+        ("[Errno 1il]", "[Errno 111]"),
+        ("python3.1l/socket.py", "python3.11/socket.py"),
+        ("INF0 starting", "INFO starting"),
+        ("net::ERR_CONNECTI0N_RESET", "net::ERR_CONNECTION_RESET"),
+        ("0rder #GV-20250314-0917", "Order #GV-20250314-0917"),
+        ("error Ts2304:", "error TS2304:"),
+    ],
+)
 def test_lookalikes_fixed(raw, fixed):
     assert fix_lookalikes(raw) == fixed
 
 
-@pytest.mark.parametrize("text", ["0x80070005", "Oxford", "0xff", "0px", "TS2304", "A4-5E-60-C2-19-7B", "1st",
-                                  "E-42", "10.0.3.7:5672", "Old", "IPv4", "$24.53", "WPA3-Personal", "Ts23", "Ab2304"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0x80070005",
+        "Oxford",
+        "0xff",
+        "0px",
+        "TS2304",
+        "A4-5E-60-C2-19-7B",
+        "1st",
+        "E-42",
+        "10.0.3.7:5672",
+        "Old",
+        "IPv4",
+        "$24.53",
+        "WPA3-Personal",
+        "Ts23",
+        "Ab2304",
+    ],
+)
 def test_lookalikes_leave_real_text_alone(text):
     assert fix_lookalikes(text) == text
 
@@ -233,7 +278,21 @@ def test_generated_photos_and_blanks_do_not_look_like_text():
 
 def test_real_photos_do_not_look_like_text():
     data = pytest.importorskip("skimage.data", reason="scikit-image ships the sample photos")
-    photos = {n: getattr(data, n)() for n in ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket",
-                                              "brick", "grass", "gravel", "moon", "cell")}
+    photos = {
+        n: getattr(data, n)()
+        for n in (
+            "astronaut",
+            "camera",
+            "chelsea",
+            "coffee",
+            "coins",
+            "rocket",
+            "brick",
+            "grass",
+            "gravel",
+            "moon",
+            "cell",
+        )
+    }
     flagged = [n for n, a in photos.items() if looks_like_text_image(Image.fromarray(a))]
     assert not flagged

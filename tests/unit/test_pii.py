@@ -14,8 +14,18 @@ def kinds(text: str) -> list[tuple[str, str]]:
 
 # --- payment cards ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("card", ["4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111",
-                                  "5555 5555 5555 4444", "3782 822463 10005", "6011 0009 9013 9424"])
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "4111111111111111",
+        "5555 5555 5555 4444",
+        "3782 822463 10005",
+        "6011 0009 9013 9424",
+    ],
+)
 def test_luhn_valid_cards_are_found(card: str) -> None:
     assert kinds(f"the card {card} was declined") == [("CARD", card)]
 
@@ -35,16 +45,29 @@ def test_all_zero_number_is_not_a_card() -> None:
 
 # --- IBANs --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("iban", ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432",
-                                  "FR14 2004 1010 0505 0001 3M02 606", "NL91ABNA0417164300"])
+
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "FR14 2004 1010 0505 0001 3M02 606",
+        "NL91ABNA0417164300",
+    ],
+)
 def test_valid_ibans_are_found(iban: str) -> None:
     assert iban_ok(iban)
     assert kinds(f"pay to {iban} today") == [("IBAN", iban)]
 
 
-@pytest.mark.parametrize("iban", ["DE88 3704 0044 0532 0130 00",  # check digits off by one
-                                  "GB82WEST1234569876543",  # one character short for GB
-                                  "ZZ89370400440532013000"])  # no such country
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "DE88 3704 0044 0532 0130 00",  # check digits off by one
+        "GB82WEST1234569876543",  # one character short for GB
+        "ZZ89370400440532013000",
+    ],
+)  # no such country
 def test_ibans_with_bad_check_digits_length_or_country_are_not_found(iban: str) -> None:
     assert not iban_ok(iban)
     assert not any(kind == "IBAN" for kind, _ in kinds(f"pay to {iban} today"))
@@ -57,30 +80,47 @@ def test_two_ibans_in_a_row_are_both_found() -> None:
 
 # --- emails and phones --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("email", ["john.doe@example.com", "a.b+tag@mail.example.co.uk", "X_Y@sub-domain.io"])
 def test_emails(email: str) -> None:
     assert kinds(f"write to {email}.") == [("EMAIL", email)]
 
 
-@pytest.mark.parametrize("phone", ["+44 20 7946 0958", "+1 (415) 555-2671", "+14155552671", "(555) 123-4567",
-                                   "555-123-4567", "555.123.4567", "020 7946 0958", "01 23 45 67 89",
-                                   "030 12345678", "+49 30 1234567", "1-800-555-1234"])
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "+44 20 7946 0958",
+        "+1 (415) 555-2671",
+        "+14155552671",
+        "(555) 123-4567",
+        "555-123-4567",
+        "555.123.4567",
+        "020 7946 0958",
+        "01 23 45 67 89",
+        "030 12345678",
+        "+49 30 1234567",
+        "1-800-555-1234",
+    ],
+)
 def test_phone_numbers(phone: str) -> None:
     assert kinds(f"call me on {phone} after 5") == [("PHONE", phone)]
 
 
-@pytest.mark.parametrize("text", [
-    "error 0x80070005 after the update",
-    "code E-42 on the panel",
-    "error code 1234-5678",
-    "ticket 555-123-4567 was closed",
-    "installed on 2024-01-15 and 15.01.2024 and 01/02/2024",
-    "build 10.0.19041.1234 and version 22.04.3",
-    "KB5034441 failed",
-    "at 12:30:45 the job stopped",
-    "items 100-200 of 4500",
-    "1 000 000 rows",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "error 0x80070005 after the update",
+        "code E-42 on the panel",
+        "error code 1234-5678",
+        "ticket 555-123-4567 was closed",
+        "installed on 2024-01-15 and 15.01.2024 and 01/02/2024",
+        "build 10.0.19041.1234 and version 22.04.3",
+        "KB5034441 failed",
+        "at 12:30:45 the job stopped",
+        "items 100-200 of 4500",
+        "1 000 000 rows",
+    ],
+)
 def test_codes_dates_versions_and_counts_are_not_phones(text: str) -> None:
     assert [k for k, _ in kinds(text)] == []
 
@@ -103,46 +143,74 @@ def test_version_numbers_with_four_parts_are_not_ips() -> None:
 
 # --- secrets ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("token", "detail"), [
-    ("AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
-    ("ghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "github_token"),
-    ("gho_16C7e42F292c6912E7710c838347Ae178B4a", "github_token"),
-    ("xoxb-1234567890-abcdefghijklmn", "slack_token"),
-    ("sk-proj-abcdefghijklmnopqrstuvwx12", "openai_key"),
-    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt"),
-    ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "hex_secret"),
-    ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "high_entropy"),
-])
+
+@pytest.mark.parametrize(
+    ("token", "detail"),
+    [
+        ("AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
+        ("ghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "github_token"),
+        ("gho_16C7e42F292c6912E7710c838347Ae178B4a", "github_token"),
+        ("xoxb-1234567890-abcdefghijklmn", "slack_token"),
+        ("sk-proj-abcdefghijklmnopqrstuvwx12", "openai_key"),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt"),
+        ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "hex_secret"),
+        ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "high_entropy"),
+    ],
+)
 def test_tokens_and_keys(token: str, detail: str) -> None:
     found = find_pii(f"the key {token} leaked")
     assert [(f.kind, f.value, f.detail) for f in found] == [("SECRET", token, detail)]
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("password: hunter22", "hunter22"), ("api_key=abcd1234xyz", "abcd1234xyz"), ("API key: zz-998877", "zz-998877"),
-    ("my password is S3cret!", "S3cret!"), ("client_secret = 'q8Zr77'", "q8Zr77"),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("password: hunter22", "hunter22"),
+        ("api_key=abcd1234xyz", "abcd1234xyz"),
+        ("API key: zz-998877", "zz-998877"),
+        ("my password is S3cret!", "S3cret!"),
+        ("client_secret = 'q8Zr77'", "q8Zr77"),
+    ],
+)
 def test_secret_pairs_mask_only_the_value(text: str, value: str) -> None:
     assert kinds(text) == [("SECRET", value)]
 
 
-@pytest.mark.parametrize("text", ["the password is incorrect", "Password: required", "token: expired",
-                                  "Password: ********", "AbstractSingletonProxyFactoryBean2024",
-                                  "ThisIsAVeryLongJavaClassNameFactory1", "C:/Users/jdoe/AppData/Local/Temp/setup_x64"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the password is incorrect",
+        "Password: required",
+        "token: expired",
+        "Password: ********",
+        "AbstractSingletonProxyFactoryBean2024",
+        "ThisIsAVeryLongJavaClassNameFactory1",
+        "C:/Users/jdoe/AppData/Local/Temp/setup_x64",
+    ],
+)
 def test_status_words_and_identifiers_are_not_secrets(text: str) -> None:
     assert kinds(text) == []
 
 
 # --- masking ------------------------------------------------------------------------------------
 
+
 def test_mask_unmask_round_trip() -> None:
-    text = ("Mail jane@corp.example or call +44 20 7946 0958; card 4111 1111 1111 1111, "
-            "IBAN GB82WEST12345698765432, key AKIAIOSFODNN7EXAMPLE, host 10.0.0.5.")
+    text = (
+        "Mail jane@corp.example or call +44 20 7946 0958; card 4111 1111 1111 1111, "
+        "IBAN GB82WEST12345698765432, key AKIAIOSFODNN7EXAMPLE, host 10.0.0.5."
+    )
     masker = Masker()
     masked, findings = masker.mask(text)
     assert masked == ("Mail [EMAIL_1] or call [PHONE_1]; card [CARD_1], IBAN [IBAN_1], key [SECRET_1], host [IP_1].")
-    assert [f.placeholder for f in findings] == ["[EMAIL_1]", "[PHONE_1]", "[CARD_1]", "[IBAN_1]", "[SECRET_1]",
-                                                 "[IP_1]"]
+    assert [f.placeholder for f in findings] == [
+        "[EMAIL_1]",
+        "[PHONE_1]",
+        "[CARD_1]",
+        "[IBAN_1]",
+        "[SECRET_1]",
+        "[IP_1]",
+    ]
     assert masker.unmask(masked) == text
 
 

@@ -8,31 +8,37 @@ import pytest
 from lmm.pii import Masker, asked_kinds, find_pii
 
 
-@pytest.mark.parametrize(("text", "kind", "value"), [
-    ("Card holder: ROBERT OKAFOR", "NAME", "ROBERT OKAFOR"),
-    ("Ship to: Anna Kowalski, 221B Baker Street", "NAME", "Anna Kowalski"),
-    ("Customer: Mr. Daniel O'Brien, phone", "NAME", "Daniel O'Brien"),
-    ("Hi, this is John Smith from accounting", "NAME", "John Smith"),
-    ("thanks, Priya Natarajan", "NAME", "Priya Natarajan"),
-    ("1289 Orchard Ave, Springfield Tel (555) 010-3344", "ADDRESS", "1289 Orchard Ave, Springfield"),
-    ("to 500 Market Street, San Francisco, CA 94105.", "ADDRESS", "500 Market Street, San Francisco, CA 94105"),
-    ("221B Baker Street, London NW1 6XE", "ADDRESS", "221B Baker Street, London NW1 6XE"),
-    ("Hauptstraße 5, 10115 Berlin", "ADDRESS", "Hauptstraße 5, 10115 Berlin"),
-])
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("Card holder: ROBERT OKAFOR", "NAME", "ROBERT OKAFOR"),
+        ("Ship to: Anna Kowalski, 221B Baker Street", "NAME", "Anna Kowalski"),
+        ("Customer: Mr. Daniel O'Brien, phone", "NAME", "Daniel O'Brien"),
+        ("Hi, this is John Smith from accounting", "NAME", "John Smith"),
+        ("thanks, Priya Natarajan", "NAME", "Priya Natarajan"),
+        ("1289 Orchard Ave, Springfield Tel (555) 010-3344", "ADDRESS", "1289 Orchard Ave, Springfield"),
+        ("to 500 Market Street, San Francisco, CA 94105.", "ADDRESS", "500 Market Street, San Francisco, CA 94105"),
+        ("221B Baker Street, London NW1 6XE", "ADDRESS", "221B Baker Street, London NW1 6XE"),
+        ("Hauptstraße 5, 10115 Berlin", "ADDRESS", "Hauptstraße 5, 10115 Berlin"),
+    ],
+)
 def test_found(text, kind, value):
     assert (kind, value) in [(f.kind, f.value) for f in find_pii(text)]
 
 
-@pytest.mark.parametrize("text", [
-    "Windows Update\nSome updates failed to install",  # headings
-    "QuickLedger.exe - Application Error",
-    "Customer\nHi, my order ORD-77410 has not arrived yet.",  # a label on another line
-    "Support chat - Order help",
-    "Feature update to Windows 11, version 24H2",
-    "Job 3 of 5: Quarterly_Report.pdf",
-    "Printer PrintJet 4720 Series",
-    "Load Letter paper into Tray 2",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Windows Update\nSome updates failed to install",  # headings
+        "QuickLedger.exe - Application Error",
+        "Customer\nHi, my order ORD-77410 has not arrived yet.",  # a label on another line
+        "Support chat - Order help",
+        "Feature update to Windows 11, version 24H2",
+        "Job 3 of 5: Quarterly_Report.pdf",
+        "Printer PrintJet 4720 Series",
+        "Load Letter paper into Tray 2",
+    ],
+)
 def test_not_people_or_places(text):
     assert [f for f in find_pii(text) if f.kind in ("NAME", "ADDRESS")] == []
 

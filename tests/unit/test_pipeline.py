@@ -50,8 +50,12 @@ class ObedientModel(ScriptedModel):
 
 def render(question: str, images: Sequence[ContextImage]) -> Prompt:
     blocks = "\n".join(f"<image id={img.id}>\n{img.ocr_text}\n</image>" for img in images)
-    return Prompt("test/v1", "Answer only from the images; cite ids like [upload-1].",
-                  f"{blocks}\nQuestion: {question}", tuple(images))
+    return Prompt(
+        "test/v1",
+        "Answer only from the images; cite ids like [upload-1].",
+        f"{blocks}\nQuestion: {question}",
+        tuple(images),
+    )
 
 
 def screenshot(text: str, size: tuple[int, int] = (32, 24)) -> Image.Image:
@@ -74,6 +78,7 @@ def guard(answer: Answer, name: str):
 
 # --- answered, abstained, blocked ---------------------------------------------------------------
 
+
 def test_grounded_answer_passes_with_citations_guards_and_timings() -> None:
     model = ScriptedModel(GROUNDED)
     answer = pipeline(model).ask("What does the error on this screen mean?", [screenshot(SCREEN)])
@@ -83,8 +88,17 @@ def test_grounded_answer_passes_with_citations_guards_and_timings() -> None:
     assert set(answer.timings) == set(STEPS) and all(t >= 0 for t in answer.timings.values())
     assert answer.timings["total"] >= answer.timings["draft"] + answer.timings["output_guards"]
     names = [g.guard for g in answer.guards]
-    for name in ("input.image_count", "input.question_pii", "input.question_injection", "context.ocr_pii",
-                 "output.well_formed", "output.citations", "output.pii", "output.grounding", "output.length"):
+    for name in (
+        "input.image_count",
+        "input.question_pii",
+        "input.question_injection",
+        "context.ocr_pii",
+        "output.well_formed",
+        "output.citations",
+        "output.pii",
+        "output.grounding",
+        "output.length",
+    ):
         assert name in names
     assert all(g.passed for g in answer.guards)
     assert guard(answer, "output.grounding")[0].reason.startswith("3 fact(s) found")
@@ -135,8 +149,9 @@ def test_uncited_answer_is_attributed_or_retried_when_citations_are_required() -
     answer = pipeline(model).ask("What is wrong?", [screenshot(SCREEN)])
     assert answer.attempts == 2 and not guard(answer, "output.attribution")[0].passed
     assert "[upload-1]" in model.prompts[1].user.split("rejected")[1]
-    relaxed = pipeline(ScriptedModel("A paper jam in Tray 2."), require_citation=False).ask("What is wrong?",
-                                                                                            [screenshot(SCREEN)])
+    relaxed = pipeline(ScriptedModel("A paper jam in Tray 2."), require_citation=False).ask(
+        "What is wrong?", [screenshot(SCREEN)]
+    )
     assert relaxed.verdict is Verdict.ANSWERED and relaxed.citations == ()
 
 
@@ -166,7 +181,9 @@ def test_leaked_email_is_masked_and_the_askers_own_is_restored() -> None:
 
 def test_personal_data_in_a_screenshot_is_masked_for_the_model_and_restored_for_the_asker() -> None:
     model = ScriptedModel("The jam report goes to ops@printer.example (Tray 2) [upload-1].")
-    answer = pipeline(model).ask("Which email gets the report?", [screenshot(SCREEN + " Report to ops@printer.example")])
+    answer = pipeline(model).ask(
+        "Which email gets the report?", [screenshot(SCREEN + " Report to ops@printer.example")]
+    )
     assert "ops@printer.example" not in model.prompts[0].user
     assert answer.text == "The jam report goes to ops@printer.example (Tray 2) [upload-1]."
 
@@ -174,11 +191,13 @@ def test_personal_data_in_a_screenshot_is_masked_for_the_model_and_restored_for_
 def test_abstention_text_passes_the_output_pii_check_too() -> None:
     model = ScriptedModel("Error E-99 [upload-1].")
     answer = pipeline(model, max_attempts=1, abstain_text="I don't know. Mail help@vendor.example.").ask(
-        "What is wrong?", [screenshot(SCREEN)])
+        "What is wrong?", [screenshot(SCREEN)]
+    )
     assert answer.verdict is Verdict.ABSTAINED and answer.text == "I don't know. Mail [email removed]."
 
 
 # --- injection ----------------------------------------------------------------------------------
+
 
 def test_injection_in_the_screenshot_does_not_change_the_outcome() -> None:
     clean_model, injected_model = ObedientModel(GROUNDED), ObedientModel(GROUNDED)
@@ -222,22 +241,26 @@ def test_blocked_words_lead_to_abstention() -> None:
 
 # --- malformed requests -------------------------------------------------------------------------
 
+
 def png(size: tuple[int, int] = (32, 24)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, "white").save(buf, format="PNG")
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(("question", "uploads", "options", "field", "words"), [
-    ("What?", [png()] * 3, {"max_images": 2}, "uploads", "at most 2"),
-    ("What?", [png()], {"max_image_bytes": 50}, "uploads[0]", "the limit is 50 bytes"),
-    ("What?", [b"GIF89a not really"], {}, "uploads[0]", "uploads[0]"),
-    ("What?", [png((300, 300))], {"max_pixels": 10_000}, "uploads[0]", "pixels"),
-    ("What?", [Image.new("RGB", (300, 300))], {"max_pixels": 10_000}, "uploads[0]", "pixels"),
-    ("  ", [], {}, "question", "empty"),
-    ("x" * 51, [], {"max_question_chars": 50}, "question", "limit is 50"),
-    ("What?", ["not an image"], {}, "uploads[0]", "send image bytes"),
-])
+@pytest.mark.parametrize(
+    ("question", "uploads", "options", "field", "words"),
+    [
+        ("What?", [png()] * 3, {"max_images": 2}, "uploads", "at most 2"),
+        ("What?", [png()], {"max_image_bytes": 50}, "uploads[0]", "the limit is 50 bytes"),
+        ("What?", [b"GIF89a not really"], {}, "uploads[0]", "uploads[0]"),
+        ("What?", [png((300, 300))], {"max_pixels": 10_000}, "uploads[0]", "pixels"),
+        ("What?", [Image.new("RGB", (300, 300))], {"max_pixels": 10_000}, "uploads[0]", "pixels"),
+        ("  ", [], {}, "question", "empty"),
+        ("x" * 51, [], {"max_question_chars": 50}, "question", "limit is 50"),
+        ("What?", ["not an image"], {}, "uploads[0]", "send image bytes"),
+    ],
+)
 def test_malformed_requests_raise_invalid_input(question, uploads, options, field, words) -> None:
     model = ScriptedModel(GROUNDED)
     with pytest.raises(InvalidInput) as info:
@@ -268,20 +291,28 @@ def test_ocr_failure_is_noted_and_the_question_still_answered() -> None:
 
 # --- retrieval ----------------------------------------------------------------------------------
 
+
 def test_async_retriever_gets_the_masked_question_and_is_packed_after_uploads() -> None:
     calls = []
 
     async def retriever(question: str, k: int, filters=None) -> list[ContextImage]:
         calls.append((question, k, filters))
-        return [ContextImage("upload-1", screenshot(""), "clash"),  # collides with an upload id: dropped
-                ContextImage("kb-7", screenshot(""), "KB article: E-42 also appears when Tray 2 is open. "
-                             "Escalate to tier2@vendor.example", "kb"),
-                ContextImage("kb-8", screenshot(""), "unrelated"),
-                ContextImage("kb-9", screenshot(""), "more")]
+        return [
+            ContextImage("upload-1", screenshot(""), "clash"),  # collides with an upload id: dropped
+            ContextImage(
+                "kb-7",
+                screenshot(""),
+                "KB article: E-42 also appears when Tray 2 is open. Escalate to tier2@vendor.example",
+                "kb",
+            ),
+            ContextImage("kb-8", screenshot(""), "unrelated"),
+            ContextImage("kb-9", screenshot(""), "more"),
+        ]
 
     model = ScriptedModel("E-42 can also mean Tray 2 is open [kb-7]; escalate to tier2@vendor.example [kb-7].")
-    answer = pipeline(model, retriever).ask("I am jo@home.example: what is E-42?", [screenshot(SCREEN)], 2,
-                                            filters={"team": "printers"})
+    answer = pipeline(model, retriever).ask(
+        "I am jo@home.example: what is E-42?", [screenshot(SCREEN)], 2, filters={"team": "printers"}
+    )
     assert calls == [("I am [EMAIL_1]: what is E-42?", 2, {"team": "printers"})]
     assert [img.id for img in model.prompts[0].images] == ["upload-1", "kb-7", "kb-8"]
     assert [img.uploaded for img in model.prompts[0].images] == [True, False, False]
@@ -310,6 +341,7 @@ def test_no_retrieval_when_k_is_zero() -> None:
 
 
 # --- running it ---------------------------------------------------------------------------------
+
 
 def test_ask_async_and_ask_inside_a_loop() -> None:
     pipe = pipeline(ScriptedModel(GROUNDED))

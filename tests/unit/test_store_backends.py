@@ -150,7 +150,11 @@ def test_edge_collection_from_before_keywords_still_works(tmp_path):
     for field in OLD_INDEXED:
         shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
     shard.close()
-    sidecar = {"format": 1, "info": {}, "schema": {"vector_name": "clip", "dim": 4, "model_id": "m", "model_version": "1"}}
+    sidecar = {
+        "format": 1,
+        "info": {},
+        "schema": {"vector_name": "clip", "dim": 4, "model_id": "m", "model_version": "1"},
+    }
     (folder / "collection.json").write_text(json.dumps(sidecar))
 
     store = EdgeStore(str(tmp_path))

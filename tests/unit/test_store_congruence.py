@@ -20,9 +20,11 @@ DIM = 16
 N = 120
 SCHEMA = CollectionSchema(vector_name="clip", dim=DIM, model_id="test", model_version="v1")
 COLL = "gen"
-WORDS = ("printer tray error paper jam toner router wifi password invoice refund delivery late blue red cable "
-         "screen battery charger laptop phone tablet account login reset update firmware driver scanner copier "
-         "order parcel courier address billing payment card receipt warranty repair").split()
+WORDS = (
+    "printer tray error paper jam toner router wifi password invoice refund delivery late blue red cable "
+    "screen battery charger laptop phone tablet account login reset update firmware driver scanner copier "
+    "order parcel courier address billing payment card receipt warranty repair"
+).split()
 COLOURS = ("red", "green", "blue")
 
 
@@ -35,11 +37,20 @@ def generated() -> list[NewItem]:
         # by each backend its own way, which changes their ranks in a hybrid fusion).
         text = " ".join(rng.choice(WORDS, size=3 + i)) if i % 3 else None
         modality = Modality.TEXT if text and i % 2 else Modality.IMAGE
-        out.append(NewItem(public_id=f"item-{i}", sha256=f"{i:064x}", modality=modality, vector=v / np.linalg.norm(v),
-                           source=f"s{i % 7}", text=text, keywords=keyword_vector(text) if text else None,
-                           metadata={"colour": COLOURS[i % 3], "n": int(i), "price": float(rng.uniform(0, 100))},
-                           width=64 if modality is Modality.IMAGE else None,
-                           height=64 if modality is Modality.IMAGE else None))
+        out.append(
+            NewItem(
+                public_id=f"item-{i}",
+                sha256=f"{i:064x}",
+                modality=modality,
+                vector=v / np.linalg.norm(v),
+                source=f"s{i % 7}",
+                text=text,
+                keywords=keyword_vector(text) if text else None,
+                metadata={"colour": COLOURS[i % 3], "n": int(i), "price": float(rng.uniform(0, 100))},
+                width=64 if modality is Modality.IMAGE else None,
+                height=64 if modality is Modality.IMAGE else None,
+            )
+        )
     return out
 
 
@@ -57,8 +68,13 @@ def queries() -> list[SearchQuery]:
             SearchQuery(**{**base.__dict__, "offset": 5, "limit": 7}),
             SearchQuery(**{**base.__dict__, "modalities": (Modality.TEXT,)}),
             SearchQuery(**{**base.__dict__, "conditions": (Condition(key="colour", equals=COLOURS[i % 3]),)}),
-            SearchQuery(**{**base.__dict__, "conditions": (Condition(key="price", range=Range(gte=20.0, lt=60.0)),),
-                           "mode": "hybrid"}),
+            SearchQuery(
+                **{
+                    **base.__dict__,
+                    "conditions": (Condition(key="price", range=Range(gte=20.0, lt=60.0)),),
+                    "mode": "hybrid",
+                }
+            ),
             SearchQuery(**{**base.__dict__, "score_threshold": 0.2}),
             SearchQuery(**{**base.__dict__, "like_id": f"item-{i * 7}"}),
         ]
@@ -106,8 +122,9 @@ def test_every_backend_agrees_with_the_embedded_one(indexes) -> None:
         for name, index in indexes.items():
             got = index.run_query(query, vector_name="clip")
             where = f"{name} vs edge on {query!r}"
-            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-4, atol=1e-5,
-                                       err_msg=where)
+            np.testing.assert_allclose(
+                [s for _, s in got], [s for _, s in expected], rtol=1e-4, atol=1e-5, err_msg=where
+            )
             assert same_ranking(got, expected), where
             compared += 1
     assert compared >= 100
@@ -118,8 +135,9 @@ def test_counts_and_items_agree(indexes) -> None:
     red = reference.resolve_filter(COLL, (Condition(key="colour", equals="red"),))
     for index in indexes.values():
         assert index.count(COLL) == reference.count(COLL) == N
-        assert index.count(COLL, index.resolve_filter(COLL, (Condition(key="colour", equals="red"),))) == \
-            reference.count(COLL, red)
+        assert index.count(
+            COLL, index.resolve_filter(COLL, (Condition(key="colour", equals="red"),))
+        ) == reference.count(COLL, red)
         assert index.count(COLL, None, (Modality.TEXT,)) == reference.count(COLL, None, (Modality.TEXT,))
         for i in (0, 1, 59, 119):
             got, want = index.get(COLL, f"item-{i}"), reference.get(COLL, f"item-{i}")

@@ -21,6 +21,7 @@ DIM = 8
 SCHEMA = CollectionSchema(vector_name="clip", dim=DIM, model_id="bundled:tiny-clip", model_version="v1")
 COLL = "photos"
 
+
 @pytest.fixture
 def index(reopen) -> Index:
     return reopen()
@@ -345,11 +346,25 @@ def test_persists_across_reopen(loaded: Index, reopen):
 
 LEGACY = "legacy"
 DOCS = "docs"
-WINDOWS_CODES = ["0x80070005", "0x80070006", "0x80070015", "0x80070057", "0x80070002", "0x80070003",
-                 "0x8007000d", "0x80070020", "0x80070070", "0x80070422", "0x80070643", "0x80072efd"]
+WINDOWS_CODES = [
+    "0x80070005",
+    "0x80070006",
+    "0x80070015",
+    "0x80070057",
+    "0x80070002",
+    "0x80070003",
+    "0x8007000d",
+    "0x80070020",
+    "0x80070070",
+    "0x80070422",
+    "0x80070643",
+    "0x80072efd",
+]
 
 
-def doc(num: int, public_id: str, text: str | None, vector: np.ndarray, /, *, modality=Modality.TEXT, **fields) -> NewItem:
+def doc(
+    num: int, public_id: str, text: str | None, vector: np.ndarray, /, *, modality=Modality.TEXT, **fields
+) -> NewItem:
     meta = fields.pop("meta", {})
     keywords = fields.pop("keywords", keyword_vector(text) if text else None)
     return NewItem(
@@ -376,26 +391,57 @@ def docs_items() -> list[NewItem]:
     ]
     for i, code in enumerate(WINDOWS_CODES):  # near-identical to CLIP: one direction, tiny steps
         items.append(
-            doc(200 + i, f"win-{code}", f"Windows Update failed with error {code}", vec(0, 0, 1, 0.01 * i),
-                meta={"os": "win11" if i % 2 else "win10"})
+            doc(
+                200 + i,
+                f"win-{code}",
+                f"Windows Update failed with error {code}",
+                vec(0, 0, 1, 0.01 * i),
+                meta={"os": "win11" if i % 2 else "win10"},
+            )
         )
     recordings = {
-        "rec-en": ("en", [(0.0, 4.0, "Welcome to the support call."),
-                          (4.0, 10.5, "The printer shows error E-42 after the firmware update."),
-                          (10.5, 13.0, "Please restart the printer.")]),
-        "rec-de": ("de", [(0.0, 5.0, "Der Drucker zeigt den Fehler E-42."),
-                          (5.0, 9.0, "Bitte den Drucker neu starten.")]),
+        "rec-en": (
+            "en",
+            [
+                (0.0, 4.0, "Welcome to the support call."),
+                (4.0, 10.5, "The printer shows error E-42 after the firmware update."),
+                (10.5, 13.0, "Please restart the printer."),
+            ],
+        ),
+        "rec-de": (
+            "de",
+            [(0.0, 5.0, "Der Drucker zeigt den Fehler E-42."), (5.0, 9.0, "Bitte den Drucker neu starten.")],
+        ),
     }
     n = 300
     for r, (rec_id, (language, segments)) in enumerate(recordings.items()):
         full = " ".join(text for _, _, text in segments)
-        items.append(doc(n, rec_id, full, vec(0, 0, 0, 0, 1, 0.1 * r), modality=Modality.AUDIO, language=language,
-                         duration_s=segments[-1][1]))
+        items.append(
+            doc(
+                n,
+                rec_id,
+                full,
+                vec(0, 0, 0, 0, 1, 0.1 * r),
+                modality=Modality.AUDIO,
+                language=language,
+                duration_s=segments[-1][1],
+            )
+        )
         n += 1
         for s, (start, end, text) in enumerate(segments):
-            items.append(doc(n, f"{rec_id}/{s}", text, vec(0, 0, 0, 0, 1, 0.1 * r, 0.05 * (s + 1)),
-                             modality=Modality.AUDIO_SEGMENT, parent_id=rec_id, start_s=start, end_s=end,
-                             language=language))
+            items.append(
+                doc(
+                    n,
+                    f"{rec_id}/{s}",
+                    text,
+                    vec(0, 0, 0, 0, 1, 0.1 * r, 0.05 * (s + 1)),
+                    modality=Modality.AUDIO_SEGMENT,
+                    parent_id=rec_id,
+                    start_s=start,
+                    end_s=end,
+                    language=language,
+                )
+            )
             n += 1
     return items
 
@@ -414,8 +460,9 @@ DENSE_ONLY = dataclasses.replace(SCHEMA, keyword_vector=None)
 
 def kw(index: Index, text: str, user_conditions=(), *, coll=DOCS, **kwargs) -> list[tuple[str, float]]:
     f = index.resolve_filter(coll, list(user_conditions)) if user_conditions else None
-    hits = index.search(coll, None, limit=kwargs.pop("limit", 50), filter=f, mode="keyword",
-                        keyword_query=query_vector(text), **kwargs)
+    hits = index.search(
+        coll, None, limit=kwargs.pop("limit", 50), filter=f, mode="keyword", keyword_query=query_vector(text), **kwargs
+    )
     return [(payload["id"], score) for payload, score in hits]
 
 
@@ -425,8 +472,9 @@ def kw_ids(index: Index, text: str, user_conditions=(), **kwargs) -> list[str]:
 
 def hybrid(index: Index, vector: np.ndarray, text: str, user_conditions=(), **kwargs) -> list[tuple[str, float]]:
     f = index.resolve_filter(DOCS, list(user_conditions)) if user_conditions else None
-    hits = index.search(DOCS, vector, limit=kwargs.pop("limit", 50), filter=f, mode="hybrid",
-                        keyword_query=query_vector(text), **kwargs)
+    hits = index.search(
+        DOCS, vector, limit=kwargs.pop("limit", 50), filter=f, mode="hybrid", keyword_query=query_vector(text), **kwargs
+    )
     return [(payload["id"], score) for payload, score in hits]
 
 
@@ -514,8 +562,15 @@ GERMAN = [Condition(key="language", equals="de")]
 def test_every_mode_filters_and_restricts_modalities(docs: Index, mode: str):
     def run(conditions=(), **kwargs) -> list[str]:
         f = docs.resolve_filter(DOCS, list(conditions)) if conditions else None
-        hits = docs.search(DOCS, vec(0, 0, 0, 0, 1), limit=50, filter=f, mode=mode,
-                           keyword_query=query_vector("printer Drucker E-42"), **kwargs)
+        hits = docs.search(
+            DOCS,
+            vec(0, 0, 0, 0, 1),
+            limit=50,
+            filter=f,
+            mode=mode,
+            keyword_query=query_vector("printer Drucker E-42"),
+            **kwargs,
+        )
         return [p["id"] for p, _ in hits]
 
     assert set(run(GERMAN)) == {"rec-de", "rec-de/0", "rec-de/1"}
@@ -534,7 +589,11 @@ def test_audio_payloads(docs: Index):
     segment = docs.get(DOCS, "rec-en/1")
     assert segment["modality"] == "audio_segment"
     assert (segment["parent_id"], segment["start_s"], segment["end_s"], segment["language"]) == (
-        "rec-en", 4.0, 10.5, "en")
+        "rec-en",
+        4.0,
+        10.5,
+        "en",
+    )
     assert "duration_s" not in segment
     recording = docs.get(DOCS, "rec-en")
     assert (recording["modality"], recording["duration_s"], recording["language"]) == ("audio", 13.0, "en")
@@ -594,8 +653,16 @@ def test_invalid_audio_and_keyword_fields_are_rejected(docs: Index):
     with pytest.raises(InvalidInput) as e:
         docs.upsert(DOCS, bad, SCHEMA)
     fields = [p.field for p in e.value.problems]
-    assert fields == ["items[0].keywords", "items[1].keywords", "items[2].keywords", "items[3].end_s",
-                      "items[4].duration_s", "items[5].language", "items[6].parent_id", "items[7].start_s"]
+    assert fields == [
+        "items[0].keywords",
+        "items[1].keywords",
+        "items[2].keywords",
+        "items[3].end_s",
+        "items[4].duration_s",
+        "items[5].language",
+        "items[6].parent_id",
+        "items[7].start_s",
+    ]
     for condition in (Condition(key="language", range=Range(gte=1)), Condition(key="start_s", equals="x")):
         with pytest.raises(InvalidInput):
             docs.resolve_filter(DOCS, [condition])
@@ -613,8 +680,17 @@ def test_delete_children_and_cascade(reopen):
     assert index.delete_children(DOCS, "nobody") == 0
     with pytest.raises(InvalidInput):
         index.delete_children(DOCS, "")
-    new_segment = doc(900, "rec-en/0", "Changed words: toner cartridge", vec(0, 0, 0, 0, 1),
-                      modality=Modality.AUDIO_SEGMENT, parent_id="rec-en", start_s=0.0, end_s=3.0, language="en")
+    new_segment = doc(
+        900,
+        "rec-en/0",
+        "Changed words: toner cartridge",
+        vec(0, 0, 0, 0, 1),
+        modality=Modality.AUDIO_SEGMENT,
+        parent_id="rec-en",
+        start_s=0.0,
+        end_s=3.0,
+        language="en",
+    )
     index.upsert(DOCS, [new_segment], SCHEMA)
     assert kw_ids(index, "toner") == ["rec-en/0"]
     assert kw_ids(index, "printer", modalities=(Modality.AUDIO_SEGMENT,)) == []
@@ -661,8 +737,9 @@ def test_keywords_reupsert_and_persist(reopen):
         kw(index, "0x80070005", coll=LEGACY)
 
     # New content replaces the keywords; an item given without keywords loses them.
-    index.upsert(DOCS, [doc(200, "win-0x80070005", "Windows Update failed with error 0x800f081f", vec(0, 0, 1))],
-                 SCHEMA)
+    index.upsert(
+        DOCS, [doc(200, "win-0x80070005", "Windows Update failed with error 0x800f081f", vec(0, 0, 1))], SCHEMA
+    )
     assert kw_ids(index, "0x80070005") == []
     assert kw_ids(index, "0x800f081f") == ["win-0x80070005"]
     index.upsert(DOCS, [dataclasses.replace(items[3], keywords=None)], SCHEMA)

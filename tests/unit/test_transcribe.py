@@ -213,8 +213,15 @@ def test_packaged_hashes_are_pinned():
 # -- options and contracts -------------------------------------------------------------------
 def test_options_validate():
     assert TranscribeOptions().vad_filter and TranscribeOptions().word_timestamps
-    for bad in ({"threads": 0}, {"threads": 1000}, {"beam_size": 0}, {"temperatures": ()},
-                {"temperatures": (0.0, 5.0)}, {"vad_threshold": 1.5}, {"language": " "}):
+    for bad in (
+        {"threads": 0},
+        {"threads": 1000},
+        {"beam_size": 0},
+        {"temperatures": ()},
+        {"temperatures": (0.0, 5.0)},
+        {"vad_threshold": 1.5},
+        {"language": " "},
+    ):
         with pytest.raises(InvalidInput):
             TranscribeOptions(**bad)
 
@@ -262,9 +269,11 @@ def test_segments_stream_with_word_timestamps(tiny_fw):
 @pytest.mark.parametrize("kind", ["silence", "tone", "fixtures"])
 def test_no_text_without_speech(tiny_fw, kind):
     t = np.arange(16000 * 5) / 16000
-    clips = {"silence": [np.zeros(16000 * 5, np.float32)],
-             "tone": [(0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)],
-             "fixtures": [_samples(n) for n in NO_SPEECH]}[kind]
+    clips = {
+        "silence": [np.zeros(16000 * 5, np.float32)],
+        "tone": [(0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)],
+        "fixtures": [_samples(n) for n in NO_SPEECH],
+    }[kind]
     assert clips
     for samples in clips:
         _, segments = tiny_fw.transcribe(samples)
@@ -351,7 +360,10 @@ def test_noisy_clips_are_deterministic_and_clean(transcribers, backend, model):
 def test_backends_agree_on_fixtures(model, transcribers):
     fw, oa = transcribers("faster-whisper", model), transcribers("openai-whisper", model)
     t = np.arange(16000 * 5) / 16000
-    synthetic = {"silence": np.zeros(16000 * 5, np.float32), "tone": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)}
+    synthetic = {
+        "silence": np.zeros(16000 * 5, np.float32),
+        "tone": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+    }
     clean = [n for n in ENGLISH if n not in NOISY]
     for name in clean + NO_SPEECH + list(synthetic) + ([SPANISH] if SPANISH and model == "base" else []):
         samples = synthetic[name] if name in synthetic else _samples(name)

@@ -24,6 +24,7 @@ NEW = CollectionSchema(vector_name="clip_v2", dim=4, model_id="new-model", model
 # How a service configured with the new model names its vector: not how the collection does.
 NEW_AS_CLIP = CollectionSchema(vector_name="clip", dim=4, model_id="new-model", model_version="v2")
 
+
 @pytest.fixture
 def index(reopen) -> Index:
     """a, b, c indexed by the old model (query e0 ranks them a > b > c), plus the new

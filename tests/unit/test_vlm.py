@@ -149,7 +149,9 @@ def test_tiny_vlm_is_small_and_loads_through_the_auto_classes(tiny_cache):
         assert processor.tokenizer.convert_tokens_to_ids(token) not in (None, processor.tokenizer.unk_token_id)
     assert "Assistant:" in processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
-        add_generation_prompt=True, tokenize=False)
+        add_generation_prompt=True,
+        tokenize=False,
+    )
 
 
 def test_tiny_vlm_build_is_cached_and_deterministic(tiny_cache, tmp_path):
@@ -182,7 +184,11 @@ def test_tiny_vlm_answers_a_screenshot_greedily_and_bounded(tiny_vlm):
 
 def test_images_are_downscaled_to_the_processor_size(tiny_vlm):
     fitted = tiny_vlm._fit(_screenshot(size=(1920, 1080)).convert("RGBA"))
-    assert fitted.mode == "RGB" and max(fitted.size) == 128 and fitted.size[0] / fitted.size[1] == pytest.approx(16 / 9, 0.02)
+    assert (
+        fitted.mode == "RGB"
+        and max(fitted.size) == 128
+        and fitted.size[0] / fitted.size[1] == pytest.approx(16 / 9, 0.02)
+    )
 
 
 # -- OpenAI-compatible backend against a fake server --------------------------------------------
@@ -226,9 +232,13 @@ class FakeServer:
 
 
 def _completion(text: str, tokens: int = 7) -> dict:
-    return {"id": "cmpl-1", "object": "chat.completion", "model": "fake-vlm",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": tokens, "total_tokens": 100 + tokens}}
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": "fake-vlm",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": tokens, "total_tokens": 100 + tokens},
+    }
 
 
 @pytest.fixture
@@ -239,8 +249,15 @@ def server():
 
 
 def _openai(server, **kw):
-    options = {"backend": "openai", "model": "fake-vlm", "base_url": server.base_url, "retries": 2,
-               "backoff_s": 0.01, "timeout_s": 5.0, "max_new_tokens": 64}
+    options = {
+        "backend": "openai",
+        "model": "fake-vlm",
+        "base_url": server.base_url,
+        "retries": 2,
+        "backoff_s": 0.01,
+        "timeout_s": 5.0,
+        "max_new_tokens": 64,
+    }
     options.update(kw)
     return create_vlm(VlmOptions(**options))
 
@@ -267,8 +284,11 @@ def test_openai_request_shape_and_answer(server, monkeypatch):
 
 
 def test_openai_retries_a_500_then_answers(server):
-    server.script += [(500, {"error": "boom"}, {}, 0), (503, {"error": "warming up"}, {}, 0),
-                      (200, _completion("fine"), {}, 0)]
+    server.script += [
+        (500, {"error": "boom"}, {}, 0),
+        (503, {"error": "warming up"}, {}, 0),
+        (200, _completion("fine"), {}, 0),
+    ]
     assert _openai(server).generate(render("ask/v1", QUESTION, []), max_new_tokens=8).text == "fine"
     assert len(server.requests) == 3
     server.script += [(500, {"error": "boom"}, {}, 0)] * 3
@@ -294,8 +314,11 @@ def test_openai_429_is_overloaded_with_retry_after(server):
 
 
 def test_openai_client_errors_map_to_domain_errors(server):
-    server.script += [(401, {"error": "bad key"}, {}, 0), (400, {"error": "too many images"}, {}, 0),
-                      (200, {"unexpected": True}, {}, 0)]
+    server.script += [
+        (401, {"error": "bad key"}, {}, 0),
+        (400, {"error": "too many images"}, {}, 0),
+        (200, {"unexpected": True}, {}, 0),
+    ]
     prompt = render("ask/v1", QUESTION, [])
     with pytest.raises(ModelUnavailable, match="LOUPE_VLM_API_KEY"):
         _openai(server).generate(prompt, max_new_tokens=8)
@@ -312,7 +335,8 @@ def test_openai_unreachable_endpoint_is_model_unavailable():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    vlm = create_vlm(VlmOptions(backend="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1",
-                                retries=1, backoff_s=0.01))
+    vlm = create_vlm(
+        VlmOptions(backend="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1", retries=1, backoff_s=0.01)
+    )
     with pytest.raises(ModelUnavailable, match=r"unreachable.*start the server.*after 2 tries"):
         vlm.generate(render("ask/v1", QUESTION, []), max_new_tokens=8)

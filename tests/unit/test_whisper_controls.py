@@ -33,8 +33,10 @@ def seg(text: str, start: float = 0.0, end: float = 1.0, timed: bool = False) ->
 
 def test_repeat_of_previous_segment():
     assert is_repeat("Please restart the device.", "please restart the device")
-    assert is_repeat("Our internet connection drops every evening around eight.",
-                     "our internet connection drops every evening around eight o'clock")  # nearly the same
+    assert is_repeat(
+        "Our internet connection drops every evening around eight.",
+        "our internet connection drops every evening around eight o'clock",
+    )  # nearly the same
     assert is_repeat("the modem lights keep blinking orange", "lights keep blinking orange")  # contained
     assert not is_repeat("the modem lights keep blinking orange", "blinking orange")  # too short to tell
     # Near misses: short replies may recur; a different sentence on the same topic is kept.
@@ -68,11 +70,20 @@ def test_cut_loops_keeps_first_copy_and_its_timings():
 
 def test_controlled_drops_repeats_and_counts():
     controls = TranscriptControls()
-    segments = [seg("Our internet connection drops every evening."), seg("our internet connection drops every evening"),
-                seg("The modem lights blink orange."), seg("the the the the"), seg("Please call us back.")]
+    segments = [
+        seg("Our internet connection drops every evening."),
+        seg("our internet connection drops every evening"),
+        seg("The modem lights blink orange."),
+        seg("the the the the"),
+        seg("Please call us back."),
+    ]
     out = list(controlled(segments, controls))
-    assert [s.text for s in out] == ["Our internet connection drops every evening.", "The modem lights blink orange.",
-                                     "the", "Please call us back."]
+    assert [s.text for s in out] == [
+        "Our internet connection drops every evening.",
+        "The modem lights blink orange.",
+        "the",
+        "Please call us back.",
+    ]
     assert (controls.repeated_segments, controls.loops_cut) == (1, 1)
     assert controls.words_removed == 6 + 3
     off = TranscriptControls()
@@ -85,8 +96,9 @@ def test_whisper_retry_rule():
     assert fails_checks(3.1, -0.3, 0.01, **rule)  # repetitive
     assert fails_checks(1.5, -1.4, 0.01, **rule)  # improbable
     assert not fails_checks(3.1, -1.4, 0.9, **rule)  # improbable because silent: skipped, not retried
-    assert not fails_checks(9.0, -9.0, 0.9, compression_ratio_threshold=None, logprob_threshold=None,
-                            no_speech_threshold=None)
+    assert not fails_checks(
+        9.0, -9.0, 0.9, compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None
+    )
 
 
 def test_best_decode_prefers_probable_non_repetitive():
@@ -105,10 +117,14 @@ class ScriptedTranscriber(Transcriber):
         return object()
 
     def _transcribe(self, samples, options):
-        info = TranscriptInfo(language="en", language_probability=1.0, duration_s=len(samples) / 16000,
-                              model_id="scripted")
-        script = ["Our internet connection drops every evening.", "our internet connection drops every evening",
-                  "and the lights keep blinking keep blinking keep blinking keep blinking"]
+        info = TranscriptInfo(
+            language="en", language_probability=1.0, duration_s=len(samples) / 16000, model_id="scripted"
+        )
+        script = [
+            "Our internet connection drops every evening.",
+            "our internet connection drops every evening",
+            "and the lights keep blinking keep blinking keep blinking keep blinking",
+        ]
         return info, iter(seg(t, i, i + 1) for i, t in enumerate(script))
 
 

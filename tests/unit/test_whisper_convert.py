@@ -30,8 +30,17 @@ pytest.importorskip("whisper", reason="pip install openai-whisper")
 ROOT = Path(__file__).resolve().parents[2]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
 D, HEADS, LAYERS, MELS, AUDIO_CTX, TEXT_CTX = 64, 2, 2, 80, 1500, 32
-SPECIAL = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
-           "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+SPECIAL = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nospeech|>",
+    "<|notimestamps|>",
+]
 VOCAB = [f"tok{i}" for i in range(60)] + SPECIAL + [f"<|{i * 0.02:.2f}|>" for i in range(30)]
 PROMPT = [VOCAB.index(t) for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
 
@@ -116,8 +125,13 @@ def test_reader_dequantises_every_storage_type(tmp_path, quantization):
     assert (model.binary_version, model.spec, model.revision) == (6, "WhisperSpec", 3)
     assert model.aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
     stored = model.variables["encoder/layer_0/ffn/linear_0/weight"].dtype
-    expected = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32,  # widened on read
-                "int8": np.int8, "int16": np.int16}[quantization]
+    expected = {
+        "float32": np.float32,
+        "float16": np.float16,
+        "bfloat16": np.float32,  # widened on read
+        "int8": np.int8,
+        "int16": np.int16,
+    }[quantization]
     assert stored == expected
     weights = dequantize(model)
     for name, original in originals.items():
@@ -132,9 +146,18 @@ def test_converted_model_computes_what_ctranslate2_computes(tmp_path, quantizati
     _random_whisper(tmp_path / "ct2", quantization)
     pt = convert(tmp_path / "ct2", tmp_path / "out.pt")
     checkpoint = torch.load(pt, weights_only=True)
-    assert checkpoint["dims"] == {"n_mels": MELS, "n_audio_ctx": AUDIO_CTX, "n_audio_state": D, "n_audio_head": HEADS,
-                                  "n_audio_layer": LAYERS, "n_vocab": len(VOCAB), "n_text_ctx": TEXT_CTX,
-                                  "n_text_state": D, "n_text_head": HEADS, "n_text_layer": LAYERS}
+    assert checkpoint["dims"] == {
+        "n_mels": MELS,
+        "n_audio_ctx": AUDIO_CTX,
+        "n_audio_state": D,
+        "n_audio_head": HEADS,
+        "n_audio_layer": LAYERS,
+        "n_vocab": len(VOCAB),
+        "n_text_ctx": TEXT_CTX,
+        "n_text_state": D,
+        "n_text_head": HEADS,
+        "n_text_layer": LAYERS,
+    }
     ours = _openai_model(pt)
     assert ours.alignment_heads.to_dense().nonzero().tolist() == [[1, 0], [1, 1]]
     theirs = ctranslate2.models.Whisper(str(tmp_path / "ct2"), compute_type="float32", intra_threads=1)
@@ -142,12 +165,19 @@ def test_converted_model_computes_what_ctranslate2_computes(tmp_path, quantizati
     encoded = np.array(theirs.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
     with torch.no_grad():
         np.testing.assert_allclose(ours.encoder(torch.from_numpy(features)).numpy(), encoded, atol=1e-4)
-    result = theirs.generate(ctranslate2.StorageView.from_array(encoded), [PROMPT], beam_size=1, max_length=8,
-                             return_logits_vocab=True, suppress_blank=False, suppress_tokens=[])[0]
+    result = theirs.generate(
+        ctranslate2.StorageView.from_array(encoded),
+        [PROMPT],
+        beam_size=1,
+        max_length=8,
+        return_logits_vocab=True,
+        suppress_blank=False,
+        suppress_tokens=[],
+    )[0]
     tokens = result.sequences_ids[0]
     with torch.no_grad():
         logits = ours.decoder(torch.tensor([PROMPT + tokens]), torch.from_numpy(encoded))[0].numpy()
-    steps = logits[len(PROMPT) - 1:-1]
+    steps = logits[len(PROMPT) - 1 : -1]
     assert steps.argmax(-1).tolist() == tokens  # same greedy decode
     np.testing.assert_allclose(steps, np.stack([np.array(x) for x in result.logits[0]]), atol=1e-3)
 
@@ -181,8 +211,14 @@ def test_bad_inputs_fail_with_reasons(tmp_path):
 
 
 def test_cli_reports_errors(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "encoders.whisper.convert", str(tmp_path), str(tmp_path / "o.pt")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "encoders.whisper.convert", str(tmp_path), str(tmp_path / "o.pt")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2 and "no model.bin" in done.stderr
 
 
@@ -204,8 +240,14 @@ def test_packaged_weights_convert_and_transcribe(tmp_path, model):
     except ModelUnavailable as exc:
         pytest.skip(exc.reason)
     out = tmp_path / f"{model}.pt"
-    done = subprocess.run([sys.executable, "-m", "encoders.whisper.convert", str(folder), str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "encoders.whisper.convert", str(folder), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     torch.set_num_threads(2)
     loaded = whisper.load_model(str(out), device="cpu")

@@ -90,8 +90,20 @@ def _polygon(shape: str, r: float) -> list[tuple[float, float]]:
         return pts
     if shape == "cross":
         L, w = r, 0.32 * r
-        return [(-w, -L), (w, -L), (w, -w), (L, -w), (L, w), (w, w),
-                (w, L), (-w, L), (-w, w), (-L, w), (-L, -w), (-w, -w)]
+        return [
+            (-w, -L),
+            (w, -L),
+            (w, -w),
+            (L, -w),
+            (L, w),
+            (w, w),
+            (w, L),
+            (-w, L),
+            (-w, w),
+            (-L, w),
+            (-L, -w),
+            (-w, -w),
+        ]
     raise ValueError(shape)
 
 

@@ -109,10 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     loss_fn = ClipLoss()
     # No weight decay on gains, biases, embeddings or the temperature, as in open_clip's trainer.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n and "token" not in n)]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n and "token" not in n)
+    ]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
 
     def lr_at(step: int) -> float:
@@ -138,8 +142,11 @@ def main(argv: list[str] | None = None) -> None:
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
         if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {np.mean(losses[-25:]):.4f}  lr {lr_at(step):.2e}  "
-                  f"scale {scale.item():.1f}  {time.time() - start:.0f}s", flush=True)
+            print(
+                f"step {step:5d}  loss {np.mean(losses[-25:]):.4f}  lr {lr_at(step):.2e}  "
+                f"scale {scale.item():.1f}  {time.time() - start:.0f}s",
+                flush=True,
+            )
     train_s = time.time() - start
     print("in-memory float32:", evaluate(model, preprocess, tokenizer), flush=True)
 
@@ -158,11 +165,17 @@ def main(argv: list[str] | None = None) -> None:
 
     record = {
         "command": f"python -m encoders.clip.bundled.train_tiny_clip --steps {args.steps} --seed {args.seed}",
-        "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
-        "train_wall_s": round(train_s, 1), "total_wall_s": round(time.time() - start, 1),
+        "steps": args.steps,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "train_wall_s": round(train_s, 1),
+        "total_wall_s": round(time.time() - start, 1),
         "final_loss": round(float(np.mean(losses[-25:])), 4),
         "eval": {"seed": EVAL_SEED, "n": EVAL_N, "size_64": figures, "size_224": figures_224},
-        "torch": torch.__version__, "open_clip": open_clip.__version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
     }
     (out / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
