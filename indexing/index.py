@@ -276,14 +276,7 @@ class Index(ReembedMethods):
         """
         schema = self._vector_schema(name, vector_name)
         mode = check_mode(mode)
-        if limit < 1 or offset < 0:
-            raise InvalidInput(f"limit must be >= 1 and offset >= 0 (got {limit}, {offset})", field="limit")
-        if score_threshold is not None and not (
-            isinstance(score_threshold, (int, float, np.number)) and np.isfinite(score_threshold)
-        ):
-            raise InvalidInput(
-                f"score_threshold must be a finite number, got {score_threshold!r}", field="score_threshold"
-            )
+        _check_page(limit, offset, score_threshold)
         if mode != SearchMode.KEYWORD:
             vector = check_query_vector(vector, schema, name)
         if mode != SearchMode.DENSE:
@@ -293,44 +286,27 @@ class Index(ReembedMethods):
         scoped = _scoped(filter, modalities)
         if exclude_ids:
             scoped = (scoped or Filter()).and_not(Condition(key="id", any_of=tuple(exclude_ids)))
-        if mode == SearchMode.DENSE:
+        # Hybrid: the candidate count is fixed by the page asked for, not by how much `page`
+        # reads, so both rankings are the same for every read of one page.
+        candidates = max(offset + limit, HYBRID_CANDIDATES)
+        store, vname = self._store, schema.vector_name
 
-            def fetch(n: int, skip: int) -> list[ScoredPoint]:
-                return self._store.search(
-                    name,
-                    vector,
-                    vector_name=schema.vector_name,
-                    limit=n,
-                    offset=skip,
-                    filter=scoped,
-                    score_threshold=score_threshold,
-                )
-
-        elif mode == SearchMode.KEYWORD:
-
-            def fetch(n: int, skip: int) -> list[ScoredPoint]:
-                return self._store.search_keywords(
-                    name, keyword_query, limit=n, offset=skip, filter=scoped, score_threshold=score_threshold
-                )
-
-        else:
-            # Fixed by the page asked for, not by how much `page` reads, so both rankings
-            # are the same for every read of one page.
-            candidates = max(offset + limit, HYBRID_CANDIDATES)
-
-            def fetch(n: int, skip: int) -> list[ScoredPoint]:
-                return self._store.search_hybrid(
-                    name,
-                    vector,
-                    keyword_query,
-                    vector_name=schema.vector_name,
-                    limit=n,
-                    offset=skip,
-                    filter=scoped,
-                    dense_threshold=score_threshold,
-                    candidates=candidates,
-                    rrf_k=RRF_K,
-                )
+        def fetch(n: int, skip: int) -> list[ScoredPoint]:
+            common = {"limit": n, "offset": skip, "filter": scoped}
+            if mode == SearchMode.DENSE:
+                return store.search(name, vector, vector_name=vname, score_threshold=score_threshold, **common)
+            if mode == SearchMode.KEYWORD:
+                return store.search_keywords(name, keyword_query, score_threshold=score_threshold, **common)
+            return store.search_hybrid(
+                name,
+                vector,
+                keyword_query,
+                vector_name=vname,
+                dense_threshold=score_threshold,
+                candidates=candidates,
+                rrf_k=RRF_K,
+                **common,
+            )
 
         return [(hit.payload, hit.score) for hit in page(fetch, offset, limit)]
 
@@ -463,3 +439,12 @@ def _scoped(filter: Filter | None, modalities: tuple[Modality, ...]) -> Filter |
 def _listing(values: list[str]) -> str:
     shown = ", ".join(repr(v) for v in values[:_MAX_LISTED])
     return shown + (f" and {len(values) - _MAX_LISTED} more" if len(values) > _MAX_LISTED else "")
+
+
+def _check_page(limit: int, offset: int, score_threshold: float | None) -> None:
+    if limit < 1 or offset < 0:
+        raise InvalidInput(f"limit must be >= 1 and offset >= 0 (got {limit}, {offset})", field="limit")
+    if score_threshold is not None and not (
+        isinstance(score_threshold, (int, float, np.number)) and np.isfinite(score_threshold)
+    ):
+        raise InvalidInput(f"score_threshold must be a finite number, got {score_threshold!r}", field="score_threshold")

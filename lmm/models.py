@@ -99,3 +99,13 @@ def token_budget(requested: int | None, ceiling: int) -> int:
     if requested < 1:
         raise InvalidInput(f"max_new_tokens must be at least 1, got {requested}", field="max_new_tokens")
     return min(requested, ceiling)
+
+
+def generation_budget(prompt, options: VlmOptions, max_new_tokens: int | None) -> int:
+    """Tokens to generate for `prompt`, after checking it fits the options (image count)."""
+    if len(prompt.pixel_images) > options.max_images:
+        raise InvalidInput(
+            f"{len(prompt.pixel_images)} images in one prompt; at most {options.max_images} fit this model's settings",
+            field="images",
+        )
+    return token_budget(max_new_tokens, options.max_new_tokens)

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from encoders.common.errors import InvalidInput, LoupeError, ModelUnavailable, Overloaded
 from encoders.loading.lazy import LazyModel
-from lmm.models import VlmOptions, token_budget
+from lmm.models import VlmOptions, generation_budget
 from lmm.types import Draft, Prompt
 
 DEFAULT_MAX_IMAGE_EDGE = 1536
@@ -88,13 +88,7 @@ class OpenAiVlm(LazyModel):
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompt: Prompt, *, max_new_tokens: int | None = None) -> Draft:
-        budget = token_budget(max_new_tokens, self.options.max_new_tokens)
-        if len(prompt.pixel_images) > self.options.max_images:
-            raise InvalidInput(
-                f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
-                "fit this model's settings",
-                field="images",
-            )
+        budget = generation_budget(prompt, self.options, max_new_tokens)
         self.load()
         payload = self.request_body(prompt, budget)
         started = time.perf_counter()

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from encoders.common.errors import InvalidInput, ModelUnavailable, Overloaded
 from encoders.loading.hub import in_hf_cache, unreachable
-from encoders.loading.lazy import LazyModel
+from encoders.loading.lazy import SourcedModel
 from encoders.loading.runtime import pick_device, pick_dtype, set_threads
 from encoders.loading.specs import BUNDLED, HUB, PATH, parse
-from lmm.models import VlmOptions, token_budget
+from lmm.models import VlmOptions, generation_budget
 from lmm.types import Draft, Prompt
 
 BUNDLED_VLMS = ("tiny-vlm",)
@@ -114,7 +114,7 @@ def _in_hf_cache(repo: str, cache_dir: str | None) -> bool:
     return in_hf_cache(repo, ("config.json",), cache_dir)
 
 
-class TransformersVlm(LazyModel):
+class TransformersVlm(SourcedModel):
     """A transformers image-text-to-text model answering prompts with images."""
 
     def __init__(self, options: VlmOptions = VlmOptions()) -> None:
@@ -124,10 +124,6 @@ class TransformersVlm(LazyModel):
         # One generation at a time per instance: it saturates the cores (or the GPU) anyway.
         self._generate_lock = threading.Lock()
         self._model = None
-
-    @property
-    def model_id(self) -> str:
-        return self.source.model_id
 
     # -- loading ----------------------------------------------------------------------------
     def _load(self) -> None:
@@ -165,13 +161,7 @@ class TransformersVlm(LazyModel):
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompt: Prompt, *, max_new_tokens: int | None = None) -> Draft:
         """Greedy answer to `prompt`, at most `max_new_tokens` (capped by the options) tokens."""
-        budget = token_budget(max_new_tokens, self.options.max_new_tokens)
-        if len(prompt.pixel_images) > self.options.max_images:
-            raise InvalidInput(
-                f"{len(prompt.pixel_images)} images in one prompt; at most {self.options.max_images} "
-                "fit this model's settings",
-                field="images",
-            )
+        budget = generation_budget(prompt, self.options, max_new_tokens)
         self.load()
         import torch
 

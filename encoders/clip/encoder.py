@@ -17,7 +17,7 @@ from PIL import Image
 
 from encoders.clip.sources import ClipSource, resolve
 from encoders.common.errors import InvalidInput, ModelUnavailable
-from encoders.loading.lazy import LazyModel
+from encoders.loading.lazy import LazyModel, SourcedModel
 from encoders.loading.runtime import pick_device, pick_dtype, set_threads
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class TextEmbedding:
     truncated: tuple[bool, ...]
 
 
-class ClipEncoder(LazyModel):
+class ClipEncoder(SourcedModel):
     """Images and texts into one normalised embedding space."""
 
     def __init__(self, options: ClipOptions = ClipOptions()) -> None:
@@ -79,14 +79,6 @@ class ClipEncoder(LazyModel):
         self.drift: DriftReport | None = None
 
     # -- identity ---------------------------------------------------------------------------
-    @property
-    def model_id(self) -> str:
-        return self.source.model_id
-
-    @property
-    def model_version(self) -> str:
-        return self.source.model_version
-
     @property
     def dim(self) -> int:
         self.load()

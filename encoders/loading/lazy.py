@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Self
+from typing import Any, Self
 
 
 class LazyModel:
@@ -41,3 +41,18 @@ class LazyModel:
 
     def _load(self) -> None:
         raise NotImplementedError
+
+
+class SourcedModel(LazyModel):
+    """A LazyModel identified by its resolved weights, `self.source` (set before loading):
+    the model id and version stored with every point and reported with every result."""
+
+    source: Any
+
+    @property
+    def model_id(self) -> str:
+        return self.source.model_id
+
+    @property
+    def model_version(self) -> str:
+        return self.source.model_version

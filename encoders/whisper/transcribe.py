@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoders.common.errors import InvalidInput
-from encoders.loading.lazy import LazyModel
+from encoders.loading.lazy import SourcedModel
 from encoders.loading.registry import Entry, Registry
 from encoders.whisper.controls import TranscriptControls, controlled
 from encoders.whisper.models import WhisperSource, resolve
@@ -158,7 +158,7 @@ class TranscriptInfo:
     controls: TranscriptControls = field(default_factory=TranscriptControls, compare=False)
 
 
-class Transcriber(LazyModel):
+class Transcriber(SourcedModel):
     """Whisper behind a backend library. Subclasses implement `_load_model` and `_transcribe`."""
 
     backend: str = ""
@@ -177,14 +177,6 @@ class Transcriber(LazyModel):
         self.source: WhisperSource = resolve(model, cache_dir=cache_dir, hub_timeout_s=hub_timeout_s)
         super().__init__()
         self._model = None
-
-    @property
-    def model_id(self) -> str:
-        return self.source.model_id
-
-    @property
-    def model_version(self) -> str:
-        return self.source.model_version
 
     def _load(self) -> None:
         self._model = self._load_model()
