@@ -238,7 +238,7 @@ def service_memory_mb() -> dict:
             "dashboard",
             "DashboardAgent",
             "RuntimeEnvAgent",
-            "serve_driver",
+            "services.serve.driver",
             "loupe serve",
         ):
             if key in cmd and proc.info["memory_info"]:
