@@ -21,11 +21,19 @@ from indexing.types import SearchMode
 from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
 from services.rpc import convert
+from services.rpc.faces import AnswererFace, EncoderFace, IndexFace, TranscriberFace
 from services.serve.workers import EncodedImage, EncoderInfo
 
 
 class LoupeApi:
-    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
+    def __init__(
+        self,
+        settings: LoupeSettings,
+        encoder: EncoderFace,
+        index: IndexFace,
+        transcriber: TranscriberFace | None = None,
+        answerer: AnswererFace | None = None,
+    ) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.encoder = encoder

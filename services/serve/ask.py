@@ -9,11 +9,13 @@ from pathlib import Path
 from PIL import Image
 
 from encoders.text.keywords import query_vector
+from indexing.ingest import TextReader
 from indexing.query import SearchQuery
 from indexing.types import Modality, SearchMode
 from lmm.pipeline import AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
+from services.rpc.faces import EncoderFace, IndexFace
 
 log = logging.getLogger("loupe.ask")
 
@@ -30,8 +32,7 @@ def _relevant(question: str, payload: dict, dense_ids: set[str]) -> bool:
 
 
 class AnswerWorker:
-    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
-        from encoders.ocr import OcrOptions, create_ocr
+    def __init__(self, settings: LoupeSettings, encoder: EncoderFace, index: IndexFace) -> None:
         from lmm.models import VlmOptions, create_vlm
         from lmm.prompts import load_prompt, render
 
@@ -46,10 +47,8 @@ class AnswerWorker:
             )
         )
         getattr(self.vlm, "load", lambda: None)()
-        engine = settings.ocr.engine or None
-        self.ocr = create_ocr(
-            engine, OcrOptions(**({"engine": engine} if engine else {}), threads=settings.ocr.threads)
-        ).load()
+        # Every uploaded screenshot is read (no screenshot test: the user sent it to be read).
+        self.ocr = TextReader("always", settings.ocr.engine, settings.ocr.threads).load()
         self.encoder, self.index = encoder, index
         self.modalities = tuple(Modality(m) for m in a.retrieval_modalities)
         self.min_score = a.retrieval_min_score
@@ -69,7 +68,7 @@ class AnswerWorker:
         )
         self.pipeline = AskPipeline(
             self.vlm,
-            ocr=lambda image: self.ocr.read(image).text,
+            ocr=self.ocr.read,
             retriever=self._retrieve,
             prompt_renderer=lambda q, images: render(template, q, images),
             options=options,
