@@ -375,8 +375,8 @@ class Index(ReembedMethods):
     # -- internals -------------------------------------------------------------------------
 
     def _no_collection(self, name: str) -> NotFound:
-        existing = ", ".join(repr(n) for n in self._store.list_collections()) or "none"
-        return NotFound(f"collection {name!r} does not exist; existing collections: {existing}", field="collection")
+        existing = tuple(self._store.list_collections())
+        return NotFound(f"collection {name!r} does not exist", field="collection", existing=existing)
 
     def _vector_schema(self, name: str, vector_name: str | None) -> CollectionSchema:
         active = self.schema(name)

@@ -191,8 +191,12 @@ class LoupeSettings(BaseSettings):
     # Qdrant server URL; set it to use qdrant-client instead of the embedded store.
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
-    # When set, every call must send `authorization: Bearer <key>` or `x-api-key: <key>`.
+    # When set, every call must send `authorization: Bearer <key>` or `x-api-key: <key>`: the
+    # one-client case of the gateway (all rights, all collections).
     api_key: str | None = None
+    # The gateway's clients file (YAML: ids, key hashes, rights, collections; README "Access").
+    # Takes precedence over api_key; with neither, the service is open to anyone who reaches it.
+    clients_file: str | None = None
     # Build the vector index (HNSW) after this many new points, once writes pause; 0 = never.
     optimize_after_points: int = 5000
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)

@@ -33,7 +33,23 @@ class BatchInvalid(InvalidInput):
 
 
 class NotFound(LoupeError):
-    """An id or collection that does not exist."""
+    """An id or collection that does not exist.
+
+    `existing`: for a missing collection, the collections there are (named in the reason);
+    the gateway shows a client only those it may use (`shown_to`)."""
+
+    def __init__(self, reason: str, *, field: str | None = None, existing: tuple[str, ...] | None = None) -> None:
+        self.missing = reason
+        self.existing = existing
+        if existing is not None:
+            reason = f"{reason}; existing collections: {', '.join(repr(n) for n in existing) or 'none yet'}"
+        super().__init__(reason, field=field)
+
+    def shown_to(self, visible) -> NotFound:
+        """The same error naming only the collections `visible(name)` allows."""
+        if self.existing is None:
+            return self
+        return NotFound(self.missing, field=self.field, existing=tuple(n for n in self.existing if visible(n)))
 
 
 class ModelMismatch(LoupeError):
@@ -60,3 +76,11 @@ class Overloaded(LoupeError):
 
 class StoreUnavailable(LoupeError):
     """The vector store (embedded shard or Qdrant server) cannot be reached or opened."""
+
+
+class Unauthenticated(LoupeError):
+    """No API key, or one that no client holds (or that has expired)."""
+
+
+class Forbidden(LoupeError):
+    """A known client asked for something outside its rights or its collections."""

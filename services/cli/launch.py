@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from encoders.common.errors import LoupeError
 from services.config import RequestLimits
 
 
@@ -24,6 +25,7 @@ def render_config(
     qdrant_url: str | None = None,
     model: str | None = None,
     http_port: int | None = None,
+    clients_file: str | None = None,
 ) -> dict:
     """The Serve config with the CLI's choices written into the app args."""
     cfg = yaml.safe_load(Path(config).read_text())
@@ -37,6 +39,8 @@ def render_config(
         app_args["data_dir"] = str(Path(app_args["data_dir"]).expanduser().resolve())
     if qdrant_url:
         app_args["qdrant_url"] = qdrant_url
+    if clients_file:
+        app_args["clients_file"] = clients_file
     if model:
         app_args.setdefault("encoder", {})["model"] = model
     if port is not None:
@@ -48,10 +52,21 @@ def render_config(
     from services.config import load_settings
 
     settings = load_settings(app_args)
+    if settings.clients_file:  # replicas run in the project folder: give them an absolute path
+        app_args["clients_file"] = str(Path(settings.clients_file).expanduser().resolve())
+    access(app_args)  # a bad clients file stops here, before Ray
     off = {name for name, on in (("Transcriber", settings.audio), ("Answerer", settings.ask.enabled)) if not on}
     if off and app.get("deployments"):
         app["deployments"] = [d for d in app["deployments"] if d.get("name") not in off]
     return cfg
+
+
+def access(app_args: dict) -> str:
+    """Who may call the service these app args configure, as the start-up line says it."""
+    from services.config import load_settings
+    from services.gateway.gate import Gateway
+
+    return Gateway.from_settings(load_settings(app_args)).describe()
 
 
 def serve_env(cfg: dict) -> dict[str, str]:
@@ -108,7 +123,7 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
 
     try:
         cfg = render_config(config, **overrides)
-    except (ValidationError, ValueError, OSError) as exc:  # a bad config never reaches Ray
+    except (ValidationError, ValueError, OSError, LoupeError) as exc:  # a bad config never reaches Ray
         print(f"loupe: cannot start: the config {config} is not valid: {exc}", file=sys.stderr, flush=True)
         return 2
     ports = {
@@ -141,7 +156,7 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
         f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
         f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
         f"firewall or the TLS proxy in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
-        f"{ports['HTTP']}",
+        f"{ports['HTTP']}; {access(app_args)}",
         file=sys.stderr,
         flush=True,
     )

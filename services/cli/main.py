@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
             qdrant_url=args.qdrant_url,
             model=args.model,
             http_port=args.http_port,
+            clients_file=args.clients,
         )
+    if args.command == "keys":
+        from services.cli import keys
+
+        return keys.run(args)
     if args.command == "index" and args.batch:
         from services.cli import batch as batch_cli
 
@@ -70,12 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
     s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
     s.add_argument("--model", default=None, help="CLIP model spec (see README)")
+    s.add_argument("--clients", default=None, help="the gateway's clients file (see README 'Access')")
     s.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (about 1 GB more memory)")
     s.add_argument(
         "--ray-address",
         default=None,
         help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray",
     )
+
+    from services.cli import keys
+
+    keys.add_arguments(sub.add_parser("keys", help="make API keys and list the clients of a clients file"))
 
     i = sub.add_parser("index", help="index image and audio files or folders (recursively)")
     i.add_argument("paths", nargs="*", type=Path)

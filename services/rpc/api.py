@@ -8,6 +8,7 @@ responses. It raises domain errors only; `services.rpc.errors` turns them into s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 
 from encoders.common.errors import BatchInvalid, InvalidInput
@@ -152,7 +153,10 @@ class LoupeApi:
         mods = convert.modalities(req.modalities, "modalities")
         return index_pb2.CountResponse(count=await self.index.count(name, conds, mods))
 
-    async def get_status(self, req: index_pb2.GetStatusRequest) -> index_pb2.StatusResponse:
+    async def get_status(
+        self, req: index_pb2.GetStatusRequest, visible: Callable[[str], bool] = lambda name: True
+    ) -> index_pb2.StatusResponse:
+        """The model, the store and the collections `visible(name)` allows (a gateway client's own)."""
         info = await self.info()
         backend = await self.index.ping()
         out = index_pb2.StatusResponse(
@@ -163,6 +167,8 @@ class LoupeApi:
             version=_version(),
         )
         for name, schema, count in await self.index.collections():
+            if not visible(name):
+                continue
             out.collections.add(
                 name=name, count=count, model_id=schema.model_id, model_version=schema.model_version, dim=schema.dim
             )

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from encoders.common.errors import (
     BatchInvalid,
+    Forbidden,
     InvalidInput,
     LoupeError,
     ModelMismatch,
@@ -23,6 +24,7 @@ from encoders.common.errors import (
     NotFound,
     Overloaded,
     StoreUnavailable,
+    Unauthenticated,
     VectorStateConflict,
 )
 
@@ -39,6 +41,8 @@ STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (PermissionError, grpc.StatusCode.UNAUTHENTICATED),
 )
 

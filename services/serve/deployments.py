@@ -18,6 +18,7 @@ from indexing.query import SearchQuery
 from indexing.types import CollectionSchema
 from protos.loupe.v1 import common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
+from services.gateway.gate import Gateway
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
 from services.serve.admission import Admission
@@ -160,24 +161,26 @@ class Ingress:
             HandleCalls(answerer) if answerer is not None else None,
         )
         self.admission = Admission(settings.admission.lanes(), settings.admission.max_wait_s)
+        self.gateway = Gateway.from_settings(settings)
+        log.info("%s", self.gateway.describe())
 
     async def _run(self, call, request, grpc_context, empty, rpc: str):
+        client = None
         try:
-            self._authenticate(grpc_context)
+            client = self._admit(grpc_context, rpc, request)
             async with self.admission.enter(rpc):
+                if rpc == "GetStatus":  # a client sees only its own collections
+                    return await call(request, visible=client.sees)
                 return await call(request)
         except Exception as exc:  # every error leaves through the one table
-            _set_status(grpc_context, exc)
+            _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc)
             return empty
 
-    def _authenticate(self, grpc_context) -> None:
-        key = self.settings.api_key
-        if not key:
-            return
-        meta = dict(grpc_context.invocation_metadata())
-        given = meta.get("x-api-key") or meta.get("authorization", "").removeprefix("Bearer ").strip()
-        if given != key:
-            raise PermissionError("missing or wrong API key: send metadata 'authorization: Bearer <key>'")
+    def _admit(self, grpc_context, rpc: str, request):
+        """The calling client, once the gateway allows it this call."""
+        client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
+        self.gateway.authorize(client, rpc, request)
+        return client
 
     async def IndexImages(self, request, grpc_context):
         return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")
@@ -193,7 +196,7 @@ class Ingress:
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
         try:
-            self._authenticate(grpc_context)
+            self._admit(grpc_context, "Transcribe", request)
             async with self.admission.enter("Transcribe"):
                 async for message in self.api.transcribe(request, self._stream_transcript):
                     yield message

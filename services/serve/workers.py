@@ -238,4 +238,4 @@ class IndexWorker:
 
         if self.index.store.get_schema(name) is None:
             names = self.index.store.list_collections()
-            raise NotFound(f"collection {name!r} does not exist; existing: {', '.join(names) or 'none yet'}")
+            raise NotFound(f"collection {name!r} does not exist", field="collection", existing=tuple(names))

@@ -61,6 +61,17 @@ def test_serve_refuses_a_bad_config_value_before_ray(monkeypatch, tmp_path, caps
     assert "cannot start: the config" in err and "max_wait_s" in err
 
 
+def test_serve_refuses_a_bad_clients_file_before_ray(tmp_path, capsys):
+    from services.cli.launch import access, serve
+
+    bad = tmp_path / "clients.yaml"
+    bad.write_text("clients:\n  - id: x\n    keys: [{sha256: nothex}]\n    rights: [search]\n    collections: ['*']\n")
+    assert serve(config=str(ROOT / "ray_config.yaml"), bundled=True, data_dir=str(tmp_path), clients_file=str(bad)) == 2
+    assert "64 hex digits" in capsys.readouterr().err
+    assert access({}).startswith("access: OPEN")
+    assert access({"api_key": "k"}) == "access: one shared key (LOUPE_API_KEY)"
+
+
 def test_start_up_state_follows_serve_output(monkeypatch, tmp_path):
     import os
 

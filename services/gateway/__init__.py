@@ -1,0 +1,1 @@
+"""The gateway in front of every call: who the caller is, and what it may do and touch."""
