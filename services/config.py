@@ -197,6 +197,11 @@ class LoupeSettings(BaseSettings):
     # The gateway's clients file (YAML: ids, key hashes, rights, collections; README "Access").
     # Takes precedence over api_key; with neither, the service is open to anyone who reaches it.
     clients_file: str | None = None
+    # Where usage and audit records go: "sqlite:///path" or "postgresql://user:pass@host/db";
+    # None: loupe-events.db (SQLite) in data_dir.
+    events_url: str | None = None
+    # Ingress replicas (set by `loupe serve` from the config): each enforces 1/N of a rate limit.
+    ingress_replicas: int = Field(default=1, ge=1)
     # Build the vector index (HNSW) after this many new points, once writes pause; 0 = never.
     optimize_after_points: int = 5000
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
@@ -249,6 +254,11 @@ class LoupeSettings(BaseSettings):
             prompt_reset_on_fallback=t.prompt_reset_on_fallback,
             seed=t.seed,
         )
+
+    def events_store_url(self) -> str:
+        from services.events.store import default_url
+
+        return self.events_url or default_url(self.data_dir)
 
     def clip_options(self) -> ClipOptions:
         e = self.encoder

@@ -52,6 +52,8 @@ def render_config(
     from services.config import load_settings
 
     settings = load_settings(app_args)
+    ingress = next((d for d in app.get("deployments") or [] if d.get("name") == "Ingress"), {})
+    app_args["ingress_replicas"] = int(ingress.get("num_replicas") or 1)
     if settings.clients_file:  # replicas run in the project folder: give them an absolute path
         app_args["clients_file"] = str(Path(settings.clients_file).expanduser().resolve())
     access(app_args)  # a bad clients file stops here, before Ray

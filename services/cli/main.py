@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
         help="deploy onto this Ray cluster (e.g. 'auto', 'ray://head:10001'); default: a private local Ray",
     )
 
+    for name, what in (
+        ("usage", "usage per day, client, RPC and status code"),
+        ("audit", "the audit trail of writes and deletes"),
+    ):
+        u = sub.add_parser(name, help=f"{what} (needs the admin right)")
+        u.add_argument("--client", default="", help="only this client")
+        u.add_argument("--since", default="", help="from this UTC day (YYYY-MM-DD)")
+        u.add_argument("--json", action="store_true")
+        if name == "audit":
+            u.add_argument("--limit", type=int, default=0, help="most records (default 1000)")
+
     from services.cli import keys
 
     keys.add_arguments(sub.add_parser("keys", help="make API keys and list the clients of a clients file"))
@@ -297,6 +308,33 @@ def cmd_status(client: LoupeClient, args) -> int:
     return 0
 
 
+def cmd_usage(client: LoupeClient, args) -> int:
+    rows = client.usage(client=args.client or "", since=args.since or "")
+    if args.json:
+        fields = ("day", "client", "rpc", "code", "calls", "items", "audio_seconds")
+        print(json.dumps([{f: getattr(r, f) for f in fields} for r in rows], indent=2))
+        return 0
+    print(f"{'day':<10}  {'client':<20} {'rpc':<12} {'code':<18} {'calls':>7} {'items':>7} {'audio s':>9}")
+    for r in rows:
+        print(f"{r.day:<10}  {r.client:<20} {r.rpc:<12} {r.code:<18} {r.calls:>7} {r.items:>7} {r.audio_seconds:>9.1f}")
+    return 0
+
+
+def cmd_audit(client: LoupeClient, args) -> int:
+    records = client.audit(client=args.client or "", since=args.since or "", limit=args.limit)
+    if args.json:
+        fields = ("at", "client", "rpc", "collection", "code", "count")
+        print(
+            json.dumps(
+                [{**{f: getattr(r, f) for f in fields}, "target": json.loads(r.target_json)} for r in records], indent=2
+            )
+        )
+        return 0
+    for r in records:
+        print(f"{r.at}  {r.client:<20} {r.rpc:<12} {r.collection:<16} {r.code:<10} {r.count:>5}  {r.target_json}")
+    return 0
+
+
 def _print_start_up(target: str) -> bool:
     """For a service on this machine that is still starting: what it waits for. False if unknown."""
     import time
@@ -392,6 +430,8 @@ COMMANDS = {
     "search": cmd_search,
     "delete": cmd_delete,
     "status": cmd_status,
+    "usage": cmd_usage,
+    "audit": cmd_audit,
     "transcribe": cmd_transcribe,
     "eval": cmd_eval,
 }

@@ -21,6 +21,8 @@ from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.loupe.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     audio_pb2,
     audio_pb2_grpc,
     common_pb2,
@@ -31,7 +33,7 @@ from protos.loupe.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-from services.rpc.errors import field_violations
+from services.rpc.errors import field_violations, retry_delay_s
 
 MODALITIES = {
     "image": common_pb2.MODALITY_IMAGE,
@@ -55,6 +57,8 @@ class LoupeCallError(Exception):
         self.code: grpc.StatusCode = error.code()
         self.reason: str = error.details() or ""
         self.violations: list[tuple[str, str]] = field_violations(error)
+        # When to try again (RetryInfo), for RESOURCE_EXHAUSTED: overload, a rate limit, a quota.
+        self.retry_after_s: float | None = retry_delay_s(error)
         super().__init__(f"{self.code.name}: {self.reason}")
 
 
@@ -159,6 +163,7 @@ class LoupeClient:
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._audio = audio_pb2_grpc.AudioServiceStub(self.channel)
         self._qa = qa_pb2_grpc.QAServiceStub(self.channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def __enter__(self) -> LoupeClient:
         return self
@@ -235,6 +240,15 @@ class LoupeClient:
 
     def status(self) -> index_pb2.StatusResponse:
         return self._call(self._index.GetStatus, index_pb2.GetStatusRequest())
+
+    def usage(self, *, client: str = "", since: str = "") -> list[admin_pb2.UsageRow]:
+        """Usage rows per day, client, RPC and status code (needs the admin right)."""
+        return list(self._call(self._admin.GetUsage, admin_pb2.UsageRequest(client=client, since=since)).rows)
+
+    def audit(self, *, client: str = "", since: str = "", limit: int = 0) -> list[admin_pb2.AuditRecord]:
+        """Audit records of writes and deletes, oldest first (needs the admin right)."""
+        request = admin_pb2.AuditRequest(client=client, since=since, limit=limit)
+        return list(self._call(self._admin.GetAudit, request).records)
 
     def health(self, service: str = "") -> str:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))

@@ -8,6 +8,8 @@
             expires: 2027-01-31T00:00:00Z      # a rotated-out key, accepted until then
         rights: [search, index]                # search index delete ask transcribe admin
         collections: ["shop-*", "shared"]      # names, "prefix*" (a tenant), or "*"
+        limits: {rate: 20, burst: 40, expensive_rate: 0.5, expensive_burst: 2}   # calls/s; 0: none
+        quotas: {items_per_day: 100000, audio_seconds_per_day: 7200, ask_calls_per_day: 500}
 
 `loupe keys create CLIENT` prints a new key once and the entry to paste; `loupe keys list`
 shows the clients of a file. A key is 32 random bytes (urlsafe base64 behind "lp_"), so one
@@ -43,12 +45,32 @@ class KeyHash:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Per client; 0 means no limit. Rates are calls per second over all Ingress replicas."""
+
+    rate: float = 0.0
+    burst: float = 0.0  # default: twice the rate (at least 1)
+    # Ask, IndexAudio and Transcribe: their own, lower limit (they also count against `rate`).
+    expensive_rate: float = 0.0
+    expensive_burst: float = 0.0
+    # Per UTC day, counted from successful calls.
+    items_per_day: int = 0
+    audio_seconds_per_day: float = 0.0
+    ask_calls_per_day: int = 0
+
+
+RATE_KEYS = ("rate", "burst", "expensive_rate", "expensive_burst")
+QUOTA_KEYS = ("items_per_day", "audio_seconds_per_day", "ask_calls_per_day")
+
+
+@dataclass(frozen=True)
 class Client:
     id: str
     keys: tuple[KeyHash, ...]
     rights: frozenset[str]
     # Collection names, "prefix*" patterns, or "*" for all.
     collections: tuple[str, ...]
+    limits: Limits = Limits()
 
     def may(self, right: str) -> bool:
         return "admin" in self.rights or right in self.rights
@@ -116,7 +138,22 @@ def _client(entry: Any, where: str) -> Client:
         raise InvalidInput(
             f"{where} ({cid}): collections must be a non-empty list of names, 'prefix*' or '*'", field="clients_file"
         )
-    return Client(cid, keys, frozenset(rights), tuple(collections))
+    return Client(cid, keys, frozenset(rights), tuple(collections), _limits(entry, f"{where} ({cid})"))
+
+
+def _limits(entry: dict, where: str) -> Limits:
+    values: dict[str, float] = {}
+    for section, keys in (("limits", RATE_KEYS), ("quotas", QUOTA_KEYS)):
+        raw = entry.get(section) or {}
+        if not isinstance(raw, dict) or set(raw) - set(keys):
+            raise InvalidInput(f"{where}: {section} takes {', '.join(keys)}", field="clients_file")
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidInput(
+                    f"{where}: {section}.{key} must be a number >= 0, not {value!r}", field="clients_file"
+                )
+            values[key] = value
+    return Limits(**values)
 
 
 def _key(raw: Any, where: str) -> KeyHash:

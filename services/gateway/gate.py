@@ -30,6 +30,8 @@ RPC_RIGHTS: dict[str, str | None] = {
     "Ask": "ask",
     "Transcribe": "transcribe",
     "GetStatus": None,
+    "GetUsage": "admin",
+    "GetAudit": "admin",
 }
 EVERYONE = Client("anonymous", (), frozenset({"admin"}), ("*",))
 SHARED = Client("shared-key", (), frozenset({"admin"}), ("*",))

@@ -81,14 +81,25 @@ def _bad_request(exc: InvalidInput) -> error_details_pb2.BadRequest:
     )
 
 
-def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    """Client side: (field, description) pairs from a failed call's BadRequest details."""
+def _detail(error: grpc.RpcError, kind):
+    """Client side: the first detail of type `kind` in a failed call's rich status, or None."""
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
-            rich = status_pb2.Status.FromString(value)
-            for detail in rich.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    return [(v.field, v.description) for v in bad.field_violations]
-    return []
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(kind.DESCRIPTOR):
+                    out = kind()
+                    detail.Unpack(out)
+                    return out
+    return None
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """Client side: (field, description) pairs from a failed call's BadRequest details."""
+    bad = _detail(error, error_details_pb2.BadRequest)
+    return [(v.field, v.description) for v in bad.field_violations] if bad else []
+
+
+def retry_delay_s(error: grpc.RpcError) -> float | None:
+    """Client side: the RetryInfo delay of a refusal (RESOURCE_EXHAUSTED), in seconds."""
+    info = _detail(error, error_details_pb2.RetryInfo)
+    return info.retry_delay.ToMilliseconds() / 1000 if info else None

@@ -25,6 +25,8 @@ LANES = {
     "Count": "read",
     "GetItem": "read",
     "GetStatus": "read",
+    "GetUsage": "read",
+    "GetAudit": "read",
     "Delete": "index",
     "SearchText": "search",
     "SearchImage": "search",

@@ -7,6 +7,7 @@ Serve proxy routes by method name, so method names here are the RPC names.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 import grpc
@@ -16,9 +17,13 @@ from ray import serve
 from encoders.clip.encoder import TextEmbedding
 from indexing.query import SearchQuery
 from indexing.types import CollectionSchema
-from protos.loupe.v1 import common_pb2, index_pb2, qa_pb2, search_pb2
+from protos.loupe.v1 import admin_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
+from services.events.store import EventStore
 from services.gateway.gate import Gateway
+from services.gateway.limits import RateLimiter, check_quota
+from services.gateway.meter import AUDITED, UNAUTHENTICATED, Meter, audit_of, usage_of
+from services.rpc import admin
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
 from services.serve.admission import Admission
@@ -26,7 +31,14 @@ from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, Tran
 
 log = logging.getLogger("loupe")
 
-HEALTH_SERVICES = ("", "loupe.v1.IndexService", "loupe.v1.SearchService", "loupe.v1.AudioService", "loupe.v1.QAService")
+HEALTH_SERVICES = (
+    "",
+    "loupe.v1.IndexService",
+    "loupe.v1.SearchService",
+    "loupe.v1.AudioService",
+    "loupe.v1.QAService",
+    "loupe.v1.AdminService",
+)
 
 
 @serve.deployment(name="Encoder")
@@ -162,25 +174,41 @@ class Ingress:
         )
         self.admission = Admission(settings.admission.lanes(), settings.admission.max_wait_s)
         self.gateway = Gateway.from_settings(settings)
+        self.limiter = RateLimiter(settings.ingress_replicas)
+        self.meter = Meter(EventStore(settings.events_store_url()))
         log.info("%s", self.gateway.describe())
 
-    async def _run(self, call, request, grpc_context, empty, rpc: str):
-        client = None
+    async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
+        """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
+        client, result, code = None, None, "OK"
         try:
-            client = self._admit(grpc_context, rpc, request)
+            client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
+            self._allow(client, rpc, request)  # a refusal is counted against this client
             async with self.admission.enter(rpc):
-                if rpc == "GetStatus":  # a client sees only its own collections
-                    return await call(request, visible=client.sees)
-                return await call(request)
+                result = await (call(request, client) if with_client else call(request))
+                return result
         except Exception as exc:  # every error leaves through the one table
+            code = to_status(exc).code.name
             _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc)
             return empty
+        finally:
+            await self._account(client, rpc, request, result, code)
 
-    def _admit(self, grpc_context, rpc: str, request):
-        """The calling client, once the gateway allows it this call."""
-        client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
+    def _allow(self, client, rpc: str, request) -> None:
+        """The gateway's checks beyond the key: rights, collection, rate limits, quotas."""
         self.gateway.authorize(client, rpc, request)
-        return client
+        self.limiter.check(client, rpc)
+        check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC))
+
+    async def _account(self, client, rpc: str, request, result, code: str) -> None:
+        try:
+            usage = usage_of(rpc, result)
+            self.meter.record(client.id if client else UNAUTHENTICATED, rpc, code, **usage)
+            if client is not None and rpc in AUDITED:
+                collection, count, target = audit_of(rpc, request, result)
+                await asyncio.to_thread(self.meter.audit, client.id, rpc, collection, code, count, target)
+        except Exception:  # accounting must never fail a call that ran
+            log.exception("usage or audit record for %s not written", rpc)
 
     async def IndexImages(self, request, grpc_context):
         return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")
@@ -195,16 +223,23 @@ class Ingress:
 
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
+        client, code, info = None, "OK", None
         try:
-            self._admit(grpc_context, "Transcribe", request)
+            client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
+            self._allow(client, "Transcribe", request)
             async with self.admission.enter("Transcribe"):
                 async for message in self.api.transcribe(request, self._stream_transcript):
+                    if info is None and message.WhichOneof("kind") == "info":
+                        info = message.info  # its duration counts as audio seconds
                     yield message
         except Exception as exc:  # every error leaves through the one table
+            code = to_status(exc).code.name
             _set_status(grpc_context, exc)
             # A stream only ends with the code set above when the handler raises (Serve then
             # sends that code and reason; the trace stays in the server log).
             raise StreamFailed(to_status(exc).details) from exc
+        finally:
+            await self._account(client, "Transcribe", request, info, code)
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
@@ -222,7 +257,35 @@ class Ingress:
         return await self._run(self.api.count, request, grpc_context, index_pb2.CountResponse(), "Count")
 
     async def GetStatus(self, request, grpc_context):
-        return await self._run(self.api.get_status, request, grpc_context, index_pb2.StatusResponse(), "GetStatus")
+        # A client sees only its own collections.
+        return await self._run(
+            lambda req, client: self.api.get_status(req, visible=client.sees),
+            request,
+            grpc_context,
+            index_pb2.StatusResponse(),
+            "GetStatus",
+            with_client=True,
+        )
+
+    async def GetUsage(self, request, grpc_context):
+        return await self._run(
+            lambda req, client: admin.get_usage(self.meter, client, req),
+            request,
+            grpc_context,
+            admin_pb2.UsageResponse(),
+            "GetUsage",
+            with_client=True,
+        )
+
+    async def GetAudit(self, request, grpc_context):
+        return await self._run(
+            lambda req, client: admin.get_audit(self.meter, client, req),
+            request,
+            grpc_context,
+            admin_pb2.AuditResponse(),
+            "GetAudit",
+            with_client=True,
+        )
 
     async def SearchText(self, request, grpc_context):
         return await self._run(self.api.search_text, request, grpc_context, search_pb2.SearchResponse(), "SearchText")

@@ -118,11 +118,11 @@ def test_every_rpc_has_a_configured_lane():
 
 
 def test_every_rpc_of_the_contract_waits_in_a_lane():
-    from protos.loupe.v1 import audio_pb2, index_pb2, qa_pb2, search_pb2
+    from protos.loupe.v1 import admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2
 
     rpcs = {
         m.name
-        for mod in (audio_pb2, index_pb2, qa_pb2, search_pb2)
+        for mod in (admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2)
         for svc in mod.DESCRIPTOR.services_by_name.values()
         for m in svc.methods
     }

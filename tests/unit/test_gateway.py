@@ -165,3 +165,16 @@ def test_keys_create_prints_a_key_whose_hash_it_lists_and_keys_list_reads_it(tmp
     assert "shop" in listed.stdout and "index,search" in listed.stdout and key not in listed.stdout
     bad = subprocess.run([*run, "create", "x", "--rights", "read"], capture_output=True, text=True)
     assert bad.returncode == 2 and "rights must be some of" in bad.stderr
+
+
+def test_every_rpc_of_the_contract_needs_a_named_right() -> None:
+    from protos.loupe.v1 import admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2
+    from services.gateway.gate import RPC_RIGHTS
+
+    rpcs = {
+        m.name
+        for mod in (admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2)
+        for svc in mod.DESCRIPTOR.services_by_name.values()
+        for m in svc.methods
+    }
+    assert rpcs == set(RPC_RIGHTS)

@@ -1,0 +1,135 @@
+"""Usage per client and day, and the audit trail of writes and deletes.
+
+Usage counters are summed in memory and written to the events database every second (and
+when the replica stops), so a call pays no database round trip; a crash loses at most the
+last second. Audit records are written before the call's response goes out: an acknowledged
+write or delete always has its record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from services.events.store import AuditRecord, EventStore, UsageRow, today
+
+log = logging.getLogger("loupe")
+FLUSH_S = 1.0
+
+
+class Meter:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        flush_s: float = FLUSH_S,
+    ) -> None:
+        self.store, self._clock = store, clock
+        self._pending: dict[tuple[str, str, str, str], list[float]] = {}
+        self._lock = threading.Lock()
+        self._totals: dict[str, tuple[float, dict[str, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(flush_s,), name="loupe-meter", daemon=True)
+        self._thread.start()
+
+    def record(self, client: str, rpc: str, code: str, *, items: int = 0, audio_s: float = 0.0) -> None:
+        key = (today(self._clock()), client, rpc, code)
+        with self._lock:
+            row = self._pending.setdefault(key, [0, 0, 0.0])
+            row[0] += 1
+            row[1] += items
+            row[2] += audio_s
+
+    def audit(self, client: str, rpc: str, collection: str, code: str, count: int, target: dict) -> None:
+        at = self._clock().isoformat(timespec="milliseconds")
+        self.store.add_audit(AuditRecord(at, client, rpc, collection, code, count, target))
+
+    def used_today(self, client: str) -> dict[str, float]:
+        """The client's successful usage today: stored (read at most once a second) plus pending."""
+        day = today(self._clock())
+        cached = self._totals.get(client)
+        if cached is None or time.monotonic() - cached[0] > FLUSH_S or cached[1].get("_day") != day:
+            stored = self.store.totals(client, day)
+            stored["_day"] = day  # type: ignore[assignment]
+            self._totals[client] = cached = (time.monotonic(), stored)
+        totals = {k: v for k, v in cached[1].items() if k != "_day"}
+        with self._lock:
+            for (d, c, rpc, code), (calls, items, audio) in self._pending.items():
+                if d == day and c == client and code == "OK":
+                    totals["calls"] = totals.get("calls", 0) + calls
+                    totals["items"] = totals.get("items", 0) + items
+                    totals["audio_s"] = totals.get("audio_s", 0) + audio
+                    if rpc == "Ask":
+                        totals["ask_calls"] = totals.get("ask_calls", 0) + calls
+        return totals
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        rows = [UsageRow(d, c, r, code, int(v[0]), int(v[1]), float(v[2])) for (d, c, r, code), v in pending.items()]
+        try:
+            self.store.add_usage(rows)
+        except Exception:  # keep the counts for the next try
+            with self._lock:
+                for row in rows:
+                    slot = self._pending.setdefault((row.day, row.client, row.rpc, row.code), [0, 0, 0.0])
+                    slot[0] += row.calls
+                    slot[1] += row.items
+                    slot[2] += row.audio_s
+            raise
+        self._totals.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.flush()
+            except Exception as exc:  # the database is down: counted again on the next flush
+                log.warning("usage not written yet (%s); will retry", exc)
+
+
+UNAUTHENTICATED = "(unauthenticated)"
+# Calls that write or delete: each is an audit record.
+AUDITED = frozenset({"IndexImages", "IndexTexts", "IndexAudio", "Delete"})
+
+
+def usage_of(rpc: str, result) -> dict:
+    """What a successful call counts beyond itself: items indexed, audio seconds."""
+    if result is None:
+        return {}
+    if rpc in ("IndexImages", "IndexTexts"):
+        return {"items": len(result.items)}
+    if rpc == "IndexAudio":
+        return {"items": 1, "audio_s": float(result.duration_s)}
+    if rpc == "Transcribe":  # the stream's TranscriptInfo
+        return {"audio_s": float(result.duration_s)}
+    return {}
+
+
+def audit_of(rpc: str, request, result) -> tuple[str, int, dict]:
+    """(collection, count, target) of a write or delete; the requested ids when it failed."""
+    from google.protobuf.json_format import MessageToDict
+
+    from services.gateway.gate import collection_of
+
+    try:
+        collection = collection_of(rpc, request) or ""
+    except Exception:  # a malformed name: recorded as sent
+        collection = getattr(request, "collection", "")
+    if rpc in ("IndexImages", "IndexTexts"):
+        ids = [it.id for it in result.items] if result is not None else [it.id for it in request.items if it.id]
+        return collection, len(ids) if result is not None else 0, {"ids": ids}
+    if rpc == "IndexAudio":
+        return collection, 1 if result is not None else 0, {"ids": [result.id if result is not None else request.id]}
+    count = int(result.deleted) if result is not None else 0
+    if request.WhichOneof("selector") == "filter":
+        return collection, count, {"filter": MessageToDict(request.filter)}
+    return collection, count, {"ids": list(request.ids.ids)}

@@ -1,0 +1,133 @@
+"""Usage and audit records, in SQLite and in a real PostgreSQL server; meter, limits, quotas."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from encoders.common.errors import InvalidInput, Overloaded, StoreUnavailable
+from services.events.store import AuditRecord, EventStore, UsageRow
+from services.gateway.clients import Client, Limits
+from services.gateway.limits import RateLimiter, check_quota
+from services.gateway.meter import Meter
+from tests.fixtures import postgres as pg
+
+NOW = dt.datetime(2026, 12, 2, 23, 59, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    if not pg.available():
+        pytest.skip(pg.NOT_INSTALLED)
+    with pg.postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/events.db"
+    url = request.getfixturevalue("pg_url")
+    store = EventStore(url)
+    store._exec("DROP TABLE IF EXISTS loupe_usage, loupe_audit")  # a clean schema per test
+    store.close()
+    return url
+
+
+def test_usage_adds_up_and_survives_reopening(store_url) -> None:
+    store = EventStore(store_url)
+    store.add_usage([UsageRow("2026-12-01", "a", "IndexTexts", "OK", 2, 10, 0.0)])
+    store.add_usage(
+        [
+            UsageRow("2026-12-01", "a", "IndexTexts", "OK", 1, 5, 0.0),
+            UsageRow("2026-12-02", "a", "IndexAudio", "OK", 1, 1, 42.5),
+            UsageRow("2026-12-02", "a", "Ask", "OK", 3, 0, 0.0),
+            UsageRow("2026-12-02", "b", "SearchText", "PERMISSION_DENIED", 4, 0, 0.0),
+        ]
+    )
+    store.close()
+    again = EventStore(store_url)  # a restart: what was written is there
+    assert again.usage("a", "2026-12-01")[0] == UsageRow("2026-12-01", "a", "IndexTexts", "OK", 3, 15, 0.0)
+    assert [r.client for r in again.usage(since="2026-12-02")] == ["a", "a", "b"]
+    assert again.totals("a", "2026-12-02") == {"calls": 4.0, "items": 1.0, "audio_s": 42.5, "ask_calls": 3.0}
+    assert again.totals("b", "2026-12-02")["calls"] == 0  # refused calls do not count against quotas
+    again.close()
+
+
+def test_audit_records_in_order(store_url) -> None:
+    store = EventStore(store_url)
+    store.add_audit(
+        AuditRecord("2026-12-02T10:00:00.000+00:00", "a", "IndexTexts", "docs", "OK", 2, {"ids": ["x", "y"]})
+    )
+    store.add_audit(AuditRecord("2026-12-02T11:00:00.000+00:00", "b", "Delete", "b", "OK", 7, {"filter": {"must": []}}))
+    assert [r.count for r in store.audit()] == [2, 7]
+    assert store.audit("a")[0].target == {"ids": ["x", "y"]}
+    assert [r.client for r in store.audit(since="2026-12-02T10:30")] == ["b"]
+    assert len(store.audit(limit=1)) == 1
+    store.close()
+
+
+def test_bad_events_url_and_unreachable_server() -> None:
+    with pytest.raises(InvalidInput, match="sqlite:/// or postgresql://"):
+        EventStore("mysql://x")
+    with pytest.raises(StoreUnavailable, match=r"cannot reach PostgreSQL .*:\*\*\*@"):
+        EventStore("postgresql://loupe:secret@127.0.0.1:1/db")
+
+
+def test_meter_aggregates_flushes_and_counts_pending_for_quotas(tmp_path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path}/e.db")
+    meter = Meter(store, clock=lambda: NOW, flush_s=3600)
+    meter.record("a", "IndexTexts", "OK", items=3)
+    meter.record("a", "IndexTexts", "OK", items=2)
+    meter.record("a", "IndexTexts", "INVALID_ARGUMENT")
+    assert meter.used_today("a")["items"] == 5 and store.usage() == []  # pending, not written yet
+    meter.flush()
+    assert [(r.code, r.calls, r.items) for r in store.usage()] == [("INVALID_ARGUMENT", 1, 0), ("OK", 2, 5)]
+    meter.record("a", "Ask", "OK")
+    assert meter.used_today("a")["ask_calls"] == 1
+    meter.close()
+    assert store.totals("a", "2026-12-02")["ask_calls"] == 1  # close flushed it
+
+
+def client(**limits) -> Client:
+    return Client("c", (), frozenset({"search"}), ("*",), Limits(**limits))
+
+
+def test_rate_limit_with_burst_and_a_lower_one_for_expensive_calls() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    c = client(rate=2, burst=2, expensive_rate=0.5, expensive_burst=1)
+    limiter.check(c, "SearchText")
+    limiter.check(c, "SearchText")
+    with pytest.raises(Overloaded, match="over its rate limit") as err:
+        limiter.check(c, "SearchText")
+    assert 0.4 < err.value.retry_after_s <= 0.5
+    now[0] += 0.5
+    limiter.check(c, "Ask")  # one token back for the rate, the expensive bucket is full
+    now[0] += 0.5
+    with pytest.raises(Overloaded, match="expensive_rate"):
+        limiter.check(c, "Ask")
+    limiter.check(client(), "SearchText")  # no limits configured: never refused
+
+
+def test_each_replica_enforces_its_share() -> None:
+    limiter = RateLimiter(replicas=4, clock=lambda: 0.0)
+    c = client(rate=8, burst=8)
+    limiter.check(c, "Count")
+    limiter.check(c, "Count")
+    with pytest.raises(Overloaded):
+        limiter.check(c, "Count")  # 8 / 4 replicas = a burst of 2 here
+
+
+def test_quotas_say_which_and_when_they_renew() -> None:
+    c = client(items_per_day=10, audio_seconds_per_day=60, ask_calls_per_day=2)
+    check_quota(c, "IndexTexts", lambda: {"items": 9}, NOW)
+    with pytest.raises(Overloaded, match="items_per_day quota") as err:
+        check_quota(c, "IndexImages", lambda: {"items": 10}, NOW)
+    assert err.value.retry_after_s == 60  # 23:59 UTC: renews in a minute
+    with pytest.raises(Overloaded, match="audio_seconds_per_day"):
+        check_quota(c, "Transcribe", lambda: {"audio_s": 61.0}, NOW)
+    with pytest.raises(Overloaded, match="ask_calls_per_day"):
+        check_quota(c, "Ask", lambda: {"ask_calls": 2}, NOW)
+    check_quota(c, "SearchText", lambda: {"items": 99}, NOW)  # searching draws on no quota
