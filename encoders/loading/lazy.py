@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from typing import Any, Self
 
 
-class LazyModel:
+class LazyModel(ABC):
     """A model whose weights load the first time they are needed.
 
     Subclasses implement `_load()` (it sets what the model needs on `self`) and `model_id`
@@ -19,8 +20,9 @@ class LazyModel:
         self._loaded = False
 
     @property
+    @abstractmethod
     def model_id(self) -> str:
-        raise NotImplementedError
+        """The identity stored with every result."""
 
     @property
     def loaded(self) -> bool:
@@ -39,8 +41,9 @@ class LazyModel:
         with self._load_lock:
             self._loaded = False
 
+    @abstractmethod
     def _load(self) -> None:
-        raise NotImplementedError
+        """Load the weights (or open the connection) and keep what the model needs on `self`."""
 
 
 class SourcedModel(LazyModel):

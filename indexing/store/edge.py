@@ -446,8 +446,11 @@ class _EdgeFilters:
         return qe.FieldCondition(key, match=qe.MatchValue(value))
 
 
+_DIALECT = _EdgeFilters()
+
+
 def to_edge_filter(filter: Filter | None) -> qe.Filter | None:
-    return translate(filter, _EdgeFilters())
+    return translate(filter, _DIALECT)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -457,8 +457,11 @@ class _QdrantFilters:
         return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
+_DIALECT = _QdrantFilters()
+
+
 def to_qdrant_filter(filter: Filter | None) -> models.Filter | None:
-    return translate(filter, _QdrantFilters())
+    return translate(filter, _DIALECT)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,19 +188,14 @@ class EventStore:
             finally:
                 cur.close()
 
-    def _errors(self):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def wrap():
-            try:
-                yield
-            except (InvalidInput, StoreUnavailable):
-                raise
-            except Exception as exc:  # sqlite3.Error, psycopg.Error
-                raise StoreUnavailable(f"the events database ({_safe(self.url)}) failed: {exc}") from None
-
-        return wrap()
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (InvalidInput, StoreUnavailable):
+            raise
+        except Exception as exc:  # sqlite3.Error, psycopg.Error: a full disk, a dropped connection
+            raise StoreUnavailable(f"the events database ({_safe(self.url)}) failed: {exc}") from None
 
 
 def _where(client: str | None, since: str | None, column: str) -> tuple[str, tuple]:

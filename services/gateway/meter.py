@@ -31,7 +31,8 @@ class Meter:
         self.store, self._clock = store, clock
         self._pending: dict[tuple[str, str, str, str], list[float]] = {}
         self._lock = threading.Lock()
-        self._totals: dict[str, tuple[float, dict[str, float]]] = {}
+        # (client, day) -> (monotonic time read, stored totals): read at most once a second.
+        self._totals: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(flush_s,), name="loupe-meter", daemon=True)
         self._thread.start()
@@ -51,12 +52,10 @@ class Meter:
     def used_today(self, client: str) -> dict[str, float]:
         """The client's successful usage today: stored (read at most once a second) plus pending."""
         day = today(self._clock())
-        cached = self._totals.get(client)
-        if cached is None or time.monotonic() - cached[0] > FLUSH_S or cached[1].get("_day") != day:
-            stored = self.store.totals(client, day)
-            stored["_day"] = day  # type: ignore[assignment]
-            self._totals[client] = cached = (time.monotonic(), stored)
-        totals = {k: v for k, v in cached[1].items() if k != "_day"}
+        cached = self._totals.get((client, day))
+        if cached is None or time.monotonic() - cached[0] > FLUSH_S:
+            cached = self._totals[(client, day)] = (time.monotonic(), self.store.totals(client, day))
+        totals = dict(cached[1])
         with self._lock:
             for (d, c, rpc, code), (calls, items, audio) in self._pending.items():
                 if d == day and c == client and code == "OK":

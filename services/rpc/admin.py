@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from encoders.common.errors import Forbidden
+from encoders.common.errors import Forbidden, InvalidInput
 from protos.loupe.v1 import admin_pb2
 
 MAX_AUDIT = 10_000
@@ -21,8 +22,6 @@ def _scope(client, asked: str) -> str | None:
 
 
 async def get_usage(meter, client, req: admin_pb2.UsageRequest) -> admin_pb2.UsageResponse:
-    import asyncio
-
     who = _scope(client, req.client)
     await asyncio.to_thread(meter.flush)  # this replica's last second too
     rows = await asyncio.to_thread(meter.store.usage, who, req.since or None)
@@ -35,10 +34,6 @@ async def get_usage(meter, client, req: admin_pb2.UsageRequest) -> admin_pb2.Usa
 
 
 async def get_audit(meter, client, req: admin_pb2.AuditRequest) -> admin_pb2.AuditResponse:
-    import asyncio
-
-    from encoders.common.errors import InvalidInput
-
     if req.limit < 0 or req.limit > MAX_AUDIT:
         raise InvalidInput(f"limit {req.limit} must be between 0 (default 1000) and {MAX_AUDIT}", field="limit")
     who = _scope(client, req.client)

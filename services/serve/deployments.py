@@ -200,6 +200,12 @@ class Ingress:
         self.limiter.check(client, rpc)
         check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC))
 
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: write the last second of usage."""
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            meter.close()
+
     async def _account(self, client, rpc: str, request, result, code: str) -> None:
         try:
             usage = usage_of(rpc, result)

@@ -131,3 +131,16 @@ def test_quotas_say_which_and_when_they_renew() -> None:
     with pytest.raises(Overloaded, match="ask_calls_per_day"):
         check_quota(c, "Ask", lambda: {"ask_calls": 2}, NOW)
     check_quota(c, "SearchText", lambda: {"items": 99}, NOW)  # searching draws on no quota
+
+
+def test_usage_is_kept_for_the_next_flush_when_the_database_fails(tmp_path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path}/e.db")
+    meter = Meter(store, clock=lambda: NOW, flush_s=3600)
+    meter.record("a", "Count", "OK")
+    store._conn.close()  # the database goes away (a full disk, a dropped connection)
+    with pytest.raises(StoreUnavailable, match="events database"):
+        meter.flush()
+    meter.store = EventStore(f"sqlite:///{tmp_path}/e.db")
+    meter.flush()
+    assert [(r.rpc, r.calls) for r in meter.store.usage()] == [("Count", 1)]
+    meter.close()

@@ -113,7 +113,7 @@ class ScriptedTranscriber(Transcriber):
 
     backend = "scripted"
 
-    def _load(self):
+    def _load_model(self):
         return object()
 
     def _transcribe(self, samples, options):
