@@ -42,7 +42,7 @@ def gold() -> list[tuple[str, list[tuple[str, int, int]]]]:
 
 
 def loupe_detector():
-    from lmm.pii import find_pii
+    from encoders.text.pii import find_pii
 
     return lambda text: [(f.kind, f.start, f.end) for f in find_pii(text)]
 

@@ -34,15 +34,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from encoders.common.errors import BatchInvalid, InvalidInput, NotFound
-from encoders.text.keywords import SparseVector
+from encoders.text.keywords import SparseVector, keyword_vector
 from indexing import user_filter
 from indexing.ids import item_key, point_id
 from indexing.payloads import NewItem, build_payload, check_item, meta_types
+from indexing.privacy import Privacy
 from indexing.query import SearchQuery
 from indexing.ranking import check_keyword_query, check_mode, check_query_vector, page
 from indexing.reembed import ReembedMethods
@@ -73,14 +75,25 @@ HYBRID_CANDIDATES = 100
 class Index(ReembedMethods):
     """Collections of Loupe items over any `VectorStore`. Thread-safe."""
 
-    def __init__(self, store: VectorStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: VectorStore, *, clock: Callable[[], float] = time.time, privacy: Privacy | None = None
+    ) -> None:
         self._store = store
+        # What is masked in stored text (cards, by default); the one place every write passes.
+        self.privacy = privacy or Privacy()
         self._clock = clock
         self._vectors = VectorRegistry(store)
         self._fields: dict[str, dict[str, frozenset[str]]] = {}
         # Upserts read, merge and write back; deletes check then delete. Serialising writes
         # keeps both correct within this process (the Edge store's only process).
         self._write_lock = threading.RLock()
+
+    def _masked(self, name: str, item: NewItem) -> NewItem:
+        """The item with its text as the collection's privacy rule lets it be stored."""
+        text = self.privacy.stored(name, item.text)
+        if text is item.text:
+            return item
+        return replace(item, text=text, keywords=keyword_vector(text) if item.keywords else None)
 
     @property
     def store(self) -> VectorStore:
@@ -164,6 +177,7 @@ class Index(ReembedMethods):
         target = self.schema_for(name, schema)
         if not items:
             return []
+        items = [self._masked(name, item) for item in items]
         keys = [item_key(item.public_id, item.sha256) for item in items]
         pids = [point_id(name, key) for key in keys]
         with self._write_lock:

@@ -236,7 +236,13 @@ class AskPipeline:
         self.output_guards, self.final_guards = output_guards(options), final_guards(options)
 
     def ask(
-        self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *, filters: Any = None
+        self,
+        question: str,
+        uploads: Sequence[UploadLike] = (),
+        retrieve_k: int = 0,
+        *,
+        filters: Any = None,
+        reveal_retrieved: bool = False,
     ) -> Answer:
         """Synchronous `ask_async`; inside a running event loop, await `ask_async` instead."""
         try:
@@ -245,11 +251,21 @@ class AskPipeline:
             pass
         else:
             raise RuntimeError("AskPipeline.ask() was called from a running event loop; use `await ask_async()`")
-        return asyncio.run(self.ask_async(question, uploads, retrieve_k, filters=filters))
+        return asyncio.run(
+            self.ask_async(question, uploads, retrieve_k, filters=filters, reveal_retrieved=reveal_retrieved)
+        )
 
     async def ask_async(
-        self, question: str, uploads: Sequence[UploadLike] = (), retrieve_k: int = 0, *, filters: Any = None
+        self,
+        question: str,
+        uploads: Sequence[UploadLike] = (),
+        retrieve_k: int = 0,
+        *,
+        filters: Any = None,
+        reveal_retrieved: bool = False,
     ) -> Answer:
+        """`reveal_retrieved`: the retrieved items' personal data counts as the asker's own (the
+        caller may see it), so the answer policy may let it through; otherwise it never leaves."""
         req = _Request(model_id=self.model.model_id)
         with req.clock("input_guards"):
             state = RequestState(question, [_as_upload(u, i) for i, u in enumerate(uploads)], req.masker)
@@ -266,7 +282,9 @@ class AskPipeline:
             retrieved = await self._retrieve(req.question, retrieve_k, filters, {u.id for u in uploaded})
         with req.clock("input_guards"):
             context = ContextState(
-                uploaded + retrieved[: max(0, self.options.max_context_images - len(uploaded))], req.masker
+                uploaded + retrieved[: max(0, self.options.max_context_images - len(uploaded))],
+                req.masker,
+                reveal_retrieved,
             )
             self._record(req, self.context_guards.run(context))
         req.context = context.images

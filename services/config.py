@@ -181,6 +181,30 @@ class AskSettings(BaseModel):
     judge_base_url: str | None = None
 
 
+PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
+
+
+class PrivacyRuleSettings(BaseModel):
+    """Kinds of personal data (encoders.text.pii.KINDS); None: as the level above says."""
+
+    # Masked before storing (cards keep their last four); default [CARD].
+    stored_masked: list[PiiKind] | None = None
+    # Shown only to clients with the personal_data right, masked for the others; default: the rest.
+    shown_masked: list[PiiKind] | None = None
+
+
+class PrivacySettings(PrivacyRuleSettings):
+    """Personal data in stored text (indexing.privacy; README "Personal data")."""
+
+    # Per collection: a name, "prefix*" or "*"; the longest pattern that matches wins.
+    collections: dict[str, PrivacyRuleSettings] = Field(default_factory=dict)
+
+    def policy(self):
+        from indexing.privacy import Privacy
+
+        return Privacy.from_config(self.model_dump())
+
+
 class LoupeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOUPE_", env_nested_delimiter="__", extra="ignore")
 
@@ -212,6 +236,7 @@ class LoupeSettings(BaseSettings):
     transcriber: TranscriberSettings = Field(default_factory=TranscriberSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @classmethod
     def settings_customise_sources(

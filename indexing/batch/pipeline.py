@@ -33,6 +33,7 @@ from indexing.batch import catalog, stages
 from indexing.batch.report import BatchSummary, ErrorReport, Progress
 from indexing.batch.writer import FAILED, CatalogWriter, StoreSpec
 from indexing.ingest import VECTOR_NAME
+from indexing.privacy import Privacy
 from indexing.types import CollectionSchema
 
 # Rows per plan file, and so per Ray Data block: a task reads its block's images into memory
@@ -70,6 +71,8 @@ class BatchOptions:
     # Index audio files (Whisper, then CLIP text); None: audio files fail at "read".
     audio: stages.AudioOptions | None = None
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # Personal data masked before storing (the service's `privacy:` config).
+    privacy: Privacy = field(default_factory=Privacy)
     # Manifest URI column (default: the first of uri, url, path, file) and declared types.
     uri_column: str | None = None
     column_types: dict[str, str] = field(default_factory=dict)
@@ -246,8 +249,8 @@ class _WriterActor:
     def __init__(self) -> None:
         self.writer: CatalogWriter | None = None
 
-    def open(self, store: StoreSpec, collection: str, schema: CollectionSchema, new_vector: bool) -> None:
-        self.writer = CatalogWriter(store, collection, schema, new_vector=new_vector)
+    def open(self, store: StoreSpec, collection: str, schema: CollectionSchema, new_vector: bool, privacy) -> None:
+        self.writer = CatalogWriter(store, collection, schema, new_vector=new_vector, privacy=privacy)
 
     def describe(self):
         return self.writer.describe()
@@ -285,7 +288,7 @@ def _writer(store: StoreSpec, options: BatchOptions, schema: CollectionSchema):
         .options(name=name, scheduling_strategy=here)
         .remote()
     )
-    ray.get(actor.open.remote(store, options.collection, schema, options.new_vector))
+    ray.get(actor.open.remote(store, options.collection, schema, options.new_vector, options.privacy))
     return actor, name
 
 

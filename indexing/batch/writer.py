@@ -27,6 +27,7 @@ from encoders.text.keywords import keyword_vector
 from indexing.ids import content_key
 from indexing.index import Index, NewItem
 from indexing.ingest import image_item, store_recording, text_item
+from indexing.privacy import Privacy
 from indexing.types import CollectionSchema, Modality
 
 INDEXED, UPDATED, SKIPPED, DUPLICATE, FAILED = "indexed", "updated", "skipped", "duplicate", "failed"
@@ -65,8 +66,16 @@ class StoreSpec:
 class CatalogWriter:
     """Plans and writes rows of one collection, for one model (one named vector)."""
 
-    def __init__(self, spec: StoreSpec, collection: str, schema: CollectionSchema, *, new_vector: bool = False) -> None:
-        self.index = Index(spec.open())
+    def __init__(
+        self,
+        spec: StoreSpec,
+        collection: str,
+        schema: CollectionSchema,
+        *,
+        new_vector: bool = False,
+        privacy: Privacy | None = None,
+    ) -> None:
+        self.index = Index(spec.open(), privacy=privacy)
         self.collection = collection
         if new_vector and self.index.store.get_schema(collection) is not None:
             # Re-embedding: a new named vector next to the one that keeps serving.

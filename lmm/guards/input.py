@@ -17,9 +17,10 @@ from PIL import Image
 
 from encoders.common.errors import InvalidInput
 from encoders.image.decode import ImageLimits, decode_image
+from encoders.text.pii import describe
 from lmm.guards.base import BaseGuard, OnFail
 from lmm.injection import THRESHOLD, neutralise, only_injection, removed_sentences
-from lmm.pii import Masker, describe
+from lmm.pii import Masker
 from lmm.types import ContextImage, GuardResult
 
 
@@ -52,6 +53,8 @@ class ContextState:
     # Uploads first, then retrieved items; guards replace entries with cleaned copies.
     images: list[ContextImage]
     masker: Masker
+    # Retrieved items' personal data may be restored in the answer (the caller may see it).
+    reveal_retrieved: bool = False
 
 
 def _plural(n: int, word: str) -> str:
@@ -240,14 +243,15 @@ class OcrLengthGuard(BaseGuard):
 
 
 class OcrPiiGuard(BaseGuard):
-    """Masks personal data in every image's text; only the uploads' values may be restored later."""
+    """Masks personal data in every image's text; only the uploads' values may be restored later
+    (and the retrieved items', for a caller who may see personal data: `reveal_retrieved`)."""
 
     name, on_fail = "context.ocr_pii", OnFail.NOTE
 
     def check(self, state: ContextState) -> GuardResult:
         done = []
         for i, img in enumerate(state.images):
-            text, findings = state.masker.mask(img.ocr_text, restorable=img.uploaded)
+            text, findings = state.masker.mask(img.ocr_text, restorable=img.uploaded or state.reveal_retrieved)
             if findings:
                 state.images[i] = replace(img, ocr_text=text)
                 done.append(f"{describe(findings)} in {img.id}")

@@ -18,10 +18,11 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from encoders.text.pii import describe, find_pii, last_four
 from lmm.guards.base import BaseGuard, OnFail
 from lmm.guards.grounding import COMMON_TERMS, extract_facts, ungrounded
 from lmm.injection import REMOVED
-from lmm.pii import PLACEHOLDER, Masker, asked_kinds, describe, find_pii, last_four
+from lmm.pii import PLACEHOLDER, Masker, asked_kinds
 from lmm.types import ContextImage, GuardResult
 
 

@@ -21,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("batch (--batch SOURCE): write straight to the store through Ray Data, no service")
     g.add_argument("--batch", metavar="SOURCE", help="folder (recursive) or manifest (.csv, .jsonl, .parquet)")
     g.add_argument("--bundled-models", action="store_true", help="use the small CLIP shipped with Loupe")
+    g.add_argument(
+        "--config",
+        default=None,
+        help="the service's settings (model, OCR, privacy) from this Serve config (default: the repo's ray_config.yaml)",
+    )
     g.add_argument("--model", default=None, help="CLIP model spec (default: the service's)")
     g.add_argument("--device", default=None, help="auto, cpu, cuda")
     g.add_argument("--data-dir", default=None, help="embedded store folder (default: LOUPE_DATA_DIR or ./loupe-data)")
@@ -67,11 +72,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from indexing.batch import catalog
     from indexing.batch.pipeline import BatchOptions, run_batch
+    from services.cli.launch import app_args_of
     from services.config import load_settings
 
-    settings = load_settings({"profile": "bundled"} if args.bundled_models else {})
+    # The same settings as the service: what it masks at rest, the batch path masks too.
+    try:
+        app_args = app_args_of(args.config)
+        if args.bundled_models:
+            app_args["profile"] = "bundled"
+        settings = load_settings(app_args)
+    except (LoupeError, ValidationError) as e:
+        print(f"error: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 2
     # Flags given on the command line win over LOUPE_* variables.
     if args.model:
         settings.encoder.model = args.model
@@ -99,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             ocr_engine=settings.ocr.engine,
             audio=None if args.no_audio else _audio(settings),
             image_limits=settings.limits.image_limits(),
+            privacy=settings.privacy.policy(),
             uri_column=args.uri_column,
             column_types=catalog.parse_column_types(args.column_type),
             optimize=not args.no_optimize,

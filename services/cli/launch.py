@@ -12,8 +12,20 @@ from pathlib import Path
 
 import yaml
 
-from encoders.common.errors import LoupeError
+from encoders.common.errors import InvalidInput, LoupeError
 from services.config import RequestLimits
+
+
+def app_args_of(config: str | Path | None) -> dict:
+    """The app args of a Serve config (default: the repo's ray_config.yaml); {} if it has none."""
+    from services.cli.main import DEFAULT_CONFIG
+
+    path = Path(config or DEFAULT_CONFIG)
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+        return dict((cfg.get("applications") or [{}])[0].get("args") or {})
+    except (OSError, yaml.YAMLError, AttributeError, IndexError) as exc:
+        raise InvalidInput(f"cannot read the app args of {path}: {exc}", field="config") from None
 
 
 def render_config(

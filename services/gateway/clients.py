@@ -6,7 +6,7 @@
           - sha256: 9f86d081884c7d65...
           - sha256: 60303ae22b998861...
             expires: 2027-01-31T00:00:00Z      # a rotated-out key, accepted until then
-        rights: [search, index]                # search index delete ask transcribe admin
+        rights: [search, index]                # search index delete ask transcribe personal_data admin
         collections: ["shop-*", "shared"]      # names, "prefix*" (a tenant), or "*"
         limits: {rate: 20, burst: 40, expensive_rate: 0.5, expensive_burst: 2}   # calls/s; 0: none
         quotas: {items_per_day: 100000, audio_seconds_per_day: 7200, ask_calls_per_day: 500}
@@ -28,7 +28,7 @@ from typing import Any
 
 from encoders.common.errors import InvalidInput
 
-RIGHTS = ("search", "index", "delete", "ask", "transcribe", "admin")
+RIGHTS = ("search", "index", "delete", "ask", "transcribe", "personal_data", "admin")
 KEY_PREFIX = "lp_"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

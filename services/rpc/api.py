@@ -211,7 +211,9 @@ class LoupeApi:
         return response
 
     # -- QAService --------------------------------------------------------------------------
-    async def ask(self, req: qa_pb2.AskRequest) -> qa_pb2.AskResponse:
+    async def ask(self, req: qa_pb2.AskRequest, reveal_retrieved: bool = False) -> qa_pb2.AskResponse:
+        """`reveal_retrieved`: personal data of retrieved items may appear in the answer (the
+        caller has the personal_data right); the answer policy still applies."""
         if self.answerer is None:
             from encoders.common.errors import ModelUnavailable
 
@@ -226,7 +228,7 @@ class LoupeApi:
             conditions=convert.conditions(r.filter, "retrieval.filter"),
             mode=convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else ASK_MODE,
         )
-        answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval)
+        answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval, reveal_retrieved)
         return convert.answer(answer)
 
     # -- AudioService -----------------------------------------------------------------------

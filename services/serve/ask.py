@@ -99,8 +99,13 @@ class AnswerWorker:
     def model_id(self) -> str:
         return self.vlm.model_id
 
-    async def ask(self, question: str, images: list[bytes], k: int, retrieval: SearchQuery) -> Answer:
-        answer = await self.pipeline.ask_async(question, images, k, filters=retrieval)
+    async def ask(
+        self, question: str, images: list[bytes], k: int, retrieval: SearchQuery, reveal_retrieved: bool = False
+    ) -> Answer:
+        """`reveal_retrieved`: the caller may see personal data in stored items (services.gateway.redact)."""
+        answer = await self.pipeline.ask_async(
+            question, images, k, filters=retrieval, reveal_retrieved=reveal_retrieved
+        )
         # Model and prompt version go to the log with every answer (never the question: it may hold PII).
         failed = [g.guard for g in answer.guards if not g.passed]
         log.info(

@@ -23,6 +23,7 @@ from services.events.store import EventStore
 from services.gateway.gate import Gateway
 from services.gateway.limits import RateLimiter, check_quota
 from services.gateway.meter import AUDITED, UNAUTHENTICATED, Meter, audit_of, usage_of
+from services.gateway.redact import redact_request, redact_response, sees_personal_data
 from services.rpc import admin
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
@@ -156,8 +157,8 @@ class AnswererDeployment:
     def model_id(self) -> str:
         return self.worker.model_id
 
-    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict):
-        return await self.worker.ask(question, images, k, retrieval)
+    async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict, reveal_retrieved: bool = False):
+        return await self.worker.ask(question, images, k, retrieval, reveal_retrieved)
 
 
 @serve.deployment(name="Ingress")
@@ -176,6 +177,7 @@ class Ingress:
         self.gateway = Gateway.from_settings(settings)
         self.limiter = RateLimiter(settings.ingress_replicas)
         self.meter = Meter(EventStore(settings.events_store_url()))
+        self.privacy = settings.privacy.policy()
         log.info("%s", self.gateway.describe())
 
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
@@ -184,9 +186,10 @@ class Ingress:
         try:
             client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
             self._allow(client, rpc, request)  # a refusal is counted against this client
+            redact_request(self.privacy, client, rpc, request)
             async with self.admission.enter(rpc):
                 result = await (call(request, client) if with_client else call(request))
-                return result
+                return redact_response(self.privacy, client, rpc, request, result)
         except Exception as exc:  # every error leaves through the one table
             code = to_status(exc).code.name
             _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc)
@@ -251,7 +254,14 @@ class Ingress:
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
 
     async def Ask(self, request, grpc_context):
-        return await self._run(self.api.ask, request, grpc_context, qa_pb2.AskResponse(), "Ask")
+        return await self._run(
+            lambda req, client: self.api.ask(req, reveal_retrieved=sees_personal_data(client)),
+            request,
+            grpc_context,
+            qa_pb2.AskResponse(),
+            "Ask",
+            with_client=True,
+        )
 
     async def GetItem(self, request, grpc_context):
         return await self._run(self.api.get_item, request, grpc_context, common_pb2.Item(), "GetItem")

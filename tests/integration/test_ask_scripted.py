@@ -130,7 +130,7 @@ def _unsafe_cases(behaviour: str) -> list[dict]:
 
 def _asked(question: str, value: str) -> bool:
     """Whether the question asks for this kind of value (then it may be shown)."""
-    from lmm.pii import find_pii
+    from encoders.text.pii import find_pii
 
     kinds = {f.kind for f in find_pii(value)}
     return bool(kinds & asked_kinds(question)) and "CARD" not in kinds

@@ -1,11 +1,12 @@
-"""lmm.pii: personal data is found where it is and only there, masked with stable placeholders,
+"""encoders.text.pii and lmm.pii: personal data is found where it is and only there, masked with stable placeholders,
 and only the request's own values come back."""
 
 from __future__ import annotations
 
 import pytest
 
-from lmm.pii import Masker, find_pii, iban_ok, luhn_ok
+from encoders.text.pii import find_pii, iban_ok, luhn_ok
+from lmm.pii import Masker
 
 
 def kinds(text: str) -> list[tuple[str, str]]:

@@ -1,11 +1,12 @@
-"""Names and postal addresses (lmm.pii_people) and their place in the masker, with near misses:
+"""Names and postal addresses (encoders.text.pii_people) and their place in the masker, with near misses:
 product names, headings and order numbers are not people or places."""
 
 from __future__ import annotations
 
 import pytest
 
-from lmm.pii import Masker, asked_kinds, find_pii
+from encoders.text.pii import find_pii
+from lmm.pii import Masker, asked_kinds
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Names and postal addresses, by rule (the other kinds live in `lmm.pii`).
+"""Names and postal addresses, by rule (the other kinds live in `encoders.text.pii`).
 
 A name is two or three capitalised words (or ALL CAPS, as receipts print them) that a label
 introduces: "Card holder: ROBERT OKAFOR", "Ship to: Anna Kowalski", "Customer: Mr. Daniel

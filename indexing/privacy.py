@@ -1,0 +1,81 @@
+"""Personal data in stored text (OCR, transcripts, indexed texts): what is masked before it is
+stored, and what is shown only to callers with the `personal_data` right.
+
+    privacy:
+      stored_masked: [CARD]                    # default: card numbers keep only their last four
+      shown_masked: [EMAIL, PHONE, IBAN, IP, SECRET, NAME, ADDRESS]   # default: all other kinds
+      collections:                             # per collection: a name, "prefix*" or "*"
+        "hr-*": {stored_masked: [CARD, IBAN, SECRET]}
+
+`Index.upsert` applies `stored_masked` to every item it writes, online and batch alike, so what
+is masked at rest is neither stored, keyword-searchable nor returned to anyone. `shown_masked`
+is applied by the gateway to the text of hits and items for callers without the right, and to
+their keyword queries (personal data cannot be used to find an item either). A rule for a
+collection replaces only the keys it sets; the longest matching pattern wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from encoders.common.errors import InvalidInput
+from encoders.text.pii import KINDS, redact
+
+STORED_MASKED = frozenset({"CARD"})
+SHOWN_MASKED = frozenset(KINDS) - STORED_MASKED
+
+
+@dataclass(frozen=True)
+class Rule:
+    stored_masked: frozenset[str] = STORED_MASKED
+    shown_masked: frozenset[str] = SHOWN_MASKED
+
+    def __post_init__(self) -> None:
+        for key in ("stored_masked", "shown_masked"):
+            unknown = sorted(set(getattr(self, key)) - set(KINDS))
+            if unknown:
+                raise InvalidInput(
+                    f"privacy.{key}: unknown kind(s) {', '.join(unknown)}; known: {', '.join(KINDS)}",
+                    field=f"privacy.{key}",
+                )
+
+
+@dataclass(frozen=True)
+class Privacy:
+    default: Rule = Rule()
+    # pattern -> rule, pattern a collection name, "prefix*" or "*".
+    collections: dict[str, Rule] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, raw: dict) -> Privacy:
+        """From the `privacy:` mapping of the config (services.config.PrivacySettings.model_dump())."""
+        default = _rule(raw, Rule())
+        return cls(default, {pattern: _rule(sub, default) for pattern, sub in (raw.get("collections") or {}).items()})
+
+    def rule(self, collection: str) -> Rule:
+        best, length = self.default, -1
+        for pattern, rule in self.collections.items():
+            if pattern == collection:
+                return rule
+            prefix = pattern.removesuffix("*")
+            if pattern.endswith("*") and collection.startswith(prefix) and len(prefix) > length:
+                best, length = rule, len(prefix)
+        return best
+
+    def stored(self, collection: str, text: str | None) -> str | None:
+        """`text` as it may be stored in `collection`."""
+        if not text:
+            return text
+        return redact(text, self.rule(collection).stored_masked, label="removed")
+
+    def shown(self, collection: str, text: str) -> str:
+        """`text` of `collection` as a caller without the `personal_data` right sees it."""
+        return redact(text, self.rule(collection).shown_masked)
+
+
+def _rule(raw: dict, base: Rule) -> Rule:
+    def kinds(key: str) -> frozenset[str]:
+        value = raw.get(key)
+        return getattr(base, key) if value is None else frozenset(str(k).upper() for k in value)
+
+    return Rule(kinds("stored_masked"), kinds("shown_masked"))

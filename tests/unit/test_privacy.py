@@ -1,0 +1,139 @@
+"""Personal data at rest and in responses: the policy (indexing.privacy), the store's one write
+path masking cards, and the gateway masking what a caller without the right may not see."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from encoders.common.errors import InvalidInput
+from encoders.text.keywords import keyword_vector, query_vector
+from encoders.text.pii import redact
+from indexing.index import Index
+from indexing.payloads import NewItem
+from indexing.privacy import Privacy, Rule
+from indexing.types import CollectionSchema, Modality
+from protos.loupe.v1 import common_pb2, index_pb2, search_pb2
+from services.config import LoupeSettings
+from services.gateway.clients import Client
+from services.gateway.redact import redact_request, redact_response, sees_personal_data
+from tests.unit.conftest import BACKENDS
+
+SCHEMA = CollectionSchema(vector_name="clip", dim=4, model_id="test", model_version="v1")
+RECEIPT = (
+    "GREEN VALLEY MARKET\nTOTAL $33.21\nVISA 4111 1111 1111 1111\n"
+    "Receipt sent to r.okafor@example.net\nTel (555) 010-3344\nThank you!"
+)
+
+
+def test_redact_keeps_a_cards_last_four_and_hides_other_kinds_by_name() -> None:
+    out = redact(RECEIPT, {"CARD", "EMAIL"})
+    assert "4111 1111 1111 1111" not in out and "card ending 1111" in out
+    assert "r.okafor@example.net" not in out and "[email hidden]" in out
+    assert "(555) 010-3344" in out  # phones were not asked for
+    assert redact(RECEIPT, {"PHONE"}, label="removed").count("[phone removed]") == 1
+    text = "nothing personal here"
+    assert redact(text, {"CARD", "EMAIL"}) is text
+
+
+def test_a_card_that_fails_luhn_is_not_a_card() -> None:
+    assert redact("order 4111 1111 1111 1112", {"CARD"}) == "order 4111 1111 1111 1112"
+
+
+def test_policy_defaults_and_the_longest_matching_collection_rule() -> None:
+    p = Privacy.from_config(
+        {
+            "collections": {
+                "hr-*": {"stored_masked": ["CARD", "IBAN"]},
+                "hr-open*": {"shown_masked": []},
+                "public": {"stored_masked": [], "shown_masked": ["SECRET"]},
+            }
+        }
+    )
+    assert p.rule("default") == Rule()
+    assert p.rule("hr-payroll").stored_masked == {"CARD", "IBAN"}
+    assert p.rule("hr-payroll").shown_masked == Rule().shown_masked  # only the keys it sets
+    assert p.rule("hr-open-2026").shown_masked == frozenset()
+    assert p.rule("public").stored_masked == frozenset()
+    assert p.stored("public", RECEIPT) == RECEIPT
+    assert "card ending 1111" in p.stored("default", RECEIPT)
+    assert "r.okafor@example.net" in p.shown("hr-open-x", RECEIPT)
+    assert "[email hidden]" in p.shown("hr-payroll", RECEIPT)
+
+
+def test_an_unknown_kind_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(InvalidInput, match="unknown kind.*PASSPORT.*known: SECRET"):
+        Privacy.from_config({"stored_masked": ["passport"]})
+    with pytest.raises(ValueError, match="stored_masked"):
+        LoupeSettings(privacy={"stored_masked": ["PASSPORT"]})
+
+
+def test_the_config_builds_the_policy() -> None:
+    s = LoupeSettings(privacy={"shown_masked": ["EMAIL"], "collections": {"x*": {"stored_masked": []}}})
+    p = s.privacy.policy()
+    assert p.rule("y").shown_masked == {"EMAIL"} and p.rule("y").stored_masked == {"CARD"}
+    assert p.rule("x1").stored_masked == frozenset() and p.rule("x1").shown_masked == {"EMAIL"}
+
+
+def _item(text: str, pid: str = "r1") -> NewItem:
+    return NewItem(
+        public_id=pid,
+        sha256=f"{abs(hash(text)):064x}"[:64],
+        modality=Modality.IMAGE,
+        vector=np.asarray([1, 0, 0, 0], np.float32),
+        text=text,
+        keywords=keyword_vector(text),
+    )
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_write_stores_cards_masked_and_keyword_search_cannot_find_the_full_number(backend, tmp_path) -> None:
+    index = Index(BACKENDS[backend](tmp_path))
+    index.upsert("receipts", [_item(RECEIPT)], SCHEMA)
+    stored = index.get("receipts", "r1")["text"]
+    assert "4111 1111 1111 1111" not in stored and "card ending 1111" in stored
+    assert "r.okafor@example.net" in stored  # other kinds are stored; shown by right
+    hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("4111"))
+    assert hits == []  # the masked digits are gone from the keyword vector too
+    hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("okafor"))
+    assert [p["id"] for p, _ in hits] == ["r1"]
+
+
+def test_a_collection_may_keep_cards_and_mask_more(tmp_path) -> None:
+    privacy = Privacy.from_config(
+        {"collections": {"raw": {"stored_masked": []}, "strict": {"stored_masked": ["CARD", "EMAIL"]}}}
+    )
+    index = Index(BACKENDS["edge"](tmp_path), privacy=privacy)
+    index.upsert("raw", [_item(RECEIPT)], SCHEMA)
+    index.upsert("strict", [_item(RECEIPT)], SCHEMA)
+    assert "4111 1111 1111 1111" in index.get("raw", "r1")["text"]
+    strict = index.get("strict", "r1")["text"]
+    assert "[email removed]" in strict and "card ending 1111" in strict
+
+
+def _client(*rights: str) -> Client:
+    return Client("c", (), frozenset(rights), ("*",))
+
+
+def test_a_caller_without_the_right_gets_hits_and_items_masked_and_cannot_search_by_them() -> None:
+    privacy = Privacy()
+    reader, auditor = _client("search"), _client("search", "personal_data")
+    assert not sees_personal_data(reader) and sees_personal_data(auditor) and sees_personal_data(_client("admin"))
+
+    def response():
+        out = search_pb2.SearchResponse()
+        out.hits.add(item=common_pb2.Item(id="r1", text=RECEIPT), score=1.0)
+        return out
+
+    req = search_pb2.SearchTextRequest(query="receipt for r.okafor@example.net")
+    masked = redact_response(privacy, reader, "SearchText", req, response())
+    assert "r.okafor@example.net" not in masked.hits[0].item.text and "[email hidden]" in masked.hits[0].item.text
+    assert "(555) 010-3344" not in masked.hits[0].item.text
+    assert redact_response(privacy, auditor, "SearchText", req, response()).hits[0].item.text == RECEIPT
+    item = redact_response(privacy, reader, "GetItem", index_pb2.GetItemRequest(id="r1"), common_pb2.Item(text=RECEIPT))
+    assert "[email hidden]" in item.text
+
+    redact_request(privacy, auditor, "SearchText", req)
+    assert req.query == "receipt for r.okafor@example.net"
+    redact_request(privacy, reader, "SearchText", req)
+    assert req.query == "receipt for [email hidden]"
