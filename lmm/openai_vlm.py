@@ -102,8 +102,14 @@ class OpenAiVlm(LazyModel):
                 if attempt == tries - 1 or wait > self.options.max_backoff_s:
                     raise retry.error(attempt + 1) from retry.__cause__
                 time.sleep(wait)
-        text, tokens = self._parse(data)
-        return Draft(text=text, model_id=self.model_id, tokens=tokens, seconds=time.perf_counter() - started)
+        text, tokens, prompt_tokens = self._parse(data)
+        return Draft(
+            text=text,
+            model_id=self.model_id,
+            tokens=tokens,
+            seconds=time.perf_counter() - started,
+            prompt_tokens=prompt_tokens,
+        )
 
     def request_body(self, prompt: Prompt, max_tokens: int) -> dict:
         """The JSON body: system message, then a user message with image parts before the text."""
@@ -165,7 +171,8 @@ class OpenAiVlm(LazyModel):
             )
         raise ModelUnavailable(f"{where} answered HTTP {status}: {detail}")
 
-    def _parse(self, data: dict) -> tuple[str, int]:
+    def _parse(self, data: dict) -> tuple[str, int, int]:
+        """(text, generated tokens, prompt tokens) of a chat completion."""
         try:
             message = data["choices"][0]["message"]
             content = message.get("content") or ""
@@ -173,11 +180,12 @@ class OpenAiVlm(LazyModel):
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             usage = data.get("usage") or {}
             tokens = int(usage.get("completion_tokens") or 0)
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise ModelUnavailable(
                 f"VLM endpoint {self.url} answered without choices[0].message: {_excerpt(str(data))}"
             ) from exc
-        return str(content).strip(), tokens
+        return str(content).strip(), tokens, prompt_tokens
 
     def _headers(self) -> dict[str, str]:
         key = self.options.api_key or os.environ.get(self.options.api_key_env, "")

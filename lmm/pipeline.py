@@ -216,6 +216,8 @@ class _Request:
     prompt_version: str = ""
     model_id: str = ""
     attempts: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
 
 
 class AskPipeline:
@@ -301,6 +303,8 @@ class AskPipeline:
                     self.model.generate, current, max_new_tokens=self.options.max_new_tokens
                 )
             req.model_id = draft.model_id or req.model_id
+            req.tokens_in += draft.prompt_tokens
+            req.tokens_out += draft.tokens
             with req.clock("output_guards"):
                 state = DraftState(draft.text, req.question, req.context, req.masker, system=prompt.system)
                 run = self._record(req, self.output_guards.run(state))
@@ -348,6 +352,8 @@ class AskPipeline:
             timings=req.clock.done(),
             attempts=req.attempts,
             cited=self._cited(req, text, citations),
+            tokens_in=req.tokens_in,
+            tokens_out=req.tokens_out,
         )
 
     def _cited(self, req: _Request, text: str, citations: tuple[str, ...]) -> tuple[Citation, ...]:

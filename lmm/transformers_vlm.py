@@ -189,7 +189,13 @@ class TransformersVlm(SourcedModel):
         pad = self._processor.tokenizer.pad_token_id
         tokens = int((new != pad).sum()) if pad is not None else int(new.numel())
         answer = self._processor.decode(new, skip_special_tokens=True).strip()
-        return Draft(text=answer, model_id=self.model_id, tokens=tokens, seconds=time.perf_counter() - started)
+        return Draft(
+            text=answer,
+            model_id=self.model_id,
+            tokens=tokens,
+            seconds=time.perf_counter() - started,
+            prompt_tokens=int(prompt_len),
+        )
 
     def _chat_text(self, prompt: Prompt) -> str:
         """The prompt through the model's chat template: system turn, then images and the user text."""

@@ -62,6 +62,8 @@ class Draft:
     # Generated tokens (0 when the backend does not say).
     tokens: int = 0
     seconds: float = 0.0
+    # Prompt tokens, images included (0 when the backend does not say).
+    prompt_tokens: int = 0
 
 
 class VisionLanguageModel(Protocol):
@@ -119,3 +121,6 @@ class Answer:
     attempts: int = 1
     # Each citation's item, source and supporting snippet, in citation order.
     cited: tuple[Citation, ...] = ()
+    # VLM tokens over all drafts: prompt and generated.
+    tokens_in: int = 0
+    tokens_out: int = 0

@@ -311,12 +311,18 @@ def cmd_status(client: LoupeClient, args) -> int:
 def cmd_usage(client: LoupeClient, args) -> int:
     rows = client.usage(client=args.client or "", since=args.since or "")
     if args.json:
-        fields = ("day", "client", "rpc", "code", "calls", "items", "audio_seconds")
+        fields = ("day", "client", "rpc", "code", "calls", "items", "audio_seconds", "tokens_in", "tokens_out")
         print(json.dumps([{f: getattr(r, f) for f in fields} for r in rows], indent=2))
         return 0
-    print(f"{'day':<10}  {'client':<20} {'rpc':<12} {'code':<18} {'calls':>7} {'items':>7} {'audio s':>9}")
+    print(
+        f"{'day':<10}  {'client':<20} {'rpc':<12} {'code':<18} {'calls':>7} {'items':>7} {'audio s':>9}"
+        f" {'tokens in':>10} {'tokens out':>10}"
+    )
     for r in rows:
-        print(f"{r.day:<10}  {r.client:<20} {r.rpc:<12} {r.code:<18} {r.calls:>7} {r.items:>7} {r.audio_seconds:>9.1f}")
+        print(
+            f"{r.day:<10}  {r.client:<20} {r.rpc:<12} {r.code:<18} {r.calls:>7} {r.items:>7} {r.audio_seconds:>9.1f}"
+            f" {r.tokens_in:>10} {r.tokens_out:>10}"
+        )
     return 0
 
 

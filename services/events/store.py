@@ -20,12 +20,22 @@ from typing import Any
 
 from encoders.common.errors import InvalidInput, StoreUnavailable
 
-COUNTERS = ("calls", "items", "audio_s")
+# Usage counters and their column types; a database made before a counter existed gets its
+# column added when it is opened.
+COUNTERS = {
+    "calls": "BIGINT",
+    "items": "BIGINT",
+    "audio_s": "DOUBLE PRECISION",
+    "tokens_in": "BIGINT",  # VLM prompt tokens (Ask, all drafts)
+    "tokens_out": "BIGINT",  # VLM generated tokens
+}
+_COLUMNS = ", ".join(COUNTERS)
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS loupe_usage (
         day TEXT NOT NULL, client TEXT NOT NULL, rpc TEXT NOT NULL, code TEXT NOT NULL,
-        calls BIGINT NOT NULL DEFAULT 0, items BIGINT NOT NULL DEFAULT 0, audio_s DOUBLE PRECISION NOT NULL DEFAULT 0,
-        PRIMARY KEY (day, client, rpc, code))""",
+        """
+    + "".join(f"{c} {kind} NOT NULL DEFAULT 0, " for c, kind in COUNTERS.items())
+    + "PRIMARY KEY (day, client, rpc, code))",
     """CREATE TABLE IF NOT EXISTS loupe_audit (
         at TEXT NOT NULL, client TEXT NOT NULL, rpc TEXT NOT NULL, collection TEXT NOT NULL,
         code TEXT NOT NULL, count BIGINT NOT NULL, target TEXT NOT NULL)""",
@@ -42,6 +52,11 @@ class UsageRow:
     calls: int = 0
     items: int = 0
     audio_s: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    def counters(self) -> tuple:
+        return tuple(getattr(self, name) for name in COUNTERS)
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,19 @@ class EventStore:
             raise InvalidInput(f"events_url {url!r} must start with sqlite:/// or postgresql://", field="events_url")
         for statement in SCHEMA:
             self._exec(statement)
+        self._add_missing_counters()
+
+    def _add_missing_counters(self) -> None:
+        with self._lock, self._errors():
+            cur = self._conn.cursor()
+            try:
+                cur.execute("SELECT * FROM loupe_usage LIMIT 0")
+                have = {d[0] for d in cur.description}
+            finally:
+                cur.close()
+        for name, kind in COUNTERS.items():
+            if name not in have:
+                self._exec(f"ALTER TABLE loupe_usage ADD COLUMN {name} {kind} NOT NULL DEFAULT 0")
 
     # -- usage -----------------------------------------------------------------------------
     def add_usage(self, rows: list[UsageRow]) -> None:
@@ -98,33 +126,33 @@ class EventStore:
         if not rows:
             return
         sql = (
-            "INSERT INTO loupe_usage (day, client, rpc, code, calls, items, audio_s) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (day, client, rpc, code) DO UPDATE SET calls = loupe_usage.calls + excluded.calls, "
-            "items = loupe_usage.items + excluded.items, audio_s = loupe_usage.audio_s + excluded.audio_s"
+            f"INSERT INTO loupe_usage (day, client, rpc, code, {_COLUMNS}) VALUES (?, ?, ?, ?{', ?' * len(COUNTERS)}) "
+            "ON CONFLICT (day, client, rpc, code) DO UPDATE SET "
+            + ", ".join(f"{c} = loupe_usage.{c} + excluded.{c}" for c in COUNTERS)
         )
-        self._exec_many(sql, [(r.day, r.client, r.rpc, r.code, r.calls, r.items, r.audio_s) for r in rows])
+        self._exec_many(sql, [(r.day, r.client, r.rpc, r.code, *r.counters()) for r in rows])
 
     def usage(self, client: str | None = None, since: str | None = None) -> list[UsageRow]:
         where, args = _where(client, since, "day")
         rows = self._query(
-            f"SELECT day, client, rpc, code, calls, items, audio_s FROM loupe_usage{where} ORDER BY day, client, rpc, code",
+            f"SELECT day, client, rpc, code, {_COLUMNS} FROM loupe_usage{where} ORDER BY day, client, rpc, code",
             args,
         )
-        return [UsageRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), float(r[6])) for r in rows]
+        return [UsageRow(*r[:4], *(counter_value(c, v) for c, v in zip(COUNTERS, r[4:], strict=True))) for r in rows]
 
     def totals(self, client: str, day: str) -> dict[str, float]:
         """The client's counters summed over RPCs and codes for one day (for quotas)."""
+        sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in COUNTERS)
         rows = self._query(
-            "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(items), 0), COALESCE(SUM(audio_s), 0) FROM loupe_usage "
-            "WHERE client = ? AND day = ? AND code = 'OK'",
+            f"SELECT {sums} FROM loupe_usage WHERE client = ? AND day = ? AND code = 'OK'",
             (client, day),
         )
         ask = self._query(
             "SELECT COALESCE(SUM(calls), 0) FROM loupe_usage WHERE client = ? AND day = ? AND rpc = 'Ask' AND code = 'OK'",
             (client, day),
         )
-        calls, items, audio = rows[0]
-        return {"calls": float(calls), "items": float(items), "audio_s": float(audio), "ask_calls": float(ask[0][0])}
+        totals = {c: float(v) for c, v in zip(COUNTERS, rows[0], strict=True)}
+        return {**totals, "ask_calls": float(ask[0][0])}
 
     # -- audit -----------------------------------------------------------------------------
     def add_audit(self, record: AuditRecord) -> None:
@@ -196,6 +224,11 @@ class EventStore:
             raise
         except Exception as exc:  # sqlite3.Error, psycopg.Error: a full disk, a dropped connection
             raise StoreUnavailable(f"the events database ({_safe(self.url)}) failed: {exc}") from None
+
+
+def counter_value(counter: str, value) -> int | float:
+    """A counter's amount as its column stores it (int, or float for seconds)."""
+    return float(value) if COUNTERS[counter].startswith("DOUBLE") else int(value)
 
 
 def _where(client: str | None, since: str | None, column: str) -> tuple[str, tuple]:

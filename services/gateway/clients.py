@@ -9,7 +9,8 @@
         rights: [search, index]                # search index delete ask transcribe personal_data admin
         collections: ["shop-*", "shared"]      # names, "prefix*" (a tenant), or "*"
         limits: {rate: 20, burst: 40, expensive_rate: 0.5, expensive_burst: 2}   # calls/s; 0: none
-        quotas: {items_per_day: 100000, audio_seconds_per_day: 7200, ask_calls_per_day: 500}
+        quotas: {items_per_day: 100000, audio_seconds_per_day: 7200, ask_calls_per_day: 500,
+                 vlm_tokens_per_day: 2000000}  # VLM tokens in + out
 
 `loupe keys create CLIENT` prints a new key once and the entry to paste; `loupe keys list`
 shows the clients of a file. A key is 32 random bytes (urlsafe base64 behind "lp_"), so one
@@ -57,10 +58,12 @@ class Limits:
     items_per_day: int = 0
     audio_seconds_per_day: float = 0.0
     ask_calls_per_day: int = 0
+    # VLM tokens, prompt and generated together, of the client's Ask calls.
+    vlm_tokens_per_day: int = 0
 
 
 RATE_KEYS = ("rate", "burst", "expensive_rate", "expensive_burst")
-QUOTA_KEYS = ("items_per_day", "audio_seconds_per_day", "ask_calls_per_day")
+QUOTA_KEYS = ("items_per_day", "audio_seconds_per_day", "ask_calls_per_day", "vlm_tokens_per_day")
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,12 @@ def check_quota(client: Client, rpc: str, used: Callable[[], dict[str, float]], 
         wanted.append(("audio_seconds_per_day", "audio_s", limits.audio_seconds_per_day))
     if rpc == "Ask" and limits.ask_calls_per_day:
         wanted.append(("ask_calls_per_day", "ask_calls", limits.ask_calls_per_day))
+    if rpc == "Ask" and limits.vlm_tokens_per_day:
+        wanted.append(("vlm_tokens_per_day", "vlm_tokens", limits.vlm_tokens_per_day))
     if not wanted:
         return
     totals = used()
+    totals["vlm_tokens"] = totals.get("tokens_in", 0.0) + totals.get("tokens_out", 0.0)
     for name, counter, quota in wanted:
         if totals.get(counter, 0.0) >= quota:
             midnight = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from services.events.store import AuditRecord, EventStore, UsageRow, today
+from services.events.store import COUNTERS, AuditRecord, EventStore, UsageRow, counter_value, today
 
 log = logging.getLogger("loupe")
 FLUSH_S = 1.0
@@ -29,7 +29,8 @@ class Meter:
         flush_s: float = FLUSH_S,
     ) -> None:
         self.store, self._clock = store, clock
-        self._pending: dict[tuple[str, str, str, str], list[float]] = {}
+        # (day, client, rpc, code) -> counter -> amount, not yet written.
+        self._pending: dict[tuple[str, str, str, str], dict[str, float]] = {}
         self._lock = threading.Lock()
         # (client, day) -> (monotonic time read, stored totals): read at most once a second.
         self._totals: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
@@ -37,13 +38,18 @@ class Meter:
         self._thread = threading.Thread(target=self._loop, args=(flush_s,), name="loupe-meter", daemon=True)
         self._thread.start()
 
-    def record(self, client: str, rpc: str, code: str, *, items: int = 0, audio_s: float = 0.0) -> None:
-        key = (today(self._clock()), client, rpc, code)
+    def record(self, client: str, rpc: str, code: str, **counts: float) -> None:
+        """One call, and what it counts beyond itself (items, audio_s, tokens_in, tokens_out)."""
+        unknown = set(counts) - set(COUNTERS)
+        if unknown:
+            raise ValueError(f"unknown usage counter(s) {sorted(unknown)}; known: {', '.join(COUNTERS)}")
         with self._lock:
-            row = self._pending.setdefault(key, [0, 0, 0.0])
-            row[0] += 1
-            row[1] += items
-            row[2] += audio_s
+            self._add((today(self._clock()), client, rpc, code), {"calls": 1, **counts})
+
+    def _add(self, key: tuple[str, str, str, str], counts: dict[str, float]) -> None:
+        row = self._pending.setdefault(key, dict.fromkeys(COUNTERS, 0))
+        for name, amount in counts.items():
+            row[name] += amount
 
     def audit(self, client: str, rpc: str, collection: str, code: str, count: int, target: dict) -> None:
         at = self._clock().isoformat(timespec="milliseconds")
@@ -57,28 +63,26 @@ class Meter:
             cached = self._totals[(client, day)] = (time.monotonic(), self.store.totals(client, day))
         totals = dict(cached[1])
         with self._lock:
-            for (d, c, rpc, code), (calls, items, audio) in self._pending.items():
+            for (d, c, rpc, code), counts in self._pending.items():
                 if d == day and c == client and code == "OK":
-                    totals["calls"] = totals.get("calls", 0) + calls
-                    totals["items"] = totals.get("items", 0) + items
-                    totals["audio_s"] = totals.get("audio_s", 0) + audio
+                    for name, amount in counts.items():
+                        totals[name] = totals.get(name, 0) + amount
                     if rpc == "Ask":
-                        totals["ask_calls"] = totals.get("ask_calls", 0) + calls
+                        totals["ask_calls"] = totals.get("ask_calls", 0) + counts["calls"]
         return totals
 
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
-        rows = [UsageRow(d, c, r, code, int(v[0]), int(v[1]), float(v[2])) for (d, c, r, code), v in pending.items()]
+        rows = [
+            UsageRow(*key, **{n: counter_value(n, v) for n, v in counts.items()}) for key, counts in pending.items()
+        ]
         try:
             self.store.add_usage(rows)
         except Exception:  # keep the counts for the next try
             with self._lock:
-                for row in rows:
-                    slot = self._pending.setdefault((row.day, row.client, row.rpc, row.code), [0, 0, 0.0])
-                    slot[0] += row.calls
-                    slot[1] += row.items
-                    slot[2] += row.audio_s
+                for key, counts in pending.items():
+                    self._add(key, counts)
             raise
         self._totals.clear()
 
@@ -101,7 +105,7 @@ AUDITED = frozenset({"IndexImages", "IndexTexts", "IndexAudio", "Delete"})
 
 
 def usage_of(rpc: str, result) -> dict:
-    """What a successful call counts beyond itself: items indexed, audio seconds."""
+    """What a successful call counts beyond itself: items indexed, audio seconds, VLM tokens."""
     if result is None:
         return {}
     if rpc in ("IndexImages", "IndexTexts"):
@@ -110,6 +114,8 @@ def usage_of(rpc: str, result) -> dict:
         return {"items": 1, "audio_s": float(result.duration_s)}
     if rpc == "Transcribe":  # the stream's TranscriptInfo
         return {"audio_s": float(result.duration_s)}
+    if rpc == "Ask":
+        return {"tokens_in": int(result.tokens_in), "tokens_out": int(result.tokens_out)}
     return {}
 
 

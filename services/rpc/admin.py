@@ -28,7 +28,15 @@ async def get_usage(meter, client, req: admin_pb2.UsageRequest) -> admin_pb2.Usa
     out = admin_pb2.UsageResponse()
     for r in rows:
         out.rows.add(
-            day=r.day, client=r.client, rpc=r.rpc, code=r.code, calls=r.calls, items=r.items, audio_seconds=r.audio_s
+            day=r.day,
+            client=r.client,
+            rpc=r.rpc,
+            code=r.code,
+            calls=r.calls,
+            items=r.items,
+            audio_seconds=r.audio_s,
+            tokens_in=r.tokens_in,
+            tokens_out=r.tokens_out,
         )
     return out
 

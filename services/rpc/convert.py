@@ -242,6 +242,8 @@ def answer(a) -> qa_pb2.AskResponse:
         prompt_version=a.prompt_version,
         timings_s=dict(a.timings),
         attempts=a.attempts,
+        tokens_in=a.tokens_in,
+        tokens_out=a.tokens_out,
         cited=[
             qa_pb2.Citation(
                 id=c.id, source=c.source, snippet=c.snippet, modality=c.modality, start_s=c.start_s, end_s=c.end_s

@@ -50,8 +50,43 @@ def test_usage_adds_up_and_survives_reopening(store_url) -> None:
     again = EventStore(store_url)  # a restart: what was written is there
     assert again.usage("a", "2026-12-01")[0] == UsageRow("2026-12-01", "a", "IndexTexts", "OK", 3, 15, 0.0)
     assert [r.client for r in again.usage(since="2026-12-02")] == ["a", "a", "b"]
-    assert again.totals("a", "2026-12-02") == {"calls": 4.0, "items": 1.0, "audio_s": 42.5, "ask_calls": 3.0}
+    assert again.totals("a", "2026-12-02") == {
+        "calls": 4.0,
+        "items": 1.0,
+        "audio_s": 42.5,
+        "tokens_in": 0.0,
+        "tokens_out": 0.0,
+        "ask_calls": 3.0,
+    }
     assert again.totals("b", "2026-12-02")["calls"] == 0  # refused calls do not count against quotas
+    again.close()
+
+
+def test_vlm_tokens_add_up_per_row(store_url) -> None:
+    store = EventStore(store_url)
+    store.add_usage([UsageRow("2026-12-02", "a", "Ask", "OK", 1, tokens_in=900, tokens_out=40)])
+    store.add_usage([UsageRow("2026-12-02", "a", "Ask", "OK", 1, tokens_in=850, tokens_out=35)])
+    [row] = store.usage("a")
+    assert (row.calls, row.tokens_in, row.tokens_out) == (2, 1750, 75)
+    assert store.totals("a", "2026-12-02")["tokens_out"] == 75
+    store.close()
+
+
+def test_a_database_from_before_the_token_counters_gets_them_and_keeps_its_rows(store_url) -> None:
+    store = EventStore(store_url)
+    store._exec("DROP TABLE IF EXISTS loupe_usage")
+    store._exec(
+        "CREATE TABLE loupe_usage (day TEXT NOT NULL, client TEXT NOT NULL, rpc TEXT NOT NULL, code TEXT NOT NULL, "
+        "calls BIGINT NOT NULL DEFAULT 0, items BIGINT NOT NULL DEFAULT 0, audio_s DOUBLE PRECISION NOT NULL DEFAULT 0, "
+        "PRIMARY KEY (day, client, rpc, code))"
+    )
+    store._exec(
+        "INSERT INTO loupe_usage (day, client, rpc, code, calls, items, audio_s) VALUES ('2026-12-01', 'a', 'Ask', 'OK', 5, 0, 0)"
+    )
+    store.close()
+    again = EventStore(store_url)
+    again.add_usage([UsageRow("2026-12-01", "a", "Ask", "OK", 1, tokens_in=10, tokens_out=2)])
+    assert again.usage() == [UsageRow("2026-12-01", "a", "Ask", "OK", 6, 0, 0.0, 10, 2)]
     again.close()
 
 
@@ -84,10 +119,14 @@ def test_meter_aggregates_flushes_and_counts_pending_for_quotas(tmp_path) -> Non
     assert meter.used_today("a")["items"] == 5 and store.usage() == []  # pending, not written yet
     meter.flush()
     assert [(r.code, r.calls, r.items) for r in store.usage()] == [("INVALID_ARGUMENT", 1, 0), ("OK", 2, 5)]
-    meter.record("a", "Ask", "OK")
-    assert meter.used_today("a")["ask_calls"] == 1
+    meter.record("a", "Ask", "OK", tokens_in=700, tokens_out=30)
+    used = meter.used_today("a")
+    assert used["ask_calls"] == 1 and used["tokens_in"] == 700 and used["tokens_out"] == 30
+    with pytest.raises(ValueError, match="unknown usage counter"):
+        meter.record("a", "Ask", "OK", tokens=1)
     meter.close()
-    assert store.totals("a", "2026-12-02")["ask_calls"] == 1  # close flushed it
+    totals = store.totals("a", "2026-12-02")  # close flushed it
+    assert totals["ask_calls"] == 1 and totals["tokens_in"] == 700
 
 
 def client(**limits) -> Client:
@@ -130,6 +169,10 @@ def test_quotas_say_which_and_when_they_renew() -> None:
         check_quota(c, "Transcribe", lambda: {"audio_s": 61.0}, NOW)
     with pytest.raises(Overloaded, match="ask_calls_per_day"):
         check_quota(c, "Ask", lambda: {"ask_calls": 2}, NOW)
+    tokens = client(vlm_tokens_per_day=1000)
+    check_quota(tokens, "Ask", lambda: {"tokens_in": 800, "tokens_out": 199}, NOW)
+    with pytest.raises(Overloaded, match="vlm_tokens_per_day quota"):
+        check_quota(tokens, "Ask", lambda: {"tokens_in": 800, "tokens_out": 200}, NOW)
     check_quota(c, "SearchText", lambda: {"items": 99}, NOW)  # searching draws on no quota
 
 

@@ -34,7 +34,7 @@ class ScriptedModel:
     def generate(self, prompt: Prompt, *, max_new_tokens: int) -> Draft:
         self.prompts.append(prompt)
         text = self.drafts.pop(0) if len(self.drafts) > 1 else self.drafts[0]
-        return Draft(text, self._model_id, tokens=len(text.split()))
+        return Draft(text, self._model_id, tokens=len(text.split()), prompt_tokens=len(prompt.user.split()))
 
 
 class ObedientModel(ScriptedModel):
@@ -122,6 +122,9 @@ def test_a_failed_draft_is_redrafted_and_the_good_one_returned() -> None:
     model = ScriptedModel("Error E-99 [upload-1].", GROUNDED)
     answer = pipeline(model, max_attempts=3).ask("What does the error mean?", [screenshot(SCREEN)])
     assert answer.verdict is Verdict.ANSWERED and answer.attempts == 2 and answer.text == GROUNDED
+    # Every draft's tokens count, the rejected one's too.
+    assert answer.tokens_out == len("Error E-99 [upload-1].".split()) + len(GROUNDED.split())
+    assert answer.tokens_in == sum(len(p.user.split()) for p in model.prompts) > 0
 
 
 @pytest.mark.parametrize("attempts", [1, 3])
@@ -320,6 +323,19 @@ def test_async_retriever_gets_the_masked_question_and_is_packed_after_uploads() 
     # A retrieved document's personal data is masked for the model and never restored for the asker.
     assert "tier2@vendor.example" not in model.prompts[0].user
     assert answer.text == "E-42 can also mean Tray 2 is open [kb-7]; escalate to [email removed] [kb-7]."
+
+
+def test_a_caller_who_may_see_personal_data_gets_a_retrieved_value_the_question_asks_for() -> None:
+    async def retriever(question: str, k: int, filters=None) -> list[ContextImage]:
+        return [ContextImage("kb-7", screenshot(""), "Escalate E-42 to tier2@vendor.example", "kb")]
+
+    model = ScriptedModel("Escalate to [EMAIL_1] [kb-7].")
+    question = "Which e-mail address do I escalate E-42 to?"
+    shown = pipeline(model, retriever).ask(question, [], 1, reveal_retrieved=True)
+    assert shown.verdict is Verdict.ANSWERED and shown.text == "Escalate to tier2@vendor.example [kb-7]."
+    assert "tier2@vendor.example" not in model.prompts[0].user  # the model still saw a placeholder
+    hidden = pipeline(model, retriever).ask(question, [], 1)
+    assert "tier2@vendor.example" not in hidden.text and "[email removed]" in hidden.text
 
 
 def test_sync_retriever_and_context_cap() -> None:

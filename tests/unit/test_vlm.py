@@ -173,6 +173,7 @@ def test_tiny_vlm_answers_a_screenshot_greedily_and_bounded(tiny_vlm):
     print(f"tiny VLM generated {first.tokens} tokens in {elapsed:.2f} s")
     assert isinstance(first, Draft) and first.model_id == tiny_vlm.model_id
     assert 0 <= first.tokens <= 8 and first.seconds > 0
+    assert first.prompt_tokens > 8  # the prompt, image tokens included
     assert elapsed < 10
     second = tiny_vlm.generate(prompt, max_new_tokens=8)
     assert (second.text, second.tokens) == (first.text, first.tokens)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loupe/v1/admin.proto\x12\x08loupe.v1\"-\n\x0cUsageRequest\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\t\"w\n\x08UsageRow\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x0b\n\x03rpc\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x03\x12\r\n\x05items\x18\x06 \x01(\x03\x12\x15\n\raudio_seconds\x18\x07 \x01(\x01\"1\n\rUsageResponse\x12 \n\x04rows\x18\x01 \x03(\x0b\x32\x12.loupe.v1.UsageRow\"<\n\x0c\x41uditRequest\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"|\n\x0b\x41uditRecord\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x0b\n\x03rpc\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x13\n\x0btarget_json\x18\x07 \x01(\t\"7\n\rAuditResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.loupe.v1.AuditRecord2\x88\x01\n\x0c\x41\x64minService\x12;\n\x08GetUsage\x12\x16.loupe.v1.UsageRequest\x1a\x17.loupe.v1.UsageResponse\x12;\n\x08GetAudit\x12\x16.loupe.v1.AuditRequest\x1a\x17.loupe.v1.AuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loupe/v1/admin.proto\x12\x08loupe.v1\"-\n\x0cUsageRequest\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\t\"\x9e\x01\n\x08UsageRow\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x0b\n\x03rpc\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x03\x12\r\n\x05items\x18\x06 \x01(\x03\x12\x15\n\raudio_seconds\x18\x07 \x01(\x01\x12\x11\n\ttokens_in\x18\x08 \x01(\x03\x12\x12\n\ntokens_out\x18\t \x01(\x03\"1\n\rUsageResponse\x12 \n\x04rows\x18\x01 \x03(\x0b\x32\x12.loupe.v1.UsageRow\"<\n\x0c\x41uditRequest\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"|\n\x0b\x41uditRecord\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\x0b\n\x03rpc\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x13\n\x0btarget_json\x18\x07 \x01(\t\"7\n\rAuditResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.loupe.v1.AuditRecord2\x88\x01\n\x0c\x41\x64minService\x12;\n\x08GetUsage\x12\x16.loupe.v1.UsageRequest\x1a\x17.loupe.v1.UsageResponse\x12;\n\x08GetAudit\x12\x16.loupe.v1.AuditRequest\x1a\x17.loupe.v1.AuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGEREQUEST']._serialized_start=34
   _globals['_USAGEREQUEST']._serialized_end=79
-  _globals['_USAGEROW']._serialized_start=81
-  _globals['_USAGEROW']._serialized_end=200
-  _globals['_USAGERESPONSE']._serialized_start=202
-  _globals['_USAGERESPONSE']._serialized_end=251
-  _globals['_AUDITREQUEST']._serialized_start=253
-  _globals['_AUDITREQUEST']._serialized_end=313
-  _globals['_AUDITRECORD']._serialized_start=315
-  _globals['_AUDITRECORD']._serialized_end=439
-  _globals['_AUDITRESPONSE']._serialized_start=441
-  _globals['_AUDITRESPONSE']._serialized_end=496
-  _globals['_ADMINSERVICE']._serialized_start=499
-  _globals['_ADMINSERVICE']._serialized_end=635
+  _globals['_USAGEROW']._serialized_start=82
+  _globals['_USAGEROW']._serialized_end=240
+  _globals['_USAGERESPONSE']._serialized_start=242
+  _globals['_USAGERESPONSE']._serialized_end=291
+  _globals['_AUDITREQUEST']._serialized_start=293
+  _globals['_AUDITREQUEST']._serialized_end=353
+  _globals['_AUDITRECORD']._serialized_start=355
+  _globals['_AUDITRECORD']._serialized_end=479
+  _globals['_AUDITRESPONSE']._serialized_start=481
+  _globals['_AUDITRESPONSE']._serialized_end=536
+  _globals['_ADMINSERVICE']._serialized_start=539
+  _globals['_ADMINSERVICE']._serialized_end=675
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ class UsageRequest(_message.Message):
     def __init__(self, client: _Optional[str] = ..., since: _Optional[str] = ...) -> None: ...
 
 class UsageRow(_message.Message):
-    __slots__ = ("day", "client", "rpc", "code", "calls", "items", "audio_seconds")
+    __slots__ = ("day", "client", "rpc", "code", "calls", "items", "audio_seconds", "tokens_in", "tokens_out")
     DAY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     RPC_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,8 @@ class UsageRow(_message.Message):
     CALLS_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
     day: str
     client: str
     rpc: str
@@ -31,7 +33,9 @@ class UsageRow(_message.Message):
     calls: int
     items: int
     audio_seconds: float
-    def __init__(self, day: _Optional[str] = ..., client: _Optional[str] = ..., rpc: _Optional[str] = ..., code: _Optional[str] = ..., calls: _Optional[int] = ..., items: _Optional[int] = ..., audio_seconds: _Optional[float] = ...) -> None: ...
+    tokens_in: int
+    tokens_out: int
+    def __init__(self, day: _Optional[str] = ..., client: _Optional[str] = ..., rpc: _Optional[str] = ..., code: _Optional[str] = ..., calls: _Optional[int] = ..., items: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ...) -> None: ...
 
 class UsageResponse(_message.Message):
     __slots__ = ("rows",)

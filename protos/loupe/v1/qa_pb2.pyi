@@ -72,7 +72,7 @@ class Citation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., snippet: _Optional[str] = ..., modality: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "citations", "verdict", "guards", "model_id", "prompt_version", "timings_s", "attempts", "cited")
+    __slots__ = ("text", "citations", "verdict", "guards", "model_id", "prompt_version", "timings_s", "attempts", "cited", "tokens_in", "tokens_out")
     class TimingsSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class AskResponse(_message.Message):
     TIMINGS_S_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CITED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
     text: str
     citations: _containers.RepeatedScalarFieldContainer[str]
     verdict: AnswerVerdict
@@ -98,4 +100,6 @@ class AskResponse(_message.Message):
     timings_s: _containers.ScalarMap[str, float]
     attempts: int
     cited: _containers.RepeatedCompositeFieldContainer[Citation]
-    def __init__(self, text: _Optional[str] = ..., citations: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Union[AnswerVerdict, str]] = ..., guards: _Optional[_Iterable[_Union[GuardReport, _Mapping]]] = ..., model_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., timings_s: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[int] = ..., cited: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...) -> None: ...
+    tokens_in: int
+    tokens_out: int
+    def __init__(self, text: _Optional[str] = ..., citations: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Union[AnswerVerdict, str]] = ..., guards: _Optional[_Iterable[_Union[GuardReport, _Mapping]]] = ..., model_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., timings_s: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[int] = ..., cited: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ...) -> None: ...
