@@ -8,6 +8,7 @@ loupe ask [FILE...] "question"          ask about screenshots and/or indexed ima
 loupe search TEXT | --image FILE        search, print a table
 loupe delete ID... | --where k=v        delete items
 loupe status                            health, model, collections
+loupe tls-proxy --cert C --key K [--run]  nginx terminating TLS in front of the gRPC port
 loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
 """
 
@@ -46,13 +47,28 @@ def main(argv: list[str] | None = None) -> int:
         from services.cli import keys
 
         return keys.run(args)
+    if args.command == "tls-proxy":
+        from services.cli import tls
+
+        return tls.run(args)
     if args.command == "index" and args.batch:
         from services.cli import batch as batch_cli
 
         return batch_cli.run(args)
     try:
-        with LoupeClient(args.target, api_key=args.api_key, timeout_s=args.timeout) as client:
+        with LoupeClient(
+            args.target,
+            api_key=args.api_key,
+            timeout_s=args.timeout,
+            tls=args.tls,
+            ca_file=args.ca_file,
+            cert_file=args.cert,
+            key_file=args.key,
+        ) as client:
             return COMMANDS[args.command](client, args)
+    except ValueError as exc:  # a TLS file that cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except LoupeCallError as exc:
         print(f"error: {exc.code.name}: {exc.reason}", file=sys.stderr)
         for fld, why in exc.violations:
@@ -65,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=os.environ.get("LOUPE_TARGET", "localhost:9000"), help="gRPC address")
     p.add_argument("--api-key", default=os.environ.get("LOUPE_API_KEY"), help="sent as 'authorization: Bearer'")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    env_tls = os.environ.get("LOUPE_TLS", "").lower() in ("1", "true", "yes")
+    p.add_argument("--tls", action="store_true", default=env_tls, help="speak TLS (to `loupe tls-proxy`; LOUPE_TLS=1)")
+    p.add_argument(
+        "--ca-file", default=os.environ.get("LOUPE_CA_FILE"), help="PEM CA to trust for --tls (default: system roots)"
+    )
+    p.add_argument("--cert", default=os.environ.get("LOUPE_CLIENT_CERT"), help="client certificate (PEM) for --tls")
+    p.add_argument("--key", default=os.environ.get("LOUPE_CLIENT_KEY"), help="its private key (PEM)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the service (Ray Serve, gRPC on port 9000)")
@@ -97,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     from services.cli import keys
 
     keys.add_arguments(sub.add_parser("keys", help="make API keys and list the clients of a clients file"))
+    from services.cli import tls
+
+    tls.add_arguments(sub.add_parser("tls-proxy", help="TLS in front of the service: nginx config, or run nginx"))
 
     i = sub.add_parser("index", help="index image and audio files or folders (recursively)")
     i.add_argument("paths", nargs="*", type=Path)

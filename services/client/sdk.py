@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -60,6 +61,26 @@ class LoupeCallError(Exception):
         # When to try again (RetryInfo), for RESOURCE_EXHAUSTED: overload, a rate limit, a quota.
         self.retry_after_s: float | None = retry_delay_s(error)
         super().__init__(f"{self.code.name}: {self.reason}")
+
+
+def tls_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None) -> grpc.ChannelCredentials:
+    """Channel credentials from PEM files; a missing or unreadable file is an error that names it."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def read(path: str | None, what: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            return Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file, "CA file"),
+        private_key=read(key_file, "client key"),
+        certificate_chain=read(cert_file, "client certificate"),
+    )
 
 
 @dataclass(frozen=True)
@@ -146,14 +167,26 @@ class LoupeClient:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         application: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        server_name: str | None = None,
     ) -> None:
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        """`tls`: speak TLS (to the TLS proxy in front of the service, README "TLS"), trusting
+        `ca_file` (default: the system's roots); `cert_file` + `key_file`: a client certificate
+        for a proxy that asks for one; `server_name`: the name to check the certificate against
+        when it differs from the target's host."""
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if tls or ca_file or cert_file:
+            self.channel = grpc.secure_channel(target, tls_credentials(ca_file, cert_file, key_file), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.timeout_s = timeout_s
         self._metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         if application:  # picks the Serve app when several are deployed

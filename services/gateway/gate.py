@@ -118,7 +118,9 @@ def collection_of(rpc: str, request: Any) -> str | None:
 
     if rpc in ("SearchText", "SearchImage"):
         return collection_name(request.options.collection, "options.collection")
-    if rpc == "Ask":
+    if rpc == "Ask":  # without retrieval (k 0) it reads no collection
+        if request.retrieval.k == 0:
+            return None
         return collection_name(request.retrieval.collection, "retrieval.collection")
     if rpc in ("IndexImages", "IndexTexts", "IndexAudio", "GetItem", "Delete", "Count"):
         return collection_name(request.collection)

@@ -80,6 +80,7 @@ def test_rights_and_collections(gate) -> None:
         gate.authorize(b, "Count", index_pb2.CountRequest())
     with pytest.raises(Forbidden, match="may not use collection 'a-x'"):
         gate.authorize(b, "Ask", qa_pb2.AskRequest(question="q", retrieval=qa_pb2.Retrieval(collection="a-x", k=3)))
+    gate.authorize(b, "Ask", qa_pb2.AskRequest(question="q"))  # about uploads only: no collection is read
     gate.authorize(b, "Delete", index_pb2.DeleteRequest(collection="shared"))
     with pytest.raises(Forbidden, match="may not transcribe"):
         gate.authorize(b, "Transcribe", None)
