@@ -2,8 +2,9 @@
 
 Usage counters are summed in memory and written to the events database every second (and
 when the replica stops), so a call pays no database round trip; a crash loses at most the
-last second. Audit records are written before the call's response goes out: an acknowledged
-write or delete always has its record.
+last second. Audit records are written before the call's response goes out; when the
+database is down, the record is kept and written with the next flush that succeeds (it is
+lost only if the replica dies before the database is back), and the failure is logged.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Meter:
         self.store, self._clock = store, clock
         # (day, client, rpc, code) -> counter -> amount, not yet written.
         self._pending: dict[tuple[str, str, str, str], dict[str, float]] = {}
+        # Audit records the database refused, oldest first: written by the next flush.
+        self._pending_audit: list[AuditRecord] = []
         self._lock = threading.Lock()
         # (client, day) -> (monotonic time read, stored totals): read at most once a second.
         self._totals: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
@@ -52,8 +55,21 @@ class Meter:
             row[name] += amount
 
     def audit(self, client: str, rpc: str, collection: str, code: str, count: int, target: dict) -> None:
+        """Write the record now; if the database fails, keep it for the next flush and re-raise."""
         at = self._clock().isoformat(timespec="milliseconds")
-        self.store.add_audit(AuditRecord(at, client, rpc, collection, code, count, target))
+        record = AuditRecord(at, client, rpc, collection, code, count, target)
+        try:
+            self._write_audit([record])
+        except Exception:
+            with self._lock:
+                self._pending_audit.append(record)
+            raise
+
+    def _write_audit(self, records: list[AuditRecord]) -> None:
+        """Write from the front, removing each record once written: what is left was not."""
+        while records:
+            self.store.add_audit(records[0])
+            records.pop(0)
 
     def used_today(self, client: str) -> dict[str, float]:
         """The client's successful usage today: stored (read at most once a second) plus pending."""
@@ -74,6 +90,16 @@ class Meter:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            audits, self._pending_audit = self._pending_audit, []
+        if audits:
+            try:
+                self._write_audit(audits)
+            except Exception:
+                with self._lock:
+                    self._pending_audit[:0] = audits
+                    for key, counts in pending.items():
+                        self._add(key, counts)
+                raise
         rows = [
             UsageRow(*key, **{n: counter_value(n, v) for n, v in counts.items()}) for key, counts in pending.items()
         ]

@@ -217,7 +217,7 @@ class Ingress:
                 collection, count, target = audit_of(rpc, request, result)
                 await asyncio.to_thread(self.meter.audit, client.id, rpc, collection, code, count, target)
         except Exception:  # accounting must never fail a call that ran
-            log.exception("usage or audit record for %s not written", rpc)
+            log.exception("usage or audit record for %s not written now; kept for the next flush", rpc)
 
     async def IndexImages(self, request, grpc_context):
         return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")

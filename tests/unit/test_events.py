@@ -187,3 +187,19 @@ def test_usage_is_kept_for_the_next_flush_when_the_database_fails(tmp_path) -> N
     meter.flush()
     assert [(r.rpc, r.calls) for r in meter.store.usage()] == [("Count", 1)]
     meter.close()
+
+
+def test_an_audit_record_the_database_refused_is_written_by_the_next_flush(tmp_path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path}/e.db")
+    meter = Meter(store, clock=lambda: NOW, flush_s=3600)
+    meter.audit("a", "IndexTexts", "docs", "OK", 1, {"ids": ["x"]})
+    store._conn.close()  # the database goes away
+    with pytest.raises(StoreUnavailable):
+        meter.audit("a", "Delete", "docs", "OK", 2, {"ids": ["y", "z"]})
+    with pytest.raises(StoreUnavailable):
+        meter.flush()  # still down: kept
+    meter.store = EventStore(f"sqlite:///{tmp_path}/e.db")
+    meter.flush()
+    meter.flush()  # written once, not again
+    assert [(r.rpc, r.count) for r in meter.store.audit()] == [("IndexTexts", 1), ("Delete", 2)]
+    meter.close()
