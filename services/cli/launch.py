@@ -169,7 +169,7 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
     print(
         f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
         f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
-        f"firewall or the TLS proxy in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
+        f"firewall or `loupe tls-proxy` in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
         f"{ports['HTTP']}; {access(app_args)}",
         file=sys.stderr,
         flush=True,
