@@ -60,6 +60,8 @@ class LoupeCallError(Exception):
         self.violations: list[tuple[str, str]] = field_violations(error)
         # When to try again (RetryInfo), for RESOURCE_EXHAUSTED: overload, a rate limit, a quota.
         self.retry_after_s: float | None = retry_delay_s(error)
+        # The call's id in the service's logs (trailing metadata x-request-id).
+        self.request_id: str = dict(getattr(error, "trailing_metadata", lambda: ())() or ()).get("x-request-id", "")
         super().__init__(f"{self.code.name}: {self.reason}")
 
 
@@ -151,6 +153,8 @@ class SearchResult:
     model_id: str
     next_offset: int
     query_truncated: bool = False
+    # The call's id in the service's logs (and for feedback).
+    request_id: str = ""
 
     def __iter__(self):
         return iter(self.hits)
@@ -377,4 +381,5 @@ def _result(response: search_pb2.SearchResponse) -> SearchResult:
         model_id=response.model_id,
         next_offset=response.next_offset,
         query_truncated=response.query_truncated,
+        request_id=response.request_id,
     )

@@ -16,6 +16,7 @@ from lmm.pipeline import AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
 from services.rpc.faces import EncoderFace, IndexFace
+from services.serve import requests
 
 log = logging.getLogger("loupe.ask")
 
@@ -109,12 +110,16 @@ class AnswerWorker:
         # Model and prompt version go to the log with every answer (never the question: it may hold PII).
         failed = [g.guard for g in answer.guards if not g.passed]
         log.info(
-            "ask: verdict=%s model=%s prompt=%s attempts=%d citations=%d failed_guards=%s timings=%s",
+            "ask: request_id=%s verdict=%s model=%s prompt=%s attempts=%d citations=%d tokens=%d/%d failed_guards=%s "
+            "timings=%s",
+            requests.current() or "-",
             answer.verdict.value,
             answer.model_id,
             answer.prompt_version,
             answer.attempts,
             len(answer.citations),
+            answer.tokens_in,
+            answer.tokens_out,
             ",".join(failed) or "-",
             " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())),
         )

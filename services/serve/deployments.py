@@ -27,6 +27,7 @@ from services.gateway.redact import redact_request, redact_response, sees_person
 from services.rpc import admin
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
+from services.serve import requests
 from services.serve.admission import Admission
 from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
 
@@ -183,16 +184,20 @@ class Ingress:
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
         """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
         client, result, code = None, None, "OK"
+        metadata = dict(grpc_context.invocation_metadata())
+        rid = requests.request_id(metadata)
+        requests.carry(rid)
         try:
-            client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
+            client = self.gateway.authenticate(metadata)
             self._allow(client, rpc, request)  # a refusal is counted against this client
             redact_request(self.privacy, client, rpc, request)
             async with self.admission.enter(rpc):
                 result = await (call(request, client) if with_client else call(request))
-                return redact_response(self.privacy, client, rpc, request, result)
+                grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
+                return requests.stamp(redact_response(self.privacy, client, rpc, request, result), rid)
         except Exception as exc:  # every error leaves through the one table
             code = to_status(exc).code.name
-            _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc)
+            _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid)
             return empty
         finally:
             await self._account(client, rpc, request, result, code)
@@ -233,8 +238,12 @@ class Ingress:
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
         client, code, info = None, "OK", None
+        metadata = dict(grpc_context.invocation_metadata())
+        rid = requests.request_id(metadata)
+        requests.carry(rid)
+        grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
         try:
-            client = self.gateway.authenticate(dict(grpc_context.invocation_metadata()))
+            client = self.gateway.authenticate(metadata)
             self._allow(client, "Transcribe", request)
             async with self.admission.enter("Transcribe"):
                 async for message in self.api.transcribe(request, self._stream_transcript):
@@ -243,7 +252,7 @@ class Ingress:
                     yield message
         except Exception as exc:  # every error leaves through the one table
             code = to_status(exc).code.name
-            _set_status(grpc_context, exc)
+            _set_status(grpc_context, exc, rid)
             # A stream only ends with the code set above when the handler raises (Serve then
             # sends that code and reason; the trace stays in the server log).
             raise StreamFailed(to_status(exc).details) from exc
@@ -328,11 +337,11 @@ class StreamFailed(Exception):
     """Ends a server stream after its status code has been set on the context."""
 
 
-def _set_status(grpc_context, exc: BaseException) -> None:
+def _set_status(grpc_context, exc: BaseException, rid: str = "") -> None:
     status = to_status(exc)
     grpc_context.set_code(status.code)
     grpc_context.set_details(status.details)
-    grpc_context.set_trailing_metadata(list(status.trailing_metadata))
+    grpc_context.set_trailing_metadata(list(status.trailing_metadata) + ([(requests.HEADER, rid)] if rid else []))
 
 
 def _split(results: list, sizes: list[int]) -> list[list]:

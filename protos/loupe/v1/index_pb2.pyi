@@ -59,14 +59,16 @@ class IndexedItem(_message.Message):
     def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class IndexResponse(_message.Message):
-    __slots__ = ("items", "model_id", "collection")
+    __slots__ = ("items", "model_id", "collection", "request_id")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[IndexedItem]
     model_id: str
     collection: str
-    def __init__(self, items: _Optional[_Iterable[_Union[IndexedItem, _Mapping]]] = ..., model_id: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[IndexedItem, _Mapping]]] = ..., model_id: _Optional[str] = ..., collection: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetItemRequest(_message.Message):
     __slots__ = ("collection", "id")
@@ -165,7 +167,7 @@ class IndexAudioRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., data: _Optional[bytes] = ..., id: _Optional[str] = ..., source: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., language: _Optional[str] = ...) -> None: ...
 
 class IndexAudioResponse(_message.Message):
-    __slots__ = ("id", "created", "duration_s", "language", "language_probability", "segment_count", "model_id", "transcriber_model_id", "collection", "transcript_controls")
+    __slots__ = ("id", "created", "duration_s", "language", "language_probability", "segment_count", "model_id", "transcriber_model_id", "collection", "transcript_controls", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +178,7 @@ class IndexAudioResponse(_message.Message):
     TRANSCRIBER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_CONTROLS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     created: bool
     duration_s: float
@@ -186,4 +189,5 @@ class IndexAudioResponse(_message.Message):
     transcriber_model_id: str
     collection: str
     transcript_controls: _audio_pb2.TranscriptControls
-    def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ..., duration_s: _Optional[float] = ..., language: _Optional[str] = ..., language_probability: _Optional[float] = ..., segment_count: _Optional[int] = ..., model_id: _Optional[str] = ..., transcriber_model_id: _Optional[str] = ..., collection: _Optional[str] = ..., transcript_controls: _Optional[_Union[_audio_pb2.TranscriptControls, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ..., duration_s: _Optional[float] = ..., language: _Optional[str] = ..., language_probability: _Optional[float] = ..., segment_count: _Optional[int] = ..., model_id: _Optional[str] = ..., transcriber_model_id: _Optional[str] = ..., collection: _Optional[str] = ..., transcript_controls: _Optional[_Union[_audio_pb2.TranscriptControls, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...

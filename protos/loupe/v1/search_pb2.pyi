@@ -63,13 +63,15 @@ class Hit(_message.Message):
     def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "model_id", "next_offset", "query_truncated")
+    __slots__ = ("hits", "model_id", "next_offset", "query_truncated", "request_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     model_id: str
     next_offset: int
     query_truncated: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_id: _Optional[str] = ..., next_offset: _Optional[int] = ..., query_truncated: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_id: _Optional[str] = ..., next_offset: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,53 @@
+"""Request ids through the real service: taken from x-request-id or made, returned in the
+response and the trailing metadata, on errors too."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import pytest
+
+from protos.loupe.v1 import index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
+from services.client import LoupeCallError, TextInput
+
+pytestmark = pytest.mark.slow
+
+
+def trailing_id(call) -> str:
+    return dict(call.trailing_metadata() or ()).get("x-request-id", "")
+
+
+def test_an_id_sent_comes_back_and_one_is_made_otherwise(service) -> None:
+    with service.client() as client:
+        client.index_texts([TextInput("a red circle", id="rid-1")], collection="rids")
+    with grpc.insecure_channel(service.target) as channel:
+        search = search_pb2_grpc.SearchServiceStub(channel)
+        request = search_pb2.SearchTextRequest(
+            query="a red circle", options=search_pb2.SearchOptions(collection="rids")
+        )
+        response, call = search.SearchText.with_call(request, metadata=[("x-request-id", "trace-42.a")], timeout=60)
+        assert response.request_id == "trace-42.a" == trailing_id(call)
+        assert response.hits[0].item.id == "rid-1"
+        response, call = search.SearchText.with_call(request, timeout=60)
+        assert re.fullmatch(r"[0-9A-Za-z-]{8,}", response.request_id) and response.request_id == trailing_id(call)
+        index = index_pb2_grpc.IndexServiceStub(channel)
+        made, call = index.IndexTexts.with_call(
+            index_pb2.IndexTextsRequest(collection="rids", items=[index_pb2.TextItem(text="blue", id="rid-2")]),
+            metadata=[("x-request-id", "bad id with spaces")],
+            timeout=60,
+        )
+        assert made.request_id and made.request_id != "bad id with spaces" and made.request_id == trailing_id(call)
+
+
+def test_a_refused_call_carries_its_id_too(service) -> None:
+    with grpc.insecure_channel(service.target) as channel:
+        search = search_pb2_grpc.SearchServiceStub(channel)
+        bad = search_pb2.SearchTextRequest(query="x", options=search_pb2.SearchOptions(limit=0, collection="rids"))
+        with pytest.raises(grpc.RpcError) as err:
+            search.SearchText(bad, metadata=[("x-request-id", "trace-err-1")], timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailing_id(err.value) == "trace-err-1"
+    with service.client() as client, pytest.raises(LoupeCallError) as sdk_err:
+        client.search_text("x", limit=0, collection="rids")
+    assert sdk_err.value.request_id

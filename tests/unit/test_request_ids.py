@@ -1,0 +1,29 @@
+"""Request ids: taken from x-request-id when sane, else made; set on the responses users act on."""
+
+from __future__ import annotations
+
+import re
+
+from protos.loupe.v1 import index_pb2, qa_pb2, search_pb2
+from services.serve import requests
+
+
+def test_a_sane_id_is_kept_and_anything_else_replaced() -> None:
+    assert requests.request_id({"x-request-id": "trace-7f3a:step/2"}) == "trace-7f3a:step/2"
+    assert requests.request_id({"request_id": "abc.def"}) == "abc.def"  # Serve's own key works too
+    for bad in ("", "has space", "x" * 129, "new\nline", "ünï"):
+        made = requests.request_id({"x-request-id": bad})
+        assert re.fullmatch(r"[0-9a-f]{32}", made), (bad, made)
+    assert requests.request_id({}) != requests.request_id({})  # each call its own
+
+
+def test_outside_serve_there_is_no_current_id() -> None:
+    assert requests.current() == ""
+
+
+def test_stamp_sets_the_field_where_the_response_has_one() -> None:
+    for response in (search_pb2.SearchResponse(), index_pb2.IndexResponse(), qa_pb2.AskResponse()):
+        assert requests.stamp(response, "r-1").request_id == "r-1"
+    count = index_pb2.CountResponse(count=3)
+    assert requests.stamp(count, "r-1") == index_pb2.CountResponse(count=3)
+    assert requests.stamp(None, "r-1") is None
