@@ -181,6 +181,14 @@ class AskSettings(BaseModel):
     judge_base_url: str | None = None
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics of every replica, served by `loupe serve` (services.serve.metrics)."""
+
+    host: str = "127.0.0.1"
+    # 0: no metrics endpoint.
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
 
 
@@ -237,6 +245,7 @@ class LoupeSettings(BaseSettings):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -38,6 +38,7 @@ def render_config(
     model: str | None = None,
     http_port: int | None = None,
     clients_file: str | None = None,
+    metrics_port: int | None = None,
 ) -> dict:
     """The Serve config with the CLI's choices written into the app args."""
     cfg = yaml.safe_load(Path(config).read_text())
@@ -55,6 +56,8 @@ def render_config(
         app_args["clients_file"] = clients_file
     if model:
         app_args.setdefault("encoder", {})["model"] = model
+    if metrics_port is not None:
+        app_args.setdefault("metrics", {})["port"] = metrics_port
     if port is not None:
         cfg.setdefault("grpc_options", {})["port"] = port
     if http_port is not None:
@@ -144,16 +147,28 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
         "gRPC": cfg.get("grpc_options", {}).get("port", 9000),
         "HTTP": cfg.get("http_options", {}).get("port", 8000),
     }
+    from services.config import load_settings
+
+    metrics = load_settings(cfg["applications"][0]["args"]).metrics
+    if metrics.port:
+        ports["metrics"] = metrics.port
     for name, port in ports.items():
         why = port_in_use(int(port))
         if why:
             print(
                 f"loupe: cannot start: {why} ({name}). Another Loupe service (or another program) owns it: "
-                f"stop it, or choose another port with --port / --http-port.",
+                f"stop it, or choose another port with --port / --http-port / --metrics-port (0: no metrics).",
                 file=sys.stderr,
                 flush=True,
             )
             return 2
+    metrics_dir = None
+    if metrics.port:  # every replica records into one folder; loupe serve serves the sum
+        from services.serve.metrics import MULTIPROC_ENV
+
+        metrics_dir = tempfile.mkdtemp(prefix="loupe-metrics-")
+        app = cfg["applications"][0]
+        app.setdefault("runtime_env", {}).setdefault("env_vars", {})[MULTIPROC_ENV] = metrics_dir
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     # "local" starts a private Ray instance; give an address to deploy onto a running cluster.
@@ -177,9 +192,16 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
     # Serve's working dir must let replicas import this project's packages.
     cwd = Path(__file__).resolve().parents[2]
     try:
-        return Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=int(ports["gRPC"])).run()
+        supervisor = Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=int(ports["gRPC"]))
+        if metrics_dir:
+            supervisor.metrics = (metrics.host, metrics.port, metrics_dir)
+        return supervisor.run()
     finally:
         os.unlink(fh.name)
+        if metrics_dir:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _die_with_parent() -> None:
@@ -234,6 +256,9 @@ class Supervisor:
         # Deployment -> what it is doing ("waiting for a replica", "loading models").
         self._waiting: dict[str, str] = {"Ray": "starting"}
         self._state_warned = False
+        # (host, port, folder) of the metrics endpoint, served once the service is; None: off.
+        self.metrics: tuple[str, int, str] | None = None
+        self._exporter = None
 
     def _write_state(self, phase: str) -> None:
         import json
@@ -346,11 +371,25 @@ class Supervisor:
                         self.ready = True
                         self._waiting = {}
                         self._write_state("serving")
+                        self._serve_metrics()
                         print(f"loupe: serving: grpc://127.0.0.1:{self.grpc_port}", file=sys.stderr, flush=True)
                         return
                 except LoupeCallError:
                     pass
                 time.sleep(1)
+
+    def _serve_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        from services.serve.metrics import serve_folder
+
+        host, port, folder = self.metrics
+        try:
+            self._exporter = serve_folder(folder, host, port)
+        except OSError as exc:  # taken since start-up: serving goes on without metrics
+            print(f"loupe: metrics: cannot listen on {host}:{port} ({exc.strerror})", file=sys.stderr, flush=True)
+            return
+        print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr, flush=True)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         assert self.proc is not None
@@ -408,6 +447,8 @@ class ServiceProcess:
 
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = Path(log_path)
         self.start_timeout_s = start_timeout_s
         self.cmd = [
@@ -420,6 +461,8 @@ class ServiceProcess:
             str(self.port),
             "--http-port",
             str(free_port()),
+            "--metrics-port",
+            str(self.metrics_port),
         ]
         self.proc: subprocess.Popen | None = None
         self.env = env or {}

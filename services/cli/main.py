@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             qdrant_url=args.qdrant_url,
             model=args.model,
             http_port=args.http_port,
+            metrics_port=args.metrics_port,
             clients_file=args.clients,
         )
     if args.command == "keys":
@@ -96,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=os.environ.get("LOUPE_DATA_DIR", "./loupe-data"))
     s.add_argument("--port", type=int, default=None, help="gRPC port (default: from the config)")
     s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus metrics port (default: from the config, 9464; 0: off)",
+    )
     s.add_argument("--qdrant-url", default=os.environ.get("LOUPE_QDRANT_URL"), help="use a Qdrant server")
     s.add_argument("--model", default=None, help="CLIP model spec (see README)")
     s.add_argument("--clients", default=None, help="the gateway's clients file (see README 'Access')")

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from encoders.common.errors import Overloaded
+from services.serve.metrics import QUEUE_SECONDS
 
 # Which lane each RPC waits in. Health checks and Transcribe's stream pass through their own paths.
 LANES = {
@@ -79,12 +80,14 @@ class Admission:
         if lane.waiting >= lane.max_waiting:
             raise self._refusal(lane, f"{lane.waiting} calls already wait")
         lane.waiting += 1
+        asked = time.monotonic()
         try:
             await asyncio.wait_for(lane.slots.acquire(), timeout=self.max_wait_s)
         except TimeoutError:
             raise self._refusal(lane, f"no slot freed within {self.max_wait_s:g} s") from None
         finally:
             lane.waiting -= 1
+            QUEUE_SECONDS.labels(LANES[rpc]).observe(time.monotonic() - asked)
         lane.running += 1
         start = time.monotonic()
         try:

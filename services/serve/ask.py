@@ -16,7 +16,7 @@ from lmm.pipeline import AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
 from services.rpc.faces import EncoderFace, IndexFace
-from services.serve import requests
+from services.serve import metrics, requests
 
 log = logging.getLogger("loupe.ask")
 
@@ -107,6 +107,7 @@ class AnswerWorker:
         answer = await self.pipeline.ask_async(
             question, images, k, filters=retrieval, reveal_retrieved=reveal_retrieved
         )
+        metrics.answer(answer)
         # Model and prompt version go to the log with every answer (never the question: it may hold PII).
         failed = [g.guard for g in answer.guards if not g.passed]
         log.info(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -27,7 +28,7 @@ from services.gateway.redact import redact_request, redact_response, sees_person
 from services.rpc import admin
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
-from services.serve import requests
+from services.serve import metrics, requests
 from services.serve.admission import Admission
 from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
 
@@ -68,13 +69,17 @@ class EncoderDeployment:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _images(self, requests: list[list[bytes]]) -> list[list]:
         flat = [blob for blobs in requests for blob in blobs]
-        results = await asyncio.to_thread(self.worker.encode_images, flat)
+        metrics.BATCH_SIZE.labels("image").observe(len(flat))
+        with metrics.step("decode_encode_image"):
+            results = await asyncio.to_thread(self.worker.encode_images, flat)
         return _split(results, [len(r) for r in requests])
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _texts(self, requests: list[list[str]]) -> list[TextEmbedding]:
         flat = [text for texts in requests for text in texts]
-        embedded = await asyncio.to_thread(self.worker.encode_texts, flat)
+        metrics.BATCH_SIZE.labels("text").observe(len(flat))
+        with metrics.step("encode_text"):
+            embedded = await asyncio.to_thread(self.worker.encode_texts, flat)
         out, start = [], 0
         for texts in requests:
             end = start + len(texts)
@@ -98,7 +103,8 @@ class IndexDeployment:
         return await asyncio.to_thread(self.worker.ping)
 
     async def add(self, name: str, schema: CollectionSchema, items: list) -> list[tuple[str, bool]]:
-        return await asyncio.to_thread(self.worker.add, name, schema, items)
+        with metrics.step("store"):
+            return await asyncio.to_thread(self.worker.add, name, schema, items)
 
     async def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
         return await asyncio.to_thread(self.worker.add_recording, name, schema, recording, segments)
@@ -107,7 +113,8 @@ class IndexDeployment:
         return await asyncio.to_thread(self.worker.check_model, name, schema)
 
     async def search(self, schema: CollectionSchema, query: SearchQuery) -> list[tuple[dict, float]]:
-        return await asyncio.to_thread(self.worker.search, schema, query)
+        with metrics.step("search"):
+            return await asyncio.to_thread(self.worker.search, schema, query)
 
     async def get(self, name: str, public_id: str) -> dict:
         return await asyncio.to_thread(self.worker.get, name, public_id)
@@ -122,7 +129,10 @@ class IndexDeployment:
         return await asyncio.to_thread(self.worker.count, name, conditions, modalities)
 
     async def collections(self) -> list[tuple[str, CollectionSchema, int]]:
-        return await asyncio.to_thread(self.worker.collections)
+        found = await asyncio.to_thread(self.worker.collections)
+        for name, _schema, count in found:
+            metrics.COLLECTION_POINTS.labels(name).set(count)
+        return found
 
 
 @serve.deployment(name="Transcriber")
@@ -136,7 +146,8 @@ class TranscriberDeployment:
         return self.worker.model_id()
 
     def transcribe(self, data: bytes, language: str | None):
-        return self.worker.transcribe(data, language)
+        with metrics.step("transcribe"):
+            return self.worker.transcribe(data, language)
 
     def stream(self, data: bytes, language: str | None, word_timestamps: bool):
         """Sync generator (Serve runs it in a thread): info, segments as decoded, then controls."""
@@ -183,7 +194,7 @@ class Ingress:
 
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
         """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
-        client, result, code = None, None, "OK"
+        client, result, code, started = None, None, "OK", time.perf_counter()
         metadata = dict(grpc_context.invocation_metadata())
         rid = requests.request_id(metadata)
         requests.carry(rid)
@@ -200,6 +211,7 @@ class Ingress:
             _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid)
             return empty
         finally:
+            metrics.call(rpc, client.id if client else UNAUTHENTICATED, code, time.perf_counter() - started)
             await self._account(client, rpc, request, result, code)
 
     def _allow(self, client, rpc: str, request) -> None:
@@ -237,7 +249,7 @@ class Ingress:
 
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
-        client, code, info = None, "OK", None
+        client, code, info, started = None, "OK", None, time.perf_counter()
         metadata = dict(grpc_context.invocation_metadata())
         rid = requests.request_id(metadata)
         requests.carry(rid)
@@ -257,6 +269,7 @@ class Ingress:
             # sends that code and reason; the trace stays in the server log).
             raise StreamFailed(to_status(exc).details) from exc
         finally:
+            metrics.call("Transcribe", client.id if client else UNAUTHENTICATED, code, time.perf_counter() - started)
             await self._account(client, "Transcribe", request, info, code)
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
