@@ -189,6 +189,13 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class LogSettings(BaseModel):
+    """Replica logs (services.serve.calllog): one line per call, each with its request id."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
 
 
@@ -246,6 +253,7 @@ class LoupeSettings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod
     def settings_customise_sources(

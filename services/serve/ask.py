@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from lmm.pipeline import AskOptions, AskPipeline
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
 from services.rpc.faces import EncoderFace, IndexFace
-from services.serve import metrics, requests
+from services.serve import calllog, metrics
 
 log = logging.getLogger("loupe.ask")
 
@@ -108,21 +109,24 @@ class AnswerWorker:
             question, images, k, filters=retrieval, reveal_retrieved=reveal_retrieved
         )
         metrics.answer(answer)
-        # Model and prompt version go to the log with every answer (never the question: it may hold PII).
-        failed = [g.guard for g in answer.guards if not g.passed]
+        # One line per answer; the question only with its personal data masked.
         log.info(
-            "ask: request_id=%s verdict=%s model=%s prompt=%s attempts=%d citations=%d tokens=%d/%d failed_guards=%s "
-            "timings=%s",
-            requests.current() or "-",
-            answer.verdict.value,
-            answer.model_id,
-            answer.prompt_version,
-            answer.attempts,
-            len(answer.citations),
-            answer.tokens_in,
-            answer.tokens_out,
-            ",".join(failed) or "-",
-            " ".join(f"{k}={v:.3f}" for k, v in sorted(answer.timings.items())),
+            "ask",
+            extra={
+                "fields": {
+                    "question": calllog.masked(question),
+                    "verdict": answer.verdict.value,
+                    "failed_guards": [g.guard for g in answer.guards if not g.passed],
+                    "model": answer.model_id,
+                    "prompt_version": answer.prompt_version,
+                    "prompt_digest": _prompt_digest(answer.prompt_version),
+                    "tokens_in": answer.tokens_in,
+                    "tokens_out": answer.tokens_out,
+                    "attempts": answer.attempts,
+                    "citations": len(answer.citations),
+                    "timings_s": {k: round(v, 4) for k, v in sorted(answer.timings.items())},
+                }
+            },
         )
         return answer
 
@@ -176,3 +180,14 @@ class AnswerWorker:
                 except Exception:  # unreadable now: fall back to the text
                     continue
         return _NO_PIXELS
+
+
+@functools.lru_cache(maxsize=16)
+def _prompt_digest(version: str) -> str:
+    """The content digest of a prompt version's file ('' when it is not a file of lmm/prompts/)."""
+    from lmm.prompts import load_prompt
+
+    try:
+        return load_prompt(version).digest
+    except Exception:  # a custom renderer's version
+        return ""

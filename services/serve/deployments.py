@@ -21,14 +21,14 @@ from indexing.types import CollectionSchema
 from protos.loupe.v1 import admin_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
 from services.events.store import EventStore
-from services.gateway.gate import Gateway
+from services.gateway.gate import Gateway, collection_of
 from services.gateway.limits import RateLimiter, check_quota
 from services.gateway.meter import AUDITED, UNAUTHENTICATED, Meter, audit_of, usage_of
 from services.gateway.redact import redact_request, redact_response, sees_personal_data
 from services.rpc import admin
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
-from services.serve import metrics, requests
+from services.serve import calllog, metrics, requests
 from services.serve.admission import Admission
 from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
 
@@ -47,6 +47,7 @@ HEALTH_SERVICES = (
 @serve.deployment(name="Encoder")
 class EncoderDeployment:
     def __init__(self, settings: LoupeSettings) -> None:
+        calllog.configure(settings.logs)
         self.worker = EncoderWorker(settings)
         batch, wait = settings.encoder.batch_size, settings.encoder.batch_wait_timeout_s
         for method in (self._images, self._texts):
@@ -97,6 +98,7 @@ class IndexDeployment:
     """
 
     def __init__(self, settings: LoupeSettings) -> None:
+        calllog.configure(settings.logs)
         self.worker = IndexWorker(settings)
 
     async def ping(self) -> str:
@@ -140,6 +142,7 @@ class TranscriberDeployment:
     """Whisper in its own replica, so a long recording does not hold up image search."""
 
     def __init__(self, settings: LoupeSettings) -> None:
+        calllog.configure(settings.logs)
         self.worker = TranscriberWorker(settings)
 
     def model_id(self) -> str:
@@ -162,6 +165,7 @@ class AnswererDeployment:
     """VLM + OCR + guardrails; retrieves context through the Encoder and Index deployments."""
 
     def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+        calllog.configure(settings.logs)
         from services.serve.ask import AnswerWorker
 
         self.worker = AnswerWorker(settings, HandleCalls(encoder), HandleCalls(index))
@@ -176,6 +180,7 @@ class AnswererDeployment:
 @serve.deployment(name="Ingress")
 class Ingress:
     def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
+        calllog.configure(settings.logs)
         self.settings = settings
         self._transcriber = transcriber
         self.api = LoupeApi(
@@ -211,8 +216,34 @@ class Ingress:
             _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid)
             return empty
         finally:
-            metrics.call(rpc, client.id if client else UNAUTHENTICATED, code, time.perf_counter() - started)
+            self._done(rpc, client, request, result, code, started)
             await self._account(client, rpc, request, result, code)
+
+    @staticmethod
+    def _done(rpc: str, client, request, result, code: str, started: float) -> None:
+        """A finished call: its metrics and its log line (never fails the call)."""
+        seconds = time.perf_counter() - started
+        who = client.id if client else UNAUTHENTICATED
+        try:
+            metrics.call(rpc, who, code, seconds)
+            try:
+                collection = collection_of(rpc, request)
+            except Exception:  # a malformed name: the call's own error says so
+                collection = None
+            fields = {
+                "client": who,
+                "rpc": rpc,
+                "collection": collection,
+                "code": code,
+                "latency_ms": round(seconds * 1000, 2),
+                "request_bytes": request.ByteSize() if hasattr(request, "ByteSize") else None,
+                "response_bytes": result.ByteSize() if hasattr(result, "ByteSize") else None,
+            }
+            if hasattr(result, "hits"):
+                fields["hits"] = len(result.hits)
+            calllog.call(**fields)
+        except Exception:
+            log.exception("metrics or log line for %s not written", rpc)
 
     def _allow(self, client, rpc: str, request) -> None:
         """The gateway's checks beyond the key: rights, collection, rate limits, quotas."""
@@ -269,7 +300,7 @@ class Ingress:
             # sends that code and reason; the trace stays in the server log).
             raise StreamFailed(to_status(exc).details) from exc
         finally:
-            metrics.call("Transcribe", client.id if client else UNAUTHENTICATED, code, time.perf_counter() - started)
+            self._done("Transcribe", client, request, info, code, started)
             await self._account(client, "Transcribe", request, info, code)
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):

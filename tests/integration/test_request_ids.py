@@ -29,6 +29,8 @@ def test_an_id_sent_comes_back_and_one_is_made_otherwise(service) -> None:
         response, call = search.SearchText.with_call(request, metadata=[("x-request-id", "trace-42.a")], timeout=60)
         assert response.request_id == "trace-42.a" == trailing_id(call)
         assert response.hits[0].item.id == "rid-1"
+        dense = search_pb2.SearchTextRequest(query="a red circle", options=search_pb2.SearchOptions(collection="rids"))
+        search.SearchText(dense, metadata=[("x-request-id", "trace-dense-7")], timeout=60)
         response, call = search.SearchText.with_call(request, timeout=60)
         assert re.fullmatch(r"[0-9A-Za-z-]{8,}", response.request_id) and response.request_id == trailing_id(call)
         index = index_pb2_grpc.IndexServiceStub(channel)
@@ -51,3 +53,21 @@ def test_a_refused_call_carries_its_id_too(service) -> None:
     with service.client() as client, pytest.raises(LoupeCallError) as sdk_err:
         client.search_text("x", limit=0, collection="rids")
     assert sdk_err.value.request_id
+
+
+def test_the_id_is_on_the_log_lines_of_every_deployment_the_call_reached(service) -> None:
+    import json
+    import time
+
+    deadline = time.monotonic() + 30  # Ray forwards replica output in batches
+    while time.monotonic() < deadline:
+        log = service.process.log_path.read_text(errors="replace").splitlines()
+        mine = [line for line in log if "trace-dense-7" in line]
+        if any("loupe_Index" in line for line in mine) and any("loupe_Encoder" in line for line in mine):
+            break
+        time.sleep(1)
+    assert any("loupe_Encoder" in line for line in mine), mine  # Serve's access lines, per deployment
+    assert any("loupe_Index" in line for line in mine), mine
+    calls = [json.loads(line[line.index("{") :]) for line in mine if '"msg": "call"' in line]
+    assert calls and calls[0]["rpc"] == "SearchText" and calls[0]["code"] == "OK" and calls[0]["hits"] >= 1
+    assert calls[0]["request_id"] == "trace-dense-7" and calls[0]["collection"] == "rids"

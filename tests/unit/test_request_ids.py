@@ -27,3 +27,45 @@ def test_stamp_sets_the_field_where_the_response_has_one() -> None:
     count = index_pb2.CountResponse(count=3)
     assert requests.stamp(count, "r-1") == index_pb2.CountResponse(count=3)
     assert requests.stamp(None, "r-1") is None
+
+
+def test_log_lines_are_json_with_the_fields_and_mask_personal_data(capsys) -> None:
+    import logging
+
+    logger = logging.getLogger("loupe")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        _check_log_lines(capsys)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def _check_log_lines(capsys) -> None:
+    import json
+    import logging
+
+    from services.config import LogSettings
+    from services.serve import calllog
+
+    calllog.configure(LogSettings(format="json"))
+    calllog.call(client="desk", rpc="SearchText", code="OK", latency_ms=3.2)
+    logging.getLogger("loupe.ask").info("ask", extra={"fields": {"question": calllog.masked("mail jo@x.example")}})
+    logging.getLogger("loupe").debug("not at INFO")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["msg"] for line in lines] == ["call", "ask"]
+    assert lines[0] | {"ts": "t"} == {
+        "ts": "t",
+        "level": "INFO",
+        "logger": "loupe.calls",
+        "request_id": None,
+        "msg": "call",
+        "client": "desk",
+        "rpc": "SearchText",
+        "code": "OK",
+        "latency_ms": 3.2,
+    }
+    assert lines[1]["question"] == "mail [email hidden]"
+    calllog.configure(LogSettings(format="text", level="DEBUG"))
+    logging.getLogger("loupe").debug("now at DEBUG")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "msg=now at DEBUG" in err and "level=DEBUG" in err
