@@ -196,6 +196,13 @@ class LogSettings(BaseModel):
     format: Literal["json", "text"] = "json"
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans per step (services.serve.tracing); off without an endpoint."""
+
+    # OTLP/HTTP collector base URL, e.g. http://otel-collector:4318 (spans go to /v1/traces).
+    endpoint: str = ""
+
+
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
 
 
@@ -254,6 +261,7 @@ class LoupeSettings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -105,9 +105,10 @@ class AnswerWorker:
         self, question: str, images: list[bytes], k: int, retrieval: SearchQuery, reveal_retrieved: bool = False
     ) -> Answer:
         """`reveal_retrieved`: the caller may see personal data in stored items (services.gateway.redact)."""
-        answer = await self.pipeline.ask_async(
-            question, images, k, filters=retrieval, reveal_retrieved=reveal_retrieved
-        )
+        with metrics.step("ask"):
+            answer = await self.pipeline.ask_async(
+                question, images, k, filters=retrieval, reveal_retrieved=reveal_retrieved
+            )
         metrics.answer(answer)
         # One line per answer; the question only with its personal data masked.
         log.info(

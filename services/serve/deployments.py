@@ -28,7 +28,7 @@ from services.gateway.redact import redact_request, redact_response, sees_person
 from services.rpc import admin
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
-from services.serve import calllog, metrics, requests
+from services.serve import calllog, metrics, requests, tracing
 from services.serve.admission import Admission
 from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
 
@@ -47,7 +47,7 @@ HEALTH_SERVICES = (
 @serve.deployment(name="Encoder")
 class EncoderDeployment:
     def __init__(self, settings: LoupeSettings) -> None:
-        calllog.configure(settings.logs)
+        _observe(settings, "Encoder")
         self.worker = EncoderWorker(settings)
         batch, wait = settings.encoder.batch_size, settings.encoder.batch_wait_timeout_s
         for method in (self._images, self._texts):
@@ -61,17 +61,19 @@ class EncoderDeployment:
         return await asyncio.to_thread(self.worker.embed_transcript, segments, overlap_tokens)
 
     async def encode_images(self, blobs: list[bytes]) -> list:
-        return await self._images(blobs)
+        with tracing.span("decode_encode_image", **{"loupe.items": len(blobs)}):
+            return await self._images(blobs)
 
     async def encode_texts(self, texts: list[str]) -> TextEmbedding:
-        return await self._texts(texts)
+        with tracing.span("encode_text", **{"loupe.items": len(texts)}):
+            return await self._texts(texts)
 
     # Requests carry lists; a batch is a list of those lists, run as one forward pass.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _images(self, requests: list[list[bytes]]) -> list[list]:
         flat = [blob for blobs in requests for blob in blobs]
         metrics.BATCH_SIZE.labels("image").observe(len(flat))
-        with metrics.step("decode_encode_image"):
+        with metrics.step("decode_encode_image", traced=False):
             results = await asyncio.to_thread(self.worker.encode_images, flat)
         return _split(results, [len(r) for r in requests])
 
@@ -79,7 +81,7 @@ class EncoderDeployment:
     async def _texts(self, requests: list[list[str]]) -> list[TextEmbedding]:
         flat = [text for texts in requests for text in texts]
         metrics.BATCH_SIZE.labels("text").observe(len(flat))
-        with metrics.step("encode_text"):
+        with metrics.step("encode_text", traced=False):
             embedded = await asyncio.to_thread(self.worker.encode_texts, flat)
         out, start = [], 0
         for texts in requests:
@@ -98,7 +100,7 @@ class IndexDeployment:
     """
 
     def __init__(self, settings: LoupeSettings) -> None:
-        calllog.configure(settings.logs)
+        _observe(settings, "Index")
         self.worker = IndexWorker(settings)
 
     async def ping(self) -> str:
@@ -142,7 +144,7 @@ class TranscriberDeployment:
     """Whisper in its own replica, so a long recording does not hold up image search."""
 
     def __init__(self, settings: LoupeSettings) -> None:
-        calllog.configure(settings.logs)
+        _observe(settings, "Transcriber")
         self.worker = TranscriberWorker(settings)
 
     def model_id(self) -> str:
@@ -165,7 +167,7 @@ class AnswererDeployment:
     """VLM + OCR + guardrails; retrieves context through the Encoder and Index deployments."""
 
     def __init__(self, settings: LoupeSettings, encoder, index) -> None:
-        calllog.configure(settings.logs)
+        _observe(settings, "Answerer")
         from services.serve.ask import AnswerWorker
 
         self.worker = AnswerWorker(settings, HandleCalls(encoder), HandleCalls(index))
@@ -180,7 +182,7 @@ class AnswererDeployment:
 @serve.deployment(name="Ingress")
 class Ingress:
     def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
-        calllog.configure(settings.logs)
+        _observe(settings, "Ingress")
         self.settings = settings
         self._transcriber = transcriber
         self.api = LoupeApi(
@@ -207,8 +209,9 @@ class Ingress:
             client = self.gateway.authenticate(metadata)
             self._allow(client, rpc, request)  # a refusal is counted against this client
             redact_request(self.privacy, client, rpc, request)
-            async with self.admission.enter(rpc):
-                result = await (call(request, client) if with_client else call(request))
+            with tracing.span(rpc, **{"rpc.system": "grpc", "rpc.method": rpc, "loupe.client": client.id}):
+                async with self.admission.enter(rpc):
+                    result = await (call(request, client) if with_client else call(request))
                 grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
                 return requests.stamp(redact_response(self.privacy, client, rpc, request, result), rid)
         except Exception as exc:  # every error leaves through the one table
@@ -375,6 +378,12 @@ class Ingress:
             log.info("health check: not serving (%s)", exc)
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
+
+
+def _observe(settings: LoupeSettings, deployment: str) -> None:
+    """Logs and traces of this replica, as the settings say."""
+    calllog.configure(settings.logs)
+    tracing.configure(settings.tracing, deployment)
 
 
 class StreamFailed(Exception):

@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.serve import tracing
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Calls from a millisecond (Count) to minutes (Ask on a CPU, hour-long audio).
@@ -31,8 +33,8 @@ CALL_SECONDS = Histogram(
 )
 STEP_SECONDS = Histogram(
     "loupe_step_duration_seconds",
-    "Time per step: decode_encode_image, encode_text, search, store, transcribe, and Ask's input_guards, "
-    "ocr, retrieval, draft, output_guards",
+    "Time per step: decode_encode_image, encode_text, search, store, transcribe, ask, and Ask's "
+    "ask_input_guards, ask_ocr, ask_retrieval, ask_draft, ask_output_guards",
     ["step"],
     buckets=_LATENCY,
 )
@@ -59,10 +61,13 @@ COLLECTION_POINTS = Gauge(
 
 
 @contextmanager
-def step(name: str) -> Iterator[None]:
+def step(name: str, *, traced: bool = True) -> Iterator[None]:
+    """Time a step (and trace it, when tracing is on). `traced=False` inside a Serve batch,
+    which runs for several calls at once: each call traces its own wait for the batch."""
     start = time.perf_counter()
     try:
-        yield
+        with tracing.span(name) if traced else nullcontext():
+            yield
     finally:
         STEP_SECONDS.labels(name).observe(time.perf_counter() - start)
 
