@@ -347,6 +347,16 @@ def _people(text: str) -> list[PiiFinding]:
 
 
 _DETECTORS = (_secrets, _emails, _ibans, _cards, _ips, _phones, _people)
+# The kinds each detector can report (for redact's quick check).
+_KINDS_OF = {
+    _secrets: {"SECRET"},
+    _emails: {"EMAIL"},
+    _ibans: {"IBAN"},
+    _cards: {"CARD"},
+    _ips: {"IP"},
+    _phones: {"PHONE"},
+    _people: {"NAME", "ADDRESS"},
+}
 
 
 def find_pii(text: str) -> list[PiiFinding]:
@@ -378,6 +388,10 @@ def redact(text: str, kinds: frozenset[str] | set[str], *, label: str = "hidden"
     """`text` with every finding of `kinds` replaced: a card by its last four digits, any other
     value by "[<kind> <label>]". Text without such findings comes back unchanged (same object)."""
     if not kinds or not text:
+        return text
+    # Most stored text has none of the wanted kinds: their own detectors say so at a fraction
+    # of the cost. Only then do all detectors run, so that overlaps resolve as in find_pii.
+    if not any(detect(text) for detect in _DETECTORS if _KINDS_OF[detect] & kinds):
         return text
     findings = [f for f in find_pii(text) if f.kind in kinds]
     if not findings:

@@ -202,9 +202,7 @@ class Ingress:
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
         """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
         client, result, code, started = None, None, "OK", time.perf_counter()
-        metadata = dict(grpc_context.invocation_metadata())
-        rid = requests.request_id(metadata)
-        requests.carry(rid)
+        metadata, rid = _begin(grpc_context)
         try:
             client = self.gateway.authenticate(metadata)
             self._allow(client, rpc, request)  # a refusal is counted against this client
@@ -229,6 +227,8 @@ class Ingress:
         who = client.id if client else UNAUTHENTICATED
         try:
             metrics.call(rpc, who, code, seconds)
+            if not calllog.CALLS.isEnabledFor(logging.INFO):
+                return
             try:
                 collection = collection_of(rpc, request)
             except Exception:  # a malformed name: the call's own error says so
@@ -284,9 +284,7 @@ class Ingress:
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
         client, code, info, started = None, "OK", None, time.perf_counter()
-        metadata = dict(grpc_context.invocation_metadata())
-        rid = requests.request_id(metadata)
-        requests.carry(rid)
+        metadata, rid = _begin(grpc_context)
         grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
         try:
             client = self.gateway.authenticate(metadata)
@@ -378,6 +376,14 @@ class Ingress:
             log.info("health check: not serving (%s)", exc)
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
+
+
+def _begin(grpc_context) -> tuple[dict[str, str], str]:
+    """A call's metadata and request id, the id made the current Serve request's."""
+    metadata = dict(grpc_context.invocation_metadata())
+    rid = requests.request_id(metadata)
+    requests.carry(rid)
+    return metadata, rid
 
 
 def _observe(settings: LoupeSettings, deployment: str) -> None:

@@ -14,7 +14,6 @@ file (open and shared-key modes have one).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -105,7 +104,3 @@ def serve_folder(folder: str, host: str, port: int):
 
     server, _thread = start_http_server(port, addr=host, registry=registry(folder))
     return server
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV)

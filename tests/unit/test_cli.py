@@ -154,3 +154,58 @@ def test_unwritable_state_folder_is_said_once_and_does_not_stop_serving(monkeypa
     err = capsys.readouterr().err
     assert err.count("cannot record start-up state") == 1 and "XDG_RUNTIME_DIR" in err
     assert read_state(45680) is None
+
+
+def test_serve_refuses_a_metrics_port_in_use_before_ray(tmp_path, capsys):
+    import socket
+
+    from services.cli.launch import serve
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        code = serve(
+            config=str(ROOT / "ray_config.yaml"),
+            bundled=True,
+            data_dir=str(tmp_path),
+            port=free(),
+            http_port=free(),
+            metrics_port=taken,
+        )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"port {taken} is already served" in err and "(metrics)" in err and "--metrics-port" in err
+
+
+def test_tls_proxy_config_and_client_files(tmp_path, capsys):
+    import pytest
+
+    from encoders.common.errors import InvalidInput
+    from services.cli import tls
+    from services.client.sdk import tls_credentials
+
+    cert, key, ca = (tmp_path / n for n in ("c.pem", "k.pem", "ca.pem"))
+    for f in (cert, key, ca):
+        f.write_text("pem")
+    conf = tls.render(cert=str(cert), key=str(key), listen="0.0.0.0:9443", upstream="127.0.0.1:9000", run_dir="/r")
+    assert "listen 0.0.0.0:9443 ssl http2;" in conf and "grpc_pass grpc://127.0.0.1:9000;" in conf
+    assert "ssl_verify_client" not in conf and "client_max_body_size 67108864;" in conf
+    mtls = tls.render(cert=str(cert), key=str(key), listen="h:1", upstream="u:2", run_dir="/r", client_ca=str(ca))
+    assert f"ssl_client_certificate {ca};" in mtls and "ssl_verify_client on;" in mtls
+    with pytest.raises(InvalidInput, match="--client-ca .*missing"):
+        tls.render(cert=str(cert), key=str(key), listen="h:1", upstream="u:2", run_dir="/r", client_ca="/missing")
+    with pytest.raises(InvalidInput, match="HOST:PORT"):
+        tls.render(cert=str(cert), key=str(key), listen="9443", upstream="u:2", run_dir="/r")
+    with pytest.raises(ValueError, match="both cert_file and key_file"):
+        tls_credentials(None, str(cert), None)
+    with pytest.raises(ValueError, match="cannot read the client key"):
+        tls_credentials(None, str(cert), str(tmp_path / "nokey.pem"))
+    # The CLI says so and exits 2, no trace.
+    assert cli.main(["--target", "localhost:1", "--tls", "--cert", str(cert), "status"]) == 2
+    assert "both cert_file and key_file" in capsys.readouterr().err
