@@ -12,6 +12,7 @@ between delimiters, and any delimiter tag inside it is defanged so it cannot clo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -65,6 +66,15 @@ def load_prompt(version: str = DEFAULT_PROMPT) -> PromptTemplate:
             field="prompt_version",
         )
     return parse(path.read_text(encoding="utf-8"), version=version, path=path)
+
+
+@functools.lru_cache(maxsize=16)
+def prompt_digest(version: str) -> str:
+    """The content digest of a prompt version's file ('' when it is not a file of lmm/prompts/)."""
+    try:
+        return load_prompt(version).digest
+    except InvalidInput:  # a custom renderer's version
+        return ""
 
 
 def parse(text: str, *, version: str, path: Path = Path("<string>")) -> PromptTemplate:

@@ -203,6 +203,17 @@ class TracingSettings(BaseModel):
     endpoint: str = ""
 
 
+class FeedbackSettings(BaseModel):
+    """What users saw, kept for their feedback and the review queue (services.events.feedback)."""
+
+    # Keep a copy of every SearchText, SearchImage and Ask response (false: no feedback possible).
+    record: bool = True
+    # Unrated copies are dropped after this many days (abstained/blocked: once reviewed).
+    keep_days: float = Field(default=30, gt=0)
+    # Uploaded images of unrated calls are dropped sooner (rated and queued ones are kept).
+    upload_keep_hours: float = Field(default=24, ge=0)
+
+
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
 
 
@@ -262,6 +273,7 @@ class LoupeSettings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -52,6 +52,10 @@ class NotFound(LoupeError):
         return NotFound(self.missing, field=self.field, existing=tuple(n for n in self.existing if visible(n)))
 
 
+class AlreadyExists(LoupeError):
+    """Something that may be given once was given again (e.g. a second rating of one call)."""
+
+
 class ModelMismatch(LoupeError):
     """A collection was built by a different model than the one serving the request."""
 

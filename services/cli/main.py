@@ -10,6 +10,8 @@ loupe delete ID... | --where k=v        delete items
 loupe status                            health, model, collections
 loupe tls-proxy --cert C --key K [--run]  nginx terminating TLS in front of the gRPC port
 loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
+loupe feedback REQUEST_ID --up|--down   rate a search or an answer (or: loupe feedback export DIR)
+loupe review [--all] | --done ID        abstained, blocked and down-voted calls, for a human
 """
 
 from __future__ import annotations
@@ -185,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="health, model and collections")
 
+    from services.cli import feedback
+
+    feedback.add_arguments(
+        sub.add_parser("feedback", help="rate a search or answer by its request id; 'export DIR': eval cases"),
+        sub.add_parser("review", help="abstained, blocked and down-voted calls (needs the admin right)"),
+    )
+
     e = sub.add_parser("eval", help="evals on your own cases against the running service")
     e.add_argument("kind", choices=["ask"], help="ask: answer quality (see lmm/evals.py for the case format)")
     e.add_argument("cases", type=Path, help="JSONL file, one case per line")
@@ -249,6 +258,7 @@ def cmd_search(client: LoupeClient, args) -> int:
                 "sources": h.item.sources,
                 "text": h.item.text,
                 "metadata": h.item.metadata,
+                "request_id": result.request_id,
             }
             if h.item.modality == "audio_segment":
                 record.update(parent_id=h.item.parent_id, start_s=h.item.start_s, end_s=h.item.end_s)
@@ -266,6 +276,8 @@ def format_hits(result) -> str:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     footer = f"{len(result.hits)} hit(s), model {result.model_id}"
+    if result.request_id:
+        footer += f", request {result.request_id}"
     if result.next_offset:
         footer += f", more with --offset {result.next_offset}"
     if result.query_truncated:
@@ -414,6 +426,7 @@ def cmd_ask(client: LoupeClient, args) -> int:
         print(f"  [{mark}] {g.guard}" + (f": {detail}" if detail else ""))
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(answer.timings_s.items()))
     print(f"model {answer.model_id}, prompt {answer.prompt_version}, attempts {answer.attempts}; {timings}")
+    print(f"request {answer.request_id} (rate it: loupe feedback {answer.request_id} --up | --down)")
     return 0 if verdict == "answered" else 1
 
 
@@ -473,7 +486,15 @@ COMMANDS = {
     "audit": cmd_audit,
     "transcribe": cmd_transcribe,
     "eval": cmd_eval,
+    "feedback": lambda client, args: _feedback().cmd_feedback(client, args),
+    "review": lambda client, args: _feedback().cmd_review(client, args),
 }
+
+
+def _feedback():
+    from services.cli import feedback
+
+    return feedback
 
 
 def _where(exprs: list[str]) -> dict:

@@ -27,6 +27,8 @@ from protos.loupe.v1 import (
     audio_pb2,
     audio_pb2_grpc,
     common_pb2,
+    feedback_pb2,
+    feedback_pb2_grpc,
     index_pb2,
     index_pb2_grpc,
     qa_pb2,
@@ -201,6 +203,7 @@ class LoupeClient:
         self._audio = audio_pb2_grpc.AudioServiceStub(self.channel)
         self._qa = qa_pb2_grpc.QAServiceStub(self.channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self._feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
 
     def __enter__(self) -> LoupeClient:
         return self
@@ -286,6 +289,51 @@ class LoupeClient:
         """Audit records of writes and deletes, oldest first (needs the admin right)."""
         request = admin_pb2.AuditRequest(client=client, since=since, limit=limit)
         return list(self._call(self._admin.GetAudit, request).records)
+
+    # -- feedback ---------------------------------------------------------------------------
+    def feedback(
+        self,
+        request_id: str,
+        *,
+        vote: str | None = None,
+        stars: int = 0,
+        comment: str = "",
+        used_ids: Iterable[str] = (),
+        corrected_answer: str = "",
+    ) -> feedback_pb2.FeedbackResponse:
+        """Rate a search or an answer by its response's `request_id`: `vote` "up" / "down", or
+        `stars` 1..5; `used_ids`: the hits (or cited items) you used; `corrected_answer`: Ask only."""
+        if vote not in (None, "up", "down"):
+            raise ValueError(f"vote must be 'up' or 'down', not {vote!r}")
+        request = feedback_pb2.FeedbackRequest(
+            request_id=request_id,
+            vote={None: feedback_pb2.VOTE_UNSPECIFIED, "up": feedback_pb2.VOTE_UP, "down": feedback_pb2.VOTE_DOWN}[
+                vote
+            ],
+            stars=stars,
+            comment=comment,
+            used_ids=list(used_ids),
+            corrected_answer=corrected_answer,
+        )
+        return self._call(self._feedback.Submit, request)
+
+    def list_feedback(
+        self, view: str = "review", *, since: str = "", limit: int = 0, with_uploads: bool = False
+    ) -> list[feedback_pb2.FeedbackRecord]:
+        """view "review": what needs a human (abstained, blocked, down-voted, not yet reviewed);
+        "rated": every rated call and every abstention. Newest first; needs the admin right."""
+        views = {"review": feedback_pb2.FEEDBACK_VIEW_REVIEW, "rated": feedback_pb2.FEEDBACK_VIEW_RATED}
+        if view not in views:
+            raise ValueError(f"view must be one of {', '.join(views)}, not {view!r}")
+        request = feedback_pb2.ListFeedbackRequest(
+            view=views[view], since=since, limit=limit, with_uploads=with_uploads
+        )
+        return list(self._call(self._feedback.ListFeedback, request).records)
+
+    def mark_reviewed(self, request_id: str, note: str = "") -> str:
+        """Take a call off the review queue; returns when (needs the admin right)."""
+        request = feedback_pb2.MarkReviewedRequest(request_id=request_id, note=note)
+        return self._call(self._feedback.MarkReviewed, request).reviewed_at
 
     def health(self, service: str = "") -> str:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))

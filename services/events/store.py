@@ -4,7 +4,9 @@
     EventStore("postgresql://user:pass@host:5432/loupe")     a PostgreSQL server (psycopg 3)
 
 Usage is one row per (UTC day, client, RPC, status code) whose counters grow; audit is one
-row per write or delete. Both are append/increment only; nothing here deletes.
+row per write or delete. Both are append/increment only; nothing here deletes. The same
+database holds what users saw and said about it (`services.events.feedback`), through
+`execute` and `query`.
 """
 
 from __future__ import annotations
@@ -190,14 +192,27 @@ class EventStore:
     def _exec(self, sql: str, args: tuple = ()) -> None:
         self._exec_many(sql, [args])
 
-    def _exec_many(self, sql: str, rows: list[tuple]) -> None:
+    def execute(self, sql: str, args: tuple = ()) -> int:
+        """One statement ("?" placeholders on either database); the rows it changed."""
+        return self._exec_many(sql, [args])
+
+    def execute_many(self, statements: list[tuple[str, tuple]]) -> None:
+        """Several statements in one transaction."""
+        self._exec_many(None, statements)
+
+    def _exec_many(self, sql: str | None, rows: list[tuple]) -> int:
+        """`sql` once per args tuple of `rows` (sql None: rows are (sql, args) pairs), in one
+        transaction when there are several; the rows changed, summed."""
+        changed = 0
         with self._lock, self._errors():
             cur = self._conn.cursor()
             try:
                 if len(rows) > 1:
                     cur.execute("BEGIN")
-                for args in rows:
-                    cur.execute(self._sql(sql), args)
+                for row in rows:
+                    statement, args = (sql, row) if sql is not None else row
+                    cur.execute(self._sql(statement), args)
+                    changed += max(cur.rowcount, 0)
                 if len(rows) > 1:
                     cur.execute("COMMIT")
             except BaseException:
@@ -206,6 +221,10 @@ class EventStore:
                 raise
             finally:
                 cur.close()
+        return changed
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._query(sql, args)
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock, self._errors():

@@ -32,6 +32,9 @@ RPC_RIGHTS: dict[str, str | None] = {
     "GetStatus": None,
     "GetUsage": "admin",
     "GetAudit": "admin",
+    "Submit": None,  # a client rates its own calls (services.rpc.feedback)
+    "ListFeedback": "admin",
+    "MarkReviewed": "admin",
 }
 EVERYONE = Client("anonymous", (), frozenset({"admin"}), ("*",))
 SHARED = Client("shared-key", (), frozenset({"admin"}), ("*",))

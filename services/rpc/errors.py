@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from encoders.common.errors import (
+    AlreadyExists,
     BatchInvalid,
     Forbidden,
     InvalidInput,
@@ -36,6 +37,7 @@ DOMAIN = "loupe.v1"
 STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (VectorStateConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),

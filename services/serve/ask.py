@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +13,7 @@ from indexing.ingest import TextReader
 from indexing.query import SearchQuery
 from indexing.types import Modality, SearchMode
 from lmm.pipeline import AskOptions, AskPipeline
+from lmm.prompts import prompt_digest
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
 from services.rpc.faces import EncoderFace, IndexFace
@@ -120,7 +120,7 @@ class AnswerWorker:
                     "failed_guards": [g.guard for g in answer.guards if not g.passed],
                     "model": answer.model_id,
                     "prompt_version": answer.prompt_version,
-                    "prompt_digest": _prompt_digest(answer.prompt_version),
+                    "prompt_digest": prompt_digest(answer.prompt_version),
                     "tokens_in": answer.tokens_in,
                     "tokens_out": answer.tokens_out,
                     "attempts": answer.attempts,
@@ -181,14 +181,3 @@ class AnswerWorker:
                 except Exception:  # unreadable now: fall back to the text
                     continue
         return _NO_PIXELS
-
-
-@functools.lru_cache(maxsize=16)
-def _prompt_digest(version: str) -> str:
-    """The content digest of a prompt version's file ('' when it is not a file of lmm/prompts/)."""
-    from lmm.prompts import load_prompt
-
-    try:
-        return load_prompt(version).digest
-    except Exception:  # a custom renderer's version
-        return ""

@@ -18,14 +18,15 @@ from ray import serve
 from encoders.clip.encoder import TextEmbedding
 from indexing.query import SearchQuery
 from indexing.types import CollectionSchema
-from protos.loupe.v1 import admin_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
+from protos.loupe.v1 import admin_pb2, common_pb2, feedback_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
+from services.events.feedback import FeedbackStore, ShownWriter
 from services.events.store import EventStore
 from services.gateway.gate import Gateway, collection_of
 from services.gateway.limits import RateLimiter, check_quota
 from services.gateway.meter import AUDITED, UNAUTHENTICATED, Meter, audit_of, usage_of
 from services.gateway.redact import redact_request, redact_response, sees_personal_data
-from services.rpc import admin
+from services.rpc import admin, feedback
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
 from services.serve import calllog, metrics, requests, tracing
@@ -41,6 +42,7 @@ HEALTH_SERVICES = (
     "loupe.v1.AudioService",
     "loupe.v1.QAService",
     "loupe.v1.AdminService",
+    "loupe.v1.FeedbackService",
 )
 
 
@@ -195,7 +197,10 @@ class Ingress:
         self.admission = Admission(settings.admission.lanes(), settings.admission.max_wait_s)
         self.gateway = Gateway.from_settings(settings)
         self.limiter = RateLimiter(settings.ingress_replicas)
-        self.meter = Meter(EventStore(settings.events_store_url()))
+        events = EventStore(settings.events_store_url())
+        self.meter = Meter(events)
+        f = settings.feedback
+        self.shown = ShownWriter(FeedbackStore(events), keep_days=f.keep_days, upload_keep_hours=f.upload_keep_hours)
         self.privacy = settings.privacy.policy()
         log.info("%s", self.gateway.describe())
 
@@ -218,7 +223,7 @@ class Ingress:
             return empty
         finally:
             self._done(rpc, client, request, result, code, started)
-            await self._account(client, rpc, request, result, code)
+            await self._account(client, rpc, request, result, code, rid)
 
     @staticmethod
     def _done(rpc: str, client, request, result, code: str, started: float) -> None:
@@ -255,12 +260,13 @@ class Ingress:
         check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC))
 
     def __del__(self) -> None:
-        """Serve calls this when it stops the replica: write the last second of usage."""
-        meter = getattr(self, "meter", None)
-        if meter is not None:
-            meter.close()
+        """Serve calls this when it stops the replica: write the last second of usage and shown records."""
+        for writer in (getattr(self, "meter", None), getattr(self, "shown", None)):
+            if writer is not None:
+                writer.close()
 
-    async def _account(self, client, rpc: str, request, result, code: str) -> None:
+    async def _account(self, client, rpc: str, request, result, code: str, rid: str) -> None:
+        """Usage, audit, and the copy of what the user saw (for feedback): never fails the call."""
         try:
             usage = usage_of(rpc, result)
             self.meter.record(client.id if client else UNAUTHENTICATED, rpc, code, **usage)
@@ -269,6 +275,13 @@ class Ingress:
                 await asyncio.to_thread(self.meter.audit, client.id, rpc, collection, code, count, target)
         except Exception:  # accounting must never fail a call that ran
             log.exception("usage or audit record for %s not written now; kept for the next flush", rpc)
+        if code != "OK" or client is None or rpc not in feedback.RECORDED or not self.settings.feedback.record:
+            return
+        try:
+            at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            self.shown.add(feedback.shown_of(rpc, client.id, rid, request, result, at))
+        except Exception:
+            log.exception("the copy of the %s response for feedback was not kept", rpc)
 
     async def IndexImages(self, request, grpc_context):
         return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")
@@ -302,7 +315,7 @@ class Ingress:
             raise StreamFailed(to_status(exc).details) from exc
         finally:
             self._done("Transcribe", client, request, info, code, started)
-            await self._account(client, "Transcribe", request, info, code)
+            await self._account(client, "Transcribe", request, info, code, rid)
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
@@ -354,6 +367,35 @@ class Ingress:
             grpc_context,
             admin_pb2.AuditResponse(),
             "GetAudit",
+            with_client=True,
+        )
+
+    async def Submit(self, request, grpc_context):
+        return await self._run(
+            lambda req, client: feedback.submit(self.shown, client, req),
+            request,
+            grpc_context,
+            feedback_pb2.FeedbackResponse(),
+            "Submit",
+            with_client=True,
+        )
+
+    async def ListFeedback(self, request, grpc_context):
+        return await self._run(
+            lambda req: feedback.list_feedback(self.shown, req),
+            request,
+            grpc_context,
+            feedback_pb2.ListFeedbackResponse(),
+            "ListFeedback",
+        )
+
+    async def MarkReviewed(self, request, grpc_context):
+        return await self._run(
+            lambda req, client: feedback.mark_reviewed(self.shown, client, req),
+            request,
+            grpc_context,
+            feedback_pb2.MarkReviewedResponse(),
+            "MarkReviewed",
             with_client=True,
         )
 

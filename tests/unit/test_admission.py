@@ -118,12 +118,6 @@ def test_every_rpc_has_a_configured_lane():
 
 
 def test_every_rpc_of_the_contract_waits_in_a_lane():
-    from protos.loupe.v1 import admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2
+    from tests.fixtures.contract import rpcs
 
-    rpcs = {
-        m.name
-        for mod in (admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2)
-        for svc in mod.DESCRIPTOR.services_by_name.values()
-        for m in svc.methods
-    }
-    assert rpcs == set(LANES)
+    assert rpcs() == set(LANES)

@@ -169,13 +169,7 @@ def test_keys_create_prints_a_key_whose_hash_it_lists_and_keys_list_reads_it(tmp
 
 
 def test_every_rpc_of_the_contract_needs_a_named_right() -> None:
-    from protos.loupe.v1 import admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2
     from services.gateway.gate import RPC_RIGHTS
+    from tests.fixtures.contract import rpcs
 
-    rpcs = {
-        m.name
-        for mod in (admin_pb2, audio_pb2, index_pb2, qa_pb2, search_pb2)
-        for svc in mod.DESCRIPTOR.services_by_name.values()
-        for m in svc.methods
-    }
-    assert rpcs == set(RPC_RIGHTS)
+    assert rpcs() == set(RPC_RIGHTS)
