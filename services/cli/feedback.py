@@ -70,7 +70,7 @@ def cmd_feedback(client, args) -> int:
         used_ids=args.used,
         corrected_answer=args.correct,
     )
-    print(f"feedback on {done.request_id} stored at {done.stored_at}")
+    print(f"feedback on {done.rated_request_id} stored at {done.stored_at}")
     return 0
 
 

@@ -205,7 +205,7 @@ async def submit(
             f"client {client.id!r} already rated request {fb.request_id!r} ({before.rating}, at {before.at}); "
             "feedback is given once per call"
         )
-    return feedback_pb2.FeedbackResponse(request_id=fb.request_id, stored_at=fb.at)
+    return feedback_pb2.FeedbackResponse(rated_request_id=fb.request_id, stored_at=fb.at)
 
 
 async def _find(writer: ShownWriter, request_id: str, wait_s: float | None) -> Shown | None:

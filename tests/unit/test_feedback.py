@@ -169,11 +169,11 @@ def submit(writer, client, **fields):
 def test_submit_finds_a_record_still_in_the_buffer_and_refuses_a_second_rating(writer) -> None:
     writer.add(search_shown("s1", at()))  # not flushed yet: Submit flushes first
     done = submit(writer, DESK, request_id="s1", vote=feedback_pb2.VOTE_DOWN, used_ids=["b"], comment="no")
-    assert done.request_id == "s1" and done.stored_at
+    assert done.rated_request_id == "s1" and done.stored_at
     with pytest.raises(AlreadyExists, match="already rated request 's1' \\(down"):
         submit(writer, DESK, request_id="s1", vote=feedback_pb2.VOTE_UP)
     ok = submit(writer, OPS, request_id="s1", stars=2)  # a reviewer (every collection) may rate any call
-    assert ok.request_id == "s1"
+    assert ok.rated_request_id == "s1"
     assert [f.client for f in writer.store.feedback("s1")] == ["desk", "ops"]
 
 

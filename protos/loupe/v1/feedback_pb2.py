@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loupe/v1/feedback.proto\x12\x08loupe.v1\"\x8f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x04vote\x18\x02 \x01(\x0e\x32\x0e.loupe.v1.Vote\x12\r\n\x05stars\x18\x03 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x10\n\x08used_ids\x18\x05 \x03(\t\x12\x18\n\x10\x63orrected_answer\x18\x06 \x01(\t\"9\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tstored_at\x18\x02 \x01(\t\"o\n\x13ListFeedbackRequest\x12$\n\x04view\x18\x01 \x01(\x0e\x32\x16.loupe.v1.FeedbackView\x12\r\n\x05since\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x14\n\x0cwith_uploads\x18\x04 \x01(\x08\"\x8e\x01\n\x06Rating\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x1c\n\x04vote\x18\x03 \x01(\x0e\x32\x0e.loupe.v1.Vote\x12\r\n\x05stars\x18\x04 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x10\n\x08used_ids\x18\x06 \x03(\t\x12\x18\n\x10\x63orrected_answer\x18\x07 \x01(\t\"\x8a\x02\n\x0e\x46\x65\x65\x64\x62\x61\x63kRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\x12\x0b\n\x03rpc\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x0f\n\x07verdict\x18\x06 \x01(\t\x12\x12\n\nshown_json\x18\x07 \x01(\t\x12!\n\x07ratings\x18\x08 \x03(\x0b\x32\x10.loupe.v1.Rating\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x13\n\x0breviewed_at\x18\n \x01(\t\x12\x13\n\x0breviewed_by\x18\x0b \x01(\t\x12\x13\n\x0breview_note\x18\x0c \x01(\t\x12\x0f\n\x07uploads\x18\r \x03(\x0c\"A\n\x14ListFeedbackResponse\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.loupe.v1.FeedbackRecord\"7\n\x13MarkReviewedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"+\n\x14MarkReviewedResponse\x12\x13\n\x0breviewed_at\x18\x01 \x01(\t*8\n\x04Vote\x12\x14\n\x10VOTE_UNSPECIFIED\x10\x00\x12\x0b\n\x07VOTE_UP\x10\x01\x12\r\n\tVOTE_DOWN\x10\x02*A\n\x0c\x46\x65\x65\x64\x62\x61\x63kView\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_VIEW_REVIEW\x10\x00\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_VIEW_RATED\x10\x01\x32\xf0\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12?\n\x06Submit\x12\x19.loupe.v1.FeedbackRequest\x1a\x1a.loupe.v1.FeedbackResponse\x12M\n\x0cListFeedback\x12\x1d.loupe.v1.ListFeedbackRequest\x1a\x1e.loupe.v1.ListFeedbackResponse\x12M\n\x0cMarkReviewed\x12\x1d.loupe.v1.MarkReviewedRequest\x1a\x1e.loupe.v1.MarkReviewedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loupe/v1/feedback.proto\x12\x08loupe.v1\"\x8f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x04vote\x18\x02 \x01(\x0e\x32\x0e.loupe.v1.Vote\x12\r\n\x05stars\x18\x03 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x10\n\x08used_ids\x18\x05 \x03(\t\x12\x18\n\x10\x63orrected_answer\x18\x06 \x01(\t\"S\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x18\n\x10rated_request_id\x18\x01 \x01(\t\x12\x11\n\tstored_at\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"o\n\x13ListFeedbackRequest\x12$\n\x04view\x18\x01 \x01(\x0e\x32\x16.loupe.v1.FeedbackView\x12\r\n\x05since\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x14\n\x0cwith_uploads\x18\x04 \x01(\x08\"\x8e\x01\n\x06Rating\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x1c\n\x04vote\x18\x03 \x01(\x0e\x32\x0e.loupe.v1.Vote\x12\r\n\x05stars\x18\x04 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x10\n\x08used_ids\x18\x06 \x03(\t\x12\x18\n\x10\x63orrected_answer\x18\x07 \x01(\t\"\x8a\x02\n\x0e\x46\x65\x65\x64\x62\x61\x63kRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\x12\x0b\n\x03rpc\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x0f\n\x07verdict\x18\x06 \x01(\t\x12\x12\n\nshown_json\x18\x07 \x01(\t\x12!\n\x07ratings\x18\x08 \x03(\x0b\x32\x10.loupe.v1.Rating\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x13\n\x0breviewed_at\x18\n \x01(\t\x12\x13\n\x0breviewed_by\x18\x0b \x01(\t\x12\x13\n\x0breview_note\x18\x0c \x01(\t\x12\x0f\n\x07uploads\x18\r \x03(\x0c\"A\n\x14ListFeedbackResponse\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.loupe.v1.FeedbackRecord\"7\n\x13MarkReviewedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"+\n\x14MarkReviewedResponse\x12\x13\n\x0breviewed_at\x18\x01 \x01(\t*8\n\x04Vote\x12\x14\n\x10VOTE_UNSPECIFIED\x10\x00\x12\x0b\n\x07VOTE_UP\x10\x01\x12\r\n\tVOTE_DOWN\x10\x02*A\n\x0c\x46\x65\x65\x64\x62\x61\x63kView\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_VIEW_REVIEW\x10\x00\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_VIEW_RATED\x10\x01\x32\xf0\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12?\n\x06Submit\x12\x19.loupe.v1.FeedbackRequest\x1a\x1a.loupe.v1.FeedbackResponse\x12M\n\x0cListFeedback\x12\x1d.loupe.v1.ListFeedbackRequest\x1a\x1e.loupe.v1.ListFeedbackResponse\x12M\n\x0cMarkReviewed\x12\x1d.loupe.v1.MarkReviewedRequest\x1a\x1e.loupe.v1.MarkReviewedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.loupe.v1.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VOTE']._serialized_start=938
-  _globals['_VOTE']._serialized_end=994
-  _globals['_FEEDBACKVIEW']._serialized_start=996
-  _globals['_FEEDBACKVIEW']._serialized_end=1061
+  _globals['_VOTE']._serialized_start=964
+  _globals['_VOTE']._serialized_end=1020
+  _globals['_FEEDBACKVIEW']._serialized_start=1022
+  _globals['_FEEDBACKVIEW']._serialized_end=1087
   _globals['_FEEDBACKREQUEST']._serialized_start=38
   _globals['_FEEDBACKREQUEST']._serialized_end=181
   _globals['_FEEDBACKRESPONSE']._serialized_start=183
-  _globals['_FEEDBACKRESPONSE']._serialized_end=240
-  _globals['_LISTFEEDBACKREQUEST']._serialized_start=242
-  _globals['_LISTFEEDBACKREQUEST']._serialized_end=353
-  _globals['_RATING']._serialized_start=356
-  _globals['_RATING']._serialized_end=498
-  _globals['_FEEDBACKRECORD']._serialized_start=501
-  _globals['_FEEDBACKRECORD']._serialized_end=767
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=769
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=834
-  _globals['_MARKREVIEWEDREQUEST']._serialized_start=836
-  _globals['_MARKREVIEWEDREQUEST']._serialized_end=891
-  _globals['_MARKREVIEWEDRESPONSE']._serialized_start=893
-  _globals['_MARKREVIEWEDRESPONSE']._serialized_end=936
-  _globals['_FEEDBACKSERVICE']._serialized_start=1064
-  _globals['_FEEDBACKSERVICE']._serialized_end=1304
+  _globals['_FEEDBACKRESPONSE']._serialized_end=266
+  _globals['_LISTFEEDBACKREQUEST']._serialized_start=268
+  _globals['_LISTFEEDBACKREQUEST']._serialized_end=379
+  _globals['_RATING']._serialized_start=382
+  _globals['_RATING']._serialized_end=524
+  _globals['_FEEDBACKRECORD']._serialized_start=527
+  _globals['_FEEDBACKRECORD']._serialized_end=793
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=795
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=860
+  _globals['_MARKREVIEWEDREQUEST']._serialized_start=862
+  _globals['_MARKREVIEWEDREQUEST']._serialized_end=917
+  _globals['_MARKREVIEWEDRESPONSE']._serialized_start=919
+  _globals['_MARKREVIEWEDRESPONSE']._serialized_end=962
+  _globals['_FEEDBACKSERVICE']._serialized_start=1090
+  _globals['_FEEDBACKSERVICE']._serialized_end=1330
 # @@protoc_insertion_point(module_scope)

@@ -41,12 +41,14 @@ class FeedbackRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., vote: _Optional[_Union[Vote, str]] = ..., stars: _Optional[int] = ..., comment: _Optional[str] = ..., used_ids: _Optional[_Iterable[str]] = ..., corrected_answer: _Optional[str] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
-    __slots__ = ("request_id", "stored_at")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("rated_request_id", "stored_at", "request_id")
+    RATED_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STORED_AT_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    rated_request_id: str
     stored_at: str
-    def __init__(self, request_id: _Optional[str] = ..., stored_at: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, rated_request_id: _Optional[str] = ..., stored_at: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListFeedbackRequest(_message.Message):
     __slots__ = ("view", "since", "limit", "with_uploads")
