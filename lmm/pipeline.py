@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -187,15 +187,19 @@ def final_guards(o: AskOptions) -> GuardChain[DraftState]:
 
 
 class _Clock:
-    def __init__(self) -> None:
+    """Seconds per step, summed; `hook(step)` (a context manager) wraps each step, e.g. a span."""
+
+    def __init__(self, hook: Callable[[str], AbstractContextManager] | None = None) -> None:
         self.start = time.perf_counter()
         self.timings = dict.fromkeys(STEPS, 0.0)
+        self.hook = hook or (lambda step: nullcontext())
 
     @contextmanager
     def __call__(self, step: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
-            yield
+            with self.hook(step):
+                yield
         finally:
             self.timings[step] += time.perf_counter() - t0
 
@@ -229,10 +233,14 @@ class AskPipeline:
         prompt_renderer: PromptRenderer | None = None,
         options: AskOptions = AskOptions(),
         judge: Judge | None = None,
+        step_hook: Callable[[str], AbstractContextManager] | None = None,
     ) -> None:
         """`prompt_renderer(question, images) -> Prompt`; None uses `lmm.prompts.render` with its default
-        template. `judge`: an optional second opinion on every answer that passed the guards."""
+        template. `judge`: an optional second opinion on every answer that passed the guards.
+        `step_hook(step)`: a context manager around each step (input_guards, ocr, retrieval, draft,
+        output_guards), e.g. a trace span."""
         self.model, self.ocr, self.retriever, self.options, self.judge = model, ocr, retriever, options, judge
+        self.step_hook = step_hook
         self.prompt_renderer = prompt_renderer or _default_renderer()
         self.request_guards, self.context_guards = request_guards(options), context_guards(options)
         self.output_guards, self.final_guards = output_guards(options), final_guards(options)
@@ -268,7 +276,7 @@ class AskPipeline:
     ) -> Answer:
         """`reveal_retrieved`: the retrieved items' personal data counts as the asker's own (the
         caller may see it), so the answer policy may let it through; otherwise it never leaves."""
-        req = _Request(model_id=self.model.model_id)
+        req = _Request(model_id=self.model.model_id, clock=_Clock(self.step_hook))
         with req.clock("input_guards"):
             state = RequestState(question, [_as_upload(u, i) for i, u in enumerate(uploads)], req.masker)
             run = self._record(req, self.request_guards.run(state))

@@ -17,7 +17,7 @@ from lmm.prompts import prompt_digest
 from lmm.types import Answer, ContextImage
 from services.config import LoupeSettings
 from services.rpc.faces import EncoderFace, IndexFace
-from services.serve import calllog, metrics
+from services.serve import calllog, metrics, tracing
 
 log = logging.getLogger("loupe.ask")
 
@@ -75,6 +75,7 @@ class AnswerWorker:
             prompt_renderer=lambda q, images: render(template, q, images),
             options=options,
             judge=self._judge(a),
+            step_hook=lambda step: tracing.span(f"ask_{step}"),
         )
 
     def _judge(self, a):

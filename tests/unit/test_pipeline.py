@@ -104,6 +104,22 @@ def test_grounded_answer_passes_with_citations_guards_and_timings() -> None:
     assert guard(answer, "output.grounding")[0].reason.startswith("3 fact(s) found")
 
 
+def test_each_step_runs_inside_the_step_hook() -> None:
+    """What the service uses for one trace span per Ask step."""
+    from contextlib import contextmanager
+
+    seen: list[str] = []
+
+    @contextmanager
+    def hook(step: str):
+        seen.append(step)
+        yield
+
+    model = ScriptedModel(GROUNDED)
+    AskPipeline(model, ocr, None, render, AskOptions(), step_hook=hook).ask("What is wrong?", [screenshot(SCREEN)])
+    assert seen[:3] == ["input_guards", "ocr", "retrieval"] and {"draft", "output_guards"} <= set(seen)
+
+
 def test_invented_error_code_is_retried_then_abstained() -> None:
     model = ScriptedModel("Error E-99 means the fuser failed [upload-1].", "It is error E-77 [upload-1].")
     answer = pipeline(model, max_attempts=2).ask("What does the error mean?", [screenshot(SCREEN)])
