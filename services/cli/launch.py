@@ -166,7 +166,8 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
     if metrics.port:  # every replica records into one folder; loupe serve serves the sum
         from services.serve.metrics import MULTIPROC_ENV
 
-        metrics_dir = tempfile.mkdtemp(prefix="loupe-metrics-")
+        sweep_metrics_dirs()
+        metrics_dir = tempfile.mkdtemp(prefix=f"loupe-metrics-{os.getpid()}-")
         app = cfg["applications"][0]
         app.setdefault("runtime_env", {}).setdefault("env_vars", {})[MULTIPROC_ENV] = metrics_dir
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
@@ -426,6 +427,27 @@ def stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
             child.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def sweep_metrics_dirs(root: str | None = None) -> list[str]:
+    """Remove the metrics folders of `loupe serve` processes that are gone (killed with SIGKILL,
+    they could not remove their own); returns those removed."""
+    import glob
+    import shutil
+
+    removed = []
+    for path in glob.glob(os.path.join(root or tempfile.gettempdir(), "loupe-metrics-*-*")):
+        pid = os.path.basename(path).split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except PermissionError:  # alive, someone else's
+            pass
+    return removed
 
 
 class ServiceProcess:

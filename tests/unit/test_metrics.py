@@ -47,3 +47,18 @@ def test_ndcg_binary_and_graded():
     assert ndcg_at_k(["b", "a"], graded, 2) == pytest.approx(swapped)
     assert ndcg_at_k(["a", "a"], {"a", "b"}, 2) < 1.0  # a repeat earns nothing
     assert ndcg_at_k(["x"], {}, 3) == 1.0
+
+
+def test_metrics_folders_of_dead_services_are_swept(tmp_path) -> None:
+    import os
+
+    from services.cli.launch import sweep_metrics_dirs
+
+    dead = tmp_path / f"loupe-metrics-{2**22 + 12345}-abc"  # above Linux's largest pid: no such process
+    dead.mkdir()
+    alive = tmp_path / f"loupe-metrics-{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "loupe-metrics-notapid-x"
+    other.mkdir()
+    assert sweep_metrics_dirs(str(tmp_path)) == [str(dead)]
+    assert alive.exists() and other.exists() and not dead.exists()
