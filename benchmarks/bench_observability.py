@@ -1,7 +1,8 @@
-"""The cost of metrics, logs and traces per call: the same calls on a service with all three
-off (metrics port 0, logs at WARNING, no tracing endpoint) and one with all on (metrics,
-a JSON log line per call, spans exported to an OTLP receiver in this process), both running,
-calls interleaved in one run. Prints a table and writes benchmarks/results/observability.json.
+"""The cost of metrics, logs, traces and feedback records per call: the same calls on a
+service with all of them off (metrics port 0, logs at WARNING, no tracing endpoint,
+feedback.record false) and one with all on (metrics, a JSON log line per call, spans exported
+to an OTLP receiver in this process, a copy of every search response kept for feedback),
+both running, calls interleaved in one run. Prints a table and writes benchmarks/results/observability.json.
 
     python -m benchmarks.bench_observability            # ~4 min on 2 cores
 """
@@ -34,7 +35,12 @@ def main() -> None:
         otlp = stack.enter_context(OtlpReceiver())
         settings = {
             # LOUPE_* beats the harness's --metrics-port: 0 turns the endpoint off.
-            "off": {**base, "LOUPE_LOGS__LEVEL": "WARNING", "LOUPE_METRICS__PORT": "0"},
+            "off": {
+                **base,
+                "LOUPE_LOGS__LEVEL": "WARNING",
+                "LOUPE_METRICS__PORT": "0",
+                "LOUPE_FEEDBACK__RECORD": "false",
+            },
             "on": {**base, "LOUPE_TRACING__ENDPOINT": otlp.url},
         }
         setups = {}

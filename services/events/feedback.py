@@ -41,6 +41,7 @@ SCHEMA = (
         corrected_answer TEXT NOT NULL, PRIMARY KEY (request_id, client))""",
 )
 NEEDS_REVIEW = ("abstained", "blocked")
+_QUEUED = "s.verdict IN ('abstained', 'blocked')"
 _NEGATIVE = "(f.vote = 'down' OR (f.stars BETWEEN 1 AND 2))"
 # Shown records kept in memory while the database is down; older ones are dropped beyond it.
 MAX_PENDING = 10_000
@@ -174,25 +175,21 @@ class FeedbackStore:
         return changed > 0
 
     def feedback(self, request_id: str, client: str | None = None) -> list[Feedback]:
+        """The ratings of one call, oldest first (only `client`'s when given)."""
         sql = "SELECT request_id, client, at, vote, stars, comment, used_ids, corrected_answer FROM loupe_feedback"
-        args: tuple = (request_id,)
-        sql += " WHERE request_id = ?"
-        if client is not None:
-            sql += " AND client = ?"
-            args += (client,)
-        rows = self.db.query(sql + " ORDER BY at", args)
+        sql += " WHERE request_id = ?" + (" AND client = ?" if client is not None else "") + " ORDER BY at"
+        rows = self.db.query(sql, (request_id,) if client is None else (request_id, client))
         return [Feedback(*r[:4], int(r[4]), r[5], tuple(json.loads(r[6])), r[7]) for r in rows]
 
     # -- review ----------------------------------------------------------------------------
     def listing(self, view: str, since: str = "", limit: int = 100, *, with_uploads: bool = False) -> list[Listed]:
         """view "review": abstained/blocked answers and down-voted calls not yet reviewed;
         "rated": every call with feedback and every abstained/blocked answer. Newest first."""
-        queue = f"s.verdict IN ('abstained', 'blocked') OR EXISTS (SELECT 1 FROM loupe_feedback f WHERE f.request_id = s.request_id AND {_NEGATIVE})"
-        rated = "s.verdict IN ('abstained', 'blocked') OR EXISTS (SELECT 1 FROM loupe_feedback f WHERE f.request_id = s.request_id)"
+        rated = "EXISTS (SELECT 1 FROM loupe_feedback f WHERE f.request_id = s.request_id{})"
         if view == "review":
-            where = f"s.reviewed_at IS NULL AND ({queue})"
+            where = f"s.reviewed_at IS NULL AND ({_QUEUED} OR {rated.format(' AND ' + _NEGATIVE)})"
         elif view == "rated":
-            where = f"({rated})"
+            where = f"({_QUEUED} OR {rated.format('')})"
         else:
             raise ValueError(f"unknown view {view!r}")
         args: tuple = ()
@@ -219,7 +216,7 @@ class FeedbackStore:
         """Drop unrated records older than keep_days (abstained/blocked ones once reviewed) and
         the uploads of unrated, unqueued calls older than upload_keep_hours."""
         unrated = "NOT EXISTS (SELECT 1 FROM loupe_feedback f WHERE f.request_id = s.request_id)"
-        unqueued = "(s.verdict NOT IN ('abstained', 'blocked') OR s.reviewed_at IS NOT NULL)"
+        unqueued = f"(NOT {_QUEUED} OR s.reviewed_at IS NOT NULL)"
         old = (now - dt.timedelta(days=keep_days)).isoformat(timespec="milliseconds")
         old_upload = (now - dt.timedelta(hours=upload_keep_hours)).isoformat(timespec="milliseconds")
         self.db.execute_many(

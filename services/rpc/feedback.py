@@ -233,10 +233,10 @@ async def list_feedback(
     listed = await asyncio.to_thread(
         writer.store.listing, view, req.since, req.limit or 100, with_uploads=req.with_uploads
     )
-    return feedback_pb2.ListFeedbackResponse(records=[_record(item) for item in listed])
+    return feedback_pb2.ListFeedbackResponse(records=[record_of(item) for item in listed])
 
 
-def _record(item: Listed) -> feedback_pb2.FeedbackRecord:
+def record_of(item: Listed) -> feedback_pb2.FeedbackRecord:
     s = item.shown
     return feedback_pb2.FeedbackRecord(
         request_id=s.request_id,

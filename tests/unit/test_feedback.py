@@ -260,9 +260,9 @@ def test_an_answer_is_recorded_with_its_uploads_verdict_and_guards() -> None:
 
 
 # -- export ------------------------------------------------------------------------------------
-def _record(store: FeedbackStore, rid: str) -> feedback_pb2.FeedbackRecord:
+def listed_record(store: FeedbackStore, rid: str) -> feedback_pb2.FeedbackRecord:
     (item,) = [x for x in store.listing("rated", with_uploads=True) if x.shown.request_id == rid]
-    return rpc._record(item)
+    return rpc.record_of(item)
 
 
 def test_export_makes_eval_cases_the_eval_command_loads(writer, tmp_path) -> None:
@@ -285,7 +285,7 @@ def test_export_makes_eval_cases_the_eval_command_loads(writer, tmp_path) -> Non
     store.add_feedback(Feedback("down-plain", "desk", at(10), vote="down"))
     store.add_feedback(Feedback("bad-search", "desk", at(10), vote="down", used_ids=("c",), comment="c only"))
     store.add_feedback(Feedback("good-search", "desk", at(10), vote="up", used_ids=("a",)))
-    records = [rpc._record(x) for x in store.listing("rated", with_uploads=True)]
+    records = [rpc.record_of(x) for x in store.listing("rated", with_uploads=True)]
     ask, retrieval, skipped = export_cases(records, tmp_path / "out")
 
     by_id = {c["id"]: c for c in ask}
@@ -314,5 +314,5 @@ def test_export_leaves_out_a_case_whose_uploads_were_dropped(writer, tmp_path) -
     store.add_shown([ask_shown("gone", at(days=-2))])
     store.add_feedback(Feedback("gone", "desk", at(), vote="up"))
     store.db.execute("DELETE FROM loupe_uploads")
-    _, _, skipped = export_cases([_record(store, "gone")], tmp_path / "out")
+    _, _, skipped = export_cases([listed_record(store, "gone")], tmp_path / "out")
     assert "no longer kept" in dict(skipped)["gone"]
