@@ -234,9 +234,21 @@ class FeedbackStore:
         )
 
 
+def _made(record: Shown | Callable[[], Shown | None]) -> Shown | None:
+    if isinstance(record, Shown):
+        return record
+    try:
+        return record()
+    except Exception:  # a response it cannot describe: that copy is lost, the others are kept
+        log.exception("a shown record could not be made")
+        return None
+
+
 class ShownWriter:
     """Shown records buffered in memory and written once a second (and on close); retention
-    runs once an hour. `flush()` writes now (FeedbackService.Submit calls it first)."""
+    runs once an hour. `flush()` writes now (FeedbackService.Submit calls it first). Records
+    may be given as functions that make them, so the masking and copying happen here, not
+    on the call's path."""
 
     def __init__(
         self,
@@ -250,7 +262,7 @@ class ShownWriter:
         self.store, self._clock = store, clock
         self.keep_days, self.upload_keep_hours = keep_days, upload_keep_hours
         self.flush_s = flush_s
-        self._pending: list[Shown] = []
+        self._pending: list[Shown | Callable[[], Shown | None]] = []
         self._dropped = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -258,7 +270,8 @@ class ShownWriter:
         self._thread = threading.Thread(target=self._loop, name="loupe-shown", daemon=True)
         self._thread.start()
 
-    def add(self, record: Shown) -> None:
+    def add(self, record: Shown | Callable[[], Shown | None]) -> None:
+        """A record, or a function that makes it: called by the flush, off the call's path."""
         with self._lock:
             self._pending.append(record)
             if len(self._pending) > MAX_PENDING:  # the database has been down for a while
@@ -270,6 +283,7 @@ class ShownWriter:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
+        pending = [r for r in map(_made, pending) if r is not None]
         try:
             self.store.add_shown(pending)
         except Exception:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
 
@@ -277,11 +278,9 @@ class Ingress:
             log.exception("usage or audit record for %s not written now; kept for the next flush", rpc)
         if code != "OK" or client is None or rpc not in feedback.RECORDED or not self.settings.feedback.record:
             return
-        try:
-            at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-            self.shown.add(feedback.shown_of(rpc, client.id, rid, request, result, at))
-        except Exception:
-            log.exception("the copy of the %s response for feedback was not kept", rpc)
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        # Made by the writer's thread at its next flush: the messages are not changed after this.
+        self.shown.add(functools.partial(feedback.shown_of, rpc, client.id, rid, request, result, at))
 
     async def IndexImages(self, request, grpc_context):
         return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")

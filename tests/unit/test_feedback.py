@@ -316,3 +316,14 @@ def test_export_leaves_out_a_case_whose_uploads_were_dropped(writer, tmp_path) -
     store.db.execute("DELETE FROM loupe_uploads")
     _, _, skipped = export_cases([listed_record(store, "gone")], tmp_path / "out")
     assert "no longer kept" in dict(skipped)["gone"]
+
+
+def test_records_made_at_flush_and_one_that_fails_loses_only_itself(writer) -> None:
+    def broken():
+        raise ValueError("cannot describe")
+
+    writer.add(lambda: search_shown("later", at()))
+    writer.add(broken)
+    writer.add(search_shown("plain", at()))
+    writer.flush()
+    assert writer.store.shown("later") is not None and writer.store.shown("plain") is not None
