@@ -79,6 +79,7 @@ def image_item(
     width: int | None,
     height: int | None,
     text: str | None,
+    thumbnail: bytes | None = None,
 ) -> NewItem:
     """An image, with the OCR text (if any) stored and keyword-searchable."""
     text = text or None
@@ -93,6 +94,7 @@ def image_item(
         width=width,
         height=height,
         keywords=keyword_vector(text) if text else None,
+        thumbnail=thumbnail or None,
     )
 
 

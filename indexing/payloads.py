@@ -19,6 +19,7 @@ The keyword (sparse) vector is stored as a vector, not in the payload.
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class NewItem:
     language: str | None = None
     # Length of a recording, in seconds.
     duration_s: float | None = None
+    # Images: a small JPEG preview (encoders.image.thumbnail), stored base64 in the payload.
+    thumbnail: bytes | None = None
 
 
 def check_item(item: NewItem, index: int, schema: CollectionSchema) -> list[InvalidInput]:
@@ -239,6 +242,8 @@ def build_payload(
             payload[name] = float(value)
     if item.language is not None:
         payload["language"] = item.language
+    if item.thumbnail:
+        payload["thumbnail"] = base64.b64encode(item.thumbnail).decode("ascii")
     return payload
 
 

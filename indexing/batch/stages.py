@@ -25,6 +25,7 @@ from PIL import Image
 
 from encoders.common.errors import InvalidInput, LoupeError
 from encoders.image.decode import ImageLimits, decode_image
+from encoders.image.thumbnail import thumbnail
 from indexing.batch.catalog import media_kind
 from indexing.ingest import TextReader
 
@@ -46,6 +47,8 @@ ROW_SCHEMA = pa.schema(
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("text", pa.string()),
+        # A small JPEG preview (encoders.image.thumbnail).
+        ("thumbnail", pa.binary()),
         ("vector", pa.binary()),
         ("modality", pa.string()),
         # A recording's items (indexing.recordings.recording_items), pickled.
@@ -70,7 +73,17 @@ def pending(row: dict[str, Any]) -> bool:
 
 
 def fail(row: dict[str, Any], stage: str, reason: str) -> None:
-    row.update(status=FAILED, stage=stage, reason=reason, data=None, crop=None, pixels=None, vector=None, items=None)
+    row.update(
+        status=FAILED,
+        stage=stage,
+        reason=reason,
+        data=None,
+        crop=None,
+        pixels=None,
+        vector=None,
+        items=None,
+        thumbnail=None,
+    )
 
 
 # -- read --------------------------------------------------------------------------------------
@@ -220,7 +233,14 @@ def decode_batch(batch: pa.Table, *, options: DecodeOptions) -> pa.Table:
             row["pixels"] = (
                 _transform(options.preprocess)(decoded.image).numpy().astype(np.float32, copy=False).tobytes()
             )
-        row.update(data=None, width=decoded.width, height=decoded.height, text=text or None, modality="image")
+        row.update(
+            data=None,
+            width=decoded.width,
+            height=decoded.height,
+            text=text or None,
+            thumbnail=thumbnail(decoded.image),
+            modality="image",
+        )
     return table(rows)
 
 

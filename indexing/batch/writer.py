@@ -16,6 +16,7 @@ Outcomes, one per row:
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,7 +215,11 @@ class CatalogWriter:
         if Modality(row.get("modality") or "image") is Modality.TEXT:
             return text_item(**common, text=row["text"])
         return image_item(
-            **common, width=row.get("width") or None, height=row.get("height") or None, text=row.get("text")
+            **common,
+            width=row.get("width") or None,
+            height=row.get("height") or None,
+            text=row.get("text"),
+            thumbnail=row.get("thumbnail"),
         )
 
 
@@ -261,5 +266,6 @@ def _refilled(payload: dict[str, Any], clip: Any, limits: Any) -> NewItem:
         vector=vector,
         text=text,
         keywords=keyword_vector(text) if text else None,
+        thumbnail=base64.b64decode(payload["thumbnail"]) if payload.get("thumbnail") else None,
         **fields,
     )

@@ -66,7 +66,7 @@ class LoupeApi:
                 problems.append(InvalidInput(f"items[{i}]: {result.reason}", field=f"items[{i}].data"))
         _raise_all(problems)
         items = [
-            image_item(**{**p, "text": e.text}, vector=e.vector, width=e.width, height=e.height)
+            image_item(**{**p, "text": e.text}, vector=e.vector, width=e.width, height=e.height, thumbnail=e.thumbnail)
             for p, e in zip(prepared, encoded)
             if isinstance(e, EncodedImage)
         ]
@@ -128,7 +128,7 @@ class LoupeApi:
         name = convert.collection_name(req.collection)
         if not req.id:
             raise InvalidInput("id is empty", field="id")
-        return convert.item(await self.index.get(name, req.id), name)
+        return convert.item(await self.index.get(name, req.id), name, thumbnail=req.with_thumbnail)
 
     async def delete(self, req: index_pb2.DeleteRequest) -> index_pb2.DeleteResponse:
         name = convert.collection_name(req.collection)
@@ -180,9 +180,9 @@ class LoupeApi:
         query = self._query(req.options, convert.search_mode(req.options.mode))
         keywords = query_vector(text) if query.needs_keywords else None
         if not query.needs_vector:
-            return await self._search(query.with_vectors(keywords=keywords))
+            return await self._search(query.with_vectors(keywords=keywords), req.options.with_thumbnails)
         embedded = await self.encoder.encode_texts([text])
-        response = await self._search(query.with_vectors(embedded.vectors[0], keywords))
+        response = await self._search(query.with_vectors(embedded.vectors[0], keywords), req.options.with_thumbnails)
         response.query_truncated = embedded.truncated[0]
         return response
 
@@ -193,19 +193,19 @@ class LoupeApi:
             (result,) = await self.encoder.encode_images([req.image])
             if isinstance(result, InvalidInput):
                 raise InvalidInput(result.reason, field="image")
-            return await self._search(query.with_vectors(result.vector))
+            return await self._search(query.with_vectors(result.vector), req.options.with_thumbnails)
         if which == "id" and req.id:
             # The Index looks the item's vector up itself: one round trip, not two.
-            return await self._search(replace(query, like_id=req.id))
+            return await self._search(replace(query, like_id=req.id), req.options.with_thumbnails)
         raise InvalidInput("set image (bytes) or id (an indexed item) to search by", field="query")
 
-    async def _search(self, query: SearchQuery) -> search_pb2.SearchResponse:
+    async def _search(self, query: SearchQuery, thumbnails: bool = False) -> search_pb2.SearchResponse:
         info = await self.info()
         # One extra hit tells whether there is a next page.
         hits = await self.index.search(info.schema(), query.page_probe())
         response = search_pb2.SearchResponse(model_id=info.model_id)
         for payload, score in hits[: query.limit]:
-            response.hits.add(item=convert.item(payload, query.collection), score=score)
+            response.hits.add(item=convert.item(payload, query.collection, thumbnail=thumbnails), score=score)
         if len(hits) > query.limit and query.offset + 2 * query.limit <= self.limits.max_window:
             response.next_offset = query.offset + query.limit
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from typing import Any
@@ -146,7 +147,7 @@ def _range(rng: common_pb2.Range, name: str, field: str) -> Range:
     return Range(**bounds)
 
 
-def item(payload: dict[str, Any], collection: str) -> common_pb2.Item:
+def item(payload: dict[str, Any], collection: str, *, thumbnail: bool = False) -> common_pb2.Item:
     msg = common_pb2.Item(
         id=payload.get("id", ""),
         modality=_MODALITY_TO_PROTO.get(Modality(payload.get("modality", "image"))),
@@ -168,6 +169,8 @@ def item(payload: dict[str, Any], collection: str) -> common_pb2.Item:
     )
     if payload.get("meta"):
         msg.metadata.update(payload["meta"])
+    if thumbnail and payload.get("thumbnail"):
+        msg.thumbnail = base64.b64decode(payload["thumbnail"])
     return msg
 
 

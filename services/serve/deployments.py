@@ -404,6 +404,12 @@ class Ingress:
     async def SearchImage(self, request, grpc_context):
         return await self._run(self.api.search_image, request, grpc_context, search_pb2.SearchResponse(), "SearchImage")
 
+    async def __call__(self, request):
+        """HTTP (Serve's HTTP port): the web page and the same RPCs as JSON (services.web.http)."""
+        from services.web import http
+
+        return await http.handle(self, request)
+
     async def Check(self, request, grpc_context):
         """grpc.health.v1: SERVING only once the model and the store answer."""
         if request.service not in HEALTH_SERVICES:

@@ -16,6 +16,7 @@ import numpy as np
 from encoders.clip.encoder import ClipEncoder, TextEmbedding
 from encoders.common.errors import InvalidInput
 from encoders.image.decode import decode_image
+from encoders.image.thumbnail import thumbnail
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.whisper.transcribe import TranscriptInfo
 from indexing.ingest import VECTOR_NAME, TextReader, store_recording
@@ -46,6 +47,8 @@ class EncodedImage:
     height: int
     # Text read by OCR ("" when OCR did not run or found nothing).
     text: str = ""
+    # A small JPEG preview (encoders.image.thumbnail).
+    thumbnail: bytes = b""
 
 
 class EncoderWorker:
@@ -76,7 +79,7 @@ class EncoderWorker:
             images.append(decoded.image)
         vectors = self.clip.encode_images(images) if images else []
         for (i, width, height), vector, image in zip(good, vectors, images):
-            results[i] = EncodedImage(vector, width, height, self.text_reader.read(image))
+            results[i] = EncodedImage(vector, width, height, self.text_reader.read(image), thumbnail(image))
         return results
 
     def encode_texts(self, texts: list[str]) -> TextEmbedding:

@@ -58,6 +58,22 @@ def test_index_then_search_each_way(api):
     assert text.model_id == "bundled:tiny-clip" and len(text.hits) == 6 and text.next_offset == 0
 
 
+def test_images_keep_a_thumbnail_returned_only_when_asked(api):
+    from PIL import Image
+
+    big = Image.new("RGB", (640, 320), "red")
+    (stored,) = run(api.index_images(index_pb2.IndexImagesRequest(items=[index_pb2.ImageItem(data=_png(big))]))).items
+    plain = run(api.get_item(index_pb2.GetItemRequest(id=stored.id)))
+    assert plain.thumbnail == b""
+    item = run(api.get_item(index_pb2.GetItemRequest(id=stored.id, with_thumbnail=True)))
+    preview = Image.open(io.BytesIO(item.thumbnail))
+    assert preview.format == "JPEG" and preview.size == (128, 64) and len(item.thumbnail) < 8000
+    options = search_pb2.SearchOptions(with_thumbnails=True)
+    hits = run(api.search_text(search_pb2.SearchTextRequest(query="red", options=options))).hits
+    assert hits[0].item.thumbnail == item.thumbnail
+    assert not run(api.search_text(search_pb2.SearchTextRequest(query="red"))).hits[0].item.thumbnail
+
+
 def test_a_bad_item_stores_nothing(api):
     good = _png(make_pairs(1, seed=1)[0][0])
     req = index_pb2.IndexImagesRequest(

@@ -59,7 +59,7 @@ class Filter(_message.Message):
     def __init__(self, must: _Optional[_Iterable[_Union[FieldCondition, _Mapping]]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "modality", "sources", "metadata", "text", "sha256", "model_id", "model_version", "width", "height", "created_at", "updated_at", "collection", "parent_id", "start_s", "end_s", "language", "duration_s")
+    __slots__ = ("id", "modality", "sources", "metadata", "text", "sha256", "model_id", "model_version", "width", "height", "created_at", "updated_at", "collection", "parent_id", "start_s", "end_s", "language", "duration_s", "thumbnail")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Item(_message.Message):
     END_S_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     modality: Modality
     sources: _containers.RepeatedScalarFieldContainer[str]
@@ -96,4 +97,5 @@ class Item(_message.Message):
     end_s: float
     language: str
     duration_s: float
-    def __init__(self, id: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., sources: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text: _Optional[str] = ..., sha256: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., collection: _Optional[str] = ..., parent_id: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., language: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    thumbnail: bytes
+    def __init__(self, id: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., sources: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text: _Optional[str] = ..., sha256: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., collection: _Optional[str] = ..., parent_id: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., language: _Optional[str] = ..., duration_s: _Optional[float] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...

@@ -71,12 +71,14 @@ class IndexResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[IndexedItem, _Mapping]]] = ..., model_id: _Optional[str] = ..., collection: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetItemRequest(_message.Message):
-    __slots__ = ("collection", "id")
+    __slots__ = ("collection", "id", "with_thumbnail")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    WITH_THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     id: str
-    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    with_thumbnail: bool
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., with_thumbnail: _Optional[bool] = ...) -> None: ...
 
 class IdList(_message.Message):
     __slots__ = ("ids",)

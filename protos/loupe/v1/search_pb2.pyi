@@ -19,7 +19,7 @@ SEARCH_MODE_KEYWORD: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
 
 class SearchOptions(_message.Message):
-    __slots__ = ("collection", "limit", "offset", "modalities", "filter", "score_threshold", "mode")
+    __slots__ = ("collection", "limit", "offset", "modalities", "filter", "score_threshold", "mode", "with_thumbnails")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class SearchOptions(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     limit: int
     offset: int
@@ -34,7 +35,8 @@ class SearchOptions(_message.Message):
     filter: _common_pb2.Filter
     score_threshold: float
     mode: SearchMode
-    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+    with_thumbnails: bool
+    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class SearchTextRequest(_message.Message):
     __slots__ = ("query", "options")
