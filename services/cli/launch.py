@@ -196,6 +196,8 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
         supervisor = Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=int(ports["gRPC"]))
         if metrics_dir:
             supervisor.metrics = (metrics.host, metrics.port, metrics_dir)
+        http = cfg.get("http_options", {})
+        supervisor.web = f"{http.get('host', '127.0.0.1')}:{ports['HTTP']}"
         return supervisor.run()
     finally:
         os.unlink(fh.name)
@@ -259,6 +261,8 @@ class Supervisor:
         self._state_warned = False
         # (host, port, folder) of the metrics endpoint, served once the service is; None: off.
         self.metrics: tuple[str, int, str] | None = None
+        # host:port of the web page and JSON API (Serve's HTTP port), printed once serving.
+        self.web: str | None = None
         self._exporter = None
 
     def _write_state(self, phase: str) -> None:
@@ -374,6 +378,8 @@ class Supervisor:
                         self._write_state("serving")
                         self._serve_metrics()
                         print(f"loupe: serving: grpc://127.0.0.1:{self.grpc_port}", file=sys.stderr, flush=True)
+                        if self.web:
+                            print(f"web: http://{self.web}/", file=sys.stderr, flush=True)
                         return
                 except LoupeCallError:
                     pass
@@ -471,6 +477,8 @@ class ServiceProcess:
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.http_port = free_port()
+        self.web_url = f"http://127.0.0.1:{self.http_port}/"
         self.log_path = Path(log_path)
         self.start_timeout_s = start_timeout_s
         self.cmd = [
@@ -482,7 +490,7 @@ class ServiceProcess:
             "--port",
             str(self.port),
             "--http-port",
-            str(free_port()),
+            str(self.http_port),
             "--metrics-port",
             str(self.metrics_port),
         ]
