@@ -393,6 +393,7 @@ function start() {
     if (state.collections.includes(params.get("collection"))) $("collection").value = params.get("collection");
     const q = params.get("q");
     if (q) { $("q").value = q; runSearch("text", q); }
+    document.body.dataset.ready = "true";
   });
 }
 
