@@ -257,8 +257,8 @@ function feedbackBox(box, requestId, usedIds = () => []) {
   };
   box.append(
     el("span", { text: "Was this helpful?" }),
-    el("button", { type: "button", class: "quiet", "aria-label": "Helpful", on: { click: () => send("VOTE_UP") } }, "👍"),
-    el("button", { type: "button", class: "quiet", "aria-label": "Not helpful", on: { click: () => send("VOTE_DOWN") } }, "👎"),
+    el("button", { type: "button", class: "quiet", "aria-label": "Helpful", on: { click: () => send("VOTE_UP") } }, "Yes"),
+    el("button", { type: "button", class: "quiet", "aria-label": "Not helpful", on: { click: () => send("VOTE_DOWN") } }, "No"),
     comment,
     said,
   );
@@ -277,7 +277,7 @@ function renderUploads() {
   const list = clear($("uploads"));
   state.uploads.forEach((file, i) => {
     const remove = el("button", { type: "button", class: "quiet", "aria-label": `Remove ${file.name}`,
-      on: { click: () => { state.uploads.splice(i, 1); renderUploads(); } } }, "✕");
+      on: { click: () => { state.uploads.splice(i, 1); renderUploads(); } } }, "Remove");
     list.append(el("li", {}, el("img", { src: URL.createObjectURL(file), alt: file.name }),
       el("span", { text: `upload-${i + 1}: ${file.name || "pasted image"}` }), " ", remove));
   });
