@@ -177,6 +177,7 @@ def test_an_ask_about_a_screenshot_shows_verdict_citations_and_checks(site, brow
     assert len(checks) > 3 and any("output.grounding" in row.text for row in checks)
     answer.find_element(By.CSS_SELECTOR, "button[aria-label=Helpful]").click()
     wait(browser, lambda d: "feedback sent" in answer.find_element(By.CSS_SELECTOR, ".feedback").text)
+    browser.execute_script("document.getElementById('panel-ask').scrollIntoView()")
     snap(browser, "ask")
 
 
