@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from encoders.clip.bundled.shapes import make_pairs
 from services.cli.launch import ServiceProcess
 from services.client import ImageInput, LoupeClient, TextInput
+from services.gateway.clients import hash_key, new_key
 from tests.fixtures.scripted_vlm import ScriptedVlmServer
 
 pytestmark = pytest.mark.slow
-KEY = "page-test-key"
+KEY = new_key()  # the desk's: the collection "shapes"
+OTHER_KEY = new_key()  # another tenant's: only "globex"
 SHOT = Path(__file__).resolve().parents[1] / "fixtures" / "screenshots" / "printer_e42_tray_empty.png"
 RESULTS = Path(os.environ.get("LOUPE_TEST_RESULTS", Path(__file__).resolve().parents[2] / "test-results")) / "web"
 XSS_NAME = '<img src=x onerror="window.__xss=1">.png'
@@ -39,15 +42,31 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     pairs = make_pairs(6, seed=4242, size=96, distinct=True)
     with ScriptedVlmServer() as vlm:
+        clients = [
+            {
+                "id": "desk",
+                "keys": [{"sha256": hash_key(KEY)}],
+                "rights": ["search", "index", "ask"],
+                "collections": ["shapes"],
+            },
+            {
+                "id": "globex",
+                "keys": [{"sha256": hash_key(OTHER_KEY)}],
+                "rights": ["search", "index"],
+                "collections": ["globex"],
+            },
+        ]
+        (root / "clients.yaml").write_text(yaml.safe_dump({"clients": clients}))
         env = {
-            "LOUPE_API_KEY": KEY,
             "LOUPE_AUDIO": "false",
             "LOUPE_ASK__BACKEND": "openai",
             "LOUPE_ASK__BASE_URL": vlm.url,
             "LOUPE_ASK__MODEL": "scripted-vlm",
         }
-        args = ["--bundled-models", "--data-dir", str(root / "data")]
+        args = ["--bundled-models", "--data-dir", str(root / "data"), "--clients", str(root / "clients.yaml")]
         with ServiceProcess(args, log_path=root / "serve.log", env=env) as svc:
+            with LoupeClient(svc.target, api_key=OTHER_KEY) as other:
+                other.index_texts([TextInput("a globex note", id="g1")], collection="globex")
             with LoupeClient(svc.target, api_key=KEY, timeout_s=300) as client:
                 images = [
                     ImageInput(_png(img), source=f"shape-{i}.png", metadata={"team": "catalog", "n": i})
@@ -228,3 +247,18 @@ def test_the_status_tab_shows_health_models_and_collections(site, browser) -> No
     browser.set_window_size(390, 844)  # phone width: still readable
     snap(browser, "status-phone")
     browser.set_window_size(1280, 1000)
+
+
+def test_a_tenant_sees_only_its_own_collections(site, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    use_key(browser, site, OTHER_KEY)
+    browser.get(site["svc"].web_url)
+    wait(browser, lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+    options = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#collection option")]
+    assert options == ["globex"]
+    browser.find_element(By.CSS_SELECTOR, ".tab[data-tab=status]").click()
+    status = wait(
+        browser, lambda d: "globex" in d.find_element(By.ID, "status").text and d.find_element(By.ID, "status")
+    )
+    assert "shapes" not in status.text
