@@ -277,9 +277,11 @@ class Index(ReembedMethods):
         mode: str = SearchMode.DENSE.value,
         keyword_query: SparseVector | None = None,
         vector_name: str | None = None,
+        exact: bool = False,
     ) -> list[tuple[dict[str, Any], float]]:
         """(payload, score) of the best items, best first; see the module docstring for
-        what score and score_threshold mean in each mode.
+        what score and score_threshold mean in each mode. `exact`: dense mode compares with
+        every point instead of the approximate index (slow; evals measure the index with it).
 
         `vector` (CLIP) is needed in "dense" and "hybrid" mode, ignored (may be None) in
         "keyword" mode; `keyword_query` (`encoders.text.keywords.query_vector`) is needed in
@@ -308,7 +310,9 @@ class Index(ReembedMethods):
         def fetch(n: int, skip: int) -> list[ScoredPoint]:
             common = {"limit": n, "offset": skip, "filter": scoped}
             if mode == SearchMode.DENSE:
-                return store.search(name, vector, vector_name=vname, score_threshold=score_threshold, **common)
+                return store.search(
+                    name, vector, vector_name=vname, score_threshold=score_threshold, exact=exact, **common
+                )
             if mode == SearchMode.KEYWORD:
                 return store.search_keywords(name, keyword_query, score_threshold=score_threshold, **common)
             return store.search_hybrid(
@@ -344,6 +348,7 @@ class Index(ReembedMethods):
             mode=query.mode,
             keyword_query=query.keywords,
             vector_name=vector_name,
+            exact=query.exact,
         )
 
     def get(self, name: str, public_id: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ it. The Ask worker builds its retrieval query the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from indexing.types import Condition, Modality, SearchMode
 
@@ -44,6 +44,12 @@ class SearchQuery:
     keywords: SparseVector | None = None
     # Search with this stored item's vector instead of `vector` (and leave the item out).
     like_id: str | None = None
+    # What the query is ("text" or "image"): which calibration maps score its hits.
+    kind: str = "text"
+    # On a calibrated collection, hits under this confidence are dropped (0: none are).
+    min_confidence: float = 0.0
+    # Exact (brute-force) dense search instead of the approximate index: for evals.
+    exact: bool = False
 
     @property
     def needs_vector(self) -> bool:
@@ -64,5 +70,23 @@ class SearchQuery:
         return (
             f"SearchQuery({self.collection!r}, mode={self.mode}, limit={self.limit}, offset={self.offset}, "
             f"modalities={[m.value for m in self.modalities]}, conditions={len(self.conditions)}, "
-            f"threshold={self.score_threshold}, like_id={self.like_id!r})"
+            f"threshold={self.score_threshold}, like_id={self.like_id!r}, kind={self.kind}, "
+            f"min_confidence={self.min_confidence}, exact={self.exact})"
         )
+
+
+@dataclass(frozen=True)
+class Found:
+    """One page of hits for a SearchQuery, best first."""
+
+    hits: list[tuple[dict[str, Any], float]]
+    # Whether a next page has hits (read by asking for one more).
+    more: bool = False
+    # Each hit's calibrated confidence (indexing.calibration); None: the collection is not
+    # calibrated for this query, and `uncalibrated` says why.
+    confidences: list[float] | None = None
+    uncalibrated: str = ""
+
+    @property
+    def calibrated(self) -> bool:
+        return self.confidences is not None

@@ -48,7 +48,12 @@ def page(fetch: Callable[[int, int], list[ScoredPoint]], offset: int, limit: int
 
 
 def _rank_key(hit: ScoredPoint) -> tuple[float, str]:
-    return (-hit.score, str(hit.payload.get("id", hit.point_id)))
+    return rank_key(hit.score, hit.payload, hit.point_id)
+
+
+def rank_key(score: float, payload: dict, point_id: str = "") -> tuple[float, str]:
+    """Best first, equal scores by public id: the one order of every ranking."""
+    return (-score, str(payload.get("id", point_id)))
 
 
 def check_mode(mode: Any) -> SearchMode:

@@ -256,9 +256,10 @@ class VectorStore(Protocol):
         offset: int = 0,
         filter: Filter | None = None,
         score_threshold: float | None = None,
+        exact: bool = False,
     ) -> list[ScoredPoint]:
         """Nearest by the dense vector `vector_name` (cosine), best first; points without
-        that vector are not found."""
+        that vector are not found. `exact`: compare with every point, not the HNSW graph."""
 
     def search_keywords(
         self,

@@ -214,6 +214,21 @@ class FeedbackSettings(BaseModel):
     upload_keep_hours: float = Field(default=24, ge=0)
 
 
+class CalibrationSettings(BaseModel):
+    """Confidence calibration per collection (indexing.calibration, `loupe calibrate`)."""
+
+    # Hits of a calibrated collection below this confidence are dropped (SearchOptions.
+    # min_confidence overrides it per call; 0 keeps every hit) and Ask retrieves none of them.
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    # Items the self-supervised probes are made from.
+    sample_items: int = Field(default=300, ge=10, le=5000)
+    # Metadata fields whose string value describes the item the way a search would: each is
+    # a text query that should find its item.
+    caption_fields: list[str] = Field(default_factory=lambda: ["caption", "title", "description", "alt", "name"])
+    # Out-of-domain images drawn (noise, gradients, patterns, rendered text) as negatives.
+    negative_images: int = Field(default=120, ge=0, le=1000)
+
+
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
 
 
@@ -274,6 +289,7 @@ class LoupeSettings(BaseSettings):
     logs: LogSettings = Field(default_factory=LogSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -225,6 +225,7 @@ class EdgeStore:
         offset: int = 0,
         filter: Filter | None = None,
         score_threshold: float | None = None,
+        exact: bool = False,
     ) -> list[ScoredPoint]:
         shard = self._shard(name)
         request = qe.SearchRequest(
@@ -232,6 +233,7 @@ class EdgeStore:
             limit=limit,
             offset=offset,
             filter=to_edge_filter(filter),
+            params=qe.SearchParams(exact=True) if exact else None,
             with_payload=True,
             with_vector=False,
             score_threshold=score_threshold,

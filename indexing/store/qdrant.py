@@ -277,6 +277,7 @@ class QdrantStore:
         offset: int = 0,
         filter: Filter | None = None,
         score_threshold: float | None = None,
+        exact: bool = False,
     ) -> list[ScoredPoint]:
         with self._errors("search", name):
             response = self._client.query_points(
@@ -286,6 +287,7 @@ class QdrantStore:
                 limit=limit,
                 offset=offset or None,
                 query_filter=to_qdrant_filter(filter),
+                search_params=models.SearchParams(exact=True) if exact else None,
                 score_threshold=score_threshold,
                 with_payload=True,
                 with_vectors=False,

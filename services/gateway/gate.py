@@ -30,6 +30,7 @@ RPC_RIGHTS: dict[str, str | None] = {
     "Ask": "ask",
     "Transcribe": "transcribe",
     "GetStatus": None,
+    "Calibrate": "index",
     "GetUsage": "admin",
     "GetAudit": "admin",
     "Submit": None,  # a client rates its own calls (services.rpc.feedback)
@@ -125,6 +126,6 @@ def collection_of(rpc: str, request: Any) -> str | None:
         if request.retrieval.k == 0:
             return None
         return collection_name(request.retrieval.collection, "retrieval.collection")
-    if rpc in ("IndexImages", "IndexTexts", "IndexAudio", "GetItem", "Delete", "Count"):
+    if rpc in ("IndexImages", "IndexTexts", "IndexAudio", "GetItem", "Delete", "Count", "Calibrate"):
         return collection_name(request.collection)
     return None

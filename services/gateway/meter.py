@@ -127,7 +127,7 @@ class Meter:
 
 UNAUTHENTICATED = "(unauthenticated)"
 # Calls that write or delete: each is an audit record.
-AUDITED = frozenset({"IndexImages", "IndexTexts", "IndexAudio", "Delete"})
+AUDITED = frozenset({"IndexImages", "IndexTexts", "IndexAudio", "Delete", "Calibrate"})
 
 
 def usage_of(rpc: str, result) -> dict:
@@ -158,6 +158,10 @@ def audit_of(rpc: str, request, result) -> tuple[str, int, dict]:
     if rpc in ("IndexImages", "IndexTexts"):
         ids = [it.id for it in result.items] if result is not None else [it.id for it in request.items if it.id]
         return collection, len(ids) if result is not None else 0, {"ids": ids}
+    if rpc == "Calibrate":
+        if result is None:
+            return collection, 0, {}
+        return collection, 1, {"model_id": result.model_id, "summary": result.summary}
     if rpc == "IndexAudio":
         return collection, 1 if result is not None else 0, {"ids": [result.id if result is not None else request.id]}
     count = int(result.deleted) if result is not None else 0

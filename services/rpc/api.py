@@ -8,14 +8,17 @@ responses. It raises domain errors only; `services.rpc.errors` turns them into s
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import replace
 
 from encoders.common.errors import BatchInvalid, InvalidInput
 from encoders.text.chunking import timed_texts
 from encoders.text.keywords import query_vector
+from indexing.calibration import SIDES, Calibration, Probe, ProbeSpec, probe_specs
 from indexing.index import NewItem
 from indexing.ingest import image_item, text_item
+from indexing.negatives import out_of_domain_images, out_of_domain_texts
 from indexing.query import ASK_MODE, DEFAULT_LIMIT, SearchQuery
 from indexing.recordings import recording_items
 from indexing.types import SearchMode
@@ -166,18 +169,89 @@ class LoupeApi:
             store_backend=backend,
             version=_version(),
         )
+        notes = await self.index.calibration_notes(info.schema())
         for name, schema, count in await self.index.collections():
             if not visible(name):
                 continue
             out.collections.add(
-                name=name, count=count, model_id=schema.model_id, model_version=schema.model_version, dim=schema.dim
+                name=name,
+                count=count,
+                model_id=schema.model_id,
+                model_version=schema.model_version,
+                dim=schema.dim,
+                calibration=notes.get(name, ""),
             )
         return out
+
+    async def calibrate(self, req: index_pb2.CalibrateRequest) -> index_pb2.CalibrateResponse:
+        """Probes from a sample of the collection, the request's cases and the shipped
+        out-of-domain queries, encoded here; the fit runs in the Index (indexing.calibration)."""
+        name = convert.collection_name(req.collection)
+        c = self.settings.calibration
+        n = req.sample_items if req.HasField("sample_items") else c.sample_items
+        if not 10 <= n <= 5000:
+            raise InvalidInput(f"sample_items is {n}; it must be between 10 and 5000", field="sample_items")
+        cases = [self._case(i, case) for i, case in enumerate(req.cases)]
+        pool = await self.index.calibration_pool(name, n)
+        specs = probe_specs(
+            pool, c.caption_fields, cases, out_of_domain_texts(), out_of_domain_images(c.negative_images)
+        )
+        probes = await self._encode_probes(specs)
+        info = await self.info()
+        ids_only = [{"id": p["id"], "modality": p["modality"]} for p in pool]
+        cal = Calibration.from_json(await self.index.calibrate(name, info.schema(), probes, ids_only, c.min_confidence))
+        return index_pb2.CalibrateResponse(
+            collection=name,
+            model_id=cal.model_id,
+            model_version=cal.model_version,
+            positives=cal.report["examples"]["positive"],
+            negatives=cal.report["examples"]["negative"],
+            summary=cal.summary(),
+            report_json=json.dumps(cal.report, sort_keys=True),
+        )
+
+    def _case(self, i: int, case: index_pb2.CalibrationCase) -> ProbeSpec:
+        at = f"cases[{i}]"
+        if len(set(case.relevant_ids)) != len(case.relevant_ids) or any(not r for r in case.relevant_ids):
+            raise InvalidInput(f"{at}.relevant_ids must be distinct non-empty ids", field=f"{at}.relevant_ids")
+        relevant = tuple(case.relevant_ids)
+        which = case.WhichOneof("query")
+        if which == "text":
+            text = self._text(case.text, self.limits.max_query_chars, f"{at}.text")
+            return ProbeSpec("text", "case" if relevant else "case (negative)", relevant, text=text)
+        if which == "image" and case.image:
+            return ProbeSpec("image", "case" if relevant else "case (negative)", relevant, image=case.image, sides=SIDES[:1])
+        raise InvalidInput(f"{at}: set text or image (bytes)", field=f"{at}.query")
+
+    async def _encode_probes(self, specs: list[ProbeSpec], chunk: int = 32) -> list[Probe]:
+        """Vectors (and keyword vectors) of every probe; an unreadable thumbnail is skipped,
+        an unreadable case image is an error."""
+        vectors: dict[int, object] = {}
+        texts = [i for i, s in enumerate(specs) if s.kind == "text"]
+        images = [i for i, s in enumerate(specs) if s.kind == "image"]
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            embedded = await self.encoder.encode_texts([specs[i].text for i in part])
+            vectors.update(zip(part, embedded.vectors))
+        for start in range(0, len(images), chunk):
+            part = images[start : start + chunk]
+            for i, result in zip(part, await self.encoder.encode_images([specs[i].image for i in part])):
+                if isinstance(result, EncodedImage):
+                    vectors[i] = result.vector
+                elif specs[i].origin.startswith("case"):
+                    raise InvalidInput(f"a case image: {result.reason}", field="cases")
+        probes = []
+        for i, spec in enumerate(specs):
+            if i not in vectors:
+                continue
+            keywords = query_vector(spec.text) if spec.text and SIDES[1] in spec.sides else None
+            probes.append(Probe(spec.kind, vectors[i], keywords, spec.relevant, spec.origin, spec.sides))
+        return probes
 
     # -- SearchService ----------------------------------------------------------------------
     async def search_text(self, req: search_pb2.SearchTextRequest) -> search_pb2.SearchResponse:
         text = self._text(req.query, self.limits.max_query_chars, "query")
-        query = self._query(req.options, convert.search_mode(req.options.mode))
+        query = self._query(req.options, convert.search_mode(req.options.mode), kind="text")
         keywords = query_vector(text) if query.needs_keywords else None
         if not query.needs_vector:
             return await self._search(query.with_vectors(keywords=keywords), req.options.with_thumbnails)
@@ -187,7 +261,7 @@ class LoupeApi:
         return response
 
     async def search_image(self, req: search_pb2.SearchImageRequest) -> search_pb2.SearchResponse:
-        query = self._query(req.options, SearchMode.DENSE.value)
+        query = self._query(req.options, SearchMode.DENSE.value, kind="image")
         which = req.WhichOneof("query")
         if which == "image":
             (result,) = await self.encoder.encode_images([req.image])
@@ -201,12 +275,17 @@ class LoupeApi:
 
     async def _search(self, query: SearchQuery, thumbnails: bool = False) -> search_pb2.SearchResponse:
         info = await self.info()
-        # One extra hit tells whether there is a next page.
-        hits = await self.index.search(info.schema(), query.page_probe())
-        response = search_pb2.SearchResponse(model_id=info.model_id)
-        for payload, score in hits[: query.limit]:
-            response.hits.add(item=convert.item(payload, query.collection, thumbnail=thumbnails), score=score)
-        if len(hits) > query.limit and query.offset + 2 * query.limit <= self.limits.max_window:
+        found = await self.index.search(info.schema(), query)
+        response = search_pb2.SearchResponse(
+            model_id=info.model_id, calibrated=found.calibrated, calibration=found.uncalibrated
+        )
+        confidences = found.confidences or [None] * len(found.hits)
+        for (payload, score), confidence in zip(found.hits, confidences):
+            response.hits.add(
+                item=convert.item(payload, query.collection, thumbnail=thumbnails), score=score, confidence=confidence
+            )
+        response.no_match = found.calibrated and query.offset == 0 and not found.hits
+        if found.more and query.offset + 2 * query.limit <= self.limits.max_window:
             response.next_offset = query.offset + query.limit
         return response
 
@@ -252,7 +331,7 @@ class LoupeApi:
         return self.transcriber
 
     # -- validation -------------------------------------------------------------------------
-    def _query(self, o: search_pb2.SearchOptions, mode: str) -> SearchQuery:
+    def _query(self, o: search_pb2.SearchOptions, mode: str, kind: str) -> SearchQuery:
         limit = o.limit if o.HasField("limit") else DEFAULT_LIMIT
         if not 1 <= limit <= self.limits.max_limit:
             raise InvalidInput(
@@ -270,8 +349,14 @@ class LoupeApi:
             raise InvalidInput(
                 f"score_threshold {threshold} is outside -1..1 (cosine similarity)", field="options.score_threshold"
             )
+        floor = o.min_confidence if o.HasField("min_confidence") else self.settings.calibration.min_confidence
+        if not 0.0 <= floor <= 1.0:
+            raise InvalidInput(f"min_confidence {floor} is outside 0..1", field="options.min_confidence")
         return SearchQuery(
             collection=convert.collection_name(o.collection, "options.collection"),
+            kind=kind,
+            min_confidence=floor,
+            exact=o.exact,
             mode=mode,
             limit=limit,
             offset=o.offset,

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from encoders.common.errors import InvalidInput
     from encoders.text.chunking import EmbeddedTranscript, TimedText
     from indexing.payloads import NewItem
-    from indexing.query import SearchQuery
+    from indexing.calibration import Probe
+    from indexing.query import Found, SearchQuery
     from indexing.types import CollectionSchema, Condition, Modality
     from lmm.types import Answer
     from services.serve.workers import EncodedImage, EncoderInfo, Transcript
@@ -41,7 +42,15 @@ class IndexFace(Protocol):
 
     async def check_model(self, name: str, schema: CollectionSchema) -> None: ...
 
-    async def search(self, schema: CollectionSchema, query: SearchQuery) -> list[tuple[dict[str, Any], float]]: ...
+    async def search(self, schema: CollectionSchema, query: SearchQuery) -> Found: ...
+
+    async def calibration_pool(self, name: str, limit: int) -> list[dict[str, Any]]: ...
+
+    async def calibrate(
+        self, name: str, schema: CollectionSchema, probes: list[Probe], pool: list[dict[str, Any]], floor: float
+    ) -> dict[str, Any]: ...
+
+    async def calibration_notes(self, schema: CollectionSchema) -> dict[str, str]: ...
 
     async def get(self, name: str, public_id: str) -> dict[str, Any]: ...
 

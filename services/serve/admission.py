@@ -37,6 +37,7 @@ LANES = {
     "IndexImages": "index",
     "IndexTexts": "index",
     "IndexAudio": "audio",
+    "Calibrate": "index",
     "Transcribe": "audio",
     "Ask": "ask",
 }

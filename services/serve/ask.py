@@ -54,6 +54,8 @@ class AnswerWorker:
         self.encoder, self.index = encoder, index
         self.modalities = tuple(Modality(m) for m in a.retrieval_modalities)
         self.min_score = a.retrieval_min_score
+        # On a calibrated collection this floor replaces the raw one (indexing.calibration).
+        self.min_confidence = settings.calibration.min_confidence
         self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
         template = load_prompt(a.prompt)
         options = AskOptions(
@@ -134,24 +136,28 @@ class AnswerWorker:
 
     async def _retrieve(self, question: str, k: int, filters: SearchQuery) -> list[ContextImage]:
         """Context for the question: indexed images, texts and transcript segments found with the
-        (masked) question in the request's mode, above a relevance floor (see `_relevant`)."""
+        (masked) question in the request's mode, above a relevance floor: the confidence floor
+        on a calibrated collection, else a raw cosine floor (see `_relevant`)."""
         query = replace(
             filters,
             limit=k,
             offset=0,
             modalities=self.modalities,
             score_threshold=self.min_score if filters.mode == SearchMode.DENSE.value else None,
+            min_confidence=self.min_confidence,
         )
         info = await self.encoder.info()
         vector = (await self.encoder.encode_texts([question])).vectors[0] if query.needs_vector else None
         query = query.with_vectors(vector, query_vector(question) if query.needs_keywords else None)
-        hits = await self.index.search(info.schema(), query)
+        found = await self.index.search(info.schema(), query)
+        if found.calibrated:  # every hit reached the collection's confidence floor
+            return [self._context_item(p) for p, _ in found.hits]
         dense_ids = set()
         hybrid = query.mode == SearchMode.HYBRID.value
         if hybrid:  # fused scores are ranks, not similarities: take the floor from a dense search
             dense_query = replace(query, mode=SearchMode.DENSE.value, keywords=None, score_threshold=self.min_score)
-            dense_ids = {p["id"] for p, _ in await self.index.search(info.schema(), dense_query)}
-        return [self._context_item(p) for p, _ in hits if not hybrid or _relevant(question, p, dense_ids)]
+            dense_ids = {p["id"] for p, _ in (await self.index.search(info.schema(), dense_query)).hits}
+        return [self._context_item(p) for p, _ in found.hits if not hybrid or _relevant(question, p, dense_ids)]
 
     def _context_item(self, p: dict) -> ContextImage:
         modality = p.get("modality") or Modality.IMAGE.value

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from encoders.clip.encoder import TextEmbedding
-from indexing.query import SearchQuery
+from indexing.query import Found, SearchQuery
 from indexing.types import CollectionSchema
 from protos.loupe.v1 import admin_pb2, common_pb2, feedback_pb2, index_pb2, qa_pb2, search_pb2
 from services.config import LoupeSettings
@@ -119,9 +119,18 @@ class IndexDeployment:
     async def check_model(self, name: str, schema: CollectionSchema) -> None:
         return await asyncio.to_thread(self.worker.check_model, name, schema)
 
-    async def search(self, schema: CollectionSchema, query: SearchQuery) -> list[tuple[dict, float]]:
+    async def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
         with metrics.step("search"):
             return await asyncio.to_thread(self.worker.search, schema, query)
+
+    async def calibration_pool(self, name: str, limit: int) -> list[dict]:
+        return await asyncio.to_thread(self.worker.calibration_pool, name, limit)
+
+    async def calibrate(self, name: str, schema: CollectionSchema, probes: list, pool: list[dict], floor: float) -> dict:
+        return await asyncio.to_thread(self.worker.calibrate, name, schema, probes, pool, floor)
+
+    async def calibration_notes(self, schema: CollectionSchema) -> dict[str, str]:
+        return await asyncio.to_thread(self.worker.calibration_notes, schema)
 
     async def get(self, name: str, public_id: str) -> dict:
         return await asyncio.to_thread(self.worker.get, name, public_id)
@@ -348,6 +357,9 @@ class Ingress:
             "GetStatus",
             with_client=True,
         )
+
+    async def Calibrate(self, request, grpc_context):
+        return await self._run(self.api.calibrate, request, grpc_context, index_pb2.CalibrateResponse(), "Calibrate")
 
     async def GetUsage(self, request, grpc_context):
         return await self._run(

@@ -19,8 +19,9 @@ from encoders.image.decode import decode_image
 from encoders.image.thumbnail import thumbnail
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.whisper.transcribe import TranscriptInfo
+from indexing.calibration import Calibrations, collect, confident_search, fit, sample_payloads
 from indexing.ingest import VECTOR_NAME, TextReader, store_recording
-from indexing.query import SearchQuery
+from indexing.query import Found, SearchQuery
 from indexing.store.optimizer import Optimizer
 from indexing.types import CollectionSchema
 from services.config import LoupeSettings
@@ -182,6 +183,7 @@ class IndexWorker:
             privacy=settings.privacy.policy(),
         )
         self.optimizer = Optimizer(self.index, settings.optimize_after_points)
+        self.calibrations = Calibrations(self.index)
 
     def ping(self) -> str:
         self.index.collections()
@@ -206,9 +208,49 @@ class IndexWorker:
         self.optimizer.wrote(name, len(segments) + created)
         return public_id, created
 
-    def search(self, schema: CollectionSchema, query: SearchQuery) -> list[tuple[dict, float]]:
-        """(payload, score) of the best hits for `query`, in this service's model's vector."""
-        return self.index.run_query(query, vector_name=self.index.schema_for(query.collection, schema).vector_name)
+    def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
+        """The page of hits for `query`, in this service's model's vector; with confidences
+        when the collection is calibrated for that model and the query's kind and mode."""
+        resolved = self.index.schema_for(query.collection, schema)
+        cal, why = self.calibrations.get(query.collection, resolved)
+        if cal is not None and cal.covers(query.kind, query.mode):
+            return confident_search(self.index, cal, query, resolved.vector_name)
+        if cal is not None:
+            why = f"the calibration of {query.collection!r} has no map for {query.kind} queries in {query.mode} mode"
+        hits = self.index.run_query(query.page_probe(), vector_name=resolved.vector_name)
+        return Found(hits[: query.limit], len(hits) > query.limit, None, why)
+
+    def calibration_pool(self, name: str, limit: int) -> list[dict]:
+        """Payloads of up to `limit` items spread over the collection: what calibration probes
+        are made from."""
+        self._require_exists(name)
+        return sample_payloads(self.index, name, limit)
+
+    def calibrate(self, name: str, schema: CollectionSchema, probes: list, pool: list[dict], floor: float) -> dict:
+        """Fit, store and return (as JSON) the calibration of `name` for `schema`'s model."""
+        resolved = self.index.schema_for(name, schema)
+        evidence = collect(self.index, name, resolved.vector_name, probes, pool)
+        cal = fit(evidence, probes, resolved, self.index.store.count(name), floor)
+        if not cal.maps:
+            raise InvalidInput(
+                f"collection {name!r}: too few examples to calibrate ({cal.report['examples']}); "
+                "index more items with captions or text, or give labelled cases",
+                field="collection",
+            )
+        self.calibrations.store(name, cal)
+        return cal.to_json()
+
+    def calibration_notes(self, schema: CollectionSchema) -> dict[str, str]:
+        """Collection -> one line on its calibration for `schema`'s model (status)."""
+        notes = {}
+        for name in self.index.store.list_collections():
+            try:
+                resolved = self.index.schema_for(name, schema)
+            except Exception:  # another model's collection: status says so already
+                continue
+            cal, why = self.calibrations.get(name, resolved)
+            notes[name] = cal.summary() if cal is not None else why
+        return notes
 
     def vector_of(self, name: str, schema: CollectionSchema, public_id: str) -> tuple[dict, np.ndarray]:
         return self.index.get_vector(name, public_id, self.index.schema_for(name, schema).vector_name)

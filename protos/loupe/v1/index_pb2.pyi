@@ -123,18 +123,60 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionStatus(_message.Message):
-    __slots__ = ("name", "count", "model_id", "model_version", "dim")
+    __slots__ = ("name", "count", "model_id", "model_version", "dim", "calibration")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     count: int
     model_id: str
     model_version: str
     dim: int
-    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
+    calibration: str
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., dim: _Optional[int] = ..., calibration: _Optional[str] = ...) -> None: ...
+
+class CalibrationCase(_message.Message):
+    __slots__ = ("text", "image", "relevant_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RELEVANT_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: bytes
+    relevant_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., relevant_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CalibrateRequest(_message.Message):
+    __slots__ = ("collection", "cases", "sample_items")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CASES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    cases: _containers.RepeatedCompositeFieldContainer[CalibrationCase]
+    sample_items: int
+    def __init__(self, collection: _Optional[str] = ..., cases: _Optional[_Iterable[_Union[CalibrationCase, _Mapping]]] = ..., sample_items: _Optional[int] = ...) -> None: ...
+
+class CalibrateResponse(_message.Message):
+    __slots__ = ("collection", "model_id", "model_version", "positives", "negatives", "summary", "report_json", "request_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    model_id: str
+    model_version: str
+    positives: int
+    negatives: int
+    summary: str
+    report_json: str
+    request_id: str
+    def __init__(self, collection: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., summary: _Optional[str] = ..., report_json: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("model_id", "model_version", "profile", "store_backend", "collections", "version")

@@ -72,6 +72,11 @@ class IndexServiceStub:
                 request_serializer=loupe_dot_v1_dot_index__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=loupe_dot_v1_dot_index__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/loupe.v1.IndexService/Calibrate',
+                request_serializer=loupe_dot_v1_dot_index__pb2.CalibrateRequest.SerializeToString,
+                response_deserializer=loupe_dot_v1_dot_index__pb2.CalibrateResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -131,6 +136,15 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calibrate(self, request, context):
+        """Fit the collection's confidence calibration for the service's model (see
+        CalibrateRequest) and store it with the collection; searches then report each hit's
+        confidence and no_match. Re-run after re-embedding with another model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +182,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=loupe_dot_v1_dot_index__pb2.GetStatusRequest.FromString,
                     response_serializer=loupe_dot_v1_dot_index__pb2.StatusResponse.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=loupe_dot_v1_dot_index__pb2.CalibrateRequest.FromString,
+                    response_serializer=loupe_dot_v1_dot_index__pb2.CalibrateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +379,33 @@ class IndexService:
             '/loupe.v1.IndexService/GetStatus',
             loupe_dot_v1_dot_index__pb2.GetStatusRequest.SerializeToString,
             loupe_dot_v1_dot_index__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loupe.v1.IndexService/Calibrate',
+            loupe_dot_v1_dot_index__pb2.CalibrateRequest.SerializeToString,
+            loupe_dot_v1_dot_index__pb2.CalibrateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ SEARCH_MODE_KEYWORD: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
 
 class SearchOptions(_message.Message):
-    __slots__ = ("collection", "limit", "offset", "modalities", "filter", "score_threshold", "mode", "with_thumbnails")
+    __slots__ = ("collection", "limit", "offset", "modalities", "filter", "score_threshold", "mode", "with_thumbnails", "min_confidence", "exact")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,8 @@ class SearchOptions(_message.Message):
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     limit: int
     offset: int
@@ -36,7 +38,9 @@ class SearchOptions(_message.Message):
     score_threshold: float
     mode: SearchMode
     with_thumbnails: bool
-    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
+    min_confidence: float
+    exact: bool
+    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., with_thumbnails: _Optional[bool] = ..., min_confidence: _Optional[float] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class SearchTextRequest(_message.Message):
     __slots__ = ("query", "options")
@@ -57,23 +61,31 @@ class SearchImageRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., id: _Optional[str] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("item", "score")
+    __slots__ = ("item", "score", "confidence")
     ITEM_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     item: _common_pb2.Item
     score: float
-    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
+    confidence: float
+    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "model_id", "next_offset", "query_truncated", "request_id")
+    __slots__ = ("hits", "model_id", "next_offset", "query_truncated", "request_id", "no_match", "calibrated", "calibration")
     HITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_MATCH_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     model_id: str
     next_offset: int
     query_truncated: bool
     request_id: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_id: _Optional[str] = ..., next_offset: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    no_match: bool
+    calibrated: bool
+    calibration: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_id: _Optional[str] = ..., next_offset: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., request_id: _Optional[str] = ..., no_match: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[str] = ...) -> None: ...
