@@ -94,9 +94,7 @@ class Logistic:
         return x
 
 
-def fit_logistic(
-    x: np.ndarray, y: np.ndarray, side: str, w: np.ndarray | None = None, l2: float = 1e-3
-) -> Logistic:
+def fit_logistic(x: np.ndarray, y: np.ndarray, side: str, w: np.ndarray | None = None, l2: float = 1e-3) -> Logistic:
     """Weighted logistic regression (Newton); without `w`, each class weighs half the total."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
@@ -280,7 +278,7 @@ def probe_specs(
         elif text and modality == Modality.IMAGE.value:
             specs.append(ProbeSpec("text", "ocr", (p["id"],), text=_drop_words(text, rng), sides=(SIDES[1],)))
         if p["thumbnail"] and modality == Modality.IMAGE.value:
-            captions = [c for c in _texts_of(p, caption_fields)]
+            captions = _texts_of(p, caption_fields)
             relevant = {p["id"]} | {i for c in captions for i in owners[c]}
             image = base64.b64decode(p["thumbnail"])
             specs.append(ProbeSpec("image", "thumbnail", tuple(sorted(relevant)), image=image, sides=(SIDES[0],)))
@@ -357,7 +355,9 @@ def collect(
             if not probe.relevant:
                 ev.examples += [_example(probe, side, p, s, 0, i, hard=True) for p, s in top[:NEGATIVE_HITS]]
                 continue
-            ev.examples += [_example(probe, side, p, s, 1, i) for p, s in run(len(probe.relevant), _ids(probe.relevant))]
+            ev.examples += [
+                _example(probe, side, p, s, 1, i) for p, s in run(len(probe.relevant), _ids(probe.relevant))
+            ]
             others = [p for p in pool if p["id"] not in probe.relevant]
             picked = rng.sample(others, min(SHUFFLED, len(others)))
             if picked:
@@ -464,7 +464,10 @@ def _no_match_rates(cal: Calibration, ev: Evidence, probes: Sequence[Probe], flo
             counts[key][domain][0] += value < floor
             counts[key][domain][1] += 1
     return {
-        mode: {**{d: (n / total if total else 0.0) for d, (n, total) in c.items()}, "probes": {d: t for d, (_, t) in c.items()}}
+        mode: {
+            **{d: (n / total if total else 0.0) for d, (n, total) in c.items()},
+            "probes": {d: t for d, (_, t) in c.items()},
+        }
         for mode, c in sorted(counts.items())
     }
 

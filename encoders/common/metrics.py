@@ -151,3 +151,32 @@ def ndcg_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable] | Mappi
             dcg += gains.get(item, 0.0) / math.log2(rank + 1)
             seen.add(item)
     return dcg / ideal
+
+
+def regressions(
+    current: Mapping[str, Mapping[str, float | None]],
+    baseline: Mapping[str, Mapping[str, float | None]],
+    tolerance: float,
+    lower_is_better: Collection[str] = (),
+) -> list[str]:
+    """What got worse by more than `tolerance`: a line per (group, metric) the baseline has.
+
+    Both are {group: {metric: value}}; a metric missing now, or a group missing now, is a
+    regression too (a gate that silently skips what it cannot measure lets anything through)."""
+    out = []
+    for group, metrics in baseline.items():
+        now = current.get(group)
+        if now is None:
+            out.append(f"{group}: missing from this run")
+            continue
+        for name, before in metrics.items():
+            if not isinstance(before, (int, float)) or isinstance(before, bool):
+                continue
+            after = now.get(name)
+            if not isinstance(after, (int, float)):
+                out.append(f"{group} {name}: missing from this run (baseline {before:.4f})")
+                continue
+            drop = (after - before) if name in lower_is_better else (before - after)
+            if drop > tolerance:
+                out.append(f"{group} {name}: {before:.4f} -> {after:.4f} (worse by {drop:.4f} > {tolerance})")
+    return out

@@ -10,6 +10,8 @@ loupe delete ID... | --where k=v        delete items
 loupe status                            health, model, collections
 loupe tls-proxy --cert C --key K [--run]  nginx terminating TLS in front of the gRPC port
 loupe eval ask CASES.jsonl [--json]     answer-quality eval against the running service
+loupe eval retrieval CASES.jsonl        search-quality eval: recall, MRR, nDCG per mode (--report DIR)
+loupe calibrate [COLLECTION]            fit confidence per collection: hits get confidence, no_match
 loupe feedback REQUEST_ID --up|--down   rate a search or an answer (or: loupe feedback export DIR)
 loupe review [--all] | --done ID        abstained, blocked and down-voted calls, for a human
 """
@@ -22,7 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-from encoders.common.errors import InvalidInput
 from services.client.sdk import LoupeCallError, LoupeClient
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "ray_config.yaml"
@@ -163,7 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="EXPR",
         help="k=v, k=a|b (any of), k>=n, k<n ... (all must hold)",
     )
-    q.add_argument("--min-score", type=float, default=None)
+    q.add_argument("--min-score", type=float, default=None, help="raw score floor (cosine, BM25)")
+    q.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="on a calibrated collection, drop hits below this confidence (0..1; default: the server's)",
+    )
     q.add_argument(
         "--mode",
         choices=["dense", "keyword", "hybrid"],
@@ -194,11 +201,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("review", help="abstained, blocked and down-voted calls (needs the admin right)"),
     )
 
-    e = sub.add_parser("eval", help="evals on your own cases against the running service")
-    e.add_argument("kind", choices=["ask"], help="ask: answer quality (see lmm/evals.py for the case format)")
-    e.add_argument("cases", type=Path, help="JSONL file, one case per line")
-    e.add_argument("--json", action="store_true", help="print the report as JSON")
-    _collection(e)
+    from services.cli import evals
+
+    evals.add_arguments(
+        sub.add_parser("eval", help="evals on your own cases against the running service (--baseline: a gate)"),
+        sub.add_parser("calibrate", help="fit a collection's confidence calibration (hits get confidence, no_match)"),
+        _collection,
+    )
     return p
 
 
@@ -236,6 +245,7 @@ def cmd_search(client: LoupeClient, args) -> int:
         "modalities": args.modality,
         "where": _where(args.where),
         "score_threshold": args.min_score,
+        "min_confidence": args.min_confidence,
         "collection": args.collection,
     }
     if args.query and not (args.image or args.id):
@@ -250,10 +260,14 @@ def cmd_search(client: LoupeClient, args) -> int:
         print("give a text query, --image FILE or --id ID", file=sys.stderr)
         return 2
     if args.json:
+        if result.no_match or not result.hits:  # one line that says so, not silence
+            print(json.dumps({"no_match": result.no_match, "hits": 0, "request_id": result.request_id}))
         for h in result.hits:
             record = {
                 "id": h.id,
                 "score": round(h.score, 4),
+                "confidence": None if h.confidence is None else round(h.confidence, 4),
+                "no_match": False,
                 "modality": h.item.modality,
                 "sources": h.item.sources,
                 "text": h.item.text,
@@ -269,10 +283,14 @@ def cmd_search(client: LoupeClient, args) -> int:
 
 
 def format_hits(result) -> str:
-    rows = [("#", "score", "modality", "id", "source / text")]
+    if result.no_match:
+        line = "no match: nothing in the collection is likely relevant (lower --min-confidence to see the nearest)"
+        return line + (f"\nrequest {result.request_id}" if result.request_id else "")
+    rows = [("#", "score", "confidence", "modality", "id", "source / text")]
     for rank, h in enumerate(result.hits, 1):
         where = _where_found(h.item)
-        rows.append((str(rank), f"{h.score:.4f}", h.item.modality, _short(h.id, 24), _short(where, 60)))
+        confidence = "-" if h.confidence is None else f"{h.confidence:.2f}"
+        rows.append((str(rank), f"{h.score:.4f}", confidence, h.item.modality, _short(h.id, 24), _short(where, 60)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     footer = f"{len(result.hits)} hit(s), model {result.model_id}"
@@ -282,6 +300,8 @@ def format_hits(result) -> str:
         footer += f", more with --offset {result.next_offset}"
     if result.query_truncated:
         footer += " (query was cut to the model's context length)"
+    if result.calibration:
+        footer += f"\nno confidence: {result.calibration}"
     return "\n".join(lines + [footer])
 
 
@@ -350,6 +370,8 @@ def cmd_status(client: LoupeClient, args) -> int:
     )
     for c in st.collections:
         print(f"  collection {c.name}: {c.count} item(s), {c.model_id} dim {c.dim}")
+        if c.calibration:
+            print(f"    {c.calibration}")
     return 0
 
 
@@ -415,7 +437,7 @@ def cmd_ask(client: LoupeClient, args) -> int:
     if args.json:
         print(json.dumps(MessageToDict(answer, preserving_proto_field_name=True)))
         return 0
-    verdict = qa_verdict(answer.verdict)
+    verdict = _evals().qa_verdict(answer.verdict)
     print(f"{verdict.upper()}: {answer.text}")
     for c in answer.cited:
         where = f" @ {clock(c.start_s)}-{clock(c.end_s)}" if c.HasField("start_s") else ""
@@ -430,52 +452,6 @@ def cmd_ask(client: LoupeClient, args) -> int:
     return 0 if verdict == "answered" else 1
 
 
-def cmd_eval(client: LoupeClient, args) -> int:
-    """`loupe eval ask CASES.jsonl`: every case through the service's Ask; a table, or JSON."""
-    from lmm.evals import format_table, load_cases, run_ask_eval
-
-    try:
-        cases = load_cases(args.cases)
-    except InvalidInput as exc:
-        print(f"error: {exc.reason}", file=sys.stderr)
-        return 2
-    report = run_ask_eval(cases, lambda case: ask_outcome(client, case, args.collection))
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(format_table(report))
-    t = report.totals()
-    return 1 if t["unsafe_passes"] or t["errors"] else 0
-
-
-def ask_outcome(client: LoupeClient, case, collection: str = ""):
-    """One eval case through the service's Ask, as an lmm.evals.AskOutcome."""
-    from lmm.evals import AskOutcome
-
-    r = case.retrieval
-    answer = client.ask(
-        case.question,
-        [p.read_bytes() for p in case.images],
-        k=int(r.get("k") or 0),
-        collection=r.get("collection") or collection,
-        where=r.get("where"),
-        mode=r.get("mode"),
-    )
-    return AskOutcome(
-        text=answer.text,
-        verdict=qa_verdict(answer.verdict),
-        citations=tuple(answer.citations),
-        guards=tuple((g.guard, g.passed, g.reason) for g in answer.guards),
-        timings=dict(answer.timings_s),
-    )
-
-
-def qa_verdict(value: int) -> str:
-    from protos.loupe.v1 import qa_pb2
-
-    return qa_pb2.AnswerVerdict.Name(value).removeprefix("ANSWER_VERDICT_").lower()
-
-
 COMMANDS = {
     "index": cmd_index,
     "ask": cmd_ask,
@@ -485,10 +461,17 @@ COMMANDS = {
     "usage": cmd_usage,
     "audit": cmd_audit,
     "transcribe": cmd_transcribe,
-    "eval": cmd_eval,
+    "eval": lambda client, args: _evals().cmd_eval(client, args),
+    "calibrate": lambda client, args: _evals().cmd_calibrate(client, args),
     "feedback": lambda client, args: _feedback().cmd_feedback(client, args),
     "review": lambda client, args: _feedback().cmd_review(client, args),
 }
+
+
+def _evals():
+    from services.cli import evals
+
+    return evals
 
 
 def _feedback():

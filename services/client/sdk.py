@@ -143,6 +143,8 @@ class Item:
 class Hit:
     item: Item
     score: float
+    # Probability (0..1) that the hit is relevant; None where the collection is not calibrated.
+    confidence: float | None = None
 
     @property
     def id(self) -> str:
@@ -157,6 +159,11 @@ class SearchResult:
     query_truncated: bool = False
     # The call's id in the service's logs (and for feedback).
     request_id: str = ""
+    # Calibrated collection and nothing reached the confidence floor: nothing matches.
+    no_match: bool = False
+    calibrated: bool = False
+    # Why the hits carry no confidence (when not calibrated).
+    calibration: str = ""
 
     def __iter__(self):
         return iter(self.hits)
@@ -214,9 +221,9 @@ class LoupeClient:
     def close(self) -> None:
         self.channel.close()
 
-    def _call(self, method, request):
+    def _call(self, method, request, timeout_s: float | None = None):
         try:
-            return method(request, timeout=self.timeout_s, metadata=self._metadata)
+            return method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise LoupeCallError(error) from None
 
@@ -280,6 +287,26 @@ class LoupeClient:
 
     def status(self) -> index_pb2.StatusResponse:
         return self._call(self._index.GetStatus, index_pb2.GetStatusRequest())
+
+    def calibrate(
+        self,
+        *,
+        collection: str = "",
+        cases: Iterable[tuple[str | bytes, Iterable[str]]] = (),
+        sample_items: int | None = None,
+    ) -> index_pb2.CalibrateResponse:
+        """Fit the collection's confidence calibration. `cases`: (query text or image bytes,
+        relevant ids) pairs; an empty id list marks a query nothing should match."""
+        request = index_pb2.CalibrateRequest(collection=collection)
+        for query, relevant in cases:
+            case = request.cases.add(relevant_ids=list(relevant))
+            if isinstance(query, bytes):
+                case.image = query
+            else:
+                case.text = query
+        if sample_items is not None:
+            request.sample_items = sample_items
+        return self._call(self._index.Calibrate, request, timeout_s=max(self.timeout_s, 600.0))
 
     def usage(self, *, client: str = "", since: str = "") -> list[admin_pb2.UsageRow]:
         """Usage rows per day, client, RPC and status code (needs the admin right)."""
@@ -380,6 +407,8 @@ def search_options(
     score_threshold: float | None = None,
     collection: str = "",
     mode: str = "dense",
+    min_confidence: float | None = None,
+    exact: bool = False,
 ) -> search_pb2.SearchOptions:
     opts = search_pb2.SearchOptions(
         collection=collection,
@@ -392,6 +421,9 @@ def search_options(
         opts.limit = limit
     if score_threshold is not None:
         opts.score_threshold = score_threshold
+    if min_confidence is not None:
+        opts.min_confidence = min_confidence
+    opts.exact = exact
     return opts
 
 
@@ -425,9 +457,15 @@ def _value(v: Any):
 
 def _result(response: search_pb2.SearchResponse) -> SearchResult:
     return SearchResult(
-        hits=[Hit(Item.from_proto(h.item), h.score) for h in response.hits],
+        hits=[
+            Hit(Item.from_proto(h.item), h.score, h.confidence if h.HasField("confidence") else None)
+            for h in response.hits
+        ],
         model_id=response.model_id,
         next_offset=response.next_offset,
         query_truncated=response.query_truncated,
         request_id=response.request_id,
+        no_match=response.no_match,
+        calibrated=response.calibrated,
+        calibration=response.calibration,
     )

@@ -220,7 +220,9 @@ class LoupeApi:
             text = self._text(case.text, self.limits.max_query_chars, f"{at}.text")
             return ProbeSpec("text", "case" if relevant else "case (negative)", relevant, text=text)
         if which == "image" and case.image:
-            return ProbeSpec("image", "case" if relevant else "case (negative)", relevant, image=case.image, sides=SIDES[:1])
+            return ProbeSpec(
+                "image", "case" if relevant else "case (negative)", relevant, image=case.image, sides=SIDES[:1]
+            )
         raise InvalidInput(f"{at}: set text or image (bytes)", field=f"{at}.query")
 
     async def _encode_probes(self, specs: list[ProbeSpec], chunk: int = 32) -> list[Probe]:

@@ -126,7 +126,9 @@ class IndexDeployment:
     async def calibration_pool(self, name: str, limit: int) -> list[dict]:
         return await asyncio.to_thread(self.worker.calibration_pool, name, limit)
 
-    async def calibrate(self, name: str, schema: CollectionSchema, probes: list, pool: list[dict], floor: float) -> dict:
+    async def calibrate(
+        self, name: str, schema: CollectionSchema, probes: list, pool: list[dict], floor: float
+    ) -> dict:
         return await asyncio.to_thread(self.worker.calibrate, name, schema, probes, pool, floor)
 
     async def calibration_notes(self, schema: CollectionSchema) -> dict[str, str]:
