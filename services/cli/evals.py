@@ -126,10 +126,15 @@ def _retrieval(client: LoupeClient, args) -> tuple[dict[str, dict[str, Any]], in
     if args.report:
         for path in write_report(report, args.report, title=f"Retrieval eval: {args.cases.name}"):
             print(f"wrote {path}", file=sys.stderr)
-    gated = {
-        g: {k: v for k, v in row.items() if k not in ("cases", "latency_ms")} for g, row in report.summary().items()
+    return gated_figures(report), 1 if report.errors() else 0
+
+
+def gated_figures(report) -> dict[str, dict[str, float]]:
+    """What a retrieval baseline compares: the quality figures per mode (not latency)."""
+    return {
+        mode: {k: v for k, v in row.items() if k not in ("cases", "latency_ms")}
+        for mode, row in report.summary().items()
     }
-    return gated, 1 if report.errors() else 0
 
 
 def retrieval_outcome(client: LoupeClient, case, mode: str, exact: bool, collection: str = ""):

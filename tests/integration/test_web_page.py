@@ -18,6 +18,7 @@ from encoders.clip.bundled.shapes import make_pairs
 from services.cli.launch import ServiceProcess
 from services.client import ImageInput, LoupeClient, TextInput
 from services.gateway.clients import hash_key, new_key
+from tests.fixtures import shapes_eval
 from tests.fixtures.scripted_vlm import ScriptedVlmServer
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def site(tmp_path_factory):
                 "id": "desk",
                 "keys": [{"sha256": hash_key(KEY)}],
                 "rights": ["search", "index", "ask"],
-                "collections": ["shapes"],
+                "collections": ["shapes", shapes_eval.COLLECTION],
             },
             {
                 "id": "globex",
@@ -77,6 +78,8 @@ def site(tmp_path_factory):
                 client.index_texts(
                     [TextInput(XSS_TEXT, id="xss-text", metadata={"note": XSS_TEXT})], collection="shapes"
                 )
+                shapes_eval.index_catalog(client)  # a calibrated collection: confidences, no match
+                client.calibrate(collection=shapes_eval.COLLECTION)
                 # A caption the model ranks its own image first for (the page must show the same).
                 found = [
                     i
@@ -151,6 +154,25 @@ def test_a_text_search_shows_the_expected_image_first_and_times_it(site, browser
     )
     print(f"time to first results (navigation start to results painted): {painted:.0f} ms")
     snap(browser, "search")
+
+
+def test_an_unrelated_query_says_no_match_and_can_show_the_nearest(site, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    use_key(browser, site)
+    browser.get(f"{site['svc'].web_url}?collection={shapes_eval.COLLECTION}&q=a+golden+retriever+puppy+in+the+snow")
+    line = wait(browser, lambda d: "No match" in d.find_element(By.ID, "search-state").text)
+    assert line and not browser.find_elements(By.CSS_SELECTOR, "#hits li.hit")
+    snap(browser, "no-match")
+    browser.find_element(By.ID, "show-all").click()
+    hits = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li.hit"))
+    assert len(hits) > 1 and all("% likely relevant" in h.text for h in hits)
+    # A query about what the collection holds is shown with its confidence, no "No match".
+    caption = shapes_eval.catalog()[1]["text"]
+    browser.get(f"{site['svc'].web_url}?collection={shapes_eval.COLLECTION}&q={caption.replace(' ', '+')}")
+    first = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li.hit"))[0]
+    assert "% likely relevant" in first.text and "No match" not in browser.find_element(By.ID, "search-state").text
+    snap(browser, "confidence")
 
 
 def test_a_pasted_image_finds_itself_first(site, browser) -> None:

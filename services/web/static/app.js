@@ -6,7 +6,7 @@
 const KEY = "loupe-api-key";
 const PAGE = 12;
 const $ = (id) => document.getElementById(id);
-const state = { offset: 0, lastSearch: null, uploads: [], collections: [] };
+const state = { offset: 0, lastSearch: null, uploads: [], collections: [], showAll: false };
 
 // -- small helpers -------------------------------------------------------------------------
 function el(tag, props = {}, ...children) {
@@ -175,6 +175,7 @@ function searchOptions() {
   };
   const where = $("where").value.trim();
   if (where) options.filter = parseWhere(where);
+  if (state.showAll) options.min_confidence = 0;  // "show the nearest anyway" after a no match
   return options;
 }
 
@@ -212,8 +213,9 @@ function renderHits(result) {
     if (item.thumbnail) {
       card.append(el("img", { src: `data:image/jpeg;base64,${item.thumbnail}`, alt: item.sources[0] || item.id }));
     }
+    const confidence = hit.confidence === undefined ? "" : ` · ${Math.round(hit.confidence * 100)}% likely relevant`;
     card.append(el("div", { class: "meta" }, el("span", { class: "score", text: hit.score.toFixed(4) }),
-      ` · ${modality} · `, el("span", { class: "source", text: item.sources.join(", ") || item.id })));
+      confidence, ` · ${modality} · `, el("span", { class: "source", text: item.sources.join(", ") || item.id })));
     if (modality === "audio_segment") {
       card.append(el("div", { class: "meta", text: `${clock(item.start_s)}–${clock(item.end_s)} of ${item.parent_id}` }));
     }
@@ -228,9 +230,19 @@ function renderHits(result) {
   }
   const datalist = clear($("fields"));
   for (const f of fields) datalist.append(el("option", { value: `${f}=` }));
-  $("search-state").textContent = result.hits.length
-    ? `${result.hits.length} result(s)${state.offset ? ` from ${state.offset + 1}` : ""}, model ${result.model_id}`
-    : "No results. Try other words, another mode, or fewer filters.";
+  const line = clear($("search-state"));
+  if (result.no_match) {
+    const nearest = el("button", { type: "button", id: "show-all", text: "Show the nearest anyway" });
+    nearest.addEventListener("click", () => {
+      state.showAll = true;
+      runSearch(state.lastSearch.kind, state.lastSearch.payload);
+    });
+    line.append("No match: nothing in this collection looks relevant to that. ", nearest);
+  } else {
+    line.textContent = result.hits.length
+      ? `${result.hits.length} result(s)${state.offset ? ` from ${state.offset + 1}` : ""}, model ${result.model_id}`
+      : "No results. Try other words, another mode, or fewer filters.";
+  }
   $("pager").hidden = !(result.next_offset || state.offset);
   $("prev").disabled = !state.offset;
   $("next").disabled = !result.next_offset;
@@ -352,6 +364,7 @@ async function searchByFile(files) {
   const image = files.find((f) => f.type.startsWith("image/"));
   if (!image) { $("search-state").textContent = "That is not an image file."; return; }
   state.offset = 0;
+  state.showAll = false;
   await runSearch("image", await readFile(image));
 }
 
@@ -372,6 +385,7 @@ function start() {
     const q = $("q").value.trim();
     if (!q) { $("search-state").textContent = "Type something to search for, or use an image."; return; }
     state.offset = 0;
+    state.showAll = false;
     runSearch("text", q);
   });
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); runSearch(state.lastSearch.kind, state.lastSearch.payload); });
