@@ -10,6 +10,7 @@ and reason; a question about a call cites the transcript segment with its time r
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.fixtures.scripted_vlm import CASES, INVENTED_CODE, OBEDIENT, Scripted
 pytestmark = pytest.mark.slow
 
 SHOTS = Path(__file__).resolve().parents[1] / "fixtures" / "screenshots"
+EVALS = Path(__file__).resolve().parents[1] / "fixtures" / "evals"
 AUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 QUESTIONS = [
     (name, q)
@@ -45,7 +47,9 @@ def scripted(tmp_path_factory):
             yield vlm, proc, root
 
 
-def run_eval(scripted, behaviour: str, cases: list[dict]) -> dict:
+def run_eval(scripted, behaviour: str, cases: list[dict], gate: Path | None = None) -> dict:
+    """`loupe eval ask` on `cases`; with `gate`, against that committed baseline (exit 1 on a
+    drop), or rewriting it when LOUPE_WRITE_BASELINES=1 (after a deliberate change)."""
     vlm, proc, root = scripted
     vlm.behaviour = behaviour
     path = root / f"{behaviour}.jsonl"
@@ -63,12 +67,17 @@ def run_eval(scripted, behaviour: str, cases: list[dict]) -> dict:
             "ask",
             str(path),
             "--json",
+            *(
+                ()
+                if gate is None
+                else ("--write-baseline" if os.environ.get("LOUPE_WRITE_BASELINES") else "--baseline", str(gate))
+            ),
         ],
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert done.returncode in (0, 1), done.stderr
+    assert done.returncode in ((0,) if gate else (0, 1)), done.stderr
     report = json.loads(done.stdout)
     for case in report["cases"]:
         if case["verdict"] == "abstained":
@@ -84,7 +93,10 @@ def case(name: str, q: dict, **fields) -> dict:
 @pytest.mark.parametrize("behaviour", ["correct_cited", "correct_uncited", "wrong_id"])
 def test_correct_drafts_are_answered(scripted, behaviour):
     report = run_eval(
-        scripted, behaviour, [case(n, q, must_contain=q["expect"], expected_verdict="answered") for n, q in QUESTIONS]
+        scripted,
+        behaviour,
+        [case(n, q, must_contain=q["expect"], expected_verdict="answered") for n, q in QUESTIONS],
+        gate=EVALS / f"ask_{behaviour}_baseline.json",
     )
     t = report["totals"]
     assert t["contains_expected"] >= 0.95 and t["false_abstention_rate"] <= 0.05, t
