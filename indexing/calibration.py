@@ -26,6 +26,7 @@ a collection whose active vector is another model's is treated as uncalibrated.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import math
@@ -33,17 +34,19 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from indexing.query import Found
+from indexing.ranking import rank_key
 from indexing.types import Condition, Filter, Modality, SearchMode
 
 if TYPE_CHECKING:
     from encoders.text.keywords import SparseVector
     from indexing.index import Index
-    from indexing.query import Found, SearchQuery
+    from indexing.query import SearchQuery
     from indexing.types import CollectionSchema
 
 INFO_KEY = "calibration"
@@ -255,8 +258,6 @@ def probe_specs(
     - a text item's or transcript chunk's text with a quarter of its words dropped -> the same;
     - an image's OCR text, words dropped, keyword side only -> the image;
     - an image's thumbnail -> the image, and the text items holding its caption."""
-    import base64
-
     rng = random.Random(seed)
     owners: dict[str, set[str]] = defaultdict(set)  # text -> ids that carry it
     for p in pool:
@@ -541,11 +542,6 @@ def confident_search(index: Index, cal: Calibration, query: SearchQuery, vector_
     stay consistent. Hybrid mode: the fused page is read as usual, each hit's dense and keyword
     scores are read back for its confidence, and hits under the floor are dropped (the page may
     hold fewer than `limit` hits; `more` still says whether the fused ranking goes on)."""
-    from dataclasses import replace
-
-    from indexing.query import Found
-    from indexing.ranking import rank_key
-
     kind, floor, limit = query.kind, query.min_confidence, query.limit
     probe = query.page_probe()
     if query.mode == SearchMode.HYBRID.value:

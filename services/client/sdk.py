@@ -297,15 +297,7 @@ class LoupeClient:
     ) -> index_pb2.CalibrateResponse:
         """Fit the collection's confidence calibration. `cases`: (query text or image bytes,
         relevant ids) pairs; an empty id list marks a query nothing should match."""
-        request = index_pb2.CalibrateRequest(collection=collection)
-        for query, relevant in cases:
-            case = request.cases.add(relevant_ids=list(relevant))
-            if isinstance(query, bytes):
-                case.image = query
-            else:
-                case.text = query
-        if sample_items is not None:
-            request.sample_items = sample_items
+        request = calibrate_request(collection, cases, sample_items)
         return self._call(self._index.Calibrate, request, timeout_s=max(self.timeout_s, 600.0))
 
     def usage(self, *, client: str = "", since: str = "") -> list[admin_pb2.UsageRow]:
@@ -425,6 +417,21 @@ def search_options(
         opts.min_confidence = min_confidence
     opts.exact = exact
     return opts
+
+
+def calibrate_request(
+    collection: str = "", cases: Iterable[tuple[str | bytes, Iterable[str]]] = (), sample_items: int | None = None
+) -> index_pb2.CalibrateRequest:
+    request = index_pb2.CalibrateRequest(collection=collection)
+    for query, relevant in cases:
+        case = request.cases.add(relevant_ids=list(relevant))
+        if isinstance(query, bytes):
+            case.image = query
+        else:
+            case.text = query
+    if sample_items is not None:
+        request.sample_items = sample_items
+    return request
 
 
 def build_filter(where: Mapping[str, Any]) -> common_pb2.Filter:
