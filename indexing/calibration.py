@@ -528,6 +528,7 @@ class Calibrations:
 
     def store(self, name: str, cal: Calibration) -> None:
         self.index.store.update_info(name, {INFO_KEY: cal.to_json()})
+        self.index.mark_changed(name)  # searches now drop hits: answers cached before are stale
         self._cache[name] = (time.monotonic(), cal)
 
     def forget(self, name: str) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -67,6 +68,8 @@ __all__ = ["HYBRID_CANDIDATES", "Index", "NewItem", "SearchMode"]
 # Info-blob key prefix under which user metadata field types are recorded, one key per
 # field so concurrent writers recording different fields cannot overwrite each other.
 _FIELD_PREFIX = "field:"
+# Collection info key that changes with every write (`Index.write_token`).
+WRITE_TOKEN = "write_token"
 _MAX_LISTED = 10
 # Items each ranking contributes to a hybrid search (at least offset + limit).
 HYBRID_CANDIDATES = 100
@@ -205,6 +208,7 @@ class Index(ReembedMethods):
             # is harmless, rather than values no filter may name.
             self._record_fields(name, [item.metadata for item in items])
             self._store.upsert(name, list(merged.values()))
+            self.mark_changed(name)
             if any(created for _, created in results):
                 stale = [s.vector_name for s in specs if s.complete and s.vector_name in others]
                 if stale:
@@ -240,6 +244,7 @@ class Index(ReembedMethods):
             )
             n_children = self._store.delete_by_filter(name, children)
             self._store.delete(name, list(pids))
+            self.mark_changed(name)
         return len(wanted) + n_children
 
     def delete_children(self, name: str, parent_id: str) -> int:
@@ -250,7 +255,9 @@ class Index(ReembedMethods):
         if not isinstance(parent_id, str) or not parent_id:
             raise InvalidInput("parent_id must be a non-empty string", field="parent_id")
         with self._write_lock:
-            return self._store.delete_by_filter(name, Filter(must=(Condition(key="parent_id", equals=parent_id),)))
+            deleted = self._store.delete_by_filter(name, Filter(must=(Condition(key="parent_id", equals=parent_id),)))
+            self.mark_changed(name)
+            return deleted
 
     def delete_where(self, name: str, filter: Filter) -> int:
         """Delete every item matching `filter` (a resolved one); return how many."""
@@ -259,7 +266,21 @@ class Index(ReembedMethods):
             # Almost always a client bug; deleting a whole collection deserves its own call.
             raise InvalidInput("refusing to delete with an empty filter (it matches everything)", field="filter")
         with self._write_lock:
-            return self._store.delete_by_filter(name, filter)
+            deleted = self._store.delete_by_filter(name, filter)
+            self.mark_changed(name)
+            return deleted
+
+    def write_token(self, name: str) -> str:
+        """Changes with every write to `name` (upsert, delete, re-embedding), from any process
+        that writes through an Index (the service, `loupe index --batch`): what cached answers
+        that read the collection are tied to. "" for a missing collection."""
+        if self._store.get_schema(name) is None:
+            return ""
+        return str(self._store.get_info(name).get(WRITE_TOKEN, ""))
+
+    def mark_changed(self, name: str) -> None:
+        """A new write token for `name` (every write calls it; so does a new calibration)."""
+        self._store.update_info(name, {WRITE_TOKEN: uuid.uuid4().hex})
 
     # -- reading ---------------------------------------------------------------------------
 

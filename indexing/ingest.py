@@ -33,6 +33,9 @@ VECTOR_NAME = "clip"
 __all__ = ["VECTOR_NAME", "TextReader", "image_item", "recording_items", "store_recording", "text_item"]
 
 
+_ENGINE_PACKAGES = {"rapidocr": "rapidocr-onnxruntime", "tesseract": "pytesseract"}
+
+
 class TextReader:
     """The OCR gate: text of screenshots and documents ("auto"), of every image ("always"), or
     none ("never"). The engine loads on the first image that needs it."""
@@ -44,6 +47,7 @@ class TextReader:
             raise InvalidInput(f"OCR mode {mode!r} is not one of auto, always, never", field="ocr.mode")
         self.mode, self.engine_name, self.threads = mode, engine, threads
         self._engine = None
+        self._identity = ""
         self._lock = threading.Lock()
 
     def load(self) -> TextReader:
@@ -57,6 +61,26 @@ class TextReader:
                     options = OcrOptions(**({"engine": engine} if engine else {}), threads=self.threads)
                     self._engine = create_ocr(engine, options).load()
         return self
+
+    @property
+    def identity(self) -> str:
+        """What the text read depends on besides the pixels: the mode, the engine, its package
+        and Loupe's own version (reading order and repairs are Loupe's): a cache key part."""
+        if self._identity:
+            return self._identity
+        self.load()
+        if self._engine is None:
+            return "never"
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = []
+        for package in (_ENGINE_PACKAGES.get(self._engine.name, ""), "loupe"):
+            try:
+                versions.append(version(package) if package else "")
+            except PackageNotFoundError:
+                versions.append("dev")
+        self._identity = f"{self.mode}:{self._engine.model_id}:{':'.join(versions)}"
+        return self._identity
 
     def read(self, image: Image.Image) -> str:
         if self.mode == "never":

@@ -58,12 +58,14 @@ class ReembedMethods:
         self.schema(name)
         with self._write_lock:
             self._vectors.switch(name, vector_name)
+            self.mark_changed(name)
 
     def drop_vector(self, name: str, vector_name: str) -> None:
         """Delete a vector that is not the active one, values included."""
         self.schema(name)
         with self._write_lock:
             self._vectors.drop(name, vector_name)
+            self.mark_changed(name)
 
     def missing_vector(
         self, name: str, vector_name: str, limit: int, after: str | None = None
@@ -152,6 +154,7 @@ class ReembedMethods:
             if changed:
                 self._record_fields(name, [metadata for (_, _, metadata), done in zip(updates, results) if done])
                 self._store.overwrite_payloads(name, changed)
+                self.mark_changed(name)
         return results
 
 

@@ -214,6 +214,28 @@ class FeedbackSettings(BaseModel):
     upload_keep_hours: float = Field(default=24, ge=0)
 
 
+class CacheEntrySettings(BaseModel):
+    enabled: bool = True
+    # Entries kept per process (in-process backend); with Redis, bound the server's memory.
+    max_entries: int = Field(default=10000, ge=1)
+    ttl_s: float = Field(default=86400, gt=0)
+
+
+class CacheSettings(BaseModel):
+    """Exact caches (services/cache.py). Off: `enabled: false`, or one cache's `enabled`."""
+
+    enabled: bool = True
+    # redis://host:port/db: shared by every replica and kept across restarts; None: in-process.
+    redis_url: str | None = None
+    redis_prefix: str = "loupe:"
+    embeddings: CacheEntrySettings = Field(default_factory=lambda: CacheEntrySettings(max_entries=20000))
+    ocr: CacheEntrySettings = Field(default_factory=lambda: CacheEntrySettings(max_entries=5000, ttl_s=7 * 86400))
+    transcripts: CacheEntrySettings = Field(
+        default_factory=lambda: CacheEntrySettings(max_entries=200, ttl_s=7 * 86400)
+    )
+    answers: CacheEntrySettings = Field(default_factory=lambda: CacheEntrySettings(max_entries=2000, ttl_s=3600))
+
+
 class CalibrationSettings(BaseModel):
     """Confidence calibration per collection (indexing.calibration, `loupe calibrate`)."""
 
@@ -290,6 +312,7 @@ class LoupeSettings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @classmethod
     def settings_customise_sources(

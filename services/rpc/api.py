@@ -16,6 +16,7 @@ from encoders.common.errors import BatchInvalid, InvalidInput
 from encoders.text.chunking import timed_texts
 from encoders.text.keywords import query_vector
 from indexing.calibration import SIDES, Calibration, Probe, ProbeSpec, probe_specs
+from indexing.ids import item_key
 from indexing.index import NewItem
 from indexing.ingest import image_item, text_item
 from indexing.negatives import out_of_domain_images, out_of_domain_texts
@@ -23,9 +24,11 @@ from indexing.query import ASK_MODE, DEFAULT_LIMIT, SearchQuery
 from indexing.recordings import recording_items
 from indexing.types import SearchMode
 from protos.loupe.v1 import audio_pb2, common_pb2, index_pb2, qa_pb2, search_pb2
+from services.cache import open_cache
 from services.config import LoupeSettings
 from services.rpc import convert
 from services.rpc.faces import AnswererFace, EncoderFace, IndexFace, TranscriberFace
+from services.serve import requests
 from services.serve.workers import EncodedImage, EncoderInfo
 
 
@@ -46,6 +49,9 @@ class LoupeApi:
         self.transcriber = transcriber
         self.answerer = answerer
         self._info: EncoderInfo | None = None
+        self.embeddings = open_cache(settings, "embeddings")
+        self.transcripts = open_cache(settings, "transcripts")
+        self.answers = open_cache(settings, "answers")
 
     async def info(self) -> EncoderInfo:
         if self._info is None:
@@ -63,17 +69,23 @@ class LoupeApi:
             except InvalidInput as exc:
                 problems.append(exc)
         _raise_all(problems)
-        encoded = await self.encoder.encode_images([it.data for it in req.items])
-        for i, result in enumerate(encoded):
+        fresh, stored = await self._not_stored(name, prepared)
+        encoded = await self.encoder.encode_images([req.items[i].data for i in fresh]) if fresh else []
+        for i, result in zip(fresh, encoded):
             if isinstance(result, InvalidInput):
                 problems.append(InvalidInput(f"items[{i}]: {result.reason}", field=f"items[{i}].data"))
         _raise_all(problems)
         items = [
-            image_item(**{**p, "text": e.text}, vector=e.vector, width=e.width, height=e.height, thumbnail=e.thumbnail)
-            for p, e in zip(prepared, encoded)
-            if isinstance(e, EncodedImage)
+            image_item(
+                **{**prepared[i], "text": e.text},
+                vector=e.vector,
+                width=e.width,
+                height=e.height,
+                thumbnail=e.thumbnail,
+            )
+            for i, e in zip(fresh, encoded)
         ]
-        return await self._store(name, items)
+        return await self._store(name, prepared, fresh, items)
 
     async def index_texts(self, req: index_pb2.IndexTextsRequest) -> index_pb2.IndexResponse:
         name = convert.collection_name(req.collection)
@@ -86,9 +98,10 @@ class LoupeApi:
             except InvalidInput as exc:
                 problems.append(exc)
         _raise_all(problems)
-        embedded = await self.encoder.encode_texts([p["text"] for p in prepared])
-        items = [text_item(**p, vector=v) for p, v in zip(prepared, embedded.vectors)]
-        return await self._store(name, items)
+        fresh, _ = await self._not_stored(name, prepared)
+        embedded = await self.encoder.encode_texts([prepared[i]["text"] for i in fresh]) if fresh else None
+        items = [text_item(**prepared[i], vector=v) for i, v in zip(fresh, embedded.vectors if embedded else [])]
+        return await self._store(name, prepared, fresh, items)
 
     async def index_audio(self, req: index_pb2.IndexAudioRequest) -> index_pb2.IndexAudioResponse:
         name = convert.collection_name(req.collection)
@@ -98,7 +111,7 @@ class LoupeApi:
         p = self._prepare(req, None, content=req.data, text=None, prefix="")
         # Transcription costs seconds: refuse a wrong-model collection before it, not after.
         await self.index.check_model(name, (await self.info()).schema())
-        transcript = await transcriber.transcribe(req.data, convert.language(req.language))
+        transcript = await self._transcript(transcriber, req.data, convert.language(req.language))
         embedded = await self.encoder.embed_transcript(
             timed_texts(transcript.segments), self.settings.transcriber.chunk_overlap_tokens
         )
@@ -126,6 +139,21 @@ class LoupeApi:
             collection=name,
             transcript_controls=convert.transcript_controls(t.controls),
         )
+
+    async def _transcript(self, transcriber: TranscriberFace, data: bytes, language: str | None):
+        """The transcript of these bytes by this transcriber model and settings (cached)."""
+        parts = (
+            data,
+            await transcriber.model_id(),
+            language,
+            self.settings.transcriber.model_dump(mode="json"),
+            self.settings.limits.audio_limits().__dict__,
+        )
+        found = self.transcripts.get(*parts)
+        if found is None:
+            found = await transcriber.transcribe(data, language)
+            self.transcripts.put(found, *parts)
+        return found
 
     async def get_item(self, req: index_pb2.GetItemRequest) -> common_pb2.Item:
         name = convert.collection_name(req.collection)
@@ -257,19 +285,36 @@ class LoupeApi:
         keywords = query_vector(text) if query.needs_keywords else None
         if not query.needs_vector:
             return await self._search(query.with_vectors(keywords=keywords), req.options.with_thumbnails)
-        embedded = await self.encoder.encode_texts([text])
-        response = await self._search(query.with_vectors(embedded.vectors[0], keywords), req.options.with_thumbnails)
-        response.query_truncated = embedded.truncated[0]
+        vector, truncated = await self._text_vector(text)
+        response = await self._search(query.with_vectors(vector, keywords), req.options.with_thumbnails)
+        response.query_truncated = truncated
         return response
+
+    async def _text_vector(self, text: str) -> tuple[object, bool]:
+        """The query's CLIP vector and whether it was cut, cached per model version."""
+        info = await self.info()
+        parts = ("text", info.model_id, info.model_version, " ".join(text.split()))
+        found = self.embeddings.get(*parts)
+        if found is None:
+            embedded = await self.encoder.encode_texts([text])
+            found = (embedded.vectors[0], bool(embedded.truncated[0]))
+            self.embeddings.put(found, *parts)
+        return found
 
     async def search_image(self, req: search_pb2.SearchImageRequest) -> search_pb2.SearchResponse:
         query = self._query(req.options, SearchMode.DENSE.value, kind="image")
         which = req.WhichOneof("query")
         if which == "image":
-            (result,) = await self.encoder.encode_images([req.image])
-            if isinstance(result, InvalidInput):
-                raise InvalidInput(result.reason, field="image")
-            return await self._search(query.with_vectors(result.vector), req.options.with_thumbnails)
+            info = await self.info()
+            parts = ("image", info.model_id, info.model_version, req.image)
+            vector = self.embeddings.get(*parts)
+            if vector is None:  # only images that decoded are cached: a bad one is refused each time
+                (result,) = await self.encoder.encode_images([req.image])
+                if isinstance(result, InvalidInput):
+                    raise InvalidInput(result.reason, field="image")
+                vector = result.vector
+                self.embeddings.put(vector, *parts)
+            return await self._search(query.with_vectors(vector), req.options.with_thumbnails)
         if which == "id" and req.id:
             # The Index looks the item's vector up itself: one round trip, not two.
             return await self._search(replace(query, like_id=req.id), req.options.with_thumbnails)
@@ -309,8 +354,40 @@ class LoupeApi:
             conditions=convert.conditions(r.filter, "retrieval.filter"),
             mode=convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else ASK_MODE,
         )
+        parts = await self._answer_key(req, retrieval, reveal_retrieved) if self.answers.enabled else None
+        if parts is not None and (hit := self.answers.get(*parts)) is not None:
+            response = qa_pb2.AskResponse.FromString(hit["response"])
+            response.cached, response.cached_request_id = True, hit["request_id"]
+            response.tokens_in = response.tokens_out = 0  # no model ran: nothing to count
+            return response
         answer = await self.answerer.ask(req.question, list(req.images), r.k, retrieval, reveal_retrieved)
-        return convert.answer(answer)
+        response = convert.answer(answer)
+        # Only answers: an abstention may come of a model endpoint's bad moment.
+        if parts is not None and response.verdict == qa_pb2.ANSWER_VERDICT_ANSWERED:
+            self.answers.put({"response": response.SerializeToString(), "request_id": requests.current()}, *parts)
+        return response
+
+    async def _answer_key(self, req: qa_pb2.AskRequest, retrieval: SearchQuery, reveal_retrieved: bool) -> tuple:
+        """Everything an answer depends on: the uploads, the question (whitespace-normalised),
+        the retrieval and the state of the collection it reads (its write token), who may see
+        personal data, the CLIP model, and the Answerer's VLM, prompt and guard settings."""
+        info = await self.info()
+        k = req.retrieval.k
+        token = await self.index.write_token(retrieval.collection) if k > 0 else ""
+        return (
+            "ask",
+            [hashlib.sha256(image).hexdigest() for image in req.images],
+            " ".join(req.question.split()),
+            k,
+            retrieval.collection if k > 0 else "",
+            repr(retrieval.conditions),
+            retrieval.mode,
+            token,
+            reveal_retrieved,
+            info.model_id,
+            info.model_version,
+            await self.answerer.identity(),
+        )
 
     # -- AudioService -----------------------------------------------------------------------
     async def transcribe(self, req: audio_pb2.TranscribeRequest, stream):
@@ -390,12 +467,37 @@ class LoupeApi:
             "metadata": convert.metadata(it.metadata, self.limits, f"{prefix}metadata"),
         }
 
-    async def _store(self, name: str, items: list[NewItem]) -> index_pb2.IndexResponse:
+    async def _not_stored(self, name: str, prepared: list[dict]) -> tuple[list[int], set[str]]:
+        """(positions of the items to decode and encode, keys of those already stored with the
+        same content by this model version): stored content is not processed again."""
+        keyed = [(item_key(p["public_id"], p["sha256"]), p["sha256"]) for p in prepared]
+        stored = set(await self.index.stored_content(name, (await self.info()).schema(), keyed))
+        return [i for i, (key, _) in enumerate(keyed) if key not in stored], stored
+
+    async def _store(
+        self, name: str, prepared: list[dict], fresh: list[int], items: list[NewItem]
+    ) -> index_pb2.IndexResponse:
+        """Write the fresh items, merge sources and metadata into the reused ones; the
+        response in request order."""
         info = await self.info()
-        stored = await self.index.add(name, info.schema(), items)
+        written = dict(zip(fresh, await self.index.add(name, info.schema(), items))) if items else {}
+        reused = [i for i in range(len(prepared)) if i not in written]
+        if reused:
+            updates = [
+                (
+                    item_key(prepared[i]["public_id"], prepared[i]["sha256"]),
+                    prepared[i]["source"],
+                    prepared[i]["metadata"],
+                )
+                for i in reused
+            ]
+            await self.index.merge(name, updates)
         response = index_pb2.IndexResponse(model_id=info.model_id, collection=name)
-        for public_id, created in stored:
-            response.items.add(id=public_id, created=created)
+        for i, p in enumerate(prepared):
+            if i in written:
+                response.items.add(id=written[i][0], created=written[i][1])
+            else:
+                response.items.add(id=item_key(p["public_id"], p["sha256"]), created=False, reused=True)
         return response
 
     async def healthy(self) -> bool:

@@ -58,6 +58,16 @@ class AnswerWorker:
         self.min_confidence = settings.calibration.min_confidence
         self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
         template = load_prompt(a.prompt)
+        # Everything besides the request that an answer depends on: a cached answer is keyed by it.
+        self._identity = {
+            "vlm": self.vlm.model_id,
+            "prompt": template.version,
+            "prompt_digest": template.digest,
+            "ask": a.model_dump(mode="json"),
+            "ocr": settings.ocr.model_dump(mode="json"),
+            "min_confidence": settings.calibration.min_confidence,
+            "limits": [settings.limits.image_max_bytes, settings.limits.image_max_pixels],
+        }
         options = AskOptions(
             max_images=a.max_images,
             max_question_chars=a.max_question_chars,
@@ -103,6 +113,9 @@ class AnswerWorker:
     @property
     def model_id(self) -> str:
         return self.vlm.model_id
+
+    def identity(self) -> dict:
+        return self._identity
 
     async def ask(
         self, question: str, images: list[bytes], k: int, retrieval: SearchQuery, reveal_retrieved: bool = False

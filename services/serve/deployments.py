@@ -116,6 +116,16 @@ class IndexDeployment:
     async def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
         return await asyncio.to_thread(self.worker.add_recording, name, schema, recording, segments)
 
+    async def stored_content(self, name: str, schema: CollectionSchema, keyed: list) -> dict[str, dict]:
+        return await asyncio.to_thread(self.worker.stored_content, name, schema, keyed)
+
+    async def merge(self, name: str, updates: list) -> list[bool]:
+        with metrics.step("store"):
+            return await asyncio.to_thread(self.worker.merge, name, updates)
+
+    async def write_token(self, name: str) -> str:
+        return await asyncio.to_thread(self.worker.write_token, name)
+
     async def check_model(self, name: str, schema: CollectionSchema) -> None:
         return await asyncio.to_thread(self.worker.check_model, name, schema)
 
@@ -188,6 +198,9 @@ class AnswererDeployment:
 
     def model_id(self) -> str:
         return self.worker.model_id
+
+    def identity(self) -> dict:
+        return self.worker.identity()
 
     async def ask(self, question: str, images: list[bytes], k: int, retrieval: dict, reveal_retrieved: bool = False):
         return await self.worker.ask(question, images, k, retrieval, reveal_retrieved)

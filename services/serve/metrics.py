@@ -54,6 +54,7 @@ GUARD_FAILURES = Counter(
 VLM_TOKENS = Counter(
     "loupe_vlm_tokens_total", "VLM tokens by direction (prompt, generated) and model", ["direction", "model"]
 )
+CACHE_REQUESTS = Counter("loupe_cache_requests_total", "Exact cache lookups by cache and result", ["cache", "result"])
 COLLECTION_POINTS = Gauge(
     "loupe_collection_points", "Points stored per collection", ["collection"], multiprocess_mode="livemax"
 )

@@ -24,6 +24,7 @@ from indexing.ingest import VECTOR_NAME, TextReader, store_recording
 from indexing.query import Found, SearchQuery
 from indexing.store.optimizer import Optimizer
 from indexing.types import CollectionSchema
+from services.cache import open_cache
 from services.config import LoupeSettings
 
 
@@ -59,6 +60,7 @@ class EncoderWorker:
         self.clip = ClipEncoder(settings.clip_options()).load()
         self.image_limits = settings.limits.image_limits()
         self.text_reader = TextReader(settings.ocr.mode, settings.ocr.engine, settings.ocr.threads).load()
+        self.ocr_cache = open_cache(settings, "ocr")
         self._info = EncoderInfo(
             self.clip.model_id, self.clip.model_version, self.clip.dim, self.clip.context_length, settings.profile
         )
@@ -80,8 +82,17 @@ class EncoderWorker:
             images.append(decoded.image)
         vectors = self.clip.encode_images(images) if images else []
         for (i, width, height), vector, image in zip(good, vectors, images):
-            results[i] = EncodedImage(vector, width, height, self.text_reader.read(image), thumbnail(image))
+            results[i] = EncodedImage(vector, width, height, self._read(blobs[i], image), thumbnail(image))
         return results
+
+    def _read(self, blob: bytes, image) -> str:
+        """The image's OCR text, cached by its bytes and the reader's identity."""
+        parts = ("ocr", blob, self.text_reader.identity)
+        text = self.ocr_cache.get(*parts)
+        if text is None:
+            text = self.text_reader.read(image)
+            self.ocr_cache.put(text, *parts)
+        return text
 
     def encode_texts(self, texts: list[str]) -> TextEmbedding:
         return self.clip.encode_texts(texts)
@@ -194,6 +205,21 @@ class IndexWorker:
         stored = self.index.upsert(name, items, schema)
         self.optimizer.wrote(name, sum(created for _, created in stored))
         return stored
+
+    def stored_content(self, name: str, schema: CollectionSchema, keyed: list[tuple[str, str]]) -> dict[str, dict]:
+        """Key -> stored payload, for the (key, sha256) pairs already stored with that content
+        and a vector of `schema`'s model version: what need not be decoded or encoded again."""
+        if self.index.store.get_schema(name) is None:
+            return {}
+        found = self.index.encoded(name, list(dict.fromkeys(k for k, _ in keyed)), schema)
+        return {k: found[k] for k, sha in keyed if k in found and found[k].get("sha256") == sha}
+
+    def merge(self, name: str, updates: list[tuple[str, str | None, dict]]) -> list[bool]:
+        """Sources and metadata merged into stored items, vectors untouched."""
+        return self.index.merge_payloads(name, updates)
+
+    def write_token(self, name: str) -> str:
+        return self.index.write_token(name)
 
     def check_model(self, name: str, schema: CollectionSchema) -> None:
         """ModelMismatch if `name` exists and none of its vectors was built by this model (a

@@ -40,7 +40,14 @@ RULE = "Answer only from the attached images"
 def scripted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ask-scripted")
     with ScriptedVlmServer() as vlm:
-        env = {"LOUPE_ASK__BACKEND": "openai", "LOUPE_ASK__BASE_URL": vlm.url, "LOUPE_ASK__MODEL": "scripted-vlm"}
+        env = {
+            "LOUPE_ASK__BACKEND": "openai",
+            "LOUPE_ASK__BASE_URL": vlm.url,
+            "LOUPE_ASK__MODEL": "scripted-vlm",
+            # The scripted model changes behaviour under one model id, which no real one does:
+            # a cached answer of the last behaviour would be the right answer to the wrong test.
+            "LOUPE_CACHE__ANSWERS__ENABLED": "false",
+        }
         with ServiceProcess(
             ["--bundled-models", "--data-dir", str(root / "data")], log_path=root / "serve.log", env=env
         ) as proc:

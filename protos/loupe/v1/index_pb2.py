@@ -28,7 +28,7 @@ from protos.loupe.v1 import audio_pb2 as loupe_dot_v1_dot_audio__pb2
 from protos.loupe.v1 import common_pb2 as loupe_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loupe/v1/index.proto\x12\x08loupe.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14loupe/v1/audio.proto\x1a\x15loupe/v1/common.proto\"`\n\tImageItem\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x12IndexImagesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\"\n\x05items\x18\x02 \x03(\x0b\x32\x13.loupe.v1.ImageItem\"_\n\x08TextItem\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x11IndexTextsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.loupe.v1.TextItem\"*\n\x0bIndexedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"o\n\rIndexResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.loupe.v1.IndexedItem\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"H\n\x0eGetItemRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x16\n\x0ewith_thumbnail\x18\x03 \x01(\x08\"\x15\n\x06IdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"t\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x01(\x0b\x32\x10.loupe.v1.IdListH\x00\x12\"\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.loupe.v1.FilterH\x00\x42\n\n\x08selector\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"l\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x10.loupe.v1.Filter\x12&\n\nmodalities\x18\x03 \x03(\x0e\x32\x12.loupe.v1.Modality\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"z\n\x10\x43ollectionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x13\n\x0b\x63\x61libration\x18\x06 \x01(\t\"Q\n\x0f\x43\x61librationCase\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0crelevant_ids\x18\x03 \x03(\tB\x07\n\x05query\"|\n\x10\x43\x61librateRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12(\n\x05\x63\x61ses\x18\x02 \x03(\x0b\x32\x19.loupe.v1.CalibrationCase\x12\x19\n\x0csample_items\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_sample_items\"\xb0\x01\n\x11\x43\x61librateResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x11\n\tpositives\x18\x04 \x01(\x03\x12\x11\n\tnegatives\x18\x05 \x01(\x03\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x13\n\x0breport_json\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\xa3\x01\n\x0eStatusResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x15\n\rstore_backend\x18\x04 \x01(\t\x12/\n\x0b\x63ollections\x18\x05 \x03(\x0b\x32\x1a.loupe.v1.CollectionStatus\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x8e\x01\n\x11IndexAudioRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08language\x18\x06 \x01(\t\"\x9f\x02\n\x12IndexAudioResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x1c\n\x14language_probability\x18\x05 \x01(\x02\x12\x15\n\rsegment_count\x18\x06 \x01(\x05\x12\x10\n\x08model_id\x18\x07 \x01(\t\x12\x1c\n\x14transcriber_model_id\x18\x08 \x01(\t\x12\x12\n\ncollection\x18\t \x01(\t\x12\x39\n\x13transcript_controls\x18\n \x01(\x0b\x32\x1c.loupe.v1.TranscriptControls\x12\x12\n\nrequest_id\x18\x0b \x01(\t2\x96\x04\n\x0cIndexService\x12\x44\n\x0bIndexImages\x12\x1c.loupe.v1.IndexImagesRequest\x1a\x17.loupe.v1.IndexResponse\x12\x42\n\nIndexTexts\x12\x1b.loupe.v1.IndexTextsRequest\x1a\x17.loupe.v1.IndexResponse\x12G\n\nIndexAudio\x12\x1b.loupe.v1.IndexAudioRequest\x1a\x1c.loupe.v1.IndexAudioResponse\x12\x33\n\x07GetItem\x12\x18.loupe.v1.GetItemRequest\x1a\x0e.loupe.v1.Item\x12;\n\x06\x44\x65lete\x12\x17.loupe.v1.DeleteRequest\x1a\x18.loupe.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.loupe.v1.CountRequest\x1a\x17.loupe.v1.CountResponse\x12\x41\n\tGetStatus\x12\x1a.loupe.v1.GetStatusRequest\x1a\x18.loupe.v1.StatusResponse\x12\x44\n\tCalibrate\x12\x1a.loupe.v1.CalibrateRequest\x1a\x1b.loupe.v1.CalibrateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loupe/v1/index.proto\x12\x08loupe.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14loupe/v1/audio.proto\x1a\x15loupe/v1/common.proto\"`\n\tImageItem\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x12IndexImagesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\"\n\x05items\x18\x02 \x03(\x0b\x32\x13.loupe.v1.ImageItem\"_\n\x08TextItem\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x11IndexTextsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.loupe.v1.TextItem\":\n\x0bIndexedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0e\n\x06reused\x18\x03 \x01(\x08\"o\n\rIndexResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.loupe.v1.IndexedItem\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"H\n\x0eGetItemRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x16\n\x0ewith_thumbnail\x18\x03 \x01(\x08\"\x15\n\x06IdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"t\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x01(\x0b\x32\x10.loupe.v1.IdListH\x00\x12\"\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.loupe.v1.FilterH\x00\x42\n\n\x08selector\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"l\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x10.loupe.v1.Filter\x12&\n\nmodalities\x18\x03 \x03(\x0e\x32\x12.loupe.v1.Modality\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"z\n\x10\x43ollectionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x13\n\x0b\x63\x61libration\x18\x06 \x01(\t\"Q\n\x0f\x43\x61librationCase\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0crelevant_ids\x18\x03 \x03(\tB\x07\n\x05query\"|\n\x10\x43\x61librateRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12(\n\x05\x63\x61ses\x18\x02 \x03(\x0b\x32\x19.loupe.v1.CalibrationCase\x12\x19\n\x0csample_items\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_sample_items\"\xb0\x01\n\x11\x43\x61librateResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x11\n\tpositives\x18\x04 \x01(\x03\x12\x11\n\tnegatives\x18\x05 \x01(\x03\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x13\n\x0breport_json\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\xa3\x01\n\x0eStatusResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x15\n\rstore_backend\x18\x04 \x01(\t\x12/\n\x0b\x63ollections\x18\x05 \x03(\x0b\x32\x1a.loupe.v1.CollectionStatus\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x8e\x01\n\x11IndexAudioRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08language\x18\x06 \x01(\t\"\x9f\x02\n\x12IndexAudioResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x1c\n\x14language_probability\x18\x05 \x01(\x02\x12\x15\n\rsegment_count\x18\x06 \x01(\x05\x12\x10\n\x08model_id\x18\x07 \x01(\t\x12\x1c\n\x14transcriber_model_id\x18\x08 \x01(\t\x12\x12\n\ncollection\x18\t \x01(\t\x12\x39\n\x13transcript_controls\x18\n \x01(\x0b\x32\x1c.loupe.v1.TranscriptControls\x12\x12\n\nrequest_id\x18\x0b \x01(\t2\x96\x04\n\x0cIndexService\x12\x44\n\x0bIndexImages\x12\x1c.loupe.v1.IndexImagesRequest\x1a\x17.loupe.v1.IndexResponse\x12\x42\n\nIndexTexts\x12\x1b.loupe.v1.IndexTextsRequest\x1a\x17.loupe.v1.IndexResponse\x12G\n\nIndexAudio\x12\x1b.loupe.v1.IndexAudioRequest\x1a\x1c.loupe.v1.IndexAudioResponse\x12\x33\n\x07GetItem\x12\x18.loupe.v1.GetItemRequest\x1a\x0e.loupe.v1.Item\x12;\n\x06\x44\x65lete\x12\x17.loupe.v1.DeleteRequest\x1a\x18.loupe.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.loupe.v1.CountRequest\x1a\x17.loupe.v1.CountResponse\x12\x41\n\tGetStatus\x12\x1a.loupe.v1.GetStatusRequest\x1a\x18.loupe.v1.StatusResponse\x12\x44\n\tCalibrate\x12\x1a.loupe.v1.CalibrateRequest\x1a\x1b.loupe.v1.CalibrateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,37 +44,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INDEXTEXTSREQUEST']._serialized_start=382
   _globals['_INDEXTEXTSREQUEST']._serialized_end=456
   _globals['_INDEXEDITEM']._serialized_start=458
-  _globals['_INDEXEDITEM']._serialized_end=500
-  _globals['_INDEXRESPONSE']._serialized_start=502
-  _globals['_INDEXRESPONSE']._serialized_end=613
-  _globals['_GETITEMREQUEST']._serialized_start=615
-  _globals['_GETITEMREQUEST']._serialized_end=687
-  _globals['_IDLIST']._serialized_start=689
-  _globals['_IDLIST']._serialized_end=710
-  _globals['_DELETEREQUEST']._serialized_start=712
-  _globals['_DELETEREQUEST']._serialized_end=828
-  _globals['_DELETERESPONSE']._serialized_start=830
-  _globals['_DELETERESPONSE']._serialized_end=863
-  _globals['_COUNTREQUEST']._serialized_start=865
-  _globals['_COUNTREQUEST']._serialized_end=973
-  _globals['_COUNTRESPONSE']._serialized_start=975
-  _globals['_COUNTRESPONSE']._serialized_end=1005
-  _globals['_GETSTATUSREQUEST']._serialized_start=1007
-  _globals['_GETSTATUSREQUEST']._serialized_end=1025
-  _globals['_COLLECTIONSTATUS']._serialized_start=1027
-  _globals['_COLLECTIONSTATUS']._serialized_end=1149
-  _globals['_CALIBRATIONCASE']._serialized_start=1151
-  _globals['_CALIBRATIONCASE']._serialized_end=1232
-  _globals['_CALIBRATEREQUEST']._serialized_start=1234
-  _globals['_CALIBRATEREQUEST']._serialized_end=1358
-  _globals['_CALIBRATERESPONSE']._serialized_start=1361
-  _globals['_CALIBRATERESPONSE']._serialized_end=1537
-  _globals['_STATUSRESPONSE']._serialized_start=1540
-  _globals['_STATUSRESPONSE']._serialized_end=1703
-  _globals['_INDEXAUDIOREQUEST']._serialized_start=1706
-  _globals['_INDEXAUDIOREQUEST']._serialized_end=1848
-  _globals['_INDEXAUDIORESPONSE']._serialized_start=1851
-  _globals['_INDEXAUDIORESPONSE']._serialized_end=2138
-  _globals['_INDEXSERVICE']._serialized_start=2141
-  _globals['_INDEXSERVICE']._serialized_end=2675
+  _globals['_INDEXEDITEM']._serialized_end=516
+  _globals['_INDEXRESPONSE']._serialized_start=518
+  _globals['_INDEXRESPONSE']._serialized_end=629
+  _globals['_GETITEMREQUEST']._serialized_start=631
+  _globals['_GETITEMREQUEST']._serialized_end=703
+  _globals['_IDLIST']._serialized_start=705
+  _globals['_IDLIST']._serialized_end=726
+  _globals['_DELETEREQUEST']._serialized_start=728
+  _globals['_DELETEREQUEST']._serialized_end=844
+  _globals['_DELETERESPONSE']._serialized_start=846
+  _globals['_DELETERESPONSE']._serialized_end=879
+  _globals['_COUNTREQUEST']._serialized_start=881
+  _globals['_COUNTREQUEST']._serialized_end=989
+  _globals['_COUNTRESPONSE']._serialized_start=991
+  _globals['_COUNTRESPONSE']._serialized_end=1021
+  _globals['_GETSTATUSREQUEST']._serialized_start=1023
+  _globals['_GETSTATUSREQUEST']._serialized_end=1041
+  _globals['_COLLECTIONSTATUS']._serialized_start=1043
+  _globals['_COLLECTIONSTATUS']._serialized_end=1165
+  _globals['_CALIBRATIONCASE']._serialized_start=1167
+  _globals['_CALIBRATIONCASE']._serialized_end=1248
+  _globals['_CALIBRATEREQUEST']._serialized_start=1250
+  _globals['_CALIBRATEREQUEST']._serialized_end=1374
+  _globals['_CALIBRATERESPONSE']._serialized_start=1377
+  _globals['_CALIBRATERESPONSE']._serialized_end=1553
+  _globals['_STATUSRESPONSE']._serialized_start=1556
+  _globals['_STATUSRESPONSE']._serialized_end=1719
+  _globals['_INDEXAUDIOREQUEST']._serialized_start=1722
+  _globals['_INDEXAUDIOREQUEST']._serialized_end=1864
+  _globals['_INDEXAUDIORESPONSE']._serialized_start=1867
+  _globals['_INDEXAUDIORESPONSE']._serialized_end=2154
+  _globals['_INDEXSERVICE']._serialized_start=2157
+  _globals['_INDEXSERVICE']._serialized_end=2691
 # @@protoc_insertion_point(module_scope)

@@ -51,12 +51,14 @@ class IndexTextsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[TextItem, _Mapping]]] = ...) -> None: ...
 
 class IndexedItem(_message.Message):
-    __slots__ = ("id", "created")
+    __slots__ = ("id", "created", "reused")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
     id: str
     created: bool
-    def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+    reused: bool
+    def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ..., reused: _Optional[bool] = ...) -> None: ...
 
 class IndexResponse(_message.Message):
     __slots__ = ("items", "model_id", "collection", "request_id")

@@ -27,7 +27,7 @@ from protos.loupe.v1 import common_pb2 as loupe_dot_v1_dot_common__pb2
 from protos.loupe.v1 import search_pb2 as loupe_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11loupe/v1/qa.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\x1a\x15loupe/v1/search.proto\"~\n\tRetrieval\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x12\n\ncollection\x18\x02 \x01(\t\x12 \n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.loupe.v1.Filter\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x14.loupe.v1.SearchModeH\x00\x88\x01\x01\x42\x07\n\x05_mode\"V\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12&\n\tretrieval\x18\x03 \x01(\x0b\x32\x13.loupe.v1.Retrieval\"L\n\x0bGuardReport\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\"\x89\x01\n\x08\x43itation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x14\n\x07start_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x65nd_s\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_start_sB\x08\n\x06_end_s\"\x82\x03\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tcitations\x18\x02 \x03(\t\x12(\n\x07verdict\x18\x03 \x01(\x0e\x32\x17.loupe.v1.AnswerVerdict\x12%\n\x06guards\x18\x04 \x03(\x0b\x32\x15.loupe.v1.GuardReport\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x16\n\x0eprompt_version\x18\x06 \x01(\t\x12\x36\n\ttimings_s\x18\x07 \x03(\x0b\x32#.loupe.v1.AskResponse.TimingsSEntry\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12!\n\x05\x63ited\x18\t \x03(\x0b\x32\x12.loupe.v1.Citation\x12\x11\n\ttokens_in\x18\n \x01(\x05\x12\x12\n\ntokens_out\x18\x0b \x01(\x05\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x1a/\n\rTimingsSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x86\x01\n\rAnswerVerdict\x12\x1e\n\x1a\x41NSWER_VERDICT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41NSWER_VERDICT_ANSWERED\x10\x01\x12\x1c\n\x18\x41NSWER_VERDICT_ABSTAINED\x10\x02\x12\x1a\n\x16\x41NSWER_VERDICT_BLOCKED\x10\x03\x32?\n\tQAService\x12\x32\n\x03\x41sk\x12\x14.loupe.v1.AskRequest\x1a\x15.loupe.v1.AskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11loupe/v1/qa.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\x1a\x15loupe/v1/search.proto\"~\n\tRetrieval\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x12\n\ncollection\x18\x02 \x01(\t\x12 \n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x10.loupe.v1.Filter\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x14.loupe.v1.SearchModeH\x00\x88\x01\x01\x42\x07\n\x05_mode\"V\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12&\n\tretrieval\x18\x03 \x01(\x0b\x32\x13.loupe.v1.Retrieval\"L\n\x0bGuardReport\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\"\x89\x01\n\x08\x43itation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x14\n\x07start_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x65nd_s\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_start_sB\x08\n\x06_end_s\"\xad\x03\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tcitations\x18\x02 \x03(\t\x12(\n\x07verdict\x18\x03 \x01(\x0e\x32\x17.loupe.v1.AnswerVerdict\x12%\n\x06guards\x18\x04 \x03(\x0b\x32\x15.loupe.v1.GuardReport\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x16\n\x0eprompt_version\x18\x06 \x01(\t\x12\x36\n\ttimings_s\x18\x07 \x03(\x0b\x32#.loupe.v1.AskResponse.TimingsSEntry\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12!\n\x05\x63ited\x18\t \x03(\x0b\x32\x12.loupe.v1.Citation\x12\x11\n\ttokens_in\x18\n \x01(\x05\x12\x12\n\ntokens_out\x18\x0b \x01(\x05\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\r \x01(\x08\x12\x19\n\x11\x63\x61\x63hed_request_id\x18\x0e \x01(\t\x1a/\n\rTimingsSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x86\x01\n\rAnswerVerdict\x12\x1e\n\x1a\x41NSWER_VERDICT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41NSWER_VERDICT_ANSWERED\x10\x01\x12\x1c\n\x18\x41NSWER_VERDICT_ABSTAINED\x10\x02\x12\x1a\n\x16\x41NSWER_VERDICT_BLOCKED\x10\x03\x32?\n\tQAService\x12\x32\n\x03\x41sk\x12\x14.loupe.v1.AskRequest\x1a\x15.loupe.v1.AskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASKRESPONSE_TIMINGSSENTRY']._loaded_options = None
   _globals['_ASKRESPONSE_TIMINGSSENTRY']._serialized_options = b'8\001'
-  _globals['_ANSWERVERDICT']._serialized_start=901
-  _globals['_ANSWERVERDICT']._serialized_end=1035
+  _globals['_ANSWERVERDICT']._serialized_start=944
+  _globals['_ANSWERVERDICT']._serialized_end=1078
   _globals['_RETRIEVAL']._serialized_start=77
   _globals['_RETRIEVAL']._serialized_end=203
   _globals['_ASKREQUEST']._serialized_start=205
@@ -47,9 +47,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CITATION']._serialized_start=372
   _globals['_CITATION']._serialized_end=509
   _globals['_ASKRESPONSE']._serialized_start=512
-  _globals['_ASKRESPONSE']._serialized_end=898
-  _globals['_ASKRESPONSE_TIMINGSSENTRY']._serialized_start=851
-  _globals['_ASKRESPONSE_TIMINGSSENTRY']._serialized_end=898
-  _globals['_QASERVICE']._serialized_start=1037
-  _globals['_QASERVICE']._serialized_end=1100
+  _globals['_ASKRESPONSE']._serialized_end=941
+  _globals['_ASKRESPONSE_TIMINGSSENTRY']._serialized_start=894
+  _globals['_ASKRESPONSE_TIMINGSSENTRY']._serialized_end=941
+  _globals['_QASERVICE']._serialized_start=1080
+  _globals['_QASERVICE']._serialized_end=1143
 # @@protoc_insertion_point(module_scope)

@@ -72,7 +72,7 @@ class Citation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., snippet: _Optional[str] = ..., modality: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "citations", "verdict", "guards", "model_id", "prompt_version", "timings_s", "attempts", "cited", "tokens_in", "tokens_out", "request_id")
+    __slots__ = ("text", "citations", "verdict", "guards", "model_id", "prompt_version", "timings_s", "attempts", "cited", "tokens_in", "tokens_out", "request_id", "cached", "cached_request_id")
     class TimingsSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class AskResponse(_message.Message):
     TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     citations: _containers.RepeatedScalarFieldContainer[str]
     verdict: AnswerVerdict
@@ -104,4 +106,6 @@ class AskResponse(_message.Message):
     tokens_in: int
     tokens_out: int
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., citations: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Union[AnswerVerdict, str]] = ..., guards: _Optional[_Iterable[_Union[GuardReport, _Mapping]]] = ..., model_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., timings_s: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[int] = ..., cited: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    cached: bool
+    cached_request_id: str
+    def __init__(self, text: _Optional[str] = ..., citations: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Union[AnswerVerdict, str]] = ..., guards: _Optional[_Iterable[_Union[GuardReport, _Mapping]]] = ..., model_id: _Optional[str] = ..., prompt_version: _Optional[str] = ..., timings_s: _Optional[_Mapping[str, float]] = ..., attempts: _Optional[int] = ..., cited: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., request_id: _Optional[str] = ..., cached: _Optional[bool] = ..., cached_request_id: _Optional[str] = ...) -> None: ...
