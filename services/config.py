@@ -225,6 +225,9 @@ class CacheSettings(BaseModel):
     """Exact caches (services/cache.py). Off: `enabled: false`, or one cache's `enabled`."""
 
     enabled: bool = True
+    # IndexImages / IndexTexts look up each item's content first: stored by this model version,
+    # it is not decoded, encoded or OCR'd again (its sources and metadata are merged).
+    skip_stored: bool = True
     # redis://host:port/db: shared by every replica and kept across restarts; None: in-process.
     redis_url: str | None = None
     redis_prefix: str = "loupe:"

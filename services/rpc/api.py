@@ -470,6 +470,9 @@ class LoupeApi:
     async def _not_stored(self, name: str, prepared: list[dict]) -> tuple[list[int], set[str]]:
         """(positions of the items to decode and encode, keys of those already stored with the
         same content by this model version): stored content is not processed again."""
+        c = self.settings.cache
+        if not (c.enabled and c.skip_stored):
+            return list(range(len(prepared))), set()
         keyed = [(item_key(p["public_id"], p["sha256"]), p["sha256"]) for p in prepared]
         stored = set(await self.index.stored_content(name, (await self.info()).schema(), keyed))
         return [i for i, (key, _) in enumerate(keyed) if key not in stored], stored

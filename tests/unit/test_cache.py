@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
-import socket
-import subprocess
 import time
 from dataclasses import replace
 
@@ -23,6 +20,7 @@ from services.cache import Cached, MemoryCache, RedisCache
 from services.config import load_settings
 from services.rpc.api import LoupeApi
 from services.serve.workers import EncoderWorker, IndexWorker, ThreadCalls, Transcript
+from tests.fixtures import redis_server
 
 
 def run(coro):
@@ -36,36 +34,11 @@ def png(img) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A private redis-server on a free port (the Debian package; .ci/run installs it)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def redis_url():
+    if not redis_server.available():
+        pytest.skip(redis_server.NOT_INSTALLED)
+    with redis_server.redis_server() as url:
+        yield url
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -372,5 +345,8 @@ def test_switched_off_caches_do_nothing(encoder_worker, tmp_path):
     api = LoupeApi(settings, ThreadCalls(encoder_worker), ThreadCalls(index), None, answerer)
     try:
         assert not _ask(api).cached and not _ask(api).cached and answerer.asked == 2
+        text = index_pb2.IndexTextsRequest(items=[index_pb2.TextItem(text="once more")])
+        run(api.index_texts(text))
+        assert not run(api.index_texts(text)).items[0].reused
     finally:
         index.close()
