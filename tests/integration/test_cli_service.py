@@ -42,7 +42,9 @@ def test_index_search_status_delete(service, folder, capsys):
 
     code, out, _ = run(service, capsys, "search", "a red circle on a blue background", "--collection", "cli")
     assert code == 0 and "bundled:tiny-clip" in out
-    assert out.splitlines()[1].split()[2] == "image" and "circle.png" in out.splitlines()[1]
+    # rank, score, confidence ("-": the collection is not calibrated, and the footer says so), modality
+    assert out.splitlines()[1].split()[2:4] == ["-", "image"] and "circle.png" in out.splitlines()[1]
+    assert "no confidence: collection 'cli' is not calibrated" in out
 
     code, out, _ = run(
         service,

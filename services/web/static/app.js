@@ -339,6 +339,9 @@ function renderAnswer(a) {
   box.append(el("h3", { text: "Checks" }), table);
   const timings = Object.entries(a.timings_s).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ");
   box.append(el("p", { class: "meta", text: `Model ${a.model_id}, prompt ${a.prompt_version}, ${a.attempts} draft(s); ${timings}` }));
+  if (a.cached) {
+    box.append(el("p", { class: "meta cached", text: `Repeated from an identical earlier question (request ${a.cached_request_id}); nothing was run again.` }));
+  }
   const fb = el("div", { class: "feedback" });
   box.append(fb);
   feedbackBox(fb, a.request_id);
