@@ -78,17 +78,19 @@ def test_search_flood_ends_in_ok_or_refusal_within_seconds(tight_service):
 
     with LoupeClient(tight_service.target) as client:
         client.index_texts([TextInput(f"a red circle number {i}") for i in range(20)], collection="flood")
-    request = search_pb2.SearchTextRequest(
-        query="a red circle", options=search_pb2.SearchOptions(collection="flood", limit=5)
-    )
 
-    def caller(_):
+    def caller(n):
         outcomes = []
         with grpc.insecure_channel(tight_service.target) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
             stop = time.monotonic() + 6
             while time.monotonic() < stop:
                 start = time.monotonic()
+                # Each call a new text: cached query vectors would make the flood lighter.
+                request = search_pb2.SearchTextRequest(
+                    query=f"a red circle {n}.{len(outcomes)}",
+                    options=search_pb2.SearchOptions(collection="flood", limit=5),
+                )
                 try:
                     stub.SearchText(request, timeout=20)
                     outcomes.append(("OK", time.monotonic() - start, None))

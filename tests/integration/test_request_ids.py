@@ -29,7 +29,10 @@ def test_an_id_sent_comes_back_and_one_is_made_otherwise(service) -> None:
         response, call = search.SearchText.with_call(request, metadata=[("x-request-id", "trace-42.a")], timeout=60)
         assert response.request_id == "trace-42.a" == trailing_id(call)
         assert response.hits[0].item.id == "rid-1"
-        dense = search_pb2.SearchTextRequest(query="a red circle", options=search_pb2.SearchOptions(collection="rids"))
+        # A text not searched before: a cached query vector would not reach the Encoder.
+        dense = search_pb2.SearchTextRequest(
+            query="a red circle, searched once", options=search_pb2.SearchOptions(collection="rids")
+        )
         search.SearchText(dense, metadata=[("x-request-id", "trace-dense-7")], timeout=60)
         response, call = search.SearchText.with_call(request, timeout=60)
         assert re.fullmatch(r"[0-9A-Za-z-]{8,}", response.request_id) and response.request_id == trailing_id(call)
