@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from indexing.types import Modality, SearchMode
 from lmm.pipeline import AskOptions, AskPipeline
 from lmm.prompts import prompt_digest
 from lmm.types import Answer, ContextImage
+from services.cache import open_cache
 from services.config import LoupeSettings
 from services.rpc.faces import EncoderFace, IndexFace
 from services.serve import calllog, metrics, tracing
@@ -51,6 +53,7 @@ class AnswerWorker:
         getattr(self.vlm, "load", lambda: None)()
         # Every uploaded screenshot is read (no screenshot test: the user sent it to be read).
         self.ocr = TextReader("always", settings.ocr.engine, settings.ocr.threads).load()
+        self.ocr_cache = open_cache(settings, "ocr")
         self.encoder, self.index = encoder, index
         self.modalities = tuple(Modality(m) for m in a.retrieval_modalities)
         self.min_score = a.retrieval_min_score
@@ -82,7 +85,7 @@ class AnswerWorker:
         )
         self.pipeline = AskPipeline(
             self.vlm,
-            ocr=self.ocr.read,
+            ocr=self._read,
             retriever=self._retrieve,
             prompt_renderer=lambda q, images: render(template, q, images),
             options=options,
@@ -171,6 +174,16 @@ class AnswerWorker:
             dense_query = replace(query, mode=SearchMode.DENSE.value, keywords=None, score_threshold=self.min_score)
             dense_ids = {p["id"] for p, _ in (await self.index.search(info.schema(), dense_query)).hits}
         return [self._context_item(p) for p, _ in found.hits if not hybrid or _relevant(question, p, dense_ids)]
+
+    def _read(self, image: Image.Image) -> str:
+        """An upload's OCR text, cached by its pixels and the reader's identity: a new question
+        about the same screenshot does not read it again."""
+        parts = ("ocr-pixels", image.mode, image.size, hashlib.sha256(image.tobytes()).digest(), self.ocr.identity)
+        text = self.ocr_cache.get(*parts)
+        if text is None:
+            text = self.ocr.read(image)
+            self.ocr_cache.put(text, *parts)
+        return text
 
     def _context_item(self, p: dict) -> ContextImage:
         modality = p.get("modality") or Modality.IMAGE.value

@@ -257,6 +257,30 @@ def test_ocr_is_cached_by_image_bytes(encoder_worker, backend_settings):
     assert len(reads) == 3
 
 
+def test_ask_uploads_are_read_once_per_pixels(encoder_worker, backend_settings):
+    from services.serve.ask import AnswerWorker
+
+    reads = []
+    reader = encoder_worker.text_reader
+
+    class CountingReader:
+        identity = reader.identity
+
+        def read(self, image):
+            reads.append(1)
+            return reader.read(image)
+
+    worker = AnswerWorker.__new__(AnswerWorker)  # the OCR step alone, without a VLM
+    worker.ocr = CountingReader()
+    worker.ocr_cache = cache_module.open_cache(load_settings({"profile": "bundled", **backend_settings}), "ocr")
+    (img, _), (other, _) = make_pairs(2, seed=13, distinct=True)
+    texts = [worker._read(img), worker._read(img.copy()), worker._read(other)]
+    assert len(reads) == 2 and texts[0] == texts[1]
+    CountingReader.identity = reader.identity + ":another-engine"
+    worker._read(img)
+    assert len(reads) == 3
+
+
 def test_transcripts_are_cached_per_bytes_model_and_language(world):
     api, transcriber = world["api"], world["transcriber"]
     wav = b"RIFF" + b"\0" * 64
