@@ -69,7 +69,7 @@ class LoupeApi:
             except InvalidInput as exc:
                 problems.append(exc)
         _raise_all(problems)
-        fresh, stored = await self._not_stored(name, prepared)
+        fresh, _ = await self._not_stored(name, prepared)
         encoded = await self.encoder.encode_images([req.items[i].data for i in fresh]) if fresh else []
         for i, result in zip(fresh, encoded):
             if isinstance(result, InvalidInput):
@@ -293,7 +293,8 @@ class LoupeApi:
     async def _text_vector(self, text: str) -> tuple[object, bool]:
         """The query's CLIP vector and whether it was cut, cached per model version."""
         info = await self.info()
-        parts = ("text", info.model_id, info.model_version, " ".join(text.split()))
+        overflow = self.settings.encoder.text_overflow  # "error" must refuse what "truncate" cut
+        parts = ("text", info.model_id, info.model_version, overflow, " ".join(text.split()))
         found = self.embeddings.get(*parts)
         if found is None:
             embedded = await self.encoder.encode_texts([text])
@@ -306,7 +307,8 @@ class LoupeApi:
         which = req.WhichOneof("query")
         if which == "image":
             info = await self.info()
-            parts = ("image", info.model_id, info.model_version, req.image)
+            # The image limits too: tightened limits must refuse an image accepted before.
+            parts = ("image", info.model_id, info.model_version, repr(self.limits.image_limits()), req.image)
             vector = self.embeddings.get(*parts)
             if vector is None:  # only images that decoded are cached: a bad one is refused each time
                 (result,) = await self.encoder.encode_images([req.image])

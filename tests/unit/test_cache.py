@@ -200,6 +200,31 @@ def test_query_images_are_cached_and_bad_ones_refused_each_time(world):
     assert encoder.calls == {"encode_images": 4}
 
 
+def test_tightened_image_limits_refuse_an_image_cached_before(world, backend_settings, tmp_path):
+    img = png(make_pairs(1, seed=21, size=96)[0][0])
+    run(
+        world["api"].index_images(
+            index_pb2.IndexImagesRequest(items=[index_pb2.ImageItem(data=png(make_pairs(1, seed=2)[0][0]))])
+        )
+    )
+    run(world["api"].search_image(search_pb2.SearchImageRequest(image=img)))  # its vector is cached now
+    tight = load_settings(
+        {
+            "profile": "bundled",
+            "data_dir": str(tmp_path / "tight"),
+            "limits": {"image_max_pixels": 64 * 64},
+            **backend_settings,
+        }
+    )
+    index = IndexWorker(tight)
+    api = LoupeApi(tight, ThreadCalls(EncoderWorker(tight)), ThreadCalls(index))
+    try:
+        with pytest.raises(InvalidInput):
+            run(api.search_image(search_pb2.SearchImageRequest(image=img)))
+    finally:
+        index.close()
+
+
 def test_stored_content_is_not_processed_again_and_its_sources_merge(world):
     api, encoder = world["api"], world["encoder"]
     (img, _), (other, _) = make_pairs(2, seed=9, distinct=True)
