@@ -203,6 +203,9 @@ class ProbeSpec:
     # The rankings it is asked of: OCR text probes only the keyword side (CLIP reading a
     # screenshot's words is not what a dense text-to-image search is for).
     sides: tuple[str, ...] = SIDES
+    # The request field it came from ("cases[3].image"): an unreadable one is refused there.
+    # Empty for the probes Loupe makes (an unreadable thumbnail is skipped).
+    field: str = ""
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,13 @@ from typing import Any
 
 from encoders.common.errors import InvalidInput
 from encoders.common.metrics import ndcg_at_k, recall_at_k, reciprocal_rank
+from indexing.types import Modality
 
 K = 10
 KS = (1, 5, 10)
 MODES = ("dense", "keyword", "hybrid")
 METRICS = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
-MODALITIES = ("image", "text", "audio_segment", "audio")
+MODALITIES = tuple(m.value for m in Modality)
 
 
 @dataclass(frozen=True)

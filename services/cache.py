@@ -31,15 +31,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("loupe.cache")
-NAMES = ("embeddings", "ocr", "transcripts", "answers")
 
 
 class Backend(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
     def set(self, key: str, value: bytes, ttl_s: float, max_entries: int) -> None: ...
-
-    def clear(self) -> None: ...
 
 
 class MemoryCache:
@@ -70,13 +67,6 @@ class MemoryCache:
             while len(part) > max_entries:
                 part.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._parts.clear()
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self._parts.values())
-
 
 class RedisCache:
     """A Redis server (`redis://host:port/db`); keys under `prefix`. A server that is down makes
@@ -101,10 +91,6 @@ class RedisCache:
             self._redis.set(self.prefix + key, value, px=max(1, int(ttl_s * 1000)))
         except Exception as exc:
             self._warn(exc)
-
-    def clear(self) -> None:
-        for key in self._redis.scan_iter(match=self.prefix + "*", count=500):
-            self._redis.delete(key)
 
     def _warn(self, exc: Exception) -> None:
         if time.monotonic() - self._warned > 30:  # once per 30 s, not per call

@@ -248,9 +248,8 @@ class LoupeApi:
             text = self._text(case.text, self.limits.max_query_chars, f"{at}.text")
             return ProbeSpec("text", "case" if relevant else "case (negative)", relevant, text=text)
         if which == "image" and case.image:
-            return ProbeSpec(
-                "image", "case" if relevant else "case (negative)", relevant, image=case.image, sides=SIDES[:1]
-            )
+            origin = "case" if relevant else "case (negative)"
+            return ProbeSpec("image", origin, relevant, image=case.image, sides=SIDES[:1], field=f"{at}.image")
         raise InvalidInput(f"{at}: set text or image (bytes)", field=f"{at}.query")
 
     async def _encode_probes(self, specs: list[ProbeSpec], chunk: int = 32) -> list[Probe]:
@@ -268,8 +267,8 @@ class LoupeApi:
             for i, result in zip(part, await self.encoder.encode_images([specs[i].image for i in part])):
                 if isinstance(result, EncodedImage):
                     vectors[i] = result.vector
-                elif specs[i].origin.startswith("case"):
-                    raise InvalidInput(f"a case image: {result.reason}", field="cases")
+                elif specs[i].field:
+                    raise InvalidInput(f"{specs[i].field}: {result.reason}", field=specs[i].field)
         probes = []
         for i, spec in enumerate(specs):
             if i not in vectors:

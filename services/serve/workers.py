@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from encoders.clip.encoder import ClipEncoder, TextEmbedding
-from encoders.common.errors import InvalidInput
+from encoders.common.errors import InvalidInput, ModelMismatch, NotFound
 from encoders.image.decode import decode_image
 from encoders.image.thumbnail import thumbnail
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
@@ -272,7 +272,7 @@ class IndexWorker:
         for name in self.index.store.list_collections():
             try:
                 resolved = self.index.schema_for(name, schema)
-            except Exception:  # another model's collection: status says so already
+            except (ModelMismatch, NotFound):  # another model's, or deleted meanwhile
                 continue
             cal, why = self.calibrations.get(name, resolved)
             notes[name] = cal.summary() if cal is not None else why
@@ -306,8 +306,6 @@ class IndexWorker:
         self.index.store.close()
 
     def _require_exists(self, name: str) -> None:
-        from encoders.common.errors import NotFound
-
         if self.index.store.get_schema(name) is None:
             names = self.index.store.list_collections()
             raise NotFound(f"collection {name!r} does not exist", field="collection", existing=tuple(names))

@@ -258,52 +258,43 @@ def test_stored_content_is_not_processed_again_and_its_sources_merge(world):
     assert run(api.index_texts(texts)).items[0].reused and encoder.calls == {}
 
 
+class CountingReader:
+    """A TextReader that counts its reads; `identity` can be changed (another engine)."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.identity, self.reads = reader, reader.identity, 0
+
+    def read(self, image):
+        self.reads += 1
+        return self.reader.read(image)
+
+
 def test_ocr_is_cached_by_image_bytes(encoder_worker, backend_settings):
     worker = EncoderWorker.__new__(EncoderWorker)
     worker.__dict__.update(encoder_worker.__dict__)
     settings = load_settings({"profile": "bundled", **backend_settings})
     worker.ocr_cache = cache_module.open_cache(settings, "ocr")
-    reads = []
-    reader = worker.text_reader
-
-    class CountingReader:
-        identity = reader.identity
-
-        def read(self, image):
-            reads.append(1)
-            return reader.read(image)
-
-    worker.text_reader = CountingReader()
+    worker.text_reader = reader = CountingReader(encoder_worker.text_reader)
     (img, _), (other, _) = make_pairs(2, seed=11, distinct=True)
     texts = [r.text for r in worker.encode_images([png(img), png(img), png(other)])]
-    assert len(reads) == 2 and texts[0] == texts[1]
-    CountingReader.identity = reader.identity + ":another-engine"  # another engine or version
+    assert reader.reads == 2 and texts[0] == texts[1]
+    reader.identity += ":another-engine"  # another engine or version
     worker.encode_images([png(img)])
-    assert len(reads) == 3
+    assert reader.reads == 3
 
 
 def test_ask_uploads_are_read_once_per_pixels(encoder_worker, backend_settings):
     from services.serve.ask import AnswerWorker
 
-    reads = []
-    reader = encoder_worker.text_reader
-
-    class CountingReader:
-        identity = reader.identity
-
-        def read(self, image):
-            reads.append(1)
-            return reader.read(image)
-
     worker = AnswerWorker.__new__(AnswerWorker)  # the OCR step alone, without a VLM
-    worker.ocr = CountingReader()
+    worker.ocr = reader = CountingReader(encoder_worker.text_reader)
     worker.ocr_cache = cache_module.open_cache(load_settings({"profile": "bundled", **backend_settings}), "ocr")
     (img, _), (other, _) = make_pairs(2, seed=13, distinct=True)
     texts = [worker._read(img), worker._read(img.copy()), worker._read(other)]
-    assert len(reads) == 2 and texts[0] == texts[1]
-    CountingReader.identity = reader.identity + ":another-engine"
+    assert reader.reads == 2 and texts[0] == texts[1]
+    reader.identity += ":another-engine"
     worker._read(img)
-    assert len(reads) == 3
+    assert reader.reads == 3
 
 
 def test_transcripts_are_cached_per_bytes_model_and_language(world):

@@ -173,6 +173,9 @@ def test_calibrate_errors(world):
     with pytest.raises(InvalidInput) as info:
         client.calibrate(collection=COLLECTION, cases=[("a red star", ["img-1", "img-1"])])
     assert info.value.field == "cases[0].relevant_ids"
+    with pytest.raises(InvalidInput) as info:
+        client.calibrate(collection=COLLECTION, cases=[("a red star", ["img-1"]), (b"not an image", ["img-2"])])
+    assert info.value.field == "cases[1].image" and "cases[1].image:" in info.value.reason
     client.index_texts([TextInput("just one note")], collection="tiny")
     with pytest.raises(InvalidInput) as info:
         client.calibrate(collection="tiny")
