@@ -1,0 +1,140 @@
+"""What one hop costs on this machine: where the per-call overhead of the service goes.
+
+    python -m benchmarks.bench_hops                 # ~1 min on 2 cores
+    python -m benchmarks.bench_hops --rounds 1000
+
+Starts a private Ray (no dashboard) with the replica settings `loupe serve` uses
+(services.cli.launch.serve_env) and, sequential and warm, times from inside a Serve replica:
+
+- a no-op await (the floor of the replica's event loop),
+- a call to a plain Ray actor (Ray's task transport alone),
+- a Serve handle call to another deployment (what each Ingress -> Encoder/Index hop pays),
+
+and from this process: a unary gRPC call to a grpc.aio server run inside a replica (what a
+gRPC port served by the Ingress itself would cost, without Serve's proxy in front).
+`python -m benchmarks.bench_load --skip-sweep` gives the same for Serve's gRPC proxy
+("proxy + Ingress only") and for the RPCs themselves. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def summary(samples_ms: list[float]) -> dict:
+    s = sorted(samples_ms)
+    return {
+        "p50_ms": round(statistics.median(s), 3),
+        "p95_ms": round(s[min(len(s) - 1, int(0.95 * len(s)))], 3),
+        "n": len(s),
+    }
+
+
+async def timed(call, rounds: int) -> list[float]:
+    for _ in range(min(20, rounds)):  # warm up
+        await call()
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=500, help="sequential calls per hop")
+    p.add_argument("--out", default=str(RESULTS / "hops.json"))
+    args = p.parse_args()
+
+    from services.cli.launch import serve_env
+
+    os.environ.update(serve_env({"applications": [{}]}))
+    import grpc
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="bench-hops")
+
+    @ray.remote
+    class Plain:
+        async def ping(self, x):
+            return x
+
+    @serve.deployment(name="Target")
+    class Target:
+        async def ping(self, x):
+            return x
+
+    @serve.deployment(name="Caller")
+    class Caller:
+        def __init__(self, target, actor_name: str) -> None:
+            self.target, self.actor = target, ray.get_actor(actor_name, namespace="bench-hops")
+            self.server = None
+
+        async def measure(self, rounds: int) -> dict:
+            async def noop():
+                await asyncio.sleep(0)
+
+            return {
+                "no-op await in a replica": summary(await timed(noop, rounds)),
+                "plain Ray actor call": summary(await timed(lambda: self.actor.ping.remote(1), rounds)),
+                "Serve handle call": summary(await timed(lambda: self.target.ping.remote(1), rounds)),
+            }
+
+        async def listen(self, port: int) -> None:
+            async def ping(request: bytes, context) -> bytes:
+                return request
+
+            self.server = grpc.aio.server()
+            handler = grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}
+            )
+            self.server.add_generic_rpc_handlers((handler,))
+            self.server.add_insecure_port(f"127.0.0.1:{port}")
+            await self.server.start()
+
+    plain = Plain.options(name="bench-plain").remote()  # held: an unreferenced actor dies
+    ray.get(plain.ping.remote(1))
+    port = free_port()
+
+    async def run() -> dict:
+        handle = serve.run(Caller.bind(Target.bind(), "bench-plain"), name="hops", route_prefix=None)
+        results = await handle.measure.remote(args.rounds)
+        await handle.listen.remote(port)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            ping = channel.unary_unary("/bench.Echo/Ping")
+            results["gRPC call to a server in a replica"] = summary(await timed(lambda: ping(b"x"), args.rounds))
+        return results
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        ray.shutdown()  # the private Ray, Serve with it
+    print(f"\nsequential, warm, {args.rounds} calls each (ms)")
+    print(f"  {'hop':38} {'p50':>8} {'p95':>8}")
+    for name, row in results.items():
+        print(f"  {name:38} {row['p50_ms']:8.3f} {row['p95_ms']:8.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rounds": args.rounds, "cpus": os.cpu_count(), "hops": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
