@@ -22,21 +22,13 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import statistics
 import time
 from pathlib import Path
 
+from benchmarks.bench_gateway import free_port
+from benchmarks.bench_load import pct
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def summary(samples_ms: list[float]) -> dict:
-    s = sorted(samples_ms)
-    return {
-        "p50_ms": round(statistics.median(s), 3),
-        "p95_ms": round(s[min(len(s) - 1, int(0.95 * len(s)))], 3),
-        "n": len(s),
-    }
 
 
 async def timed(call, rounds: int) -> list[float]:
@@ -48,12 +40,6 @@ async def timed(call, rounds: int) -> list[float]:
         await call()
         out.append((time.perf_counter() - start) * 1000)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -92,9 +78,9 @@ def main() -> None:
                 await asyncio.sleep(0)
 
             return {
-                "no-op await in a replica": summary(await timed(noop, rounds)),
-                "plain Ray actor call": summary(await timed(lambda: self.actor.ping.remote(1), rounds)),
-                "Serve handle call": summary(await timed(lambda: self.target.ping.remote(1), rounds)),
+                "no-op await in a replica": pct(await timed(noop, rounds)),
+                "plain Ray actor call": pct(await timed(lambda: self.actor.ping.remote(1), rounds)),
+                "Serve handle call": pct(await timed(lambda: self.target.ping.remote(1), rounds)),
             }
 
         async def listen(self, port: int) -> None:
@@ -119,7 +105,7 @@ def main() -> None:
         await handle.listen.remote(port)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             ping = channel.unary_unary("/bench.Echo/Ping")
-            results["gRPC call to a server in a replica"] = summary(await timed(lambda: ping(b"x"), args.rounds))
+            results["gRPC call to a server in a replica"] = pct(await timed(lambda: ping(b"x"), args.rounds))
         return results
 
     try:
@@ -129,7 +115,7 @@ def main() -> None:
     print(f"\nsequential, warm, {args.rounds} calls each (ms)")
     print(f"  {'hop':38} {'p50':>8} {'p95':>8}")
     for name, row in results.items():
-        print(f"  {name:38} {row['p50_ms']:8.3f} {row['p95_ms']:8.3f}")
+        print(f"  {name:38} {row['p50_ms']:8.2f} {row['p95_ms']:8.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rounds": args.rounds, "cpus": os.cpu_count(), "hops": results}, indent=2))
