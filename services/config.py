@@ -23,8 +23,8 @@ DEFAULT_COLLECTION = "default"
 
 
 class RequestLimits(BaseModel):
-    # Largest request message (bytes). `loupe serve` caps the gRPC proxy at this size; larger
-    # requests fail with RESOURCE_EXHAUSTED before they are read.
+    # Largest request message (bytes). The gRPC server is capped at this size; larger requests
+    # fail with RESOURCE_EXHAUSTED before they are read.
     max_request_bytes: int = 64 * 1024 * 1024
     # Items (images or texts) in one IndexImages / IndexTexts call.
     max_items_per_call: int = 64
@@ -181,6 +181,21 @@ class AskSettings(BaseModel):
     judge_base_url: str | None = None
 
 
+class GrpcSettings(BaseModel):
+    """The gRPC port, served by the Ingress replica itself (services.serve.grpcserver)."""
+
+    # 127.0.0.1: this machine only; 0.0.0.0 (or "::") for every interface, behind TLS or a firewall.
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=1, le=65535)
+    # A call still running after this long ends with DEADLINE_EXCEEDED (a client's own shorter
+    # deadline wins).
+    request_timeout_s: float = Field(default=120, gt=0)
+    # Calls in progress at once; beyond it gRPC refuses with RESOURCE_EXHAUSTED at once.
+    max_concurrent_calls: int = Field(default=1024, ge=1)
+    # On stop: new calls are refused, calls in flight get this long to finish.
+    drain_s: float = Field(default=10, ge=0, le=15)
+
+
 class MetricsSettings(BaseModel):
     """Prometheus metrics of every replica, served by `loupe serve` (services.serve.metrics)."""
 
@@ -310,6 +325,7 @@ class LoupeSettings(BaseSettings):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)

@@ -78,6 +78,10 @@ class Overloaded(LoupeError):
         self.retry_after_s = retry_after_s
 
 
+class TimedOut(LoupeError):
+    """A call ran past the server's bound (`grpc.request_timeout_s`) or the caller's deadline."""
+
+
 class StoreUnavailable(LoupeError):
     """The vector store (embedded shard or Qdrant server) cannot be reached or opened."""
 

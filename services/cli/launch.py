@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from encoders.common.errors import InvalidInput, LoupeError
-from services.config import RequestLimits
 
 
 def app_args_of(config: str | Path | None) -> dict:
@@ -34,6 +33,7 @@ def render_config(
     bundled: bool = False,
     data_dir: str | None = None,
     port: int | None = None,
+    host: str | None = None,
     qdrant_url: str | None = None,
     model: str | None = None,
     http_port: int | None = None,
@@ -59,7 +59,9 @@ def render_config(
     if metrics_port is not None:
         app_args.setdefault("metrics", {})["port"] = metrics_port
     if port is not None:
-        cfg.setdefault("grpc_options", {})["port"] = port
+        app_args.setdefault("grpc", {})["port"] = port
+    if host is not None:
+        app_args.setdefault("grpc", {})["host"] = host
     if http_port is not None:
         cfg.setdefault("http_options", {})["port"] = http_port
     # Serve refuses an app whose config names a deployment it does not build: drop the ones
@@ -69,6 +71,12 @@ def render_config(
     settings = load_settings(app_args)
     ingress = next((d for d in app.get("deployments") or [] if d.get("name") == "Ingress"), {})
     app_args["ingress_replicas"] = int(ingress.get("num_replicas") or 1)
+    if app_args["ingress_replicas"] > 1 and not settings.qdrant_url:
+        raise InvalidInput(
+            f"the Ingress owns the embedded store, so it runs as one replica (the config asks for "
+            f"{app_args['ingress_replicas']}): set num_replicas: 1, or use a Qdrant server (qdrant_url) for more",
+            field="deployments.Ingress.num_replicas",
+        )
     if settings.clients_file:  # replicas run in the project folder: give them an absolute path
         app_args["clients_file"] = str(Path(settings.clients_file).expanduser().resolve())
     access(app_args)  # a bad clients file stops here, before Ray
@@ -88,11 +96,7 @@ def access(app_args: dict) -> str:
 
 def serve_env(cfg: dict) -> dict[str, str]:
     env = dict(os.environ)
-    # The gRPC proxy accepts 2 GiB by default; cap it at the config's request limit, so an
-    # over-size request fails with RESOURCE_EXHAUSTED before it is read into memory.
-    limits = cfg["applications"][0].get("args", {}).get("limits", {})
-    max_bytes = limits.get("max_request_bytes", RequestLimits().max_request_bytes)
-    env.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(max_bytes))
+    # Calls between deployments (image batches) travel over gRPC; its 4 MiB default is too small.
     env.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(256 * 1024 * 1024))
     # Usage stats would try to reach the internet.
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -117,8 +121,8 @@ _FATAL = re.compile(
 def port_in_use(port: int) -> str | None:
     """Why `port` cannot be ours: something answers on it, or it cannot be bound exclusively.
 
-    Ray's gRPC proxy sets SO_REUSEPORT, so a second service would start on a served port and
-    the kernel would spread calls between the two: check before starting, without it."""
+    Checked before Ray starts, so the refusal names the port at once (the Ingress's gRPC server
+    would also fail to bind it, but only after the models load)."""
     import socket
 
     with socket.socket() as probe:
@@ -143,13 +147,11 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
     except (ValidationError, ValueError, OSError, LoupeError) as exc:  # a bad config never reaches Ray
         print(f"loupe: cannot start: the config {config} is not valid: {exc}", file=sys.stderr, flush=True)
         return 2
-    ports = {
-        "gRPC": cfg.get("grpc_options", {}).get("port", 9000),
-        "HTTP": cfg.get("http_options", {}).get("port", 8000),
-    }
     from services.config import load_settings
 
-    metrics = load_settings(cfg["applications"][0]["args"]).metrics
+    settings = load_settings(cfg["applications"][0]["args"])
+    metrics, grpc_at = settings.metrics, settings.grpc
+    ports = {"gRPC": grpc_at.port, "HTTP": cfg.get("http_options", {}).get("port", 8000)}
     if metrics.port:
         ports["metrics"] = metrics.port
     for name, port in ports.items():
@@ -182,18 +184,19 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
         fh.name,
     ]
     app_args = cfg["applications"][0]["args"]
+    from services.serve.grpcserver import address
+
     print(
         f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
-        f"gRPC on all interfaces, port {ports['gRPC']} (Ray's gRPC proxy cannot bind one interface: put a "
-        f"firewall or `loupe tls-proxy` in front), HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:"
-        f"{ports['HTTP']}; {access(app_args)}",
+        f"gRPC on {address(grpc_at.host, grpc_at.port)}{_interfaces(grpc_at.host)}, "
+        f"HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:{ports['HTTP']}; {access(app_args)}",
         file=sys.stderr,
         flush=True,
     )
     # Serve's working dir must let replicas import this project's packages.
     cwd = Path(__file__).resolve().parents[2]
     try:
-        supervisor = Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=int(ports["gRPC"]))
+        supervisor = Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=grpc_at.port, grpc_host=grpc_at.host)
         if metrics_dir:
             supervisor.metrics = (metrics.host, metrics.port, metrics_dir)
         http = cfg.get("http_options", {})
@@ -205,6 +208,14 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
             import shutil
 
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _interfaces(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return " (every interface: put a firewall or `loupe tls-proxy` in front)"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return " (this machine only; --host 0.0.0.0 for every interface)"
+    return ""
 
 
 def _die_with_parent() -> None:
@@ -249,8 +260,15 @@ _REPLICA = re.compile(r"\(ServeReplica:\w+:(?P<name>\w+) pid=\d+\).*(?P<what>Sta
 class Supervisor:
     """`serve run` in its own process group, its output relayed line by line."""
 
-    def __init__(self, cmd: list[str], *, env: dict[str, str], cwd: Path, grpc_port: int) -> None:
+    def __init__(
+        self, cmd: list[str], *, env: dict[str, str], cwd: Path, grpc_port: int, grpc_host: str = "127.0.0.1"
+    ) -> None:
+        from services.serve.grpcserver import address
+
         self.cmd, self.env, self.cwd, self.grpc_port = cmd, env, cwd, grpc_port
+        # Where this machine reaches the port: loopback when it listens on every interface.
+        wildcard = grpc_host in ("0.0.0.0", "::", "")
+        self.grpc_target = address("127.0.0.1" if wildcard else grpc_host, grpc_port)
         self.proc: subprocess.Popen | None = None
         self.stopping: int | None = None  # the signal that asked us to stop
         self.fatal: str | None = None  # a start-up error a restart will not cure
@@ -369,7 +387,7 @@ class Supervisor:
 
         from services.client.sdk import LoupeCallError, LoupeClient
 
-        with LoupeClient(f"127.0.0.1:{self.grpc_port}", api_key=os.environ.get("LOUPE_API_KEY"), timeout_s=5) as c:
+        with LoupeClient(self.grpc_target, api_key=os.environ.get("LOUPE_API_KEY"), timeout_s=5) as c:
             while self.proc is not None and self.proc.poll() is None and self.stopping is None and not self.fatal:
                 try:
                     if c.health() == "SERVING":
@@ -377,7 +395,7 @@ class Supervisor:
                         self._waiting = {}
                         self._write_state("serving")
                         self._serve_metrics()
-                        print(f"loupe: serving: grpc://127.0.0.1:{self.grpc_port}", file=sys.stderr, flush=True)
+                        print(f"loupe: serving: grpc://{self.grpc_target}", file=sys.stderr, flush=True)
                         if self.web:
                             print(f"web: http://{self.web}/", file=sys.stderr, flush=True)
                         return

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             bundled=args.bundled_models,
             data_dir=args.data_dir,
             port=args.port,
+            host=args.host,
             qdrant_url=args.qdrant_url,
             model=args.model,
             http_port=args.http_port,
@@ -98,7 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config (default: the repo's ray_config.yaml)")
     s.add_argument("--bundled-models", action="store_true", help="run on the small models shipped with Loupe")
     s.add_argument("--data-dir", default=os.environ.get("LOUPE_DATA_DIR", "./loupe-data"))
-    s.add_argument("--port", type=int, default=None, help="gRPC port (default: from the config)")
+    s.add_argument("--port", type=int, default=None, help="gRPC port (default: from the config, 9000)")
+    s.add_argument(
+        "--host",
+        default=None,
+        help="gRPC interface (default: from the config, 127.0.0.1; 0.0.0.0 for every interface, behind TLS)",
+    )
     s.add_argument("--http-port", type=int, default=None, help="Serve's HTTP port (default: from the config)")
     s.add_argument(
         "--metrics-port",

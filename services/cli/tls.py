@@ -1,9 +1,9 @@
 """`loupe tls-proxy`: TLS in front of the service, terminated by nginx (`grpc_pass`).
 
-Ray Serve's gRPC proxy speaks plaintext only and listens on every interface (`[::]:PORT`,
-fixed in Ray). The recipe: nginx listens for TLS on the outside (default 0.0.0.0:9443) and
-passes calls to the plaintext port on 127.0.0.1; the plaintext port is then kept off the
-network by the host's firewall (or a container that publishes only the TLS port).
+The gRPC port speaks plaintext only (on 127.0.0.1 by default, `grpc.host`). The recipe: nginx
+listens for TLS on the outside (default 0.0.0.0:9443) and passes calls to the plaintext port
+on 127.0.0.1, which stays off the network (the default host; otherwise the host's firewall,
+or a container that publishes only the TLS port).
 
     loupe tls-proxy --cert server.pem --key server.key                 print the nginx config
     loupe tls-proxy --cert ... --key ... --client-ca ca.pem --run       run nginx (foreground)

@@ -25,6 +25,7 @@ from encoders.common.errors import (
     NotFound,
     Overloaded,
     StoreUnavailable,
+    TimedOut,
     Unauthenticated,
     VectorStateConflict,
 )
@@ -43,6 +44,7 @@ STATUS_TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (TimedOut, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (PermissionError, grpc.StatusCode.UNAUTHENTICATED),

@@ -11,7 +11,6 @@ from services.config import load_settings
 from services.serve.deployments import (
     AnswererDeployment,
     EncoderDeployment,
-    IndexDeployment,
     Ingress,
     TranscriberDeployment,
 )
@@ -27,7 +26,6 @@ def build_app(args: dict[str, Any]) -> Application:
         settings.qdrant_url or settings.data_dir,
     )
     encoder = EncoderDeployment.bind(settings)
-    index = IndexDeployment.bind(settings)
     transcriber = TranscriberDeployment.bind(settings) if settings.audio else None
-    answerer = AnswererDeployment.bind(settings, encoder, index) if settings.ask.enabled else None
-    return Ingress.bind(settings, encoder, index, transcriber, answerer)
+    answerer = AnswererDeployment.bind(settings, encoder) if settings.ask.enabled else None
+    return Ingress.bind(settings, encoder, transcriber, answerer)

@@ -1,7 +1,10 @@
-"""Ray Serve deployments: gRPC ingress, batched CLIP encoder, and the store owner.
+"""Ray Serve deployments: the Ingress (gRPC port and store owner), the batched CLIP encoder,
+Whisper and the VLM.
 
-The ingress implements every RPC of `loupe.v1` plus `grpc.health.v1.Health/Check`; the
-Serve proxy routes by method name, so method names here are the RPC names.
+The Ingress implements every RPC of `loupe.v1` plus `grpc.health.v1.Health/Check` and serves
+them on the gRPC port itself (services.serve.grpcserver), so method names here are the RPC
+names. It also owns the store: reads and writes run in its own process, in worker threads,
+with no hop to another replica (services.serve.workers.ThreadCalls).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import datetime as dt
 import functools
 import logging
 import time
+from contextlib import asynccontextmanager
 
 import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
 
 from encoders.clip.encoder import TextEmbedding
+from encoders.common.errors import TimedOut
 from indexing.query import Found, SearchQuery
 from indexing.types import CollectionSchema
 from protos.loupe.v1 import admin_pb2, common_pb2, feedback_pb2, index_pb2, qa_pb2, search_pb2
@@ -30,9 +35,16 @@ from services.gateway.redact import redact_request, redact_response, sees_person
 from services.rpc import admin, feedback
 from services.rpc.api import LoupeApi
 from services.rpc.errors import to_status
-from services.serve import calllog, metrics, requests, tracing
+from services.serve import calllog, grpcserver, metrics, requests, tracing
 from services.serve.admission import Admission
-from services.serve.workers import EncoderWorker, HandleCalls, IndexWorker, TranscriberWorker
+from services.serve.workers import (
+    EncoderWorker,
+    HandleCalls,
+    IndexWorker,
+    PreparedImage,
+    ThreadCalls,
+    TranscriberWorker,
+)
 
 log = logging.getLogger("loupe")
 
@@ -64,8 +76,14 @@ class EncoderDeployment:
         return await asyncio.to_thread(self.worker.embed_transcript, segments, overlap_tokens)
 
     async def encode_images(self, blobs: list[bytes]) -> list:
+        """Decode, preprocess, OCR and thumbnail per call in a worker thread, then the forward
+        pass in a batch: one call's decoding runs while another call's batch is encoded."""
         with tracing.span("decode_encode_image", **{"loupe.items": len(blobs)}):
-            return await self._images(blobs)
+            with metrics.step("decode_image"):
+                prepared = await asyncio.to_thread(self.worker.prepare_images, blobs)
+            pixels = [p.pixels for p in prepared if isinstance(p, PreparedImage)]
+            vectors = await self._images(pixels) if pixels else []
+            return self.worker.finish_images(prepared, vectors)
 
     async def encode_texts(self, texts: list[str]) -> TextEmbedding:
         with tracing.span("encode_text", **{"loupe.items": len(texts)}):
@@ -73,12 +91,12 @@ class EncoderDeployment:
 
     # Requests carry lists; a batch is a list of those lists, run as one forward pass.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def _images(self, requests: list[list[bytes]]) -> list[list]:
-        flat = [blob for blobs in requests for blob in blobs]
+    async def _images(self, requests: list[list]) -> list[list]:
+        flat = [p for pixels in requests for p in pixels]
         metrics.BATCH_SIZE.labels("image").observe(len(flat))
-        with metrics.step("decode_encode_image", traced=False):
-            results = await asyncio.to_thread(self.worker.encode_images, flat)
-        return _split(results, [len(r) for r in requests])
+        with metrics.step("encode_image", traced=False):
+            vectors = await asyncio.to_thread(self.worker.encode_pixels, flat)
+        return _split(list(vectors), [len(r) for r in requests])
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _texts(self, requests: list[list[str]]) -> list[TextEmbedding]:
@@ -92,75 +110,6 @@ class EncoderDeployment:
             out.append(TextEmbedding(embedded.vectors[start:end], embedded.truncated[start:end]))
             start = end
         return out
-
-
-@serve.deployment(name="Index")
-class IndexDeployment:
-    """The single owner of the embedded store (keep num_replicas at 1 for Qdrant Edge).
-
-    Each method is one IndexWorker call in a worker thread: `indexing.Index` serialises writes
-    itself, reads run in parallel.
-    """
-
-    def __init__(self, settings: LoupeSettings) -> None:
-        _observe(settings, "Index")
-        self.worker = IndexWorker(settings)
-
-    async def ping(self) -> str:
-        return await asyncio.to_thread(self.worker.ping)
-
-    async def add(self, name: str, schema: CollectionSchema, items: list) -> list[tuple[str, bool]]:
-        with metrics.step("store"):
-            return await asyncio.to_thread(self.worker.add, name, schema, items)
-
-    async def add_recording(self, name: str, schema: CollectionSchema, recording, segments: list) -> tuple[str, bool]:
-        return await asyncio.to_thread(self.worker.add_recording, name, schema, recording, segments)
-
-    async def stored_content(self, name: str, schema: CollectionSchema, keyed: list) -> dict[str, dict]:
-        return await asyncio.to_thread(self.worker.stored_content, name, schema, keyed)
-
-    async def merge(self, name: str, updates: list) -> list[bool]:
-        with metrics.step("store"):
-            return await asyncio.to_thread(self.worker.merge, name, updates)
-
-    async def write_token(self, name: str) -> str:
-        return await asyncio.to_thread(self.worker.write_token, name)
-
-    async def check_model(self, name: str, schema: CollectionSchema) -> None:
-        return await asyncio.to_thread(self.worker.check_model, name, schema)
-
-    async def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
-        with metrics.step("search"):
-            return await asyncio.to_thread(self.worker.search, schema, query)
-
-    async def calibration_pool(self, name: str, limit: int) -> list[dict]:
-        return await asyncio.to_thread(self.worker.calibration_pool, name, limit)
-
-    async def calibrate(
-        self, name: str, schema: CollectionSchema, probes: list, pool: list[dict], floor: float
-    ) -> dict:
-        return await asyncio.to_thread(self.worker.calibrate, name, schema, probes, pool, floor)
-
-    async def calibration_notes(self, schema: CollectionSchema) -> dict[str, str]:
-        return await asyncio.to_thread(self.worker.calibration_notes, schema)
-
-    async def get(self, name: str, public_id: str) -> dict:
-        return await asyncio.to_thread(self.worker.get, name, public_id)
-
-    async def delete_ids(self, name: str, ids: list[str]) -> int:
-        return await asyncio.to_thread(self.worker.delete_ids, name, ids)
-
-    async def delete_where(self, name: str, conditions: tuple) -> int:
-        return await asyncio.to_thread(self.worker.delete_where, name, conditions)
-
-    async def count(self, name: str, conditions: tuple, modalities: tuple) -> int:
-        return await asyncio.to_thread(self.worker.count, name, conditions, modalities)
-
-    async def collections(self) -> list[tuple[str, CollectionSchema, int]]:
-        found = await asyncio.to_thread(self.worker.collections)
-        for name, _schema, count in found:
-            metrics.COLLECTION_POINTS.labels(name).set(count)
-        return found
 
 
 @serve.deployment(name="Transcriber")
@@ -188,13 +137,16 @@ class TranscriberDeployment:
 
 @serve.deployment(name="Answerer")
 class AnswererDeployment:
-    """VLM + OCR + guardrails; retrieves context through the Encoder and Index deployments."""
+    """VLM + OCR + guardrails; retrieves context through the Encoder and the Ingress (the store's
+    owner: `Ingress.search`)."""
 
-    def __init__(self, settings: LoupeSettings, encoder, index) -> None:
+    def __init__(self, settings: LoupeSettings, encoder) -> None:
         _observe(settings, "Answerer")
         from services.serve.ask import AnswerWorker
 
-        self.worker = AnswerWorker(settings, HandleCalls(encoder), HandleCalls(index))
+        # The Ingress binds this deployment, so it cannot be bound here: look it up by name.
+        ingress = serve.get_deployment_handle("Ingress", serve.get_replica_context().app_name)
+        self.worker = AnswerWorker(settings, HandleCalls(encoder), HandleCalls(ingress))
 
     def model_id(self) -> str:
         return self.worker.model_id
@@ -208,14 +160,15 @@ class AnswererDeployment:
 
 @serve.deployment(name="Ingress")
 class Ingress:
-    def __init__(self, settings: LoupeSettings, encoder, index, transcriber=None, answerer=None) -> None:
+    async def __init__(self, settings: LoupeSettings, encoder, transcriber=None, answerer=None) -> None:
         _observe(settings, "Ingress")
         self.settings = settings
         self._transcriber = transcriber
+        self.store = StoreCalls(IndexWorker(settings))
         self.api = LoupeApi(
             settings,
             HandleCalls(encoder),
-            HandleCalls(index),
+            self.store,
             HandleCalls(transcriber) if transcriber is not None else None,
             HandleCalls(answerer) if answerer is not None else None,
         )
@@ -228,6 +181,11 @@ class Ingress:
         self.shown = ShownWriter(FeedbackStore(events), keep_days=f.keep_days, upload_keep_hours=f.upload_keep_hours)
         self.privacy = settings.privacy.policy()
         log.info("%s", self.gateway.describe())
+        self.server = await grpcserver.start(self, settings)
+
+    async def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
+        """The store's search, for the Answerer's retrieval (a handle call, not an RPC)."""
+        return await self.store.search(schema, query)
 
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
         """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
@@ -238,10 +196,13 @@ class Ingress:
             self._allow(client, rpc, request)  # a refusal is counted against this client
             redact_request(self.privacy, client, rpc, request)
             with tracing.span(rpc, **{"rpc.system": "grpc", "rpc.method": rpc, "loupe.client": client.id}):
-                async with self.admission.enter(rpc):
+                async with self.admission.enter(rpc), self._bounded(grpc_context):
                     result = await (call(request, client) if with_client else call(request))
                 grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
                 return requests.stamp(redact_response(self.privacy, client, rpc, request, result), rid)
+        except asyncio.CancelledError:  # the caller went away (or its deadline passed)
+            code = "CANCELLED"
+            raise
         except Exception as exc:  # every error leaves through the one table
             code = to_status(exc).code.name
             _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid)
@@ -284,11 +245,33 @@ class Ingress:
         self.limiter.check(client, rpc)
         check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC))
 
-    def __del__(self) -> None:
-        """Serve calls this when it stops the replica: write the last second of usage and shown records."""
+    @asynccontextmanager
+    async def _bounded(self, grpc_context):
+        """The call's time bound: the server's `grpc.request_timeout_s`, or the caller's deadline
+        when that comes first (TimedOut: DEADLINE_EXCEEDED)."""
+        bound = self.settings.grpc.request_timeout_s
+        left = grpc_context.time_remaining()
+        if left is not None:
+            bound = min(bound, max(left, 0.0))
+        try:
+            async with asyncio.timeout(bound) as timer:
+                yield
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise TimedOut(
+                f"the call did not finish within {bound:.3g} s (grpc.request_timeout_s or the call's deadline)"
+            ) from None
+
+    async def __del__(self) -> None:
+        """Serve calls this when it stops the replica: drain the gRPC port, then write the last
+        second of usage and shown records and close the store."""
+        await grpcserver.stop(getattr(self, "server", None), self.settings.grpc.drain_s)
         for writer in (getattr(self, "meter", None), getattr(self, "shown", None)):
             if writer is not None:
                 writer.close()
+        if getattr(self, "store", None) is not None:
+            await asyncio.to_thread(self.store.close)
 
     async def _account(self, client, rpc: str, request, result, code: str, rid: str) -> None:
         """Usage, audit, and the copy of what the user saw (for feedback): never fails the call."""
@@ -325,17 +308,16 @@ class Ingress:
         try:
             client = self.gateway.authenticate(metadata)
             self._allow(client, "Transcribe", request)
-            async with self.admission.enter("Transcribe"):
+            async with self.admission.enter("Transcribe"), self._bounded(grpc_context):
                 async for message in self.api.transcribe(request, self._stream_transcript):
                     if info is None and message.WhichOneof("kind") == "info":
                         info = message.info  # its duration counts as audio seconds
                     yield message
         except Exception as exc:  # every error leaves through the one table
-            code = to_status(exc).code.name
-            _set_status(grpc_context, exc, rid)
-            # A stream only ends with the code set above when the handler raises (Serve then
-            # sends that code and reason; the trace stays in the server log).
-            raise StreamFailed(to_status(exc).details) from exc
+            status = to_status(exc)
+            code = status.code.name
+            # abort() ends the stream with this code, reason and details (it raises to do so).
+            await grpc_context.abort(status.code, status.details, _trailers(status, rid))
         finally:
             self._done("Transcribe", client, request, info, code, started)
             await self._account(client, "Transcribe", request, info, code, rid)
@@ -466,15 +448,42 @@ def _observe(settings: LoupeSettings, deployment: str) -> None:
     tracing.configure(settings.tracing, deployment)
 
 
-class StreamFailed(Exception):
-    """Ends a server stream after its status code has been set on the context."""
+class StoreCalls(ThreadCalls):
+    """The store (IndexWorker) in this process, each call in a worker thread, with the store's
+    step timings and the points gauge."""
+
+    _STEPS = {"add": "store", "merge": "store", "search": "search"}
+
+    def __getattr__(self, name: str):
+        call, step = super().__getattr__(name), self._STEPS.get(name)
+        if step is None:
+            return call
+
+        async def timed(*args, **kwargs):
+            with metrics.step(step):
+                return await call(*args, **kwargs)
+
+        return timed
+
+    async def collections(self) -> list[tuple[str, CollectionSchema, int]]:
+        found = await asyncio.to_thread(self._target.collections)
+        for name, _schema, count in found:
+            metrics.COLLECTION_POINTS.labels(name).set(count)
+        return found
+
+    def close(self) -> None:
+        self._target.close()
+
+
+def _trailers(status, rid: str) -> list:
+    return list(status.trailing_metadata) + ([(requests.HEADER, rid)] if rid else [])
 
 
 def _set_status(grpc_context, exc: BaseException, rid: str = "") -> None:
     status = to_status(exc)
     grpc_context.set_code(status.code)
     grpc_context.set_details(status.details)
-    grpc_context.set_trailing_metadata(list(status.trailing_metadata) + ([(requests.HEADER, rid)] if rid else []))
+    grpc_context.set_trailing_metadata(_trailers(status, rid))
 
 
 def _split(results: list, sizes: list[int]) -> list[list]:

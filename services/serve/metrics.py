@@ -32,7 +32,7 @@ CALL_SECONDS = Histogram(
 )
 STEP_SECONDS = Histogram(
     "loupe_step_duration_seconds",
-    "Time per step: decode_encode_image, encode_text, search, store, transcribe, ask, and Ask's "
+    "Time per step: decode_image, encode_image, encode_text, search, store, transcribe, ask, and Ask's "
     "ask_input_guards, ask_ocr, ask_retrieval, ask_draft, ask_output_guards",
     ["step"],
     buckets=_LATENCY,

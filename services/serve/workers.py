@@ -53,6 +53,21 @@ class EncodedImage:
     thumbnail: bytes = b""
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded, checked image ready for the forward pass."""
+
+    pixels: np.ndarray  # (3, H, W) float32, the model's preprocessing
+    width: int
+    height: int
+    text: str
+    thumbnail: bytes
+
+
+def _ok(prepared) -> bool:
+    return isinstance(prepared, PreparedImage)
+
+
 class EncoderWorker:
     """Decodes and validates images, then embeds the valid ones in one batch."""
 
@@ -70,20 +85,37 @@ class EncoderWorker:
 
     def encode_images(self, blobs: list[bytes]) -> list[EncodedImage | InvalidInput]:
         """One result per blob, in order: a vector, or the reason the blob was rejected."""
-        results: list[Any] = [None] * len(blobs)
-        good, images = [], []
-        for i, blob in enumerate(blobs):
+        prepared = self.prepare_images(blobs)
+        return self.finish_images(prepared, self.encode_pixels([p.pixels for p in prepared if _ok(p)]))
+
+    def prepare_images(self, blobs: list[bytes]) -> list[PreparedImage | InvalidInput]:
+        """Everything but the forward pass, per blob: decode and check, the model's own
+        preprocessing, OCR and the thumbnail (the service runs this next to another call's
+        forward pass)."""
+        preprocess = self.clip.preprocessor()
+        out: list[PreparedImage | InvalidInput] = []
+        for blob in blobs:
             try:
                 decoded = decode_image(blob, self.image_limits)
             except InvalidInput as exc:
-                results[i] = exc
+                out.append(exc)
                 continue
-            good.append((i, decoded.width, decoded.height))
-            images.append(decoded.image)
-        vectors = self.clip.encode_images(images) if images else []
-        for (i, width, height), vector, image in zip(good, vectors, images):
-            results[i] = EncodedImage(vector, width, height, self._read(blobs[i], image), thumbnail(image))
-        return results
+            image = decoded.image
+            pixels = preprocess(image).numpy()
+            out.append(PreparedImage(pixels, decoded.width, decoded.height, self._read(blob, image), thumbnail(image)))
+        return out
+
+    def encode_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """Preprocessed images -> (n, dim) vectors, one forward pass per `batch_size`."""
+        if not pixels:
+            return np.zeros((0, self._info.dim), np.float32)
+        return self.clip.encode_pixels(np.stack(pixels))
+
+    @staticmethod
+    def finish_images(prepared: list, vectors: np.ndarray) -> list[EncodedImage | InvalidInput]:
+        """`prepare_images`'s results with the vectors of the good ones, in order."""
+        good = iter(vectors)
+        return [EncodedImage(next(good), p.width, p.height, p.text, p.thumbnail) if _ok(p) else p for p in prepared]
 
     def _read(self, blob: bytes, image) -> str:
         """The image's OCR text, cached by its bytes and the reader's identity."""

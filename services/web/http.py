@@ -76,6 +76,9 @@ class HttpContext:
     def invocation_metadata(self):
         return self._metadata
 
+    def time_remaining(self) -> None:  # HTTP calls carry no deadline: the server's bound applies
+        return None
+
     def set_code(self, code) -> None:
         self.code = code
 

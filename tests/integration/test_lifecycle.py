@@ -1,7 +1,7 @@
 """`loupe serve` as a supervisor sees it: start-up errors that a restart will not cure end it
 within seconds with the reason; a served port is refused; SIGTERM stops everything it started
-and frees the port; a SIGKILLed `loupe serve` leaves nothing behind for long; a killed Index
-replica loses no acknowledged write."""
+and frees the port; a SIGKILLed `loupe serve` leaves nothing behind for long; a killed Ingress
+replica (the store's owner) loses no acknowledged write."""
 
 from __future__ import annotations
 
@@ -99,40 +99,52 @@ def test_a_served_port_is_refused_and_the_first_service_keeps_its_data(service, 
         assert [c.name for c in client.status().collections] == [c.name for c in before.collections]
 
 
-def _index_replica() -> psutil.Process | None:
-    for p in psutil.process_iter(["cmdline"]):
-        if "ServeReplica:loupe:Index" in " ".join(p.info["cmdline"] or []):
-            return p
+def _ingress_replica(svc: ServiceProcess) -> psutil.Process | None:
+    """The Ingress replica of this service (not of another one running on the machine)."""
+    for p in psutil.Process(svc.proc.pid).children(recursive=True):
+        try:
+            if "ServeReplica:loupe:Ingress" in " ".join(p.cmdline()):
+                return p
+        except psutil.NoSuchProcess:
+            continue
     return None
 
 
-def test_killed_index_replica_loses_no_acknowledged_write_and_sigterm_stops_everything(tmp_path):
+def test_killed_ingress_replica_loses_no_acknowledged_write_and_sigterm_stops_everything(tmp_path):
     from services.client.sdk import LoupeCallError, TextInput
 
     svc = ServiceProcess(["--bundled-models", "--data-dir", str(tmp_path / "data")], log_path=tmp_path / "serve.log")
     with svc:
         acked: list[str] = []
+        refused = 0
 
         def write() -> None:
+            nonlocal refused
+            deadline = time.monotonic() + 300
             with svc_client(svc) as client:
-                for i in range(300):
+                i = 0
+                while i < 300 and time.monotonic() < deadline:
                     try:
                         client.index_texts([TextInput(f"note {i}", id=f"n{i}")], collection="writes")
                         acked.append(f"n{i}")
-                    except LoupeCallError:
-                        pass  # refused while the replica restarts: not acknowledged
+                        i += 1
+                    except LoupeCallError:  # UNAVAILABLE while the replica restarts: not acknowledged, retried
+                        refused += 1
+                        time.sleep(0.1)
 
+        replica = _ingress_replica(svc)
+        assert replica is not None
         writer = threading.Thread(target=write)
         writer.start()
         while len(acked) < 50:
-            time.sleep(0.05)
-        replica = _index_replica()
-        assert replica is not None
+            time.sleep(0.01)
         replica.kill()
         writer.join(timeout=600)
+        assert refused > 0 and len(acked) == 300  # the kill landed between writes, then they went on
+        assert _ingress_replica(svc).pid != replica.pid  # Serve started a new replica
         with svc_client(svc) as client:
             stored = {i for i in acked if _exists(client, i)}
-        assert stored == set(acked) and len(acked) >= 250, (len(acked), len(stored))
+        assert stored == set(acked) and len(acked) == 300, (len(acked), len(stored))
 
         started = psutil.Process(svc.proc.pid).children(recursive=True)
         start = time.monotonic()

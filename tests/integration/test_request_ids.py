@@ -66,11 +66,11 @@ def test_the_id_is_on_the_log_lines_of_every_deployment_the_call_reached(service
     while time.monotonic() < deadline:
         log = service.process.log_path.read_text(errors="replace").splitlines()
         mine = [line for line in log if "trace-dense-7" in line]
-        if any("loupe_Index" in line for line in mine) and any("loupe_Encoder" in line for line in mine):
+        if any("loupe_Encoder" in line for line in mine) and any('"msg": "call"' in line for line in mine):
             break
         time.sleep(1)
-    assert any("loupe_Encoder" in line for line in mine), mine  # Serve's access lines, per deployment
-    assert any("loupe_Index" in line for line in mine), mine
+    # Serve's access line of the Encoder (a handle call from the Ingress, which owns the store).
+    assert any("loupe_Encoder" in line for line in mine), mine
     calls = [json.loads(line[line.index("{") :]) for line in mine if '"msg": "call"' in line]
     assert calls and calls[0]["rpc"] == "SearchText" and calls[0]["code"] == "OK" and calls[0]["hits"] >= 1
     assert calls[0]["request_id"] == "trace-dense-7" and calls[0]["collection"] == "rids"

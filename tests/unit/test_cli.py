@@ -33,10 +33,11 @@ def test_clock():
 
 
 def test_serve_config_overrides(tmp_path):
-    cfg = render_config(ROOT / "ray_config.yaml", bundled=True, data_dir=str(tmp_path), port=9123)
+    cfg = render_config(ROOT / "ray_config.yaml", bundled=True, data_dir=str(tmp_path), port=9123, host="0.0.0.0")
     args = cfg["applications"][0]["args"]
     assert args["profile"] == "bundled" and args["data_dir"] == str(tmp_path.resolve())
-    assert cfg["grpc_options"]["port"] == 9123
+    assert args["grpc"]["port"] == 9123 and args["grpc"]["host"] == "0.0.0.0"
+    assert "grpc_options" not in cfg  # the Ingress serves gRPC; Serve's proxy stays off
     # The shipped config itself stays on the real default model.
     assert yaml.safe_load((ROOT / "ray_config.yaml").read_text())["applications"][0]["args"]["profile"] == "default"
 
@@ -50,6 +51,21 @@ def test_serve_config_leaves_out_deployments_the_settings_switch_off(monkeypatch
     monkeypatch.setenv("LOUPE_ASK__ENABLED", "false")
     cfg = render_config(ROOT / "ray_config.yaml", bundled=True, data_dir=str(tmp_path))
     assert names(cfg) == [n for n in names(full) if n not in ("Transcriber", "Answerer")]
+
+
+def test_several_ingress_replicas_need_a_qdrant_server(tmp_path, capsys):
+    """The Ingress owns the embedded store (one lock holder): more replicas only with qdrant_url."""
+    from services.cli.launch import serve
+
+    cfg = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
+    next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "Ingress")["num_replicas"] = 2
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert serve(config=str(path), bundled=True, data_dir=str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "one replica" in err and "qdrant_url" in err
+    rendered = render_config(path, bundled=True, qdrant_url="http://qdrant:6333")
+    assert rendered["applications"][0]["args"]["ingress_replicas"] == 2
 
 
 def test_serve_refuses_a_bad_config_value_before_ray(monkeypatch, tmp_path, capsys):
