@@ -545,11 +545,12 @@ class ServiceProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"loupe serve exited with {self.proc.returncode}:\n{self.log_tail()}")
                 try:
-                    if client.health() == "SERVING":
+                    # SERVING, and `loupe serve` has seen it too (its metrics endpoint is up then).
+                    if client.health() == "SERVING" and "loupe: serving:" in self.log_path.read_text(errors="replace"):
                         return
                 except LoupeCallError:
                     pass
-                time.sleep(2)
+                time.sleep(1)
         raise RuntimeError(f"loupe serve not SERVING after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 6000) -> str:

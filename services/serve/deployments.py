@@ -181,7 +181,7 @@ class Ingress:
         self.shown = ShownWriter(FeedbackStore(events), keep_days=f.keep_days, upload_keep_hours=f.upload_keep_hours)
         self.privacy = settings.privacy.policy()
         log.info("%s", self.gateway.describe())
-        self.server = await grpcserver.start(self, settings)
+        self.server = await grpcserver.start(self, settings, serve.get_replica_context().app_name)
 
     async def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
         """The store's search, for the Answerer's retrieval (a handle call, not an RPC)."""
@@ -475,8 +475,9 @@ class StoreCalls(ThreadCalls):
         self._target.close()
 
 
-def _trailers(status, rid: str) -> list:
-    return list(status.trailing_metadata) + ([(requests.HEADER, rid)] if rid else [])
+def _trailers(status, rid: str) -> tuple:
+    """The status's details and the request id (a tuple: grpc.aio's abort takes no list)."""
+    return tuple(status.trailing_metadata) + (((requests.HEADER, rid),) if rid else ())
 
 
 def _set_status(grpc_context, exc: BaseException, rid: str = "") -> None:

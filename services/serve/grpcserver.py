@@ -45,21 +45,41 @@ SERVICERS = (
 )
 
 
-def _health(servicer) -> grpc.GenericRpcHandler:
-    """grpc.health.v1.Health/Check only (Watch and List answer UNIMPLEMENTED)."""
-    check = grpc.unary_unary_rpc_method_handler(
-        servicer.Check,
-        request_deserializer=health_pb2.HealthCheckRequest.FromString,
-        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+def _unary(handler, request_class, response_class):
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=request_class.FromString, response_serializer=response_class.SerializeToString
     )
-    return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": check})
+
+
+def _health(servicer, app_name: str) -> tuple[grpc.GenericRpcHandler, ...]:
+    """grpc.health.v1.Health/Check (Watch and List answer UNIMPLEMENTED), and Ray Serve's own
+    `ray.serve.RayServeAPIService` Healthz and ListApplications, as its proxy answered them."""
+    from ray.serve.generated import serve_pb2
+
+    async def healthz(request, context):
+        return serve_pb2.HealthzResponse(message="success")
+
+    async def list_applications(request, context):
+        return serve_pb2.ListApplicationsResponse(application_names=[app_name])
+
+    check = _unary(servicer.Check, health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse)
+    ray_api = {
+        "Healthz": _unary(healthz, serve_pb2.HealthzRequest, serve_pb2.HealthzResponse),
+        "ListApplications": _unary(
+            list_applications, serve_pb2.ListApplicationsRequest, serve_pb2.ListApplicationsResponse
+        ),
+    }
+    return (
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": check}),
+        grpc.method_handlers_generic_handler("ray.serve.RayServeAPIService", ray_api),
+    )
 
 
 def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def start(servicer, settings: LoupeSettings) -> grpc.aio.Server:
+async def start(servicer, settings: LoupeSettings, app_name: str = "loupe") -> grpc.aio.Server:
     """Serve every RPC of `servicer` on `settings.grpc.host:port`; raises InvalidInput (a
     start-up error `loupe serve` reports at once) when the port cannot be bound."""
     g = settings.grpc
@@ -70,7 +90,7 @@ async def start(servicer, settings: LoupeSettings) -> grpc.aio.Server:
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=g.max_concurrent_calls)
     for add in SERVICERS:
         add(servicer, server)
-    server.add_generic_rpc_handlers((_health(servicer),))
+    server.add_generic_rpc_handlers(_health(servicer, app_name))
     where = address(g.host, g.port)
     try:
         server.add_insecure_port(where)

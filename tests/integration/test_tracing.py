@@ -66,7 +66,8 @@ def test_each_calls_spans_share_a_trace_and_its_request_id(tmp_path) -> None:
                     {s.resource.get("loupe.deployment") for s in spans_of(otlp, rid)} >= want
                     for rid, want in EXPECTED.items()
                 )
-                if spans_in and any("trace-ask-3" in x and '"msg": "ask"' in x for x in log):
+                mine = [x for x in log if "trace-ask-3" in x]
+                if spans_in and any('"msg": "ask"' in x for x in mine) and any('"msg": "call"' in x for x in mine):
                     break
                 time.sleep(0.5)
     for rid, want in EXPECTED.items():

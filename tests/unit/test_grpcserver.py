@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ray.serve.generated import serve_pb2, serve_pb2_grpc
 
 from encoders.common.errors import InvalidInput, TimedOut
 from protos.loupe.v1 import index_pb2, index_pb2_grpc
@@ -58,6 +59,10 @@ def test_serves_health_and_the_rpcs_on_loopback_and_refuses_a_second_owner_of_th
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
                 counted = await index_pb2_grpc.IndexServiceStub(channel).Count(index_pb2.CountRequest(), timeout=5)
                 assert counted.count == 1
+                ray_api = serve_pb2_grpc.RayServeAPIServiceStub(channel)
+                assert (await ray_api.Healthz(serve_pb2.HealthzRequest(), timeout=5)).message == "success"
+                apps = await ray_api.ListApplications(serve_pb2.ListApplicationsRequest(), timeout=5)
+                assert list(apps.application_names) == ["loupe"]
             # No SO_REUSEPORT with one Ingress replica: a second server cannot share the port.
             with pytest.raises(InvalidInput) as err:
                 await grpcserver.start(Servicer(), _settings(port))
