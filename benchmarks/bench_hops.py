@@ -8,12 +8,12 @@ Starts a private Ray (no dashboard) with the replica settings `loupe serve` uses
 
 - a no-op await (the floor of the replica's event loop),
 - a call to a plain Ray actor (Ray's task transport alone),
-- a Serve handle call to another deployment (what each Ingress -> Encoder/Index hop pays),
+- a Serve handle call to another deployment (what the Ingress -> Encoder hop pays),
 
-and from this process: a unary gRPC call to a grpc.aio server run inside a replica (what a
-gRPC port served by the Ingress itself would cost, without Serve's proxy in front).
-`python -m benchmarks.bench_load --skip-sweep` gives the same for Serve's gRPC proxy
-("proxy + Ingress only") and for the RPCs themselves. Prints a table, writes JSON.
+and from this process: a unary gRPC call to a grpc.aio server run inside a replica (what
+the gRPC port served by the Ingress itself costs). `python -m benchmarks.bench_load
+--skip-sweep` gives the same through the service ("gRPC + Ingress only") and for the RPCs
+themselves. Prints a table, writes JSON.
 """
 
 from __future__ import annotations

@@ -507,7 +507,7 @@ def _reliability(cal: Calibration, test: Sequence[Example]) -> list[dict[str, An
 
 class Calibrations:
     """The calibration of each collection, read from its info and re-read after `ttl_s` (so a
-    calibration stored through another Index replica is seen)."""
+    calibration stored through another Ingress replica is seen)."""
 
     def __init__(self, index: Index, ttl_s: float = 10.0) -> None:
         self.index, self.ttl_s = index, ttl_s

@@ -2,7 +2,7 @@
 
 LoupeApi builds it from the request (collection, mode, limit, offset, modalities, filter
 conditions, threshold); the encoder's vector and the keyword vector are added with
-`with_vectors`; the Index deployment resolves the conditions against the collection and runs
+`with_vectors`; the store's owner (the Ingress) resolves the conditions against the collection and runs
 it. The Ask worker builds its retrieval query the same way.
 """
 

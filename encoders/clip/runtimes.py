@@ -171,6 +171,9 @@ def _session(path: Path, threads: int):
     if threads > 0:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Idle threads sleep instead of spinning for work: in the service the Encoder shares the
+    # CPUs with the Ingress, which a spinning pool would slow after every call.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # a truncated or foreign file in the cache

@@ -64,6 +64,7 @@ class EncoderDeployment:
     def __init__(self, settings: LoupeSettings) -> None:
         _observe(settings, "Encoder")
         self.worker = EncoderWorker(settings)
+        self._lone_texts = 0
         batch, wait = settings.encoder.batch_size, settings.encoder.batch_wait_timeout_s
         for method in (self._images, self._texts):
             method.set_max_batch_size(batch)
@@ -87,7 +88,15 @@ class EncoderDeployment:
 
     async def encode_texts(self, texts: list[str]) -> TextEmbedding:
         with tracing.span("encode_text", **{"loupe.items": len(texts)}):
-            return await self._texts(texts)
+            if self._lone_texts:  # another call is being encoded: queue for the next batch
+                return await self._texts(texts)
+            self._lone_texts += 1  # nothing to batch with: run now, without the batch queue
+            try:
+                metrics.BATCH_SIZE.labels("text").observe(len(texts))
+                with metrics.step("encode_text", traced=False):
+                    return await asyncio.to_thread(self.worker.encode_texts, texts)
+            finally:
+                self._lone_texts -= 1
 
     # Requests carry lists; a batch is a list of those lists, run as one forward pass.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)

@@ -1,6 +1,6 @@
 """Prometheus metrics of every replica, served on one port by `loupe serve`.
 
-Each replica process (Ingress, Encoder, Index, Transcriber, Answerer) records with
+Each replica process (Ingress, Encoder, Transcriber, Answerer) records with
 prometheus_client in multiprocess mode: `loupe serve` gives them all one folder
 (`PROMETHEUS_MULTIPROC_DIR`, made empty at start) and serves the sum over the folder at
 `http://HOST:PORT/metrics` (`metrics.host`, `metrics.port`; port 0: off), so the figures hold

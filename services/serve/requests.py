@@ -4,7 +4,7 @@ The Ingress takes `x-request-id` from the call's metadata when it is a sane toke
 letters, digits and `._:/+=-`; anything else is replaced, never refused: a tracing header
 must not fail a call), else Ray Serve's own id for the call (its proxy reads metadata
 `request_id` or makes one), else a new one. `carry()` puts it in Serve's request context, so
-every deployment the call reaches (Encoder, Index, Transcriber, Answerer) sees the same id:
+every deployment the call reaches (Encoder, Transcriber, Answerer) sees the same id:
 Serve sends it along with each handle call and writes it on its log records, and
 `current()` reads it there. The id goes back in the trailing metadata (`x-request-id`) and in
 the responses a user acts on (`request_id` of IndexResponse, IndexAudioResponse,

@@ -4,7 +4,7 @@ Off by default (no endpoint: `span()` costs a context manager and nothing else).
 replica exports its own spans (service name `loupe`, attribute `loupe.deployment`) to
 `<endpoint>/v1/traces`. Serve's handle calls carry no trace context, so the trace id is derived
 from the call's request id (sha256, first 128 bits): every span a call causes, in the Ingress,
-Encoder, Index, Transcriber and Answerer, lands in one trace, and each carries
+Encoder, Transcriber and Answerer (the store's steps are the Ingress's), lands in one trace, and each carries
 `loupe.request_id`. Steps are those `services.serve.metrics.step` times, plus one span per RPC.
 """
 
