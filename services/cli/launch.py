@@ -108,6 +108,8 @@ def serve_env(cfg: dict) -> dict[str, str]:
     return env
 
 
+# The health check that says the service is up: a Loupe service name, not "".
+READY_SERVICE = "loupe.v1.SearchService"
 # How long `loupe serve` waits for Serve to drain and stop after a signal before killing it.
 STOP_TIMEOUT_S = 30.0
 # Errors in the service's output that a restart will not cure: stop at once and say why.
@@ -390,7 +392,9 @@ class Supervisor:
         with LoupeClient(self.grpc_target, api_key=os.environ.get("LOUPE_API_KEY"), timeout_s=5) as c:
             while self.proc is not None and self.proc.poll() is None and self.stopping is None and not self.fatal:
                 try:
-                    if c.health() == "SERVING":
+                    # A Loupe service name: another gRPC server on the port (one of Ray's own
+                    # answers the plain health check) says NOT_FOUND to it.
+                    if c.health(READY_SERVICE) == "SERVING":
                         self.ready = True
                         self._waiting = {}
                         self._write_state("serving")
@@ -487,9 +491,19 @@ class ServiceProcess:
         import socket
 
         def free_port() -> int:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                return s.getsockname()[1]
+            # Below the kernel's ephemeral range (32768+), which Ray's processes take their
+            # ports from while the service starts, and above Ray's worker ports (10002-19999).
+            import random
+
+            for _ in range(200):
+                port = random.randint(20000, 32000)
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue
+                    return port
+            raise RuntimeError("no free port in 20000-32000")
 
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -546,7 +560,8 @@ class ServiceProcess:
                     raise RuntimeError(f"loupe serve exited with {self.proc.returncode}:\n{self.log_tail()}")
                 try:
                     # SERVING, and `loupe serve` has seen it too (its metrics endpoint is up then).
-                    if client.health() == "SERVING" and "loupe: serving:" in self.log_path.read_text(errors="replace"):
+                    serving = client.health(READY_SERVICE) == "SERVING"
+                    if serving and "loupe: serving:" in self.log_path.read_text(errors="replace"):
                         return
                 except LoupeCallError:
                     pass

@@ -317,7 +317,9 @@ class Ingress:
         try:
             client = self.gateway.authenticate(metadata)
             self._allow(client, "Transcribe", request)
-            async with self.admission.enter("Transcribe"), self._bounded(grpc_context):
+            # Not under grpc.request_timeout_s: a stream runs as long as its recording
+            # (limits.audio_max_duration_s bounds that); the caller's deadline still ends it.
+            async with self.admission.enter("Transcribe"):
                 async for message in self.api.transcribe(request, self._stream_transcript):
                     if info is None and message.WhichOneof("kind") == "info":
                         info = message.info  # its duration counts as audio seconds
