@@ -8,7 +8,8 @@ Starts a private Ray (no dashboard) with the replica settings `loupe serve` uses
 
 - a no-op await (the floor of the replica's event loop),
 - a call to a plain Ray actor (Ray's task transport alone),
-- a Serve handle call to another deployment (what the Ingress -> Encoder hop pays),
+- a Serve handle call to another deployment (what the Ingress -> Encoder hop pays), as a
+  Ray actor call (Serve's default) and by value over Serve's gRPC transport,
 
 and from this process: a unary gRPC call to a grpc.aio server run inside a replica (what
 the gRPC port served by the Ingress itself costs). `python -m benchmarks.bench_load
@@ -77,10 +78,14 @@ def main() -> None:
             async def noop():
                 await asyncio.sleep(0)
 
+            by_value = self.target.options(_by_reference=False)
+
             return {
                 "no-op await in a replica": pct(await timed(noop, rounds)),
                 "plain Ray actor call": pct(await timed(lambda: self.actor.ping.remote(1), rounds)),
                 "Serve handle call": pct(await timed(lambda: self.target.ping.remote(1), rounds)),
+                # Serve's own gRPC transport between replicas instead of a Ray actor call.
+                "Serve handle call, by value (gRPC)": pct(await timed(lambda: by_value.ping.remote(1), rounds)),
             }
 
         async def listen(self, port: int) -> None:

@@ -99,7 +99,7 @@ def run_batch(
     Raises a LoupeError (InvalidInput for a bad source, ModelMismatch, StoreUnavailable,
     ModelUnavailable) when the run cannot start at all.
     """
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     errors = ErrorReport(options.error_report)
     plan_dir = tempfile.mkdtemp(prefix="loupe-batch-plan-")
     try:
@@ -114,7 +114,17 @@ def run_batch(
         meter.update([FAILED] * broken)
         try:
             with _stop_signals() as received:
-                _run(plan_dir, store, options, (side, preprocess), schema, summary, meter, errors, started)
+                _run(
+                    plan_dir,
+                    store,
+                    options,
+                    (side, preprocess),
+                    schema,
+                    summary,
+                    meter,
+                    errors,
+                    (started, started_wall),
+                )
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.stop_signal = received[0] if received else signal.SIGINT
@@ -149,17 +159,19 @@ def _stop_signals():
             signal.signal(sig, handler)
 
 
-def _run(plan_dir, store, options, transform, schema, summary, meter, errors, started) -> None:
+def _run(plan_dir, store, options, transform, schema, summary, meter, errors, clocks) -> None:
     import ray
 
     writer, writer_name = _writer(store, options, schema)
     described = ray.get(writer.describe.remote())
     summary.vector = described["vector"]
     ds = _dataset(plan_dir, options, transform, writer_name)
+    started, started_wall = clocks
     summary.startup_s = time.monotonic() - started
     meter.start()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = batch.to_pylist()
+        summary.saw_encoded(started_wall, [r["encoded_at"] for r in rows if r["encoded_at"]])
         for row in rows:
             summary.counts[row["status"]] += 1
             if row["status"] == FAILED:

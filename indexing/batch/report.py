@@ -21,9 +21,13 @@ class BatchSummary:
     total: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     seconds: float = 0.0
-    # Seconds before the first row reached the pipeline: listing the source, starting Ray
-    # and loading the model.
+    # Seconds before the first row reached the pipeline: listing the source, starting Ray,
+    # learning the model's identity, opening the store.
     startup_s: float = 0.0
+    # Seconds from the start until the first encoded batch, and the encode stage's pace from
+    # then on (see `saw_encoded`).
+    first_encoded_s: float = 0.0
+    steady_items_per_s: float = 0.0
     error_report: str | None = None
     # Points in the collection at the end.
     points: int | None = None
@@ -32,6 +36,7 @@ class BatchSummary:
     stop_signal: int | None = None
     # After a re-embedding run: the state of the vector it filled.
     vectors: str | None = None
+    _stamps: dict[float, int] = field(default_factory=dict, repr=False)
 
     @property
     def done(self) -> int:
@@ -46,11 +51,26 @@ class BatchSummary:
         busy = self.seconds - self.startup_s
         return self.done / busy if busy > 0 else 0.0
 
+    def saw_encoded(self, started_wall: float, stamps: list[float]) -> None:
+        """Note when rows left the encode step (wall-clock stamps, one per row; a batch shares
+        one). The pace after the first batch is the pipeline's rate with every model loaded and
+        every step running: what a longer catalog approaches, comparable with the bare encoder."""
+        if not stamps:
+            return
+        seen = self._stamps
+        for t in stamps:
+            seen[t] = seen.get(t, 0) + 1
+        first, last = min(seen), max(seen)
+        self.first_encoded_s = first - started_wall
+        later = sum(seen.values()) - seen[first]
+        self.steady_items_per_s = later / (last - first) if last > first else 0.0
+
     def text(self) -> str:
         c = self.counts
         lines = [
             f"{'interrupted' if self.interrupted else 'done'}: {self.done:,} of {self.total:,} items in "
-            f"{self.seconds:.1f} s ({self.items_per_s:.1f} items/s after {self.startup_s:.1f} s start-up)",
+            f"{self.seconds:.1f} s ({self.items_per_s:.1f} items/s after {self.startup_s:.1f} s start-up; "
+            f"first batch encoded after {self.first_encoded_s:.1f} s, {self.steady_items_per_s:.1f} items/s from then)",
             f"  indexed {c[INDEXED]:,}  updated {c[UPDATED]:,}  skipped {c[SKIPPED]:,}  "
             f"duplicates {c[DUPLICATE]:,}  failed {c[FAILED]:,}",
             f"  collection {self.collection!r}, vector {self.vector!r}, model {self.model_id}"
@@ -63,7 +83,12 @@ class BatchSummary:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "done": self.done, "items_per_s": round(self.items_per_s, 2)}
+        return {
+            **{k: v for k, v in asdict(self).items() if not k.startswith("_")},
+            "done": self.done,
+            "items_per_s": round(self.items_per_s, 2),
+            "steady_items_per_s": round(self.steady_items_per_s, 2),
+        }
 
 
 class ErrorReport:

@@ -53,10 +53,12 @@ ROW_SCHEMA = pa.schema(
         ("modality", pa.string()),
         # A recording's items (indexing.recordings.recording_items), pickled.
         ("items", pa.binary()),
+        # Wall-clock time the row's batch left the encode step (the run's steady pace).
+        ("encoded_at", pa.float64()),
     ]
 )
 # What reaches the driver: no bytes.
-RESULT_COLUMNS = ("row", "uri", "status", "stage", "reason", "sha256")
+RESULT_COLUMNS = ("row", "uri", "status", "stage", "reason", "sha256", "encoded_at")
 _HTTP_TIMEOUT_S = 30
 
 
@@ -299,8 +301,11 @@ class Encode:
 
     @staticmethod
     def _store(rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        import time
+
+        now = time.time()
         for row, vector in zip(rows, vectors):
-            row.update(crop=None, pixels=None, vector=vector.astype(np.float32).tobytes())
+            row.update(crop=None, pixels=None, vector=vector.astype(np.float32).tobytes(), encoded_at=now)
 
 
 # -- audio ------------------------------------------------------------------------------------
