@@ -49,6 +49,22 @@ def _render(out_dir: Path) -> dict[str, str]:
     return rendered
 
 
+# The generator's own version, stamped into its output; the stamp is a floor for the runtime
+# (grpcio/protobuf refuse older ones), so a newer grpcio-tools alone does not make the code
+# stale and the committed stamps stay.
+_STAMPS = (
+    re.compile(r"^GRPC_GENERATED_VERSION = '[^']*'$", re.M),
+    re.compile(r"^# Protobuf Python Version: .*$", re.M),
+    re.compile(r"ValidateProtobufRuntimeVersion\([^)]*\)", re.S),
+)
+
+
+def _unstamped(text: str) -> str:
+    for stamp in _STAMPS:
+        text = stamp.sub("<version>", text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the generated code is stale")
@@ -57,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         rendered = _render(Path(tmp))
     existing = {p.name: p.read_text() for p in PROTO_DIR.glob("*_pb2*.py*")}
     if args.check:
-        stale = sorted(set(rendered) ^ set(existing) | {n for n in rendered if existing.get(n) != rendered[n]})
+        changed = {n for n in rendered if _unstamped(existing.get(n, "")) != _unstamped(rendered[n])}
+        stale = sorted(set(rendered) ^ set(existing) | changed)
         if stale:
             print("stale generated code: " + ", ".join(stale) + "; run `python -m protos.generate`")
             return 1
