@@ -41,7 +41,6 @@ from services.serve.workers import (
     EncoderWorker,
     HandleCalls,
     IndexWorker,
-    PreparedImage,
     ThreadCalls,
     TranscriberWorker,
 )
@@ -82,7 +81,7 @@ class EncoderDeployment:
         with tracing.span("decode_encode_image", **{"loupe.items": len(blobs)}):
             with metrics.step("decode_image"):
                 prepared = await asyncio.to_thread(self.worker.prepare_images, blobs)
-            pixels = [p.pixels for p in prepared if isinstance(p, PreparedImage)]
+            pixels = self.worker.pixels_of(prepared)
             vectors = await self._images(pixels) if pixels else []
             return self.worker.finish_images(prepared, vectors)
 

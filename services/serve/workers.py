@@ -64,10 +64,6 @@ class PreparedImage:
     thumbnail: bytes
 
 
-def _ok(prepared) -> bool:
-    return isinstance(prepared, PreparedImage)
-
-
 class EncoderWorker:
     """Decodes and validates images, then embeds the valid ones in one batch."""
 
@@ -86,7 +82,7 @@ class EncoderWorker:
     def encode_images(self, blobs: list[bytes]) -> list[EncodedImage | InvalidInput]:
         """One result per blob, in order: a vector, or the reason the blob was rejected."""
         prepared = self.prepare_images(blobs)
-        return self.finish_images(prepared, self.encode_pixels([p.pixels for p in prepared if _ok(p)]))
+        return self.finish_images(prepared, self.encode_pixels(self.pixels_of(prepared)))
 
     def prepare_images(self, blobs: list[bytes]) -> list[PreparedImage | InvalidInput]:
         """Everything but the forward pass, per blob: decode and check, the model's own
@@ -112,10 +108,18 @@ class EncoderWorker:
         return self.clip.encode_pixels(np.stack(pixels))
 
     @staticmethod
+    def pixels_of(prepared: list) -> list[np.ndarray]:
+        """The forward pass's input: the pixels of `prepare_images`'s good results, in order."""
+        return [p.pixels for p in prepared if isinstance(p, PreparedImage)]
+
+    @staticmethod
     def finish_images(prepared: list, vectors: np.ndarray) -> list[EncodedImage | InvalidInput]:
         """`prepare_images`'s results with the vectors of the good ones, in order."""
         good = iter(vectors)
-        return [EncodedImage(next(good), p.width, p.height, p.text, p.thumbnail) if _ok(p) else p for p in prepared]
+        return [
+            EncodedImage(next(good), p.width, p.height, p.text, p.thumbnail) if isinstance(p, PreparedImage) else p
+            for p in prepared
+        ]
 
     def _read(self, blob: bytes, image) -> str:
         """The image's OCR text, cached by its bytes and the reader's identity."""
