@@ -43,6 +43,7 @@ class FakeWorker:
             self.passes.append(("image", len(pixels)))
         return np.stack(pixels)
 
+    pixels_of = staticmethod(EncoderWorker.pixels_of)
     finish_images = staticmethod(EncoderWorker.finish_images)
 
 
