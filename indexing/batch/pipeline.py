@@ -99,7 +99,7 @@ def run_batch(
     Raises a LoupeError (InvalidInput for a bad source, ModelMismatch, StoreUnavailable,
     ModelUnavailable) when the run cannot start at all.
     """
-    started, started_wall = time.monotonic(), time.time()
+    started, started_at = time.monotonic(), time.time()
     errors = ErrorReport(options.error_report)
     plan_dir = tempfile.mkdtemp(prefix="loupe-batch-plan-")
     try:
@@ -107,24 +107,19 @@ def run_batch(
         _start_ray(options.address)
         schema, side, preprocess = _describe_model(options)
         summary = BatchSummary(
-            options.collection, options.vector_name, schema.model_id, total=total, error_report=options.error_report
+            options.collection,
+            options.vector_name,
+            schema.model_id,
+            total=total,
+            error_report=options.error_report,
+            started_at=started_at,
         )
         summary.counts[FAILED] = broken
         meter = Progress(total, stream=progress, every_s=progress_every_s, bar=bar)
         meter.update([FAILED] * broken)
         try:
             with _stop_signals() as received:
-                _run(
-                    plan_dir,
-                    store,
-                    options,
-                    (side, preprocess),
-                    schema,
-                    summary,
-                    meter,
-                    errors,
-                    (started, started_wall),
-                )
+                _run(plan_dir, store, options, (side, preprocess), schema, summary, meter, errors, started)
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.stop_signal = received[0] if received else signal.SIGINT
@@ -159,19 +154,18 @@ def _stop_signals():
             signal.signal(sig, handler)
 
 
-def _run(plan_dir, store, options, transform, schema, summary, meter, errors, clocks) -> None:
+def _run(plan_dir, store, options, transform, schema, summary, meter, errors, started) -> None:
     import ray
 
     writer, writer_name = _writer(store, options, schema)
     described = ray.get(writer.describe.remote())
     summary.vector = described["vector"]
     ds = _dataset(plan_dir, options, transform, writer_name)
-    started, started_wall = clocks
     summary.startup_s = time.monotonic() - started
     meter.start()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = batch.to_pylist()
-        summary.saw_encoded(started_wall, [r["encoded_at"] for r in rows if r["encoded_at"]])
+        summary.saw_encoded([r["encoded_at"] for r in rows if r["encoded_at"]])
         for row in rows:
             summary.counts[row["status"]] += 1
             if row["status"] == FAILED:

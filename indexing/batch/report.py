@@ -28,6 +28,8 @@ class BatchSummary:
     # then on (see `saw_encoded`).
     first_encoded_s: float = 0.0
     steady_items_per_s: float = 0.0
+    # Wall-clock time the run started (the encode step's stamps are wall-clock too).
+    started_at: float = field(default_factory=time.time)
     error_report: str | None = None
     # Points in the collection at the end.
     points: int | None = None
@@ -36,7 +38,8 @@ class BatchSummary:
     stop_signal: int | None = None
     # After a re-embedding run: the state of the vector it filled.
     vectors: str | None = None
-    _stamps: dict[float, int] = field(default_factory=dict, repr=False)
+    # Encode stamps so far: the earliest, how many rows carry it, the latest, how many in all.
+    _encoded: list[float] = field(default_factory=lambda: [float("inf"), 0, 0.0, 0], repr=False)
 
     @property
     def done(self) -> int:
@@ -51,26 +54,32 @@ class BatchSummary:
         busy = self.seconds - self.startup_s
         return self.done / busy if busy > 0 else 0.0
 
-    def saw_encoded(self, started_wall: float, stamps: list[float]) -> None:
+    def saw_encoded(self, stamps: list[float]) -> None:
         """Note when rows left the encode step (wall-clock stamps, one per row; a batch shares
         one). The pace after the first batch is the pipeline's rate with every model loaded and
         every step running: what a longer catalog approaches, comparable with the bare encoder."""
-        if not stamps:
-            return
-        seen = self._stamps
+        first, at_first, last, seen = self._encoded
         for t in stamps:
-            seen[t] = seen.get(t, 0) + 1
-        first, last = min(seen), max(seen)
-        self.first_encoded_s = first - started_wall
-        later = sum(seen.values()) - seen[first]
-        self.steady_items_per_s = later / (last - first) if last > first else 0.0
+            if t < first:
+                first, at_first = t, 0
+            at_first += t == first
+            last, seen = max(last, t), seen + 1
+        self._encoded[:] = first, at_first, last, seen
+        if seen:
+            self.first_encoded_s = first - self.started_at
+            self.steady_items_per_s = (seen - at_first) / (last - first) if last > first else 0.0
 
     def text(self) -> str:
         c = self.counts
         lines = [
             f"{'interrupted' if self.interrupted else 'done'}: {self.done:,} of {self.total:,} items in "
-            f"{self.seconds:.1f} s ({self.items_per_s:.1f} items/s after {self.startup_s:.1f} s start-up; "
-            f"first batch encoded after {self.first_encoded_s:.1f} s, {self.steady_items_per_s:.1f} items/s from then)",
+            f"{self.seconds:.1f} s ({self.items_per_s:.1f} items/s after {self.startup_s:.1f} s start-up"
+            + (
+                f"; first batch encoded after {self.first_encoded_s:.1f} s, {self.steady_items_per_s:.1f} items/s from then"
+                if self.steady_items_per_s
+                else ""
+            )
+            + ")",
             f"  indexed {c[INDEXED]:,}  updated {c[UPDATED]:,}  skipped {c[SKIPPED]:,}  "
             f"duplicates {c[DUPLICATE]:,}  failed {c[FAILED]:,}",
             f"  collection {self.collection!r}, vector {self.vector!r}, model {self.model_id}"

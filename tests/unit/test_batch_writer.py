@@ -107,14 +107,16 @@ def test_progress_lines_and_summary():
 def test_steady_pace_counts_rows_after_the_first_encoded_batch():
     """Start-up and the encode actors' model load stay out of the steady figure: it is the
     rows after the first encoded batch over the time from that batch to the last."""
-    summary = BatchSummary("cat", "clip", "test:model", total=96)
-    summary.saw_encoded(100.0, [130.0] * 32)
-    assert summary.first_encoded_s == 30.0 and summary.steady_items_per_s == 0.0
-    summary.saw_encoded(100.0, [132.0] * 32 + [134.0] * 32)  # outcomes come in any grouping
-    assert summary.steady_items_per_s == 64 / 4.0
-    summary.saw_encoded(100.0, [])
-    assert summary.steady_items_per_s == 16.0 and "first batch encoded after 30.0 s" in summary.text()
-    assert "_stamps" not in summary.to_json() and summary.to_json()["steady_items_per_s"] == 16.0
+    summary = BatchSummary("cat", "clip", "test:model", total=128, started_at=100.0)
+    summary.saw_encoded([132.0] * 32)
+    assert summary.first_encoded_s == 32.0 and summary.steady_items_per_s == 0.0
+    assert "from then" not in summary.text()  # one batch: no pace to give
+    summary.saw_encoded([130.0] * 32 + [134.0] * 32)  # outcomes come in any order and grouping
+    assert summary.first_encoded_s == 30.0 and summary.steady_items_per_s == 64 / 4.0
+    summary.saw_encoded([])
+    summary.saw_encoded([136.0] * 32)
+    assert summary.steady_items_per_s == 96 / 6.0 and "first batch encoded after 30.0 s" in summary.text()
+    assert "_encoded" not in summary.to_json() and summary.to_json()["steady_items_per_s"] == 16.0
 
 
 def test_error_report_lines(tmp_path):
