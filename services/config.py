@@ -22,10 +22,16 @@ BUNDLED_CLIP = "bundled:tiny-clip"
 DEFAULT_COLLECTION = "default"
 
 
+# Largest message between deployments (Serve's gRPC transport between replicas, which the
+# handle calls use): a request's images travel to the Encoder in one such message.
+HOP_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
 class RequestLimits(BaseModel):
     # Largest request message (bytes). The gRPC server is capped at this size; larger requests
-    # fail with RESOURCE_EXHAUSTED before they are read.
-    max_request_bytes: int = 64 * 1024 * 1024
+    # fail with RESOURCE_EXHAUSTED before they are read. At most HOP_MESSAGE_BYTES, or a
+    # request that passed the cap could not reach the Encoder.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1, le=HOP_MESSAGE_BYTES)
     # Items (images or texts) in one IndexImages / IndexTexts call.
     max_items_per_call: int = 64
     # Largest `limit` a search may ask for.

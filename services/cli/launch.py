@@ -95,9 +95,11 @@ def access(app_args: dict) -> str:
 
 
 def serve_env(cfg: dict) -> dict[str, str]:
+    from services.config import HOP_MESSAGE_BYTES
+
     env = dict(os.environ)
     # Calls between deployments (image batches) travel over gRPC; its 4 MiB default is too small.
-    env.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(256 * 1024 * 1024))
+    env.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(HOP_MESSAGE_BYTES))
     # Usage stats would try to reach the internet.
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Replicas run their (async, non-blocking) methods and their handles' routers on the
