@@ -24,10 +24,6 @@ class BatchSummary:
     # Seconds before the first row reached the pipeline: listing the source, starting Ray,
     # learning the model's identity, opening the store.
     startup_s: float = 0.0
-    # Seconds from the start until the first encoded batch, and the encode stage's pace from
-    # then on (see `saw_encoded`).
-    first_encoded_s: float = 0.0
-    steady_items_per_s: float = 0.0
     # Wall-clock time the run started (the encode step's stamps are wall-clock too).
     started_at: float = field(default_factory=time.time)
     error_report: str | None = None
@@ -56,8 +52,7 @@ class BatchSummary:
 
     def saw_encoded(self, stamps: list[float]) -> None:
         """Note when rows left the encode step (wall-clock stamps, one per row; a batch shares
-        one). The pace after the first batch is the pipeline's rate with every model loaded and
-        every step running: what a longer catalog approaches, comparable with the bare encoder."""
+        one): the earliest, how many rows carry it, the latest, how many in all."""
         first, at_first, last, seen = self._encoded
         for t in stamps:
             if t < first:
@@ -65,9 +60,20 @@ class BatchSummary:
             at_first += t == first
             last, seen = max(last, t), seen + 1
         self._encoded[:] = first, at_first, last, seen
-        if seen:
-            self.first_encoded_s = first - self.started_at
-            self.steady_items_per_s = (seen - at_first) / (last - first) if last > first else 0.0
+
+    @property
+    def first_encoded_s(self) -> float:
+        """Seconds from the start until the first batch left the encode step (0: none yet)."""
+        first, _, _, seen = self._encoded
+        return first - self.started_at if seen else 0.0
+
+    @property
+    def steady_items_per_s(self) -> float:
+        """The encode step's pace after its first batch: the pipeline's rate with every model
+        loaded and every step running, what a longer catalog approaches (compare it with the
+        bare encoder). 0 until a second batch."""
+        first, at_first, last, seen = self._encoded
+        return (seen - at_first) / (last - first) if seen and last > first else 0.0
 
     def text(self) -> str:
         c = self.counts
@@ -96,6 +102,7 @@ class BatchSummary:
             **{k: v for k, v in asdict(self).items() if not k.startswith("_")},
             "done": self.done,
             "items_per_s": round(self.items_per_s, 2),
+            "first_encoded_s": round(self.first_encoded_s, 2),
             "steady_items_per_s": round(self.steady_items_per_s, 2),
         }
 
