@@ -93,6 +93,39 @@ class Feedback:
         return self.vote or f"{self.stars}/5"
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The records a scoped admin may see: its own calls, and calls on collections it may use
+    (names, or "prefix*" patterns as in the clients file)."""
+
+    client: str
+    collections: tuple[str, ...]
+
+    def covers(self, record: Shown) -> bool:
+        """The same rule as `sql`, for one record."""
+        return record.client == self.client or any(
+            record.collection == p or (p.endswith("*") and record.collection and record.collection.startswith(p[:-1]))
+            for p in self.collections
+        )
+
+    def sql(self, alias: str = "") -> tuple[str, tuple]:
+        """A WHERE condition (and its arguments) that keeps only records in this scope."""
+        col = f"{alias}collection"
+        parts, args = [f"{alias}client = ?"], [self.client]
+        for pattern in self.collections:
+            if pattern.endswith("*"):
+                parts.append(f"({col} <> '' AND {col} LIKE ? ESCAPE '!')")
+                args.append(_like_escape(pattern[:-1]) + "%")
+            else:
+                parts.append(f"{col} = ?")
+                args.append(pattern)
+        return "(" + " OR ".join(parts) + ")", tuple(args)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
 @dataclass
 class Listed:
     """A shown record with its feedback and, for the review queue, why it is there."""
@@ -182,9 +215,18 @@ class FeedbackStore:
         return [Feedback(*r[:4], int(r[4]), r[5], tuple(json.loads(r[6])), r[7]) for r in rows]
 
     # -- review ----------------------------------------------------------------------------
-    def listing(self, view: str, since: str = "", limit: int = 100, *, with_uploads: bool = False) -> list[Listed]:
+    def listing(
+        self,
+        view: str,
+        since: str = "",
+        limit: int = 100,
+        *,
+        with_uploads: bool = False,
+        scope: Scope | None = None,
+    ) -> list[Listed]:
         """view "review": abstained/blocked answers and down-voted calls not yet reviewed;
-        "rated": every call with feedback and every abstained/blocked answer. Newest first."""
+        "rated": every call with feedback and every abstained/blocked answer. Newest first.
+        Only the records in `scope` when given (a scoped admin)."""
         rated = "EXISTS (SELECT 1 FROM loupe_feedback f WHERE f.request_id = s.request_id{})"
         if view == "review":
             where = f"s.reviewed_at IS NULL AND ({_QUEUED} OR {rated.format(' AND ' + _NEGATIVE)})"
@@ -196,17 +238,24 @@ class FeedbackStore:
         if since:
             where += " AND s.at >= ?"
             args = (since,)
+        if scope is not None:
+            condition, scoped = scope.sql("s.")
+            where += f" AND {condition}"
+            args += scoped
         columns = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
         rows = self.db.query(
             f"SELECT {columns} FROM loupe_shown s WHERE {where} ORDER BY s.at DESC LIMIT ?", (*args, int(limit))
         )
         return [Listed(self._shown(r, with_uploads), self.feedback(r[0])) for r in rows]
 
-    def mark_reviewed(self, request_id: str, by: str, note: str, at: str) -> bool:
+    def mark_reviewed(self, request_id: str, by: str, note: str, at: str, *, scope: Scope | None = None) -> bool:
+        """False when there is no such record (in `scope`, when given)."""
+        condition, args = scope.sql() if scope is not None else ("1 = 1", ())
         return (
             self.db.execute(
-                "UPDATE loupe_shown SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE request_id = ?",
-                (at, by, note, request_id),
+                "UPDATE loupe_shown SET reviewed_at = ?, reviewed_by = ?, review_note = ? "
+                f"WHERE request_id = ? AND {condition}",
+                (at, by, note, request_id, *args),
             )
             > 0
         )

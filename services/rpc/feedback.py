@@ -19,7 +19,7 @@ from encoders.common.errors import AlreadyExists, InvalidInput, NotFound
 from encoders.text.pii import KINDS, redact
 from lmm.prompts import prompt_digest
 from protos.loupe.v1 import feedback_pb2, qa_pb2, search_pb2
-from services.events.feedback import Feedback, Listed, Shown, ShownWriter
+from services.events.feedback import Feedback, Listed, Scope, Shown, ShownWriter
 from services.gateway.gate import collection_of
 
 RECORDED = frozenset({"SearchText", "SearchImage", "Ask"})
@@ -41,25 +41,20 @@ def _now(clock: Callable[[], dt.datetime]) -> str:
     return clock().isoformat(timespec="milliseconds")
 
 
-def shown_of(rpc: str, client_id: str, request_id: str, request, response, at: str) -> Shown | None:
-    """The record of a successful response (None for calls that are not rated)."""
+def shown_of(rpc: str, client_id: str, request_id: str, request, response, at: str, label: str = "") -> Shown | None:
+    """The record of a successful response (None for calls that are not rated). `label` is the
+    caller's own x-request-id, kept with the record; the key is always the server's id."""
     if rpc not in RECORDED or response is None:
         return None
     collection = collection_of(rpc, request) or ""
     if rpc == "Ask":
-        return Shown(
-            request_id,
-            at,
-            client_id,
-            rpc,
-            collection,
-            _verdict(response.verdict),
-            _ask(request, response),
-            tuple(request.images),
-        )
-    shown = _search(rpc, request, response)
-    uploads = (request.image,) if rpc == "SearchImage" and request.WhichOneof("query") == "image" else ()
-    return Shown(request_id, at, client_id, rpc, collection, "", shown, uploads)
+        shown, verdict, uploads = _ask(request, response), _verdict(response.verdict), tuple(request.images)
+    else:
+        shown, verdict = _search(rpc, request, response), ""
+        uploads = (request.image,) if rpc == "SearchImage" and request.WhichOneof("query") == "image" else ()
+    if label:
+        shown["client_request_id"] = label
+    return Shown(request_id, at, client_id, rpc, collection, verdict, shown, uploads)
 
 
 def where_of(flt) -> dict:
@@ -182,9 +177,9 @@ async def submit(
 ) -> feedback_pb2.FeedbackResponse:
     fb = parse_feedback(req, client.id, _now(clock))
     shown = await _find(writer, fb.request_id, wait_s)
-    # Another client's call is "not found" for a client limited to some collections: ids are
-    # not a way to learn what others asked.
-    if shown is None or (shown.client != client.id and "*" not in client.collections):
+    # A client rates its own calls, an admin (a reviewer) also the calls in its scope; any
+    # other call is "not found": ids are not a way to learn what others asked.
+    if shown is None or not _may_rate(client, shown):
         raise NotFound(
             f"no rated call has request id {fb.request_id!r}: give the request_id of a SearchText, "
             f"SearchImage or Ask response you received (kept {writer.keep_days:g} days)",
@@ -208,6 +203,13 @@ async def submit(
     return feedback_pb2.FeedbackResponse(rated_request_id=fb.request_id, stored_at=fb.at)
 
 
+def _may_rate(client, shown: Shown) -> bool:
+    if shown.client == client.id:
+        return True
+    scope = scope_of(client)
+    return client.may("admin") and (scope is None or scope.covers(shown))
+
+
 async def _find(writer: ShownWriter, request_id: str, wait_s: float | None) -> Shown | None:
     """The shown record; a call answered by another Ingress replica may still be in its buffer
     for up to one flush interval, so a miss is asked again until then."""
@@ -221,8 +223,16 @@ async def _find(writer: ShownWriter, request_id: str, wait_s: float | None) -> S
 
 
 # -- review --------------------------------------------------------------------------------
+def scope_of(client) -> Scope | None:
+    """The records an admin may read and mark: those of its own calls and of the collections
+    it may use; None (every record) for an admin of every collection ("*")."""
+    if "*" in client.collections:
+        return None
+    return Scope(client.id, tuple(client.collections))
+
+
 async def list_feedback(
-    writer: ShownWriter, req: feedback_pb2.ListFeedbackRequest
+    writer: ShownWriter, client, req: feedback_pb2.ListFeedbackRequest
 ) -> feedback_pb2.ListFeedbackResponse:
     if req.limit < 0 or req.limit > MAX_LIST:
         raise InvalidInput(f"limit {req.limit} must be between 0 (default 100) and {MAX_LIST}", field="limit")
@@ -231,7 +241,7 @@ async def list_feedback(
     await asyncio.to_thread(writer.flush)
     view = "review" if req.view == feedback_pb2.FEEDBACK_VIEW_REVIEW else "rated"
     listed = await asyncio.to_thread(
-        writer.store.listing, view, req.since, req.limit or 100, with_uploads=req.with_uploads
+        writer.store.listing, view, req.since, req.limit or 100, with_uploads=req.with_uploads, scope=scope_of(client)
     )
     return feedback_pb2.ListFeedbackResponse(records=[record_of(item) for item in listed])
 
@@ -277,6 +287,9 @@ async def mark_reviewed(
         raise InvalidInput(f"note is {len(req.note)} characters; at most {MAX_COMMENT}", field="note")
     await asyncio.to_thread(writer.flush)
     at = _now(clock)
-    if not await asyncio.to_thread(writer.store.mark_reviewed, req.request_id.strip(), client.id, _mask(req.note), at):
+    marked = await asyncio.to_thread(
+        writer.store.mark_reviewed, req.request_id.strip(), client.id, _mask(req.note), at, scope=scope_of(client)
+    )
+    if not marked:
         raise NotFound(f"no recorded call has request id {req.request_id!r}", field="request_id")
     return feedback_pb2.MarkReviewedResponse(reviewed_at=at)

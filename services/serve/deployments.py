@@ -198,29 +198,30 @@ class Ingress:
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
         """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
         client, result, code, started = None, None, "OK", time.perf_counter()
-        metadata, rid = _begin(grpc_context)
+        metadata, rid, label = _begin(grpc_context)
         try:
             client = self.gateway.authenticate(metadata)
             self._allow(client, rpc, request)  # a refusal is counted against this client
             redact_request(self.privacy, client, rpc, request)
-            with tracing.span(rpc, **{"rpc.system": "grpc", "rpc.method": rpc, "loupe.client": client.id}):
+            attrs = {"rpc.system": "grpc", "rpc.method": rpc, "loupe.client": client.id}
+            with tracing.span(rpc, **attrs, **({"loupe.client_request_id": label} if label else {})):
                 async with self.admission.enter(rpc), self._bounded(grpc_context):
                     result = await (call(request, client) if with_client else call(request))
-                grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
+                grpc_context.set_trailing_metadata(_ids(rid, label))
                 return requests.stamp(redact_response(self.privacy, client, rpc, request, result), rid)
         except asyncio.CancelledError:  # the caller went away (or its deadline passed)
             code = "CANCELLED"
             raise
         except Exception as exc:  # every error leaves through the one table
             code = to_status(exc).code.name
-            _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid)
+            _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid, label)
             return empty
         finally:
-            self._done(rpc, client, request, result, code, started)
-            await self._account(client, rpc, request, result, code, rid)
+            self._done(rpc, client, request, result, code, started, label)
+            await self._account(client, rpc, request, result, code, rid, label)
 
     @staticmethod
-    def _done(rpc: str, client, request, result, code: str, started: float) -> None:
+    def _done(rpc: str, client, request, result, code: str, started: float, label: str = "") -> None:
         """A finished call: its metrics and its log line (never fails the call)."""
         seconds = time.perf_counter() - started
         who = client.id if client else UNAUTHENTICATED
@@ -234,6 +235,7 @@ class Ingress:
                 collection = None
             fields = {
                 "client": who,
+                "client_request_id": label or None,
                 "rpc": rpc,
                 "collection": collection,
                 "code": code,
@@ -281,7 +283,7 @@ class Ingress:
         if getattr(self, "store", None) is not None:
             await asyncio.to_thread(self.store.close)
 
-    async def _account(self, client, rpc: str, request, result, code: str, rid: str) -> None:
+    async def _account(self, client, rpc: str, request, result, code: str, rid: str, label: str = "") -> None:
         """Usage, audit, and the copy of what the user saw (for feedback): never fails the call."""
         try:
             usage = usage_of(rpc, result)
@@ -295,7 +297,7 @@ class Ingress:
             return
         at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         # Made by the writer's thread at its next flush: the messages are not changed after this.
-        self.shown.add(functools.partial(feedback.shown_of, rpc, client.id, rid, request, result, at))
+        self.shown.add(functools.partial(feedback.shown_of, rpc, client.id, rid, request, result, at, label))
 
     async def IndexImages(self, request, grpc_context):
         return await self._run(self.api.index_images, request, grpc_context, index_pb2.IndexResponse(), "IndexImages")
@@ -311,8 +313,8 @@ class Ingress:
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
         client, code, info, started = None, "OK", None, time.perf_counter()
-        metadata, rid = _begin(grpc_context)
-        grpc_context.set_trailing_metadata([(requests.HEADER, rid)])
+        metadata, rid, label = _begin(grpc_context)
+        grpc_context.set_trailing_metadata(_ids(rid, label))
         try:
             client = self.gateway.authenticate(metadata)
             self._allow(client, "Transcribe", request)
@@ -327,10 +329,10 @@ class Ingress:
             status = to_status(exc)
             code = status.code.name
             # abort() ends the stream with this code, reason and details (it raises to do so).
-            await grpc_context.abort(status.code, status.details, _trailers(status, rid))
+            await grpc_context.abort(status.code, status.details, _trailers(status, rid, label))
         finally:
-            self._done("Transcribe", client, request, info, code, started)
-            await self._account(client, "Transcribe", request, info, code, rid)
+            self._done("Transcribe", client, request, info, code, started, label)
+            await self._account(client, "Transcribe", request, info, code, rid, label)
 
     def _stream_transcript(self, data: bytes, language, word_timestamps: bool):
         return self._transcriber.options(stream=True).stream.remote(data, language, word_timestamps)
@@ -400,11 +402,12 @@ class Ingress:
 
     async def ListFeedback(self, request, grpc_context):
         return await self._run(
-            lambda req: feedback.list_feedback(self.shown, req),
+            lambda req, client: feedback.list_feedback(self.shown, client, req),
             request,
             grpc_context,
             feedback_pb2.ListFeedbackResponse(),
             "ListFeedback",
+            with_client=True,
         )
 
     async def MarkReviewed(self, request, grpc_context):
@@ -444,12 +447,18 @@ class Ingress:
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def _begin(grpc_context) -> tuple[dict[str, str], str]:
-    """A call's metadata and request id, the id made the current Serve request's."""
+def _begin(grpc_context) -> tuple[dict[str, str], str, str]:
+    """A call's metadata, its new request id (made the current Serve request's) and the
+    caller's own label for it (services.serve.requests)."""
     metadata = dict(grpc_context.invocation_metadata())
-    rid = requests.request_id(metadata)
+    rid, label = requests.request_id(metadata)
     requests.carry(rid)
-    return metadata, rid
+    return metadata, rid, label
+
+
+def _ids(rid: str, label: str) -> tuple:
+    """The trailing metadata that names the call: our id, and the caller's label if any."""
+    return ((requests.HEADER, rid),) + (((requests.LABEL_HEADER, label),) if label else ())
 
 
 def _observe(settings: LoupeSettings, deployment: str) -> None:
@@ -485,16 +494,16 @@ class StoreCalls(ThreadCalls):
         self._target.close()
 
 
-def _trailers(status, rid: str) -> tuple:
-    """The status's details and the request id (a tuple: grpc.aio's abort takes no list)."""
-    return tuple(status.trailing_metadata) + (((requests.HEADER, rid),) if rid else ())
+def _trailers(status, rid: str, label: str = "") -> tuple:
+    """The status's details and the request ids (a tuple: grpc.aio's abort takes no list)."""
+    return tuple(status.trailing_metadata) + (_ids(rid, label) if rid else ())
 
 
-def _set_status(grpc_context, exc: BaseException, rid: str = "") -> None:
+def _set_status(grpc_context, exc: BaseException, rid: str = "", label: str = "") -> None:
     status = to_status(exc)
     grpc_context.set_code(status.code)
     grpc_context.set_details(status.details)
-    grpc_context.set_trailing_metadata(_trailers(status, rid))
+    grpc_context.set_trailing_metadata(_trailers(status, rid, label))
 
 
 def _split(results: list, sizes: list[int]) -> list[list]:

@@ -210,13 +210,13 @@ def test_unknown_ids_and_other_clients_calls_are_not_found(writer) -> None:
 
 def test_list_and_mark_reviewed(writer) -> None:
     writer.add(ask_shown("a1", at(), "abstained"))
-    listed = asyncio.run(rpc.list_feedback(writer, feedback_pb2.ListFeedbackRequest(with_uploads=True)))
+    listed = asyncio.run(rpc.list_feedback(writer, OPS, feedback_pb2.ListFeedbackRequest(with_uploads=True)))
     (record,) = listed.records
     assert record.verdict == "abstained" and record.uploads == [PNG] and record.reasons[0].startswith("abstained")
     with pytest.raises(InvalidInput, match="limit"):
-        asyncio.run(rpc.list_feedback(writer, feedback_pb2.ListFeedbackRequest(limit=5000)))
+        asyncio.run(rpc.list_feedback(writer, OPS, feedback_pb2.ListFeedbackRequest(limit=5000)))
     asyncio.run(rpc.mark_reviewed(writer, OPS, feedback_pb2.MarkReviewedRequest(request_id="a1", note="ok")))
-    assert not asyncio.run(rpc.list_feedback(writer, feedback_pb2.ListFeedbackRequest())).records
+    assert not asyncio.run(rpc.list_feedback(writer, OPS, feedback_pb2.ListFeedbackRequest())).records
     with pytest.raises(NotFound):
         asyncio.run(rpc.mark_reviewed(writer, OPS, feedback_pb2.MarkReviewedRequest(request_id="nope")))
 
@@ -327,3 +327,54 @@ def test_records_made_at_flush_and_one_that_fails_loses_only_itself(writer) -> N
     writer.add(search_shown("plain", at()))
     writer.flush()
     assert writer.store.shown("later") is not None and writer.store.shown("plain") is not None
+
+
+# -- scope: a scoped admin reads and marks only its tenant's records --------------------------
+def tenant_shown(rid: str, client: str, collection: str, verdict: str = "abstained") -> Shown:
+    record = ask_shown(rid, at(), verdict, client=client)
+    return Shown(record.request_id, record.at, client, "Ask", collection, verdict, record.shown, record.uploads)
+
+
+def test_a_scoped_admin_lists_marks_and_rates_only_its_tenants_records(store_url) -> None:
+    store = FeedbackStore(EventStore(store_url))
+    store.add_shown(
+        [
+            tenant_shown("a-1", "a-app", "a-docs"),
+            tenant_shown("b-1", "b-app", "b-docs"),
+            tenant_shown("b-2", "b-app", "b_docs"),  # '_' is a LIKE wildcard: must not match "b-*"
+            tenant_shown("x-1", "a-app", ""),  # no collection (Ask without retrieval): its client's only
+            tenant_shown("o-1", "b-admin", ""),  # the admin's own call
+        ]
+    )
+    b_admin = Client("b-admin", (), frozenset({"admin"}), ("b-*",))
+    scope = rpc.scope_of(b_admin)
+    assert {x.shown.request_id for x in store.listing("rated", scope=scope, with_uploads=True)} == {"b-1", "o-1"}
+    assert rpc.scope_of(OPS) is None and len(store.listing("rated")) == 5
+    assert not store.mark_reviewed("a-1", "b-admin", "", at(1), scope=scope)  # another tenant's: untouched
+    assert store.shown("a-1").reviewed_at == ""
+    assert store.mark_reviewed("b-1", "b-admin", "", at(1), scope=scope)
+    exact = rpc.scope_of(Client("c-admin", (), frozenset({"admin"}), ("b-docs",)))
+    assert {x.shown.request_id for x in store.listing("rated", scope=exact)} == {"b-1"}
+
+
+def test_submit_rates_only_own_calls_or_as_an_admin_within_its_scope(writer) -> None:
+    writer.add(tenant_shown("a-1", "a-app", "a-docs", "answered"))
+    b_admin = Client("b-admin", (), frozenset({"admin"}), ("b-*",))
+    b_app = Client("b-app", (), frozenset({"search", "admin"}), ("*",))
+    with pytest.raises(NotFound):
+        submit(writer, b_admin, request_id="a-1", vote=1)
+    with pytest.raises(NotFound):  # every collection, but not an admin of them: not its call
+        submit(writer, Client("b-app", (), frozenset({"search"}), ("*",)), request_id="a-1", vote=1)
+    assert submit(writer, b_app, request_id="a-1", vote=1).rated_request_id == "a-1"
+    assert submit(writer, Client("a-app", (), frozenset({"ask"}), ("a-*",)), request_id="a-1", vote=2)
+
+
+def test_list_feedback_and_mark_reviewed_rpcs_apply_the_callers_scope(writer) -> None:
+    writer.add(tenant_shown("a-1", "a-app", "a-docs"))
+    writer.add(tenant_shown("b-1", "b-app", "b-docs"))
+    b_admin = Client("b-admin", (), frozenset({"admin"}), ("b-*",))
+    listed = asyncio.run(rpc.list_feedback(writer, b_admin, feedback_pb2.ListFeedbackRequest(with_uploads=True)))
+    assert [r.request_id for r in listed.records] == ["b-1"]
+    with pytest.raises(NotFound):
+        asyncio.run(rpc.mark_reviewed(writer, b_admin, feedback_pb2.MarkReviewedRequest(request_id="a-1")))
+    assert writer.store.shown("a-1").reviewed_at == ""

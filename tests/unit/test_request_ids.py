@@ -8,13 +8,15 @@ from protos.loupe.v1 import index_pb2, qa_pb2, search_pb2
 from services.serve import requests
 
 
-def test_a_sane_id_is_kept_and_anything_else_replaced() -> None:
-    assert requests.request_id({"x-request-id": "trace-7f3a:step/2"}) == "trace-7f3a:step/2"
-    assert requests.request_id({"request_id": "abc.def"}) == "abc.def"  # Serve's own key works too
-    for bad in ("", "has space", "x" * 129, "new\nline", "ünï"):
-        made = requests.request_id({"x-request-id": bad})
-        assert re.fullmatch(r"[0-9a-f]{32}", made), (bad, made)
-    assert requests.request_id({}) != requests.request_id({})  # each call its own
+def test_every_call_gets_its_own_id_and_a_sane_caller_id_is_kept_as_its_label() -> None:
+    rid, label = requests.request_id({"x-request-id": "trace-7f3a:step/2"})
+    assert re.fullmatch(r"[0-9a-f]{32}", rid) and label == "trace-7f3a:step/2"
+    # Two callers (two tenants) sending the same id still get two ids: records never collide.
+    assert requests.request_id({"x-request-id": "same"})[0] != requests.request_id({"x-request-id": "same"})[0]
+    for bad in ("", "has space", "x" * 129, "new\nline", "trailing\n", "ünï"):
+        made, label = requests.request_id({"x-request-id": bad})
+        assert re.fullmatch(r"[0-9a-f]{32}", made) and label == "", (bad, made, label)
+    assert requests.request_id({})[0] != requests.request_id({})[0]  # each call its own
 
 
 def test_outside_serve_there_is_no_current_id() -> None:
