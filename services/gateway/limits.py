@@ -67,8 +67,27 @@ class RateLimiter:
                     )
 
 
-def check_quota(client: Client, rpc: str, used: Callable[[], dict[str, float]], now: dt.datetime) -> None:
-    """Overloaded, retry at the next UTC midnight, when a daily quota this RPC draws on is used up."""
+def call_adds(rpc: str, request) -> dict[str, float]:
+    """What a call will add to the daily counters, known before it runs: items to index and
+    Ask calls. (Audio seconds and VLM tokens are known only once the call has run.)"""
+    if rpc in ("IndexImages", "IndexTexts"):
+        return {"items": float(len(request.items))}
+    if rpc == "IndexAudio":
+        return {"items": 1.0}
+    if rpc == "Ask":
+        return {"ask_calls": 1.0}
+    return {}
+
+
+def check_quota(
+    client: Client,
+    rpc: str,
+    used: Callable[[], dict[str, float]],
+    now: dt.datetime,
+    adds: dict[str, float] | None = None,
+) -> None:
+    """Overloaded, retry at the next UTC midnight, when a daily quota this RPC draws on is used
+    up, or would be overrun by what the call itself adds (`adds`, from `call_adds`)."""
     limits = client.limits
     wanted = []
     if rpc in INDEX_RPCS and limits.items_per_day:
@@ -81,13 +100,17 @@ def check_quota(client: Client, rpc: str, used: Callable[[], dict[str, float]], 
         wanted.append(("vlm_tokens_per_day", "vlm_tokens", limits.vlm_tokens_per_day))
     if not wanted:
         return
+    adds = adds or {}
     totals = used()
     totals["vlm_tokens"] = totals.get("tokens_in", 0.0) + totals.get("tokens_out", 0.0)
     for name, counter, quota in wanted:
-        if totals.get(counter, 0.0) >= quota:
+        have, need = totals.get(counter, 0.0), adds.get(counter, 0.0)
+        if have >= quota or have + need > quota:
             midnight = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            left = max(0.0, quota - have)
+            what = f"this call adds {need:g} and {left:g} are left" if need and have < quota else "it is used up"
             raise Overloaded(
-                f"client {client.id!r} has used its {name} quota ({quota:g}) for {now:%Y-%m-%d} (UTC); "
+                f"client {client.id!r} is over its {name} quota ({quota:g}) for {now:%Y-%m-%d} (UTC): {what}; "
                 f"it renews at 00:00 UTC",
                 retry_after_s=(midnight - now).total_seconds(),
             )

@@ -37,6 +37,10 @@ class Meter:
         self._lock = threading.Lock()
         # (client, day) -> (monotonic time read, stored totals): read at most once a second.
         self._totals: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+        # What calls still running will add (checked against quotas, not yet counted):
+        # claim number -> (client, counts). Two calls at once cannot both take the last items.
+        self._claims: dict[int, tuple[str, dict[str, float]]] = {}
+        self._claim_no = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(flush_s,), name="loupe-meter", daemon=True)
         self._thread.start()
@@ -71,8 +75,23 @@ class Meter:
             self.store.add_audit(records[0])
             records.pop(0)
 
+    def claim(self, client: str, counts: dict[str, float]) -> int | None:
+        """Hold what a call about to run will add (see `used_today`) until `release`."""
+        if not counts:
+            return None
+        with self._lock:
+            self._claim_no += 1
+            self._claims[self._claim_no] = (client, dict(counts))
+            return self._claim_no
+
+    def release(self, claim: int | None) -> None:
+        if claim is not None:
+            with self._lock:
+                self._claims.pop(claim, None)
+
     def used_today(self, client: str) -> dict[str, float]:
-        """The client's successful usage today: stored (read at most once a second) plus pending."""
+        """The client's successful usage today: stored (read at most once a second) plus pending,
+        plus what its calls now running claimed."""
         day = today(self._clock())
         cached = self._totals.get((client, day))
         if cached is None or time.monotonic() - cached[0] > FLUSH_S:
@@ -85,6 +104,10 @@ class Meter:
                         totals[name] = totals.get(name, 0) + amount
                     if rpc == "Ask":
                         totals["ask_calls"] = totals.get("ask_calls", 0) + counts["calls"]
+            for owner, counts in self._claims.values():
+                if owner == client:
+                    for name, amount in counts.items():
+                        totals[name] = totals.get(name, 0) + amount
         return totals
 
     def flush(self) -> None:

@@ -29,7 +29,7 @@ from services.config import LoupeSettings
 from services.events.feedback import FeedbackStore, ShownWriter
 from services.events.store import EventStore
 from services.gateway.gate import Gateway, collection_of
-from services.gateway.limits import RateLimiter, check_quota
+from services.gateway.limits import RateLimiter, call_adds, check_quota
 from services.gateway.meter import AUDITED, UNAUTHENTICATED, Meter, audit_of, usage_of
 from services.gateway.redact import redact_request, redact_response, sees_personal_data
 from services.rpc import admin, feedback
@@ -197,11 +197,11 @@ class Ingress:
 
     async def _run(self, call, request, grpc_context, empty, rpc: str, *, with_client: bool = False):
         """One unary RPC: the gateway's checks, admission, the call, then usage and audit."""
-        client, result, code, started = None, None, "OK", time.perf_counter()
+        client, result, code, started, claim = None, None, "OK", time.perf_counter(), None
         metadata, rid, label = _begin(grpc_context)
         try:
             client = self.gateway.authenticate(metadata)
-            self._allow(client, rpc, request)  # a refusal is counted against this client
+            claim = self._allow(client, rpc, request)  # a refusal is counted against this client
             redact_request(self.privacy, client, rpc, request)
             attrs = {"rpc.system": "grpc", "rpc.method": rpc, "loupe.client": client.id}
             with tracing.span(rpc, **attrs, **({"loupe.client_request_id": label} if label else {})):
@@ -217,6 +217,7 @@ class Ingress:
             _set_status(grpc_context, self.gateway.shown(client, exc) if client else exc, rid, label)
             return empty
         finally:
+            self.meter.release(claim)  # counted from here on by the usage record
             self._done(rpc, client, request, result, code, started, label)
             await self._account(client, rpc, request, result, code, rid, label)
 
@@ -249,11 +250,14 @@ class Ingress:
         except Exception:
             log.exception("metrics or log line for %s not written", rpc)
 
-    def _allow(self, client, rpc: str, request) -> None:
-        """The gateway's checks beyond the key: rights, collection, rate limits, quotas."""
+    def _allow(self, client, rpc: str, request) -> int | None:
+        """The gateway's checks beyond the key: rights, collection, rate limits, quotas (with
+        what this call adds, claimed until it ends: the caller releases the claim)."""
         self.gateway.authorize(client, rpc, request)
         self.limiter.check(client, rpc)
-        check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC))
+        adds = call_adds(rpc, request)
+        check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC), adds)
+        return self.meter.claim(client.id, adds)
 
     @asynccontextmanager
     async def _bounded(self, grpc_context):
@@ -312,12 +316,12 @@ class Ingress:
 
     async def Transcribe(self, request, grpc_context):
         """Server streaming: errors before or during the stream end it with a status code."""
-        client, code, info, started = None, "OK", None, time.perf_counter()
+        client, code, info, started, claim = None, "OK", None, time.perf_counter(), None
         metadata, rid, label = _begin(grpc_context)
         grpc_context.set_trailing_metadata(_ids(rid, label))
         try:
             client = self.gateway.authenticate(metadata)
-            self._allow(client, "Transcribe", request)
+            claim = self._allow(client, "Transcribe", request)
             # Not under grpc.request_timeout_s: a stream runs as long as its recording
             # (limits.audio_max_duration_s bounds that); the caller's deadline still ends it.
             async with self.admission.enter("Transcribe"):
@@ -331,6 +335,7 @@ class Ingress:
             # abort() ends the stream with this code, reason and details (it raises to do so).
             await grpc_context.abort(status.code, status.details, _trailers(status, rid, label))
         finally:
+            self.meter.release(claim)
             self._done("Transcribe", client, request, info, code, started, label)
             await self._account(client, "Transcribe", request, info, code, rid, label)
 

@@ -1,5 +1,5 @@
-"""Request ids through the real service: taken from x-request-id or made, returned in the
-response and the trailing metadata, on errors too."""
+"""Request ids through the real service: made by the server for every call, returned in the
+response and the trailing metadata, on errors too; a caller's x-request-id is a label beside it."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from services.client import LoupeCallError, TextInput
 pytestmark = pytest.mark.slow
 
 
-def trailing_id(call) -> str:
-    return dict(call.trailing_metadata() or ()).get("x-request-id", "")
+DENSE_IDS: dict[str, str] = {}
 
 
-def test_an_id_sent_comes_back_and_one_is_made_otherwise(service) -> None:
+def trailing_id(call, key: str = "x-request-id") -> str:
+    return dict(call.trailing_metadata() or ()).get(key, "")
+
+
+def test_every_call_gets_the_servers_id_and_a_callers_id_comes_back_as_its_label(service) -> None:
     with service.client() as client:
         client.index_texts([TextInput("a red circle", id="rid-1")], collection="rids")
     with grpc.insecure_channel(service.target) as channel:
@@ -27,13 +30,18 @@ def test_an_id_sent_comes_back_and_one_is_made_otherwise(service) -> None:
             query="a red circle", options=search_pb2.SearchOptions(collection="rids")
         )
         response, call = search.SearchText.with_call(request, metadata=[("x-request-id", "trace-42.a")], timeout=60)
-        assert response.request_id == "trace-42.a" == trailing_id(call)
+        assert re.fullmatch(r"[0-9a-f]{32}", response.request_id) and response.request_id == trailing_id(call)
+        assert trailing_id(call, "x-client-request-id") == "trace-42.a"
+        again, call = search.SearchText.with_call(request, metadata=[("x-request-id", "trace-42.a")], timeout=60)
+        assert again.request_id != response.request_id  # the same label twice: two calls, two ids
         assert response.hits[0].item.id == "rid-1"
         # A text not searched before: a cached query vector would not reach the Encoder.
         dense = search_pb2.SearchTextRequest(
             query="a red circle, searched once", options=search_pb2.SearchOptions(collection="rids")
         )
-        search.SearchText(dense, metadata=[("x-request-id", "trace-dense-7")], timeout=60)
+        DENSE_IDS["trace-dense-7"] = search.SearchText(
+            dense, metadata=[("x-request-id", "trace-dense-7")], timeout=60
+        ).request_id
         response, call = search.SearchText.with_call(request, timeout=60)
         assert re.fullmatch(r"[0-9A-Za-z-]{8,}", response.request_id) and response.request_id == trailing_id(call)
         index = index_pb2_grpc.IndexServiceStub(channel)
@@ -43,6 +51,7 @@ def test_an_id_sent_comes_back_and_one_is_made_otherwise(service) -> None:
             timeout=60,
         )
         assert made.request_id and made.request_id != "bad id with spaces" and made.request_id == trailing_id(call)
+        assert trailing_id(call, "x-client-request-id") == ""  # not a sane token: no label
 
 
 def test_a_refused_call_carries_its_id_too(service) -> None:
@@ -52,7 +61,8 @@ def test_a_refused_call_carries_its_id_too(service) -> None:
         with pytest.raises(grpc.RpcError) as err:
             search.SearchText(bad, metadata=[("x-request-id", "trace-err-1")], timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert trailing_id(err.value) == "trace-err-1"
+    assert re.fullmatch(r"[0-9a-f]{32}", trailing_id(err.value))
+    assert trailing_id(err.value, "x-client-request-id") == "trace-err-1"
     with service.client() as client, pytest.raises(LoupeCallError) as sdk_err:
         client.search_text("x", limit=0, collection="rids")
     assert sdk_err.value.request_id
@@ -62,10 +72,11 @@ def test_the_id_is_on_the_log_lines_of_every_deployment_the_call_reached(service
     import json
     import time
 
+    rid = DENSE_IDS["trace-dense-7"]  # the first test's call
     deadline = time.monotonic() + 30  # Ray forwards replica output in batches
     while time.monotonic() < deadline:
         log = service.process.log_path.read_text(errors="replace").splitlines()
-        mine = [line for line in log if "trace-dense-7" in line]
+        mine = [line for line in log if rid in line]
         if any("loupe_Encoder" in line for line in mine) and any('"msg": "call"' in line for line in mine):
             break
         time.sleep(1)
@@ -73,4 +84,5 @@ def test_the_id_is_on_the_log_lines_of_every_deployment_the_call_reached(service
     assert any("loupe_Encoder" in line for line in mine), mine
     calls = [json.loads(line[line.index("{") :]) for line in mine if '"msg": "call"' in line]
     assert calls and calls[0]["rpc"] == "SearchText" and calls[0]["code"] == "OK" and calls[0]["hits"] >= 1
-    assert calls[0]["request_id"] == "trace-dense-7" and calls[0]["collection"] == "rids"
+    assert calls[0]["request_id"] == rid and calls[0]["collection"] == "rids"
+    assert calls[0]["client_request_id"] == "trace-dense-7"

@@ -43,7 +43,7 @@ def test_each_calls_spans_share_a_trace_and_its_request_id(tmp_path) -> None:
                 request = search_pb2.SearchTextRequest(
                     query="a red circle", options=search_pb2.SearchOptions(collection="traced")
                 )
-                search_pb2_grpc.SearchServiceStub(channel).SearchText(
+                found = search_pb2_grpc.SearchServiceStub(channel).SearchText(
                     request, metadata=[("x-request-id", "trace-otel-1")], timeout=60
                 )
                 index = index_pb2.IndexTextsRequest(collection="traced", items=[index_pb2.TextItem(text="a blue box")])
@@ -58,33 +58,40 @@ def test_each_calls_spans_share_a_trace_and_its_request_id(tmp_path) -> None:
                 answer = qa_pb2_grpc.QAServiceStub(channel).Ask(
                     ask, metadata=[("x-request-id", "trace-ask-3")], timeout=300
                 )
-            assert made.request_id == "trace-index-2" and answer.request_id == "trace-ask-3"
+            # The server's ids key the spans and log lines; the callers' ids are labels on them.
+            ids = {"trace-otel-1": found.request_id, "trace-index-2": made.request_id, "trace-ask-3": answer.request_id}
+            assert len(set(ids.values())) == 3
             deadline = time.monotonic() + 30  # the exporters send every 0.5 s; Ray forwards logs in batches
             while time.monotonic() < deadline:
                 log = svc.log_path.read_text(errors="replace").splitlines()
                 spans_in = all(
-                    {s.resource.get("loupe.deployment") for s in spans_of(otlp, rid)} >= want
-                    for rid, want in EXPECTED.items()
+                    {s.resource.get("loupe.deployment") for s in spans_of(otlp, ids[label])} >= want
+                    for label, want in EXPECTED.items()
                 )
-                mine = [x for x in log if "trace-ask-3" in x]
+                mine = [x for x in log if ids["trace-ask-3"] in x]
                 if spans_in and any('"msg": "ask"' in x for x in mine) and any('"msg": "call"' in x for x in mine):
                     break
                 time.sleep(0.5)
-    for rid, want in EXPECTED.items():
+    for label, want in EXPECTED.items():
+        rid = ids[label]
         mine = spans_of(otlp, rid)
         assert {s.resource.get("loupe.deployment") for s in mine} >= want, (rid, [(s.name, s.resource) for s in mine])
         assert {s.trace_id for s in mine} == {f"{trace_id_of(rid):032x}"}, rid
-    ingress = {s.name: s for s in spans_of(otlp, "trace-otel-1") if s.resource.get("loupe.deployment") == "Ingress"}
+    ingress = {
+        s.name: s for s in spans_of(otlp, ids["trace-otel-1"]) if s.resource.get("loupe.deployment") == "Ingress"
+    }
     assert ingress["SearchText"].attributes["rpc.method"] == "SearchText" and "search" in ingress, ingress
-    assert {s.name for s in spans_of(otlp, "trace-otel-1")} >= {"SearchText", "encode_text", "search"}
-    assert {s.name for s in spans_of(otlp, "trace-index-2")} >= {"IndexTexts", "encode_text", "store"}
-    ask_steps = {s.name for s in spans_of(otlp, "trace-ask-3")}
+    assert {s.name for s in spans_of(otlp, ids["trace-otel-1"])} >= {"SearchText", "encode_text", "search"}
+    assert {s.name for s in spans_of(otlp, ids["trace-index-2"])} >= {"IndexTexts", "encode_text", "store"}
+    ask_steps = {s.name for s in spans_of(otlp, ids["trace-ask-3"])}
     assert ask_steps >= {"Ask", "ask", "ask_input_guards", "ask_ocr", "ask_retrieval", "ask_draft"}, ask_steps
 
     # Log lines: the Ingress's call line and the Answerer's ask line carry the Ask's id.
-    lines = [json.loads(x[x.index("{") :]) for x in log if "trace-ask-3" in x and '"msg": "' in x]
+    lines = [json.loads(x[x.index("{") :]) for x in log if ids["trace-ask-3"] in x and '"msg": "' in x]
     calls = [x for x in lines if x["msg"] == "call"]
     asks = [x for x in lines if x["msg"] == "ask"]
     assert calls and calls[0]["rpc"] == "Ask" and asks and asks[0]["verdict"] == "abstained", lines
-    assert any("loupe_Answerer" in x for x in log if "trace-ask-3" in x)
-    assert any("loupe_Encoder" in x for x in log if "trace-index-2" in x)
+    assert calls[0]["client_request_id"] == "trace-ask-3"
+    assert ingress["SearchText"].attributes["loupe.client_request_id"] == "trace-otel-1"
+    assert any("loupe_Answerer" in x for x in log if ids["trace-ask-3"] in x)
+    assert any("loupe_Encoder" in x for x in log if ids["trace-index-2"] in x)

@@ -9,7 +9,7 @@ import pytest
 from encoders.common.errors import InvalidInput, Overloaded, StoreUnavailable
 from services.events.store import AuditRecord, EventStore, UsageRow
 from services.gateway.clients import Client, Limits
-from services.gateway.limits import RateLimiter, check_quota
+from services.gateway.limits import RateLimiter, call_adds, check_quota
 from services.gateway.meter import Meter
 from tests.fixtures import postgres as pg
 
@@ -174,6 +174,38 @@ def test_quotas_say_which_and_when_they_renew() -> None:
     with pytest.raises(Overloaded, match="vlm_tokens_per_day quota"):
         check_quota(tokens, "Ask", lambda: {"tokens_in": 800, "tokens_out": 200}, NOW)
     check_quota(c, "SearchText", lambda: {"items": 99}, NOW)  # searching draws on no quota
+
+
+def test_a_quota_counts_what_the_call_itself_adds() -> None:
+    from protos.loupe.v1 import index_pb2
+
+    c = client(items_per_day=5, ask_calls_per_day=1)
+    twenty = index_pb2.IndexTextsRequest(items=[index_pb2.TextItem(text=f"t{i}") for i in range(20)])
+    with pytest.raises(Overloaded, match="this call adds 20 and 5 are left"):
+        check_quota(c, "IndexTexts", lambda: {}, NOW, call_adds("IndexTexts", twenty))
+    five = index_pb2.IndexTextsRequest(items=twenty.items[:5])
+    check_quota(c, "IndexTexts", lambda: {}, NOW, call_adds("IndexTexts", five))  # exactly the quota
+    with pytest.raises(Overloaded, match="this call adds 2 and 1 are left"):
+        check_quota(c, "IndexTexts", lambda: {"items": 4}, NOW, {"items": 2})
+    check_quota(c, "Ask", lambda: {}, NOW, call_adds("Ask", None))
+    with pytest.raises(Overloaded, match="ask_calls_per_day"):
+        check_quota(c, "Ask", lambda: {"ask_calls": 1}, NOW, call_adds("Ask", None))
+
+
+def test_calls_running_at_once_cannot_both_take_the_last_items(tmp_path) -> None:
+    meter = Meter(EventStore(f"sqlite:///{tmp_path}/e.db"), clock=lambda: NOW, flush_s=3600)
+    c = client(items_per_day=10)
+    used = lambda: meter.used_today(c.id)  # noqa: E731
+    check_quota(c, "IndexTexts", used, NOW, {"items": 6})
+    first = meter.claim(c.id, {"items": 6})  # the first call runs
+    with pytest.raises(Overloaded, match="adds 6 and 4 are left"):
+        check_quota(c, "IndexTexts", used, NOW, {"items": 6})  # a second one at the same time
+    meter.release(first)
+    meter.record(c.id, "IndexTexts", "OK", items=6)  # the first one ended and is counted
+    assert meter.used_today(c.id)["items"] == 6
+    meter.release(meter.claim(c.id, {"items": 4}))  # a failed call: its claim goes, nothing counted
+    assert meter.used_today(c.id)["items"] == 6
+    meter.close()
 
 
 def test_usage_is_kept_for_the_next_flush_when_the_database_fails(tmp_path) -> None:
