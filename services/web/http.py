@@ -8,6 +8,18 @@
                                    (SearchText, Ask, Submit, GetStatus, ...): the request
                                    message as proto3 JSON, the response message as JSON
 
+Before anything is read, every request passes the checks a browser-facing port needs:
+- its `Host` must be this machine (localhost, 127.0.0.1, [::1]) or one of `http.allowed_hosts`
+  (421 otherwise): a page on another site cannot reach the service through DNS rebinding;
+- a request from a browser page (`Origin`) must come from the service's own page or one of
+  `http.allowed_origins` (403 otherwise; those get CORS answers);
+- a POST must be `Content-Type: application/json` (415 otherwise): a page on another site can
+  send `text/plain` without asking the browser's permission, never JSON;
+- the key is checked from the headers (401) and the declared size against
+  `limits.max_request_bytes` (413) before the body is read; it is then read in the chunks it
+  arrives in, stopped at the cap, and a large body is parsed in a worker thread, so a huge or
+  unauthenticated upload never stalls the event loop that serves gRPC too.
+
 A POST runs the Ingress's own handler for that RPC (the same gateway, rights, limits,
 admission, validation, accounting and error table as gRPC) with `HttpContext` standing in for
 the gRPC context: headers are its metadata (`authorization: Bearer KEY` or `x-api-key`,
@@ -18,8 +30,10 @@ and errors come back as {"error": {"code", "message", "field_violations", "retry
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from importlib import resources
+from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf import json_format
@@ -28,7 +42,15 @@ from grpc_health.v1 import health_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from services.rpc.errors import to_status
 from services.serve import requests
+
+# Host names that always reach the service: this machine.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+JSON_TYPE = "application/json"
+# Bodies above this are parsed in a worker thread (a 64 MiB body takes seconds to parse).
+PARSE_IN_THREAD_BYTES = 256 * 1024
+CORS_HEADERS = "authorization, x-api-key, content-type, x-request-id"
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
@@ -119,6 +141,66 @@ def _unary_rpcs() -> dict[str, tuple]:
 
 async def handle(ingress, request: Request) -> Response:
     """One HTTP request to the Ingress."""
+    web = ingress.settings.http
+    refused = _refused(request, web)
+    if refused is not None:
+        return refused
+    response = await _route(ingress, request)
+    origin = request.headers.get("origin")
+    if origin and origin in web.allowed_origins:
+        response.headers.update(_cors(origin))
+    return response
+
+
+def _refused(request: Request, web) -> Response | None:
+    """Why this request is not served at all (a foreign Host or Origin), or None."""
+    host = request.headers.get("host", "")
+    allowed = {h.lower() for h in web.allowed_hosts}
+    if "*" not in allowed and _host_name(host) not in LOOPBACK_HOSTS | allowed:
+        return _error(
+            421,
+            "PERMISSION_DENIED",
+            f"this service does not answer to host {host[:100]!r}: call it as localhost or 127.0.0.1, "
+            "or add the name to http.allowed_hosts",
+        )
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in web.allowed_origins and not _same_origin(origin, host):
+        return _error(
+            403,
+            "PERMISSION_DENIED",
+            f"pages from {origin[:100]!r} may not call this service; add the origin to http.allowed_origins",
+        )
+    return None
+
+
+def _host_name(authority: str) -> str:
+    """The host of a Host header or URL authority, lower case, without its port."""
+    try:
+        return (urlsplit(f"//{authority.strip()}").hostname or "").lower()
+    except ValueError:  # a malformed port or bracket
+        return ""
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.strip().lower()
+
+
+def _cors(origin: str) -> dict[str, str]:
+    return {
+        "access-control-allow-origin": origin,
+        "access-control-allow-methods": "GET, POST",
+        "access-control-allow-headers": CORS_HEADERS,
+        "access-control-expose-headers": f"{requests.HEADER}, {requests.LABEL_HEADER}, retry-after",
+        "access-control-max-age": "600",
+        "vary": "origin",
+    }
+
+
+async def _route(ingress, request: Request) -> Response:
     path, method = request.url.path, request.method
     if method == "GET" and path in ("/", "/index.html"):
         return _static("index.html", "text/html; charset=utf-8")
@@ -137,6 +219,8 @@ async def handle(ingress, request: Request) -> Response:
         rpc = path.removeprefix("/api/v1/")
         if rpc not in unary_rpcs():
             return _error(404, "NOT_FOUND", f"no API call {rpc!r}; see /api/openapi.json for the calls there are")
+        if method == "OPTIONS" and request.headers.get("origin") in ingress.settings.http.allowed_origins:
+            return Response(status_code=204, headers=_SAFE_HEADERS)  # a CORS preflight (headers added above)
         if method != "POST":
             return _error(405, "INVALID_ARGUMENT", f"{rpc} is called with POST and a JSON body", allow="POST")
         return await _call(ingress, request, rpc)
@@ -145,20 +229,25 @@ async def handle(ingress, request: Request) -> Response:
 
 async def _call(ingress, request: Request, rpc: str) -> Response:
     request_cls, _, _ = unary_rpcs()[rpc]
-    cap = ingress.settings.limits.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        return _error(413, "RESOURCE_EXHAUSTED", f"the request is {int(declared)} bytes; at most {cap}")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            return _error(413, "RESOURCE_EXHAUSTED", f"the request is over {cap} bytes")
-    try:
-        message = json_format.Parse(body or b"{}", request_cls())
-    except (json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
-        return _error(400, "INVALID_ARGUMENT", f"the body is not a valid {request_cls.DESCRIPTOR.name} as JSON: {exc}")
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != JSON_TYPE:
+        return _error(415, "INVALID_ARGUMENT", f"send the {rpc} request as JSON with 'Content-Type: {JSON_TYPE}'")
     context = HttpContext(request.headers)
+    try:  # the key, from the headers alone: nothing of an unauthenticated body is read
+        ingress.gateway.authenticate(dict(context.invocation_metadata()))
+    except Exception as exc:
+        status = to_status(exc)
+        return _error(HTTP_STATUS.get(status.code, 500), status.code.name, status.details)
+    body = await _body(request, ingress.settings.limits.max_request_bytes)
+    if isinstance(body, Response):
+        return body
+    try:
+        if len(body) > PARSE_IN_THREAD_BYTES:
+            message = await asyncio.to_thread(json_format.Parse, body, request_cls())
+        else:
+            message = json_format.Parse(body or b"{}", request_cls())
+    except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return _error(400, "INVALID_ARGUMENT", f"the body is not a valid {request_cls.DESCRIPTOR.name} as JSON: {exc}")
     reply = await getattr(ingress, rpc)(message, context)
     rid = context.trailer(requests.HEADER) or ""
     if context.code != grpc.StatusCode.OK:
@@ -173,6 +262,22 @@ async def _call(ingress, request: Request, rpc: str) -> Response:
         reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     return JSONResponse(payload, headers={**_SAFE_HEADERS, requests.HEADER: rid})
+
+
+async def _body(request: Request, cap: int) -> bytes | Response:
+    """The body, read in the chunks it arrives in and stopped at `cap` (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.strip().isdigit():
+        return _error(400, "INVALID_ARGUMENT", f"Content-Length {declared[:40]!r} is not a number of bytes")
+    if declared is not None and int(declared) > cap:
+        return _error(413, "RESOURCE_EXHAUSTED", f"the request is {int(declared)} bytes; at most {cap}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            return _error(413, "RESOURCE_EXHAUSTED", f"the request is over {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(
