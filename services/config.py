@@ -202,6 +202,18 @@ class GrpcSettings(BaseModel):
     drain_s: float = Field(default=10, ge=0, le=15)
 
 
+class HttpSettings(BaseModel):
+    """Who the web page and JSON API answer (services.web.http), on Serve's HTTP port."""
+
+    # Host names (the Host header, without its port) answered besides localhost, 127.0.0.1 and
+    # [::1]; "*" for any. Others get 421, so a page on another site cannot reach the service
+    # by pointing its own name at this machine (DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Origins (scheme://host[:port]) whose pages may call the API from a browser, besides the
+    # service's own page; they get CORS answers. Other pages' calls get 403.
+    allowed_origins: list[str] = Field(default_factory=list)
+
+
 class MetricsSettings(BaseModel):
     """Prometheus metrics of every replica, served by `loupe serve` (services.serve.metrics)."""
 
@@ -332,6 +344,7 @@ class LoupeSettings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
