@@ -92,11 +92,21 @@ class Index(ReembedMethods):
         self._write_lock = threading.RLock()
 
     def _masked(self, name: str, item: NewItem) -> NewItem:
-        """The item with its text as the collection's privacy rule lets it be stored."""
+        """The item as the collection's privacy rule lets it be stored: its text with the
+        `stored_masked` kinds masked; no thumbnail when that masked something (the picture
+        would show what the text no longer holds); keywords from the text with the
+        `shown_masked` kinds masked too, so neither a value nor a fragment of it ("alice",
+        "example", a phone number's digit groups) finds the item for any caller."""
         text = self.privacy.stored(name, item.text)
-        if text is item.text:
+        removed = text is not item.text and text != item.text
+        searchable = self.privacy.shown(name, text) if text else text
+        keywords = item.keywords
+        if item.keywords is not None and (removed or searchable != text):
+            keywords = keyword_vector(searchable) if searchable else None
+        thumbnail = None if removed else item.thumbnail
+        if text is item.text and keywords is item.keywords and thumbnail is item.thumbnail:
             return item
-        return replace(item, text=text, keywords=keyword_vector(text) if item.keywords else None)
+        return replace(item, text=text, keywords=keywords, thumbnail=thumbnail)
 
     @property
     def store(self) -> VectorStore:

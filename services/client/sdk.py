@@ -119,6 +119,8 @@ class Item:
     end_s: float = 0.0
     language: str = ""
     duration_s: float = 0.0
+    # A small JPEG preview, when asked for (with_thumbnails) and the caller may see it.
+    thumbnail: bytes = b""
 
     @classmethod
     def from_proto(cls, m: common_pb2.Item) -> Item:
@@ -136,6 +138,7 @@ class Item:
             end_s=m.end_s,
             language=m.language,
             duration_s=m.duration_s,
+            thumbnail=m.thumbnail,
         )
 
 
@@ -266,8 +269,9 @@ class LoupeClient:
         except grpc.RpcError as error:
             raise LoupeCallError(error) from None
 
-    def get(self, id: str, *, collection: str = "") -> Item:
-        return Item.from_proto(self._call(self._index.GetItem, index_pb2.GetItemRequest(collection=collection, id=id)))
+    def get(self, id: str, *, collection: str = "", with_thumbnail: bool = False) -> Item:
+        request = index_pb2.GetItemRequest(collection=collection, id=id, with_thumbnail=with_thumbnail)
+        return Item.from_proto(self._call(self._index.GetItem, request))
 
     def delete(self, ids: Iterable[str] = (), *, where: Mapping[str, Any] | None = None, collection: str = "") -> int:
         request = index_pb2.DeleteRequest(collection=collection)
@@ -401,6 +405,7 @@ def search_options(
     mode: str = "dense",
     min_confidence: float | None = None,
     exact: bool = False,
+    with_thumbnails: bool = False,
 ) -> search_pb2.SearchOptions:
     opts = search_pb2.SearchOptions(
         collection=collection,
@@ -416,6 +421,7 @@ def search_options(
     if min_confidence is not None:
         opts.min_confidence = min_confidence
     opts.exact = exact
+    opts.with_thumbnails = with_thumbnails
     return opts
 
 

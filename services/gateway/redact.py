@@ -4,8 +4,12 @@ A client with the `personal_data` right (or `admin`; the open and shared-key mod
 sees stored text as it is stored. Everyone else gets the kinds of the collection's
 `shown_masked` rule (indexing.privacy) masked in the text of SearchText / SearchImage hits and
 of GetItem, and masked in a SearchText query before it is embedded or matched by keyword, so
-an e-mail address cannot be used to find the receipt that holds it. Ask applies the same right
-inside its pipeline (retrieved items' values are restorable only for such a caller).
+an e-mail address cannot be used to find the receipt that holds it. The thumbnail of an item
+whose text holds such data is not sent to them either: the picture would show what the text
+hides (indexing.Index also stores no thumbnail at all where `stored_masked` removed something,
+and keeps personal data out of the keyword index, so fragments of a value find nothing). Ask
+applies the same right inside its pipeline (retrieved items' values are restorable only for
+such a caller).
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ def redact_response(privacy: Privacy, client: Client, rpc: str, request: Any, re
     if rpc in ("SearchText", "SearchImage"):
         name = collection_of(rpc, request)
         for hit in response.hits:
-            hit.item.text = privacy.shown(name, hit.item.text)
+            _mask_item(privacy, name, hit.item)
     elif rpc == "GetItem":
-        response.text = privacy.shown(collection_of(rpc, request), response.text)
+        _mask_item(privacy, collection_of(rpc, request), response)
     return response
+
+
+def _mask_item(privacy: Privacy, collection: str, item: Any) -> None:
+    shown = privacy.shown(collection, item.text)
+    if shown != item.text:
+        item.text = shown
+        item.ClearField("thumbnail")

@@ -120,8 +120,14 @@ def test_a_client_without_the_right_sees_the_email_masked_in_search_and_get(serv
         assert all(EMAIL not in h.item.text for h in dense)
         # Nor can it find the receipt by the address it may not see.
         assert not desk.search_text(EMAIL, mode="keyword", collection=COLLECTION).hits
+        # Nor by a piece of it, or of the phone number: the keyword index holds none of them.
+        for piece in ("okafor", "example.net", "010 3344"):
+            assert not desk.search_text(piece, mode="keyword", collection=COLLECTION).hits, piece
+        # Pictures show what the text hides: no thumbnail of these receipts for this client.
+        shown = desk.search_text("GREEN VALLEY MARKET", mode="keyword", collection=COLLECTION, with_thumbnails=True)
+        assert shown.hits and not any(h.item.thumbnail for h in shown.hits)
     with client(service, "auditor") as auditor:
-        hits = auditor.search_text(EMAIL, mode="keyword", collection=COLLECTION)
+        hits = auditor.search_text("GREEN VALLEY MARKET", mode="keyword", collection=COLLECTION)
         assert set(ids.values()) <= {h.id for h in hits}
         assert all(EMAIL in h.item.text for h in hits if h.id in ids.values())
 

@@ -95,8 +95,37 @@ def test_every_write_stores_cards_masked_and_keyword_search_cannot_find_the_full
     assert "r.okafor@example.net" in stored  # other kinds are stored; shown by right
     hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("4111"))
     assert hits == []  # the masked digits are gone from the keyword vector too
-    hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("okafor"))
+    hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("green valley"))
     assert [p["id"] for p, _ in hits] == ["r1"]
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_no_piece_of_a_personal_value_finds_its_item_by_keyword(backend, tmp_path) -> None:
+    """Fragments of a value shown only by right (an address's name and domain, a phone
+    number's digit groups) are kept out of the keyword index: they are not an oracle."""
+    index = Index(BACKENDS[backend](tmp_path))
+    index.upsert("receipts", [_item(RECEIPT)], SCHEMA)
+    assert "r.okafor@example.net" in index.get("receipts", "r1")["text"]  # stored; shown by right
+    for probe in ("okafor", "r okafor", "example net", "example.net", "555", "010 3344", "3344", "0103344"):
+        hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector(probe))
+        assert hits == [], probe
+    hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("email hidden"))
+    assert [p["id"] for p, _ in hits] == ["r1"]  # what every caller may see: that an address is there
+    open_rule = Index(BACKENDS[backend](tmp_path / "open"), privacy=Privacy.from_config({"shown_masked": []}))
+    open_rule.upsert("receipts", [_item(RECEIPT)], SCHEMA)  # a collection that shows everything
+    hits = open_rule.search("receipts", None, limit=5, mode="keyword", keyword_query=query_vector("okafor"))
+    assert [p["id"] for p, _ in hits] == ["r1"]
+
+
+def test_no_thumbnail_is_stored_where_masking_removed_something(tmp_path) -> None:
+    from dataclasses import replace
+
+    index = Index(BACKENDS["edge"](tmp_path))
+    jpeg = b"\xff\xd8\xff" + b"0" * 64
+    index.upsert("receipts", [replace(_item(RECEIPT), thumbnail=jpeg)], SCHEMA)
+    index.upsert("receipts", [replace(_item("a red circle", "c1"), thumbnail=jpeg)], SCHEMA)
+    assert not index.get("receipts", "r1").get("thumbnail")  # the card is legible in the picture
+    assert index.get("receipts", "c1").get("thumbnail")
 
 
 def test_a_collection_may_keep_cards_and_mask_more(tmp_path) -> None:
@@ -137,3 +166,25 @@ def test_a_caller_without_the_right_gets_hits_and_items_masked_and_cannot_search
     assert req.query == "receipt for r.okafor@example.net"
     redact_request(privacy, reader, "SearchText", req)
     assert req.query == "receipt for [email hidden]"
+
+
+def test_a_caller_without_the_right_gets_no_thumbnail_of_an_item_whose_text_it_sees_masked() -> None:
+    privacy = Privacy()
+    reader, auditor = _client("search"), _client("search", "personal_data")
+    jpeg = b"\xff\xd8\xff" + b"0" * 32
+
+    def response():
+        out = search_pb2.SearchResponse()
+        out.hits.add(item=common_pb2.Item(id="r1", text=RECEIPT, thumbnail=jpeg), score=1.0)
+        out.hits.add(item=common_pb2.Item(id="c1", text="a red circle", thumbnail=jpeg), score=0.9)
+        return out
+
+    req = search_pb2.SearchTextRequest(query="receipt")
+    masked = redact_response(privacy, reader, "SearchText", req, response())
+    assert [h.item.thumbnail for h in masked.hits] == [b"", jpeg]
+    assert [h.item.thumbnail for h in redact_response(privacy, auditor, "SearchText", req, response()).hits] == [
+        jpeg,
+        jpeg,
+    ]
+    item = common_pb2.Item(id="r1", text=RECEIPT, thumbnail=jpeg)
+    assert redact_response(privacy, reader, "GetItem", index_pb2.GetItemRequest(id="r1"), item).thumbnail == b""
