@@ -1,8 +1,11 @@
-"""Run-wide: say in the header which store backends the suites run against."""
+"""Run-wide: say in the header which store backends the suites run against, and the one
+open-default service that the integration and security suites share (built once a run)."""
 
 from __future__ import annotations
 
 import os
+
+from tests.fixtures.service import service  # noqa: F401 (a fixture: registered by being here)
 
 
 def pytest_report_header(config) -> str:
