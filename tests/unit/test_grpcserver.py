@@ -1,5 +1,6 @@
 """The gRPC port as the Ingress serves it (services.serve.grpcserver), without Ray: binding,
-one owner per port, the request size cap, draining on stop, and the call time bound."""
+one owner per port, the request size cap, a body that is not the message (INVALID_ARGUMENT),
+draining on stop, and the call time bound."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ray.serve.generated import serve_pb2, serve_pb2_grpc
 
 from encoders.common.errors import InvalidInput, TimedOut
-from protos.loupe.v1 import index_pb2, index_pb2_grpc
+from protos.loupe.v1 import audio_pb2, audio_pb2_grpc, index_pb2, index_pb2_grpc
 from services.config import load_settings
 from services.serve import grpcserver
 
@@ -25,7 +26,8 @@ def _free_port() -> int:
 
 
 class Servicer:
-    """Every RPC answers after `delay` seconds; Check says SERVING; Count counts its calls."""
+    """Every RPC answers after `delay` seconds; Check says SERVING; Count counts its calls;
+    Transcribe streams two empty messages (an async generator, as the Ingress's is)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay, self.counted = delay, 0
@@ -37,6 +39,10 @@ class Servicer:
         await asyncio.sleep(self.delay)
         self.counted += 1
         return index_pb2.CountResponse(count=self.counted)
+
+    async def Transcribe(self, request, context):
+        for _ in range(2):
+            yield audio_pb2.TranscribeResponse()
 
     def __getattr__(self, name: str):  # the other RPCs of the contract: not used here
         async def unused(request, context):
@@ -149,5 +155,42 @@ def test_an_error_of_the_call_itself_is_not_taken_for_the_bound() -> None:
         with pytest.raises(TimeoutError):
             async with Host()._bounded(_Context(None)):
                 raise TimeoutError("the store's own timeout")
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/loupe.v1.IndexService/Count", "loupe.v1.CountRequest"),
+        ("/loupe.v1.SearchService/SearchText", "loupe.v1.SearchTextRequest"),
+        ("/loupe.v1.AudioService/Transcribe", "loupe.v1.TranscribeRequest"),
+        ("/grpc.health.v1.Health/Check", "grpc.health.v1.HealthCheckRequest"),
+    ],
+)
+def test_bytes_that_are_not_the_methods_message_are_invalid_argument_and_the_server_goes_on(path, message) -> None:
+    async def run() -> None:
+        port, servicer = _free_port(), Servicer()
+        server = await grpcserver.start(servicer, _settings(port))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                # No serializers: the bytes go as they are (0xff 0xff 0xff is a truncated tag).
+                if path.endswith("/Transcribe"):
+                    call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+                    garbage = call(b"\xff\xff\xff", timeout=5)
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        [_ async for _ in garbage]
+                    good = audio_pb2_grpc.AudioServiceStub(channel).Transcribe(audio_pb2.TranscribeRequest(), timeout=5)
+                    assert len([_ async for _ in good]) == 2
+                else:
+                    call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await call(b"\xff\xff\xff", timeout=5)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert err.value.details().startswith(f"the request is not a valid {message} message: ")
+                counted = await index_pb2_grpc.IndexServiceStub(channel).Count(index_pb2.CountRequest(), timeout=5)
+                assert counted.count == 1  # the server still answers, and only the good call reached it
+        finally:
+            await grpcserver.stop(server, 0)
 
     asyncio.run(run())
