@@ -213,11 +213,11 @@ def test_tls_proxy_config_and_client_files(tmp_path, capsys):
     assert "listen 0.0.0.0:9443 ssl http2;" in conf and "grpc_pass grpc://127.0.0.1:9000;" in conf
     assert "ssl_verify_client" not in conf and "client_max_body_size 67108864;" in conf
     mtls = tls.render(cert=str(cert), key=str(key), listen="h:1", upstream="u:2", run_dir="/r", client_ca=str(ca))
-    assert f"ssl_client_certificate {ca};" in mtls and "ssl_verify_client on;" in mtls
+    assert f'ssl_client_certificate "{ca}";' in mtls and "ssl_verify_client on;" in mtls
     with pytest.raises(InvalidInput, match="--client-ca .*missing"):
         tls.render(cert=str(cert), key=str(key), listen="h:1", upstream="u:2", run_dir="/r", client_ca="/missing")
     with pytest.raises(InvalidInput, match="HOST:PORT"):
-        tls.render(cert=str(cert), key=str(key), listen="9443", upstream="u:2", run_dir="/r")
+        tls.render(cert=str(cert), key=str(key), listen="h:1", upstream="9000", run_dir="/r")
     with pytest.raises(ValueError, match="both cert_file and key_file"):
         tls_credentials(None, str(cert), None)
     with pytest.raises(ValueError, match="cannot read the client key"):
