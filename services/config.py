@@ -17,6 +17,7 @@ from encoders.audio.decode import AudioLimits
 from encoders.clip.encoder import ClipOptions, TextOverflow
 from encoders.clip.sources import DEFAULT_MODEL
 from encoders.image.decode import ImageLimits
+from services.secrets import RedactedRepr, fill_from_files
 
 BUNDLED_CLIP = "bundled:tiny-clip"
 DEFAULT_COLLECTION = "default"
@@ -143,7 +144,7 @@ class OcrSettings(BaseModel):
     threads: int = 2
 
 
-class AskSettings(BaseModel):
+class AskSettings(RedactedRepr, BaseModel):
     # Run the Answerer deployment (QAService.Ask).
     enabled: bool = True
     # "transformers" (a local or hub image-text-to-text model) or "openai" (a compatible endpoint).
@@ -152,6 +153,8 @@ class AskSettings(BaseModel):
     model: str = ""
     # For backend "openai": e.g. http://vllm:8000/v1 (key from LOUPE_VLM_API_KEY).
     base_url: str | None = None
+    # A file holding base_url (its credentials stay out of the YAML): read at load.
+    base_url_file: str | None = None
     device: str = "auto"
     max_new_tokens: int = 256
     # Drafts per question (1 + retries) before abstaining.
@@ -185,6 +188,8 @@ class AskSettings(BaseModel):
     judge: Literal["", "same", "openai", "transformers"] = ""
     judge_model: str = ""
     judge_base_url: str | None = None
+    # A file holding judge_base_url, read at load.
+    judge_base_url_file: str | None = None
 
 
 class GrpcSettings(BaseModel):
@@ -229,11 +234,13 @@ class LogSettings(BaseModel):
     format: Literal["json", "text"] = "json"
 
 
-class TracingSettings(BaseModel):
+class TracingSettings(RedactedRepr, BaseModel):
     """OpenTelemetry spans per step (services.serve.tracing); off without an endpoint."""
 
     # OTLP/HTTP collector base URL, e.g. http://otel-collector:4318 (spans go to /v1/traces).
     endpoint: str = ""
+    # A file holding endpoint (for a collector URL with credentials), read at load.
+    endpoint_file: str | None = None
 
 
 class FeedbackSettings(BaseModel):
@@ -254,7 +261,7 @@ class CacheEntrySettings(BaseModel):
     ttl_s: float = Field(default=86400, gt=0)
 
 
-class CacheSettings(BaseModel):
+class CacheSettings(RedactedRepr, BaseModel):
     """Exact caches (services/cache.py). Off: `enabled: false`, or one cache's `enabled`."""
 
     enabled: bool = True
@@ -263,6 +270,8 @@ class CacheSettings(BaseModel):
     skip_stored: bool = True
     # redis://host:port/db: shared by every replica and kept across restarts; None: in-process.
     redis_url: str | None = None
+    # A file holding redis_url (redis://:PASSWORD@host:port/db), read at load.
+    redis_url_file: str | None = None
     redis_prefix: str = "loupe:"
     embeddings: CacheEntrySettings = Field(default_factory=lambda: CacheEntrySettings(max_entries=20000))
     ocr: CacheEntrySettings = Field(default_factory=lambda: CacheEntrySettings(max_entries=5000, ttl_s=7 * 86400))
@@ -311,7 +320,7 @@ class PrivacySettings(PrivacyRuleSettings):
         return Privacy.from_config(self.model_dump())
 
 
-class LoupeSettings(BaseSettings):
+class LoupeSettings(RedactedRepr, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOUPE_", env_nested_delimiter="__", extra="ignore")
 
     # "default" runs the real models; "bundled" runs the small models shipped in the package.
@@ -321,15 +330,22 @@ class LoupeSettings(BaseSettings):
     # Qdrant server URL; set it to use qdrant-client instead of the embedded store.
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
+    # Files holding the two above, read at load (README "Secrets": secrets stay out of the YAML).
+    qdrant_url_file: str | None = None
+    qdrant_api_key_file: str | None = None
     # When set, every call must send `authorization: Bearer <key>` or `x-api-key: <key>`: the
     # one-client case of the gateway (all rights, all collections).
     api_key: str | None = None
+    # A file holding api_key, read at load.
+    api_key_file: str | None = None
     # The gateway's clients file (YAML: ids, key hashes, rights, collections; README "Access").
     # Takes precedence over api_key; with neither, the service is open to anyone who reaches it.
     clients_file: str | None = None
     # Where usage and audit records go: "sqlite:///path" or "postgresql://user:pass@host/db";
     # None: loupe-events.db (SQLite) in data_dir.
     events_url: str | None = None
+    # A file holding events_url (for a PostgreSQL URL with its password), read at load.
+    events_url_file: str | None = None
     # Ingress replicas (set by `loupe serve` from the config): each enforces 1/N of a rate limit.
     ingress_replicas: int = Field(default=1, ge=1)
     # Build the vector index (HNSW) after this many new points, once writes pause; 0 = never.
@@ -363,6 +379,13 @@ class LoupeSettings(BaseSettings):
     def _absolute_data_dir(self) -> LoupeSettings:
         # Ray workers do not share the caller's working directory.
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        return self
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> LoupeSettings:
+        # `<field>_file` options (services.secrets): the secret lives in a file, not in the YAML
+        # that Ray is handed and logs, nor in the environment.
+        fill_from_files(self)
         return self
 
     @property

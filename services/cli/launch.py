@@ -8,11 +8,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from encoders.common.errors import InvalidInput, LoupeError
+from services.secrets import SECRET_FIELDS, absolute_files, env_name, move_to_env, redact, scrub, secret_values
+
+if TYPE_CHECKING:
+    from services.config import LoupeSettings
+
+# The variables that carry secret fields (LOUPE_API_KEY, LOUPE_CACHE__REDIS_URL, ...).
+SECRET_ENV_NAMES = {env_name(field) for field in SECRET_FIELDS}
 
 
 def app_args_of(config: str | Path | None) -> dict:
@@ -147,13 +157,13 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
     from pydantic import ValidationError
 
     try:
-        cfg = render_config(config, **overrides)
+        plan = prepare(config, ray_address, **overrides)
     except (ValidationError, ValueError, OSError, LoupeError) as exc:  # a bad config never reaches Ray
-        print(f"loupe: cannot start: the config {config} is not valid: {exc}", file=sys.stderr, flush=True)
+        # Errors may quote a value (pydantic's input_value): never a secret.
+        why = scrub(str(exc), _written_secrets(config, overrides))
+        print(f"loupe: cannot start: the config {config} is not valid: {why}", file=sys.stderr, flush=True)
         return 2
-    from services.config import load_settings
-
-    settings = load_settings(cfg["applications"][0]["args"])
+    cfg, settings = plan.cfg, plan.settings
     metrics, grpc_at = settings.metrics, settings.grpc
     ports = {"gRPC": grpc_at.port, "HTTP": cfg.get("http_options", {}).get("port", 8000)}
     if metrics.port:
@@ -176,8 +186,7 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
         metrics_dir = tempfile.mkdtemp(prefix=f"loupe-metrics-{os.getpid()}-")
         app = cfg["applications"][0]
         app.setdefault("runtime_env", {}).setdefault("env_vars", {})[MULTIPROC_ENV] = metrics_dir
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="loupe-serve-", delete=False) as fh:
-        yaml.safe_dump(cfg, fh, sort_keys=False)
+    config_path = write_serve_config(cfg)
     # "local" starts a private Ray instance; give an address to deploy onto a running cluster.
     cmd = [
         sys.executable,
@@ -185,33 +194,114 @@ def serve(config: str, ray_address: str | None = None, dashboard: bool = False, 
         "services.serve.driver",
         *(["--dashboard"] if dashboard else []),
         ray_address or "local",
-        fh.name,
+        config_path,
     ]
-    app_args = cfg["applications"][0]["args"]
-    from services.serve.grpcserver import address
-
-    print(
-        f"loupe: profile {app_args.get('profile')}, data {app_args.get('qdrant_url') or app_args.get('data_dir')}, "
-        f"gRPC on {address(grpc_at.host, grpc_at.port)}{_interfaces(grpc_at.host)}, "
-        f"HTTP on {cfg.get('http_options', {}).get('host', '127.0.0.1')}:{ports['HTTP']}; {access(app_args)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(startup_line(plan), file=sys.stderr, flush=True)
     # Serve's working dir must let replicas import this project's packages.
     cwd = Path(__file__).resolve().parents[2]
     try:
-        supervisor = Supervisor(cmd, env=serve_env(cfg), cwd=cwd, grpc_port=grpc_at.port, grpc_host=grpc_at.host)
+        # The secrets ride in the environment of `serve run`: the private Ray it starts hands
+        # that environment to every worker, where LoupeSettings reads them as LOUPE_* variables.
+        env = {**serve_env(cfg), **plan.env}
+        supervisor = Supervisor(
+            cmd,
+            env=env,
+            cwd=cwd,
+            grpc_port=grpc_at.port,
+            grpc_host=grpc_at.host,
+            secrets=secret_values(settings.model_dump()),
+        )
         if metrics_dir:
             supervisor.metrics = (metrics.host, metrics.port, metrics_dir)
         http = cfg.get("http_options", {})
         supervisor.web = f"{http.get('host', '127.0.0.1')}:{ports['HTTP']}"
         return supervisor.run()
     finally:
-        os.unlink(fh.name)
+        os.unlink(config_path)
         if metrics_dir:
             import shutil
 
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@dataclass
+class ServePlan:
+    """What `loupe serve` starts: the config Ray is handed, free of secret values, and the
+    secrets apart, for the environment of `serve run`."""
+
+    cfg: dict
+    # The effective settings (secrets included: never printed whole; see startup_line).
+    settings: LoupeSettings
+    # LOUPE_* variables carrying the secrets taken out of cfg.
+    env: dict[str, str]
+    # Who may call, as the start-up line says it.
+    who: str
+
+
+def prepare(config: str | Path, ray_address: str | None = None, **overrides) -> ServePlan:
+    """render_config, then the secrets moved out of what Ray is handed."""
+    from services.config import load_settings
+
+    cfg = render_config(config, **overrides)
+    app_args = cfg["applications"][0]["args"]
+    settings = load_settings(app_args)
+    who = access(app_args)  # before api_key leaves the app args
+    return ServePlan(cfg=cfg, settings=settings, env=secrets_for_ray(cfg, settings, ray_address), who=who)
+
+
+def secrets_for_ray(cfg: dict, settings: LoupeSettings, ray_address: str | None = None) -> dict[str, str]:
+    """Take the secret values out of `cfg` (app args, and LOUPE_* secrets in its runtime_env):
+    Ray keeps the config in its logs and dashboard. Returns the variables that carry them to
+    the private Ray instead. A running cluster does not inherit our environment, so there they
+    must be set on the cluster (its nodes' LOUPE_* variables or `<field>_file` files)."""
+    app = cfg["applications"][0]
+    env = move_to_env(app.setdefault("args", {}), settings)
+    env.update(absolute_files(app["args"], settings, os.environ))
+    env_vars = (app.get("runtime_env") or {}).get("env_vars") or {}
+    for name in SECRET_ENV_NAMES & set(env_vars):
+        env[name] = str(env_vars.pop(name))
+    moved = sorted(set(env) & SECRET_ENV_NAMES)  # secret values, not the paths of their files
+    if moved and (ray_address or "local") != "local":
+        raise InvalidInput(
+            f"{', '.join(moved)} can reach the Ray cluster at {ray_address} only inside the config it is "
+            "handed, which Ray logs: set them in the environment of the cluster's Ray nodes instead, or use "
+            '<field>_file options naming files present on them (README "Secrets")',
+            field="ray_address",
+        )
+    return env
+
+
+def write_serve_config(cfg: dict) -> str:
+    """The config `serve run` reads, in a temporary file only its owner may read (mkstemp: 0600)."""
+    fd, path = tempfile.mkstemp(suffix=".yaml", prefix="loupe-serve-")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    return path
+
+
+def startup_line(plan: ServePlan) -> str:
+    """What `loupe serve` says it starts; a store URL's credentials show as ***."""
+    from services.serve.grpcserver import address
+
+    settings, http = plan.settings, plan.cfg.get("http_options", {})
+    grpc_at = settings.grpc
+    store = redact(settings.qdrant_url) if settings.qdrant_url else settings.data_dir
+    return (
+        f"loupe: profile {settings.profile}, data {store}, "
+        f"gRPC on {address(grpc_at.host, grpc_at.port)}{_interfaces(grpc_at.host)}, "
+        f"HTTP on {http.get('host', '127.0.0.1')}:{http.get('port', 8000)}; {plan.who}"
+    )
+
+
+def _written_secrets(config: str | Path, overrides: dict) -> set[str]:
+    """Secret values a failed start may quote: those in the config's app args, the CLI's
+    overrides and the LOUPE_* environment."""
+    try:
+        args = app_args_of(config)
+    except LoupeError:
+        args = {}
+    loupe_env = {k: v for k, v in os.environ.items() if k.startswith("LOUPE_")}
+    return secret_values(args) | secret_values(overrides) | secret_values(loupe_env)
 
 
 def _interfaces(host: str) -> str:
@@ -265,11 +355,20 @@ class Supervisor:
     """`serve run` in its own process group, its output relayed line by line."""
 
     def __init__(
-        self, cmd: list[str], *, env: dict[str, str], cwd: Path, grpc_port: int, grpc_host: str = "127.0.0.1"
+        self,
+        cmd: list[str],
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        grpc_port: int,
+        grpc_host: str = "127.0.0.1",
+        secrets: Iterable[str] = (),
     ) -> None:
         from services.serve.grpcserver import address
 
         self.cmd, self.env, self.cwd, self.grpc_port = cmd, env, cwd, grpc_port
+        # Values cut out of the relayed output: a replica's error may quote a URL's password.
+        self.secrets = tuple(secrets)
         # Where this machine reaches the port: loopback when it listens on every interface.
         wildcard = grpc_host in ("0.0.0.0", "::", "")
         self.grpc_target = address("127.0.0.1" if wildcard else grpc_host, grpc_port)
@@ -378,7 +477,7 @@ class Supervisor:
     def _relay(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for raw in self.proc.stdout:
-            line = raw.decode(errors="replace")
+            line = scrub(raw.decode(errors="replace"), self.secrets)
             sys.stderr.write(line)
             if not self.ready:
                 self._track(line)
