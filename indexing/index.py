@@ -468,7 +468,7 @@ class Index(ReembedMethods):
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidInput(
             f"collection name {name!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit",
             field="collection",

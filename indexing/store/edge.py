@@ -28,6 +28,7 @@ errors are translated by message here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -59,6 +60,9 @@ _SHARD = "shard"
 _FORMAT = 1
 # Messages of qdrant-edge errors that mean "the request is wrong", not "the store is broken".
 _BAD_INPUT_PREFIXES = ("Wrong input", "Vector dimension error", "Not existing vector name")
+# Errors raised while serving a request reach the client: they name the collection, never a
+# path in the data folder (the log keeps that). Errors of opening the store are the operator's.
+log = logging.getLogger("loupe.store")
 
 
 class EdgeStore:
@@ -142,7 +146,7 @@ class EdgeStore:
     def list_collections(self) -> list[str]:
         with self._mu:
             self._check_open()
-            with self._errors("list collections in", self._root):
+            with self._errors("list the collections", ""):
                 entries = sorted(os.listdir(self._root))
         return [e for e in entries if os.path.isfile(os.path.join(self._root, e, _SIDECAR))]
 
@@ -354,13 +358,13 @@ class EdgeStore:
 
     def _dir(self, name: str) -> str:
         # Index validates names; this guards the filesystem against anything that slips by.
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not name or not name.isprintable() or "/" in name or "\\" in name or name.startswith("."):
             raise InvalidInput(f"invalid collection name {name!r}", field="collection")
         return os.path.join(self._root, name)
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreUnavailable(f"the embedded store at {self._root} is closed")
+            raise StoreUnavailable("the embedded store is closed")
 
     def _sidecar(self, name: str) -> dict[str, Any] | None:
         if name in self._sidecars:
@@ -378,7 +382,7 @@ class EdgeStore:
         self._check_open()
         sidecar = self._sidecar(name)
         if sidecar is None:
-            raise NotFound(f"collection {name!r} does not exist in {self._root}", field="collection")
+            raise NotFound(f"collection {name!r} does not exist", field="collection")
         return sidecar
 
     def _schema(self, name: str) -> CollectionSchema:
@@ -408,6 +412,7 @@ class EdgeStore:
 
     @contextmanager
     def _errors(self, action: str, name: str) -> Iterator[None]:
+        target = f" {name!r}" if name else ""
         try:
             yield
         except LoupeError:
@@ -415,10 +420,21 @@ class EdgeStore:
         except (TypeError, AttributeError):
             raise  # our bug (e.g. an argument the binding cannot convert), not the store's
         except Exception as e:  # qdrant-edge raises bare Exception; OSError from files
-            message = str(e)
+            message = self._without_paths(e)
             if message.startswith(_BAD_INPUT_PREFIXES):
                 raise InvalidInput(f"embedded store rejected the request on {name!r}: {message}") from e
-            raise StoreUnavailable(f"embedded store at {self._root} failed to {action} {name!r}: {message}") from e
+            log.warning("embedded store at %s failed to %s%s: %s", self._root, action, target, e)
+            raise StoreUnavailable(f"embedded store failed to {action}{target}: {message}") from e
+
+    def _without_paths(self, e: Exception) -> str:
+        """What went wrong, for the client: an OSError's text names its file, and qdrant-edge's
+        may name a shard's folder."""
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        message = str(e)
+        for root in {self._root, os.path.realpath(self._root)}:
+            message = message.replace(root, "<data folder>")
+        return message
 
 
 # -- filters ---------------------------------------------------------------------------------

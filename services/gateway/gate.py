@@ -94,7 +94,7 @@ class Gateway:
         client, key = found
         if not key.valid_at(self._clock()):
             raise Unauthenticated(
-                f"this key of client {client.id!r} expired at {key.expires:%Y-%m-%d %H:%M} UTC; use its new key"
+                f"this API key expired at {key.expires:%Y-%m-%d %H:%M} UTC; use the new key you were given"
             )
         return client
 

@@ -22,13 +22,14 @@ _MODALITY_TO_PROTO = {
     Modality.AUDIO: common_pb2.MODALITY_AUDIO,
 }
 _MODALITY_FROM_PROTO = {v: k for k, v in _MODALITY_TO_PROTO.items()}
-_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Names and keys are checked with `fullmatch`: `match` with "$" lets a trailing "\n" through.
+_COLLECTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ID_MAX = 256
 
 
 def collection_name(name: str, field: str = "collection") -> str:
     name = name or DEFAULT_COLLECTION
-    if not _COLLECTION_RE.match(name):
+    if not _COLLECTION_RE.fullmatch(name):
         raise InvalidInput(
             f"collection name {name[:80]!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit",
@@ -67,7 +68,7 @@ def metadata(struct: struct_pb2.Struct, limits: RequestLimits, field: str) -> di
     if len(data) > limits.max_metadata_keys:
         raise InvalidInput(f"metadata has {len(data)} keys; the limit is {limits.max_metadata_keys}", field=field)
     for key, value in data.items():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
             raise InvalidInput(
                 f"metadata key {key[:80]!r} must be 1-64 letters, digits or '_', not starting with a digit",
                 field=f"{field}.{key[:80]}",
@@ -187,7 +188,7 @@ def language(code: str, field: str = "language") -> str | None:
     code = code.strip().lower()
     if not code:
         return None
-    if not re.match(r"^[a-z]{2,3}$", code):
+    if not re.fullmatch(r"[a-z]{2,3}", code):
         raise InvalidInput(
             f"language {code[:20]!r} must be an ISO 639-1 code like 'en', or empty to detect it", field=field
         )

@@ -64,7 +64,7 @@ def to_status(exc: BaseException) -> RpcStatus:
     if code is None:
         log.exception("unexpected error", exc_info=exc)
         return RpcStatus(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-    reason = exc.reason if isinstance(exc, LoupeError) else str(exc)
+    reason = exc.reason if isinstance(exc, LoupeError) else _plain_reason(exc)
     rich = status_pb2.Status(code=code.value[0], message=reason)
     rich.details.add().Pack(error_details_pb2.ErrorInfo(reason=type(exc).__name__, domain=DOMAIN))
     if isinstance(exc, InvalidInput):
@@ -74,6 +74,14 @@ def to_status(exc: BaseException) -> RpcStatus:
         delay.FromMilliseconds(int(exc.retry_after_s * 1000))
         rich.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return RpcStatus(code, reason, (("grpc-status-details-bin", rich.SerializeToString()),))
+
+
+def _plain_reason(exc: BaseException) -> str:
+    # An OSError's text names its file (a path on the server): the client gets the reason alone.
+    if isinstance(exc, OSError) and exc.filename is not None:
+        log.warning("file error during a call", exc_info=exc)
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 def _bad_request(exc: InvalidInput) -> error_details_pb2.BadRequest:

@@ -60,6 +60,8 @@ class AnswerWorker:
         # On a calibrated collection this floor replaces the raw one (indexing.calibration).
         self.min_confidence = settings.calibration.min_confidence
         self.roots = [Path(r).expanduser().resolve() for r in a.image_roots]
+        # No stored image is larger than an upload may be: a bigger file cannot be one.
+        self.max_image_bytes = settings.limits.image_max_bytes
         template = load_prompt(a.prompt)
         # Everything besides the request that an answer depends on: a cached answer is keyed by it.
         self._identity = {
@@ -199,18 +201,42 @@ class AnswerWorker:
         )
 
     def _pixels(self, payload: dict) -> Image.Image:
-        """The item's image when a source is a file under an allowed root, else a grey tile."""
+        """The item's image when a source is its own file under an allowed root, else a grey
+        tile (the item then counts by its stored text alone)."""
         from encoders.image.decode import decode_image
 
         for source in payload.get("sources") or ():
-            path = Path(source.removeprefix("file://")).expanduser()
-            try:
-                path = path.resolve()
-            except OSError:
+            data = self._own_file(source, payload.get("sha256"))
+            if data is None:
                 continue
-            if any(path.is_relative_to(root) for root in self.roots) and path.is_file():
-                try:
-                    return decode_image(path.read_bytes()).image
-                except Exception:  # unreadable now: fall back to the text
-                    continue
+            try:
+                return decode_image(data).image
+            except Exception:  # unreadable now: fall back to the text
+                continue
         return _NO_PIXELS
+
+    def _own_file(self, source: str, sha256: object) -> bytes | None:
+        """The bytes of `source` when it is a file under an allowed root (symlinks resolved
+        first, so a link cannot lead out) whose sha256 is the item's stored content hash.
+
+        `sources` is whatever the indexing caller wrote: under a root shared by tenants, one
+        could name another's file. Only the bytes the item was indexed from are its own."""
+        if not isinstance(sha256, str) or not sha256:
+            return None
+        try:
+            path = Path(source.removeprefix("file://")).expanduser().resolve()
+        except (OSError, RuntimeError):  # unknown ~user, a symlink loop
+            return None
+        if not any(path.is_relative_to(root) for root in self.roots):
+            return None
+        try:
+            if not path.is_file() or path.stat().st_size > self.max_image_bytes:
+                return None
+            data = path.read_bytes()
+        except OSError:
+            return None
+        # The bytes read are the bytes checked and decoded: a file swapped meanwhile is not used.
+        if hashlib.sha256(data).hexdigest() != sha256.lower():
+            log.info("ask: a source of an item is not the file it was indexed from; using its text")
+            return None
+        return data
