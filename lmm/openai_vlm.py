@@ -21,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
 from encoders.common.errors import InvalidInput, LoupeError, ModelUnavailable, Overloaded
+from encoders.common.urls import redact_url
 from encoders.loading.lazy import LazyModel
 from lmm.models import VlmOptions, generation_budget
 from lmm.types import Draft, Prompt
@@ -54,7 +55,7 @@ class OpenAiVlm(LazyModel):
         url = urlparse(options.base_url)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise InvalidInput(
-                f"base_url {options.base_url!r} must be an http(s) URL such as "
+                f"base_url {redact_url(options.base_url)!r} must be an http(s) URL such as "
                 "http://localhost:8000/v1 (vLLM) or http://localhost:11434/v1 (Ollama)",
                 field="base_url",
             )
@@ -66,6 +67,8 @@ class OpenAiVlm(LazyModel):
             raise InvalidInput("model is empty; give the model name the server serves", field="model")
         self.options = options
         self.url = options.base_url.rstrip("/") + "/chat/completions"
+        # For error messages: the URL with its credentials (http://TOKEN@host) as ***.
+        self.shown_url = redact_url(self.url)
         super().__init__()
         self._client = None
 
@@ -127,7 +130,7 @@ class OpenAiVlm(LazyModel):
     def _post(self, payload: dict) -> dict:
         import httpx
 
-        where = f"VLM endpoint {self.url}"
+        where = f"VLM endpoint {self.shown_url}"
         try:
             response = self._client.post(self.url, json=payload)
         except httpx.TimeoutException as exc:
@@ -183,7 +186,7 @@ class OpenAiVlm(LazyModel):
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise ModelUnavailable(
-                f"VLM endpoint {self.url} answered without choices[0].message: {_excerpt(str(data))}"
+                f"VLM endpoint {self.shown_url} answered without choices[0].message: {_excerpt(str(data))}"
             ) from exc
         return str(content).strip(), tokens, prompt_tokens
 

@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from encoders.common.urls import redact_url
+
 log = logging.getLogger("loupe.cache")
 
 
@@ -95,7 +97,7 @@ class RedisCache:
     def _warn(self, exc: Exception) -> None:
         if time.monotonic() - self._warned > 30:  # once per 30 s, not per call
             self._warned = time.monotonic()
-            log.warning("cache at %s not reachable (%s); working without it", self.url, exc)
+            log.warning("cache at %s not reachable (%s); working without it", redact_url(self.url), exc)
 
 
 def cache_key(*parts: Any) -> str:

@@ -16,8 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from encoders.common.errors import InvalidInput
-
-MASK = "***"
+from encoders.common.urls import MASK, SECRET_PARAM, redact_url
 
 # Fields whose whole value is secret (dotted paths in the settings).
 KEY_FIELDS = ("qdrant_api_key", "api_key")
@@ -28,8 +27,6 @@ SECRET_FIELDS = KEY_FIELDS + URL_FIELDS
 # Keys whose value is secret wherever they appear (app args, env vars, runtime_env): the known
 # key fields and anything named like a credential, so a field added later is hidden too.
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|password|passwd|secret|token)$", re.IGNORECASE)
-# Query parameters that carry credentials (?password=, ?api_key=, ?token=, ?sslpassword=).
-_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
 # Shorter secret values are not cut out of free text: masking every "ab" would garble the logs.
 MIN_SCRUB_CHARS = 4
 
@@ -63,32 +60,6 @@ def redact_item(key: str, value: Any) -> Any:
     if is_secret_name(key) and value not in (None, ""):
         return MASK
     return redact(value)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its userinfo password (or a lone userinfo, often a token) and credential
-    query parameters as ***; text that is not a URL comes back unchanged."""
-    if "@" not in url and "?" not in url:
-        return url  # the common case, and no urlsplit on arbitrary text
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed [IPv6 bracket: cannot tell where credentials end
-        return MASK
-    if not parts.scheme or not parts.netloc:
-        return url
-    netloc, query = parts.netloc, parts.query
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
-    if query:
-        query = "&".join(_redact_param(p) for p in query.split("&"))
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
-def _redact_param(param: str) -> str:
-    name, eq, _value = param.partition("=")
-    return f"{name}={MASK}" if eq and _SECRET_PARAM.search(unquote(name)) else param
 
 
 # -- cutting known values out of free text (error messages, relayed output) --------------
@@ -127,7 +98,7 @@ def _url_credentials(url: str) -> set[str]:
         found.add(password if colon else user)
     for param in parts.query.split("&"):
         name, eq, value = param.partition("=")
-        if eq and value and _SECRET_PARAM.search(unquote(name)):
+        if eq and value and SECRET_PARAM.search(unquote(name)):
             found.add(value)
     return found | {unquote(v) for v in found}
 

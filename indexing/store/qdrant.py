@@ -36,6 +36,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from encoders.common.errors import InvalidInput, LoupeError, NotFound, StoreUnavailable
+from encoders.common.urls import redact_url
 from encoders.text.keywords import SparseVector
 from indexing.store.shared import as_list, dense_of, scored, sparse_of, sparse_parts, translate
 from indexing.types import (
@@ -67,7 +68,8 @@ class QdrantStore:
         location: str | None = None,
         timeout_s: int = 10,
     ) -> None:
-        self._where = url or path or location or ":memory:"
+        # In every error message: a URL's credentials (https://TOKEN@host) as ***.
+        self._where = redact_url(url) if url else path or location or ":memory:"
         # Local mode ignores payload indexes (and warns about them); only a server builds them.
         self._local = url is None
         try:

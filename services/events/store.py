@@ -105,7 +105,9 @@ class EventStore:
                 raise StoreUnavailable(f"cannot reach PostgreSQL for events ({_safe(url)}): {exc}") from None
             self.kind, self._param = "postgresql", "%s"
         else:
-            raise InvalidInput(f"events_url {url!r} must start with sqlite:/// or postgresql://", field="events_url")
+            raise InvalidInput(
+                f"events_url {_safe(url)!r} must start with sqlite:/// or postgresql://", field="events_url"
+            )
         for statement in SCHEMA:
             self._exec(statement)
         self._add_missing_counters()
@@ -262,13 +264,10 @@ def _where(client: str | None, since: str | None, column: str) -> tuple[str, tup
 
 
 def _safe(url: str) -> str:
-    """The URL without its password."""
-    from urllib.parse import urlsplit
+    """The URL without its credentials (password, token userinfo, ?password=)."""
+    from encoders.common.urls import redact_url
 
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    return redact_url(url)
 
 
 def today(now: dt.datetime | None = None) -> str:

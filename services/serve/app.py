@@ -7,6 +7,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from encoders.common.urls import redact_url
 from services.config import load_settings
 from services.serve.deployments import (
     AnswererDeployment,
@@ -23,7 +24,7 @@ def build_app(args: dict[str, Any]) -> Application:
         "building Loupe: profile=%s model=%s store=%s",
         settings.profile,
         settings.clip_model,
-        settings.qdrant_url or settings.data_dir,
+        redact_url(settings.qdrant_url) if settings.qdrant_url else settings.data_dir,
     )
     encoder = EncoderDeployment.bind(settings)
     transcriber = TranscriberDeployment.bind(settings) if settings.audio else None
