@@ -3,8 +3,8 @@
     clients:
       - id: shop-search
         keys:                                  # sha256 of each key; never the key itself
-          - sha256: 9f86d081884c7d65...
-          - sha256: 60303ae22b998861...
+          - sha256: <64 hex digits: the sha256 `loupe keys create` prints>
+          - sha256: <the sha256 of the key it replaces>
             expires: 2027-01-31T00:00:00Z      # a rotated-out key, accepted until then
         rights: [search, index]                # search index delete ask transcribe personal_data admin
         collections: ["shop-*", "shared"]      # names, "prefix*" (a tenant), or "*"
@@ -31,8 +31,8 @@ from encoders.common.errors import InvalidInput
 
 RIGHTS = ("search", "index", "delete", "ask", "transcribe", "personal_data", "admin")
 KEY_PREFIX = "lp_"
-_HASH = re.compile(r"^[0-9a-f]{64}$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HASH = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _client(entry: Any, where: str) -> Client:
     if not isinstance(entry, dict):
         raise InvalidInput(f"{where} must be a mapping with id, keys, rights, collections", field="clients_file")
     cid = str(entry.get("id") or "")
-    if not _ID.match(cid):
+    if not _ID.fullmatch(cid):
         raise InvalidInput(f"{where}: id {cid!r} must be 1-64 letters, digits, '.', '_' or '-'", field="clients_file")
     keys = tuple(_key(k, f"{where} ({cid}) keys[{j}]") for j, k in enumerate(entry.get("keys") or []))
     if not keys:
@@ -161,7 +161,7 @@ def _limits(entry: dict, where: str) -> Limits:
 
 def _key(raw: Any, where: str) -> KeyHash:
     digest = str((raw or {}).get("sha256", "") if isinstance(raw, dict) else "").lower()
-    if not _HASH.match(digest):
+    if not _HASH.fullmatch(digest):
         raise InvalidInput(
             f"{where}: sha256 must be 64 hex digits (`loupe keys create` prints it)", field="clients_file"
         )

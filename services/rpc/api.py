@@ -338,9 +338,12 @@ class LoupeApi:
         return response
 
     # -- QAService --------------------------------------------------------------------------
-    async def ask(self, req: qa_pb2.AskRequest, reveal_retrieved: bool = False) -> qa_pb2.AskResponse:
+    async def ask(
+        self, req: qa_pb2.AskRequest, reveal_retrieved: bool = False, client_id: str = ""
+    ) -> qa_pb2.AskResponse:
         """`reveal_retrieved`: personal data of retrieved items may appear in the answer (the
-        caller has the personal_data right); the answer policy still applies."""
+        caller has the personal_data right); the answer policy still applies. `client_id`: the
+        caller, part of the answer cache's key (a cached answer names the call it repeats)."""
         if self.answerer is None:
             from encoders.common.errors import ModelUnavailable
 
@@ -355,7 +358,7 @@ class LoupeApi:
             conditions=convert.conditions(r.filter, "retrieval.filter"),
             mode=convert.search_mode(r.mode, "retrieval.mode") if r.HasField("mode") else ASK_MODE,
         )
-        parts = await self._answer_key(req, retrieval, reveal_retrieved) if self.answers.enabled else None
+        parts = await self._answer_key(req, retrieval, reveal_retrieved, client_id) if self.answers.enabled else None
         if parts is not None and (hit := self.answers.get(*parts)) is not None:
             response = qa_pb2.AskResponse.FromString(hit["response"])
             response.cached, response.cached_request_id = True, hit["request_id"]
@@ -368,15 +371,20 @@ class LoupeApi:
             self.answers.put({"response": response.SerializeToString(), "request_id": requests.current()}, *parts)
         return response
 
-    async def _answer_key(self, req: qa_pb2.AskRequest, retrieval: SearchQuery, reveal_retrieved: bool) -> tuple:
+    async def _answer_key(
+        self, req: qa_pb2.AskRequest, retrieval: SearchQuery, reveal_retrieved: bool, client_id: str
+    ) -> tuple:
         """Everything an answer depends on: the uploads, the question (whitespace-normalised),
         the retrieval and the state of the collection it reads (its write token), who may see
-        personal data, the CLIP model, and the Answerer's VLM, prompt and guard settings."""
+        personal data, the CLIP model, and the Answerer's VLM, prompt and guard settings; and
+        the caller: an entry is one client's, so a repeat never tells another client (another
+        tenant) that the same screenshot was asked about, nor gives it that call's id."""
         info = await self.info()
         k = req.retrieval.k
         token = await self.index.write_token(retrieval.collection) if k > 0 else ""
         return (
             "ask",
+            client_id,
             [hashlib.sha256(image).hexdigest() for image in req.images],
             " ".join(req.question.split()),
             k,

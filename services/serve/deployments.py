@@ -344,7 +344,7 @@ class Ingress:
 
     async def Ask(self, request, grpc_context):
         return await self._run(
-            lambda req, client: self.api.ask(req, reveal_retrieved=sees_personal_data(client)),
+            lambda req, client: self.api.ask(req, reveal_retrieved=sees_personal_data(client), client_id=client.id),
             request,
             grpc_context,
             qa_pb2.AskResponse(),

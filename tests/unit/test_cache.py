@@ -312,9 +312,9 @@ def test_transcripts_are_cached_per_bytes_model_and_language(world):
     assert transcriber.transcribed == 3
 
 
-def _ask(api, question="what is shown?", k=0, images=(), reveal=False) -> qa_pb2.AskResponse:
+def _ask(api, question="what is shown?", k=0, images=(), reveal=False, client="c1") -> qa_pb2.AskResponse:
     request = qa_pb2.AskRequest(question=question, images=list(images), retrieval=qa_pb2.Retrieval(k=k))
-    return run(api.ask(request, reveal_retrieved=reveal))
+    return run(api.ask(request, reveal_retrieved=reveal, client_id=client))
 
 
 def test_answers_are_cached_by_everything_they_depend_on(world):
@@ -328,6 +328,7 @@ def test_answers_are_cached_by_everything_they_depend_on(world):
         lambda: _ask(api, images=[shot, shot]),  # other uploads
         lambda: _ask(api, question="what colour is it?", images=[shot]),  # another question
         lambda: _ask(api, images=[shot], reveal=True),  # a caller who may see personal data
+        lambda: _ask(api, images=[shot], client="other-tenant"),  # another client: never its repeat
     ]
     for n, miss in enumerate(misses, start=2):
         assert not miss().cached and answerer.asked == n

@@ -124,6 +124,8 @@ def test_shared_key_and_open_modes() -> None:
         ([{"id": "x", "keys": [{"sha256": "abc"}], "rights": ["search"], "collections": ["*"]}], "64 hex digits"),
         ([{"id": "x", "keys": [{"sha256": "a" * 64}], "rights": ["read"], "collections": ["*"]}], "unknown: read"),
         ([{"id": "x", "keys": [{"sha256": "a" * 64}], "rights": ["search"], "collections": []}], "collections"),
+        ([{"id": "x\n", "keys": [{"sha256": "a" * 64}], "rights": ["search"], "collections": ["*"]}], "1-64 letters"),
+        ([{"id": "x", "keys": [{"sha256": "a" * 64 + "\n"}], "rights": ["search"], "collections": ["*"]}], "64 hex"),
         (
             [
                 {"id": "x", "keys": [{"sha256": "a" * 64}], "rights": ["search"], "collections": ["*"]},
