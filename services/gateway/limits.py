@@ -18,6 +18,7 @@ from encoders.common.errors import Overloaded
 from services.gateway.clients import Client
 
 EXPENSIVE = frozenset({"Ask", "IndexAudio", "Transcribe"})
+AUDIO_RPCS = frozenset({"IndexAudio", "Transcribe"})
 INDEX_RPCS = frozenset({"IndexImages", "IndexTexts", "IndexAudio"})
 
 
@@ -67,9 +68,20 @@ class RateLimiter:
                     )
 
 
+def declared_audio_s(data: bytes, limits) -> float:
+    """A recording's length as its headers state it, read without decoding (audio seconds a
+    call will add); 0 when they do not say, or the bytes are no audio (the call says why)."""
+    from encoders.audio.decode import probe_audio
+
+    try:
+        return float(probe_audio(data, limits).declared_duration_s or 0.0)
+    except Exception:
+        return 0.0
+
+
 def call_adds(rpc: str, request) -> dict[str, float]:
     """What a call will add to the daily counters, known before it runs: items to index and
-    Ask calls. (Audio seconds and VLM tokens are known only once the call has run.)"""
+    Ask calls (audio seconds: `declared_audio_s`; VLM tokens are known only once it ran)."""
     if rpc in ("IndexImages", "IndexTexts"):
         return {"items": float(len(request.items))}
     if rpc == "IndexAudio":

@@ -29,7 +29,7 @@ from services.config import LoupeSettings
 from services.events.feedback import FeedbackStore, ShownWriter
 from services.events.store import EventStore
 from services.gateway.gate import Gateway, collection_of
-from services.gateway.limits import RateLimiter, call_adds, check_quota
+from services.gateway.limits import AUDIO_RPCS, RateLimiter, call_adds, check_quota, declared_audio_s
 from services.gateway.meter import AUDITED, UNAUTHENTICATED, Meter, audit_of, usage_of
 from services.gateway.redact import redact_request, redact_response, sees_personal_data
 from services.rpc import admin, feedback
@@ -201,7 +201,7 @@ class Ingress:
         metadata, rid, label = _begin(grpc_context)
         try:
             client = self.gateway.authenticate(metadata)
-            claim = self._allow(client, rpc, request)  # a refusal is counted against this client
+            claim = await self._allow(client, rpc, request)  # a refusal is counted against this client
             redact_request(self.privacy, client, rpc, request)
             attrs = {"rpc.system": "grpc", "rpc.method": rpc, "loupe.client": client.id}
             with tracing.span(rpc, **attrs, **({"loupe.client_request_id": label} if label else {})):
@@ -250,12 +250,16 @@ class Ingress:
         except Exception:
             log.exception("metrics or log line for %s not written", rpc)
 
-    def _allow(self, client, rpc: str, request) -> int | None:
+    async def _allow(self, client, rpc: str, request) -> int | None:
         """The gateway's checks beyond the key: rights, collection, rate limits, quotas (with
         what this call adds, claimed until it ends: the caller releases the claim)."""
         self.gateway.authorize(client, rpc, request)
         self.limiter.check(client, rpc)
         adds = call_adds(rpc, request)
+        if rpc in AUDIO_RPCS and client.limits.audio_seconds_per_day:  # the headers' length
+            limits = self.settings.limits.audio_limits()
+            adds["audio_s"] = await asyncio.to_thread(declared_audio_s, request.data, limits)
+        # No await from the check to the claim: two calls at once cannot both pass on one budget.
         check_quota(client, rpc, lambda: self.meter.used_today(client.id), dt.datetime.now(dt.UTC), adds)
         return self.meter.claim(client.id, adds)
 
@@ -321,7 +325,7 @@ class Ingress:
         grpc_context.set_trailing_metadata(_ids(rid, label))
         try:
             client = self.gateway.authenticate(metadata)
-            claim = self._allow(client, "Transcribe", request)
+            claim = await self._allow(client, "Transcribe", request)
             # Not under grpc.request_timeout_s: a stream runs as long as its recording
             # (limits.audio_max_duration_s bounds that); the caller's deadline still ends it.
             async with self.admission.enter("Transcribe"):

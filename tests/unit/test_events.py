@@ -235,3 +235,19 @@ def test_an_audit_record_the_database_refused_is_written_by_the_next_flush(tmp_p
     meter.flush()  # written once, not again
     assert [(r.rpc, r.count) for r in meter.store.audit()] == [("IndexTexts", 1), ("Delete", 2)]
     meter.close()
+
+
+def test_audio_seconds_a_call_adds_are_read_from_its_headers_before_it_runs() -> None:
+    from pathlib import Path
+
+    from encoders.audio.decode import AudioLimits
+    from services.gateway.limits import declared_audio_s
+
+    silence = (Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "silence_60s.flac").read_bytes()
+    seconds = declared_audio_s(silence, AudioLimits())
+    assert 59 <= seconds <= 61
+    assert declared_audio_s(b"not audio at all", AudioLimits()) == 0.0  # the call itself says why
+    c = client(audio_seconds_per_day=100)
+    check_quota(c, "Transcribe", lambda: {"audio_s": 30.0}, NOW, {"audio_s": seconds})
+    with pytest.raises(Overloaded, match="audio_seconds_per_day quota \\(100\\).*this call adds 60"):
+        check_quota(c, "IndexAudio", lambda: {"audio_s": 50.0}, NOW, {"audio_s": seconds})
