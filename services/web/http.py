@@ -31,6 +31,7 @@ and errors come back as {"error": {"code", "message", "field_violations", "retry
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import lru_cache
 from importlib import resources
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 from services.rpc.errors import to_status
 from services.serve import requests
 
+log = logging.getLogger("loupe")
 # Host names that always reach the service: this machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 JSON_TYPE = "application/json"
@@ -237,6 +239,7 @@ async def _call(ingress, request: Request, rpc: str) -> Response:
         ingress.gateway.authenticate(dict(context.invocation_metadata()))
     except Exception as exc:
         status = to_status(exc)
+        _count_refused(ingress, rpc, status.code.name)
         return _error(HTTP_STATUS.get(status.code, 500), status.code.name, status.details)
     body = await _body(request, ingress.settings.limits.max_request_bytes)
     if isinstance(body, Response):
@@ -262,6 +265,17 @@ async def _call(ingress, request: Request, rpc: str) -> Response:
         reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     return JSONResponse(payload, headers={**_SAFE_HEADERS, requests.HEADER: rid})
+
+
+def _count_refused(ingress, rpc: str, code: str) -> None:
+    """A call refused for its key before it reached the handler, in the usage records as the
+    handler counts it (never fails the response)."""
+    from services.gateway.meter import UNAUTHENTICATED
+
+    try:
+        ingress.meter.record(UNAUTHENTICATED, rpc, code)
+    except Exception:
+        log.exception("usage of a refused HTTP call not counted")
 
 
 async def _body(request: Request, cap: int) -> bytes | Response:

@@ -86,6 +86,8 @@ class _Ingress:
 
         self.seen = []
         self.gateway = Gateway(shared_key=key)
+        self.meter = SimpleNamespace(records=[])
+        self.meter.record = lambda *args: self.meter.records.append(args)
         self.settings = SimpleNamespace(
             limits=SimpleNamespace(max_request_bytes=1000),
             http=HttpSettings(allowed_hosts=list(allowed_hosts), allowed_origins=list(allowed_origins)),
@@ -177,6 +179,7 @@ def test_the_key_is_checked_before_the_body_is_read() -> None:
     reply = asyncio.run(http.handle(ingress, request))
     assert reply.status_code == 401 and "API key" in json.loads(reply.body)["error"]["message"]
     assert request.read_sizes == [] and not ingress.seen  # not one chunk was read
+    assert ingress.meter.records == [("(unauthenticated)", "SearchText", "UNAUTHENTICATED")]  # still counted
     wrong = _request("POST", "/api/v1/SearchText", b"{}", {"x-api-key": "lp_wrong"})
     assert asyncio.run(http.handle(ingress, wrong)).status_code == 401 and wrong.read_sizes == []
 
