@@ -109,21 +109,20 @@ class Scope:
         )
 
     def sql(self, alias: str = "") -> tuple[str, tuple]:
-        """A WHERE condition (and its arguments) that keeps only records in this scope."""
+        """A WHERE condition (and its arguments) that keeps only records in this scope. A prefix
+        is compared exactly (`substr`), not with LIKE: SQLite's LIKE ignores case, and "B-docs"
+        is not in "b-*"."""
         col = f"{alias}collection"
         parts, args = [f"{alias}client = ?"], [self.client]
         for pattern in self.collections:
             if pattern.endswith("*"):
-                parts.append(f"({col} <> '' AND {col} LIKE ? ESCAPE '!')")
-                args.append(_like_escape(pattern[:-1]) + "%")
+                prefix = pattern[:-1]
+                parts.append(f"({col} <> '' AND substr({col}, 1, {len(prefix)}) = ?)")
+                args.append(prefix)
             else:
                 parts.append(f"{col} = ?")
                 args.append(pattern)
         return "(" + " OR ".join(parts) + ")", tuple(args)
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 @dataclass

@@ -176,10 +176,11 @@ async def submit(
     wait_s: float | None = None,
 ) -> feedback_pb2.FeedbackResponse:
     fb = parse_feedback(req, client.id, _now(clock))
-    shown = await _find(writer, fb.request_id, wait_s)
     # A client rates its own calls, an admin (a reviewer) also the calls in its scope; any
-    # other call is "not found": ids are not a way to learn what others asked.
-    if shown is None or not _may_rate(client, shown):
+    # other call is "not found", after the same wait as an unknown id: neither the answer nor
+    # its timing tells that another client's call has this id.
+    shown = await _find(writer, fb.request_id, wait_s, lambda record: _may_rate(client, record))
+    if shown is None:
         raise NotFound(
             f"no rated call has request id {fb.request_id!r}: give the request_id of a SearchText, "
             f"SearchImage or Ask response you received (kept {writer.keep_days:g} days)",
@@ -210,15 +211,19 @@ def _may_rate(client, shown: Shown) -> bool:
     return client.may("admin") and (scope is None or scope.covers(shown))
 
 
-async def _find(writer: ShownWriter, request_id: str, wait_s: float | None) -> Shown | None:
-    """The shown record; a call answered by another Ingress replica may still be in its buffer
-    for up to one flush interval, so a miss is asked again until then."""
+async def _find(
+    writer: ShownWriter, request_id: str, wait_s: float | None, visible: Callable[[Shown], bool]
+) -> Shown | None:
+    """The shown record, if `visible` to the caller; a call answered by another Ingress replica
+    may still be in its buffer for up to one flush interval, so a miss is asked again until then."""
     await asyncio.to_thread(writer.flush)
     deadline = time.monotonic() + (2 * writer.flush_s if wait_s is None else wait_s)
     while True:
         shown = await asyncio.to_thread(writer.store.shown, request_id)
-        if shown is not None or time.monotonic() >= deadline:
+        if shown is not None and visible(shown):
             return shown
+        if time.monotonic() >= deadline:
+            return None
         await asyncio.sleep(0.2)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from functools import lru_cache
 from importlib import resources
 from urllib.parse import urlsplit
@@ -47,12 +48,17 @@ from services.rpc.errors import to_status
 from services.serve import requests
 
 log = logging.getLogger("loupe")
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
 # Host names that always reach the service: this machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 JSON_TYPE = "application/json"
 # Bodies above this are parsed in a worker thread (a 64 MiB body takes seconds to parse).
 PARSE_IN_THREAD_BYTES = 256 * 1024
 CORS_HEADERS = "authorization, x-api-key, content-type, x-request-id"
+# The call's id in HTTP responses. Serve's HTTP proxy owns `x-request-id` there (it echoes the
+# caller's header, or its own id), so the service's id goes under its own name; the caller's
+# label comes back as `x-client-request-id`, as over gRPC.
+HTTP_ID_HEADER = "loupe-request-id"
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
@@ -176,11 +182,13 @@ def _refused(request: Request, web) -> Response | None:
 
 
 def _host_name(authority: str) -> str:
-    """The host of a Host header or URL authority, lower case, without its port."""
-    try:
-        return (urlsplit(f"//{authority.strip()}").hostname or "").lower()
-    except ValueError:  # a malformed port or bracket
+    """The host of a Host header, lower case, without its port; "" unless the header is just
+    `name[:port]` or `[v6]:port` (no userinfo, path, list or fragment that a lenient parser
+    would read past)."""
+    match = _HOST.fullmatch(authority.strip())
+    if match is None:
         return ""
+    return (match["v6"] or match["name"]).lower()
 
 
 def _same_origin(origin: str, host: str) -> bool:
@@ -196,7 +204,7 @@ def _cors(origin: str) -> dict[str, str]:
         "access-control-allow-origin": origin,
         "access-control-allow-methods": "GET, POST",
         "access-control-allow-headers": CORS_HEADERS,
-        "access-control-expose-headers": f"{requests.HEADER}, {requests.LABEL_HEADER}, retry-after",
+        "access-control-expose-headers": f"{HTTP_ID_HEADER}, {requests.LABEL_HEADER}, retry-after",
         "access-control-max-age": "600",
         "vary": "origin",
     }
@@ -252,19 +260,24 @@ async def _call(ingress, request: Request, rpc: str) -> Response:
     except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         return _error(400, "INVALID_ARGUMENT", f"the body is not a valid {request_cls.DESCRIPTOR.name} as JSON: {exc}")
     reply = await getattr(ingress, rpc)(message, context)
-    rid = context.trailer(requests.HEADER) or ""
+    rid, label = context.trailer(requests.HEADER) or "", context.trailer(requests.LABEL_HEADER) or ""
     if context.code != grpc.StatusCode.OK:
         return _error(
             HTTP_STATUS.get(context.code, 500),
             context.code.name,
             context.details,
             rid=rid,
+            label=label,
             details=context.trailer("grpc-status-details-bin"),
         )
     payload = json_format.MessageToDict(
         reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    return JSONResponse(payload, headers={**_SAFE_HEADERS, requests.HEADER: rid})
+    return JSONResponse(payload, headers={**_SAFE_HEADERS, **_id_headers(rid, label)})
+
+
+def _id_headers(rid: str, label: str) -> dict[str, str]:
+    return {HTTP_ID_HEADER: rid} | ({requests.LABEL_HEADER: label} if label else {}) if rid else {}
 
 
 def _count_refused(ingress, rpc: str, code: str) -> None:
@@ -300,6 +313,7 @@ def _error(
     message: str,
     *,
     rid: str = "",
+    label: str = "",
     details: bytes | None = None,
     allow: str | None = None,
 ) -> Response:
@@ -319,8 +333,7 @@ def _error(
                 detail.Unpack(info)
                 error["retry_after_s"] = info.retry_delay.ToMilliseconds() / 1000
                 headers["retry-after"] = str(max(1, round(error["retry_after_s"])))
-    if rid:
-        headers[requests.HEADER] = rid
+    headers.update(_id_headers(rid, label))
     if allow:
         headers["allow"] = allow
     return JSONResponse({"error": error, "request_id": rid}, status_code=status, headers=headers)

@@ -342,6 +342,7 @@ def test_a_scoped_admin_lists_marks_and_rates_only_its_tenants_records(store_url
             tenant_shown("a-1", "a-app", "a-docs"),
             tenant_shown("b-1", "b-app", "b-docs"),
             tenant_shown("b-2", "b-app", "b_docs"),  # '_' is a LIKE wildcard: must not match "b-*"
+            tenant_shown("B-1", "B-app", "B-docs"),  # another tenant, its name in capitals
             tenant_shown("x-1", "a-app", ""),  # no collection (Ask without retrieval): its client's only
             tenant_shown("o-1", "b-admin", ""),  # the admin's own call
         ]
@@ -349,8 +350,9 @@ def test_a_scoped_admin_lists_marks_and_rates_only_its_tenants_records(store_url
     b_admin = Client("b-admin", (), frozenset({"admin"}), ("b-*",))
     scope = rpc.scope_of(b_admin)
     assert {x.shown.request_id for x in store.listing("rated", scope=scope, with_uploads=True)} == {"b-1", "o-1"}
-    assert rpc.scope_of(OPS) is None and len(store.listing("rated")) == 5
+    assert rpc.scope_of(OPS) is None and len(store.listing("rated")) == 6
     assert not store.mark_reviewed("a-1", "b-admin", "", at(1), scope=scope)  # another tenant's: untouched
+    assert not store.mark_reviewed("B-1", "b-admin", "", at(1), scope=scope)
     assert store.shown("a-1").reviewed_at == ""
     assert store.mark_reviewed("b-1", "b-admin", "", at(1), scope=scope)
     exact = rpc.scope_of(Client("c-admin", (), frozenset({"admin"}), ("b-docs",)))
@@ -378,3 +380,13 @@ def test_list_feedback_and_mark_reviewed_rpcs_apply_the_callers_scope(writer) ->
     with pytest.raises(NotFound):
         asyncio.run(rpc.mark_reviewed(writer, b_admin, feedback_pb2.MarkReviewedRequest(request_id="a-1")))
     assert writer.store.shown("a-1").reviewed_at == ""
+
+
+def test_another_clients_call_is_not_found_after_the_same_wait_as_an_unknown_id(writer) -> None:
+    import time
+
+    writer.add(search_shown("s1", at()))
+    started = time.monotonic()
+    with pytest.raises(NotFound):
+        asyncio.run(rpc.submit(writer, OTHER, feedback_pb2.FeedbackRequest(request_id="s1", vote=1), wait_s=0.4))
+    assert time.monotonic() - started >= 0.4  # it waited, as for an id nobody was given

@@ -97,7 +97,7 @@ class _Ingress:
         self.seen.append((request, dict(context.invocation_metadata())))
         context.set_code(grpc.StatusCode.UNAUTHENTICATED)
         context.set_details("unknown API key")
-        context.set_trailing_metadata([("x-request-id", "r9")])
+        context.set_trailing_metadata([("x-request-id", "r9"), ("x-client-request-id", "mine-1")])
         return None
 
 
@@ -110,7 +110,8 @@ def test_a_post_runs_the_rpcs_handler_with_the_headers_as_metadata() -> None:
     request, metadata = ingress.seen[0]
     assert request.query == "red" and request.options.limit == 3 and metadata["authorization"] == "Bearer k"
     assert reply.status_code == 401 and json.loads(reply.body)["error"]["message"] == "unknown API key"
-    assert reply.headers["x-request-id"] == "r9"
+    assert reply.headers["loupe-request-id"] == "r9" and reply.headers["x-client-request-id"] == "mine-1"
+    assert json.loads(reply.body)["request_id"] == "r9"
     big = asyncio.run(http.handle(ingress, _request("POST", "/api/v1/SearchText", b"x" * 2000)))
     assert big.status_code == 413
     assert asyncio.run(http.handle(ingress, _request("POST", "/api/v1/NoSuchCall", b"{}"))).status_code == 404
@@ -146,7 +147,18 @@ def test_pages_on_other_sites_and_foreign_hosts_are_refused_before_anything_runs
         reply = _post(ingress, headers={"origin": origin})
         assert reply.status_code == 403 and "allowed_origins" in json.loads(reply.body)["error"]["message"], origin
     # DNS rebinding: the attacker's name resolved to 127.0.0.1; the Host header still names it.
-    for host in ("evil.example:8000", "127.0.0.1.nip.io", "", "[::1", "localhost.evil.example"):
+    for host in (
+        "evil.example:8000",
+        "127.0.0.1.nip.io",
+        "",
+        "[::1",
+        "localhost.evil.example",
+        "evil.example@127.0.0.1:8000",  # lenient parsers read the part after '@'
+        "127.0.0.1:8000, evil.example",
+        "localhost#evil",
+        "localhost/evil",
+        "localhost:bad",
+    ):
         reply = asyncio.run(http.handle(ingress, _request("GET", "/", headers={"host": host})))
         assert reply.status_code == 421 and "allowed_hosts" in json.loads(reply.body)["error"]["message"], host
     assert not ingress.seen  # nothing reached the handler
