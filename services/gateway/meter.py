@@ -35,8 +35,12 @@ class Meter:
         # Audit records the database refused, oldest first: written by the next flush.
         self._pending_audit: list[AuditRecord] = []
         self._lock = threading.Lock()
-        # (client, day) -> (monotonic time read, stored totals): read at most once a second.
+        # (client, day) -> (monotonic time its read began, stored totals): read at most once a second.
         self._totals: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+        # Usage taken from _pending by a flush: [rows, monotonic time written or None while the
+        # write runs]. Counted by used_today until every cached total read after the write:
+        # between taking the rows and the database committing them they are in neither place.
+        self._writes: list[list] = []
         # What calls still running will add (checked against quotas, not yet counted):
         # claim number -> (client, counts). Two calls at once cannot both take the last items.
         self._claims: dict[int, tuple[str, dict[str, float]]] = {}
@@ -95,15 +99,15 @@ class Meter:
         day = today(self._clock())
         cached = self._totals.get((client, day))
         if cached is None or time.monotonic() - cached[0] > FLUSH_S:
-            cached = self._totals[(client, day)] = (time.monotonic(), self.store.totals(client, day))
+            began = time.monotonic()
+            cached = self._totals[(client, day)] = (began, self.store.totals(client, day))
         totals = dict(cached[1])
         with self._lock:
-            for (d, c, rpc, code), counts in self._pending.items():
-                if d == day and c == client and code == "OK":
-                    for name, amount in counts.items():
-                        totals[name] = totals.get(name, 0) + amount
-                    if rpc == "Ask":
-                        totals["ask_calls"] = totals.get("ask_calls", 0) + counts["calls"]
+            # Rows being written, or written since this total was read (perhaps counted twice:
+            # a quota errs on the safe side), besides those not yet taken by a flush.
+            unread = [rows for rows, written in self._writes if written is None or written >= cached[0]]
+            for rows in (self._pending, *unread):
+                _add_usage(totals, rows, day, client)
             for owner, counts in self._claims.values():
                 if owner == client:
                     for name, amount in counts.items():
@@ -114,6 +118,21 @@ class Meter:
         with self._lock:
             pending, self._pending = self._pending, {}
             audits, self._pending_audit = self._pending_audit, []
+            write = [pending, None]
+            self._writes.append(write)
+        try:
+            self._flush(pending, audits)
+        except Exception:
+            with self._lock:
+                self._writes = [w for w in self._writes if w is not write]
+            raise
+        with self._lock:
+            now = time.monotonic()
+            write[1] = now
+            # A cached total is at most FLUSH_S old: rows written well before that are in it.
+            self._writes = [w for w in self._writes if w[1] is None or now - w[1] <= 3 * FLUSH_S]
+
+    def _flush(self, pending: dict, audits: list[AuditRecord]) -> None:
         if audits:
             try:
                 self._write_audit(audits)
@@ -146,6 +165,16 @@ class Meter:
                 self.flush()
             except Exception as exc:  # the database is down: counted again on the next flush
                 log.warning("usage not written yet (%s); will retry", exc)
+
+
+def _add_usage(totals: dict[str, float], rows: dict, day: str, client: str) -> None:
+    """Add the client's successful usage of `day` in `rows` ((day, client, rpc, code) -> counts)."""
+    for (d, c, rpc, code), counts in rows.items():
+        if d == day and c == client and code == "OK":
+            for name, amount in counts.items():
+                totals[name] = totals.get(name, 0) + amount
+            if rpc == "Ask":
+                totals["ask_calls"] = totals.get("ask_calls", 0) + counts["calls"]
 
 
 UNAUTHENTICATED = "(unauthenticated)"

@@ -251,3 +251,31 @@ def test_audio_seconds_a_call_adds_are_read_from_its_headers_before_it_runs() ->
     check_quota(c, "Transcribe", lambda: {"audio_s": 30.0}, NOW, {"audio_s": seconds})
     with pytest.raises(Overloaded, match="audio_seconds_per_day quota \\(100\\).*this call adds 60"):
         check_quota(c, "IndexAudio", lambda: {"audio_s": 50.0}, NOW, {"audio_s": seconds})
+
+
+def test_usage_being_written_still_counts_against_a_quota(tmp_path) -> None:
+    """Between a flush taking the pending rows and the database committing them, they are in
+    neither place; a quota check in that window must still see them."""
+    import threading
+
+    store = EventStore(f"sqlite:///{tmp_path}/e.db")
+    meter = Meter(store, clock=lambda: NOW, flush_s=3600)
+    meter.record("a", "IndexTexts", "OK", items=10)
+    assert meter.used_today("a")["items"] == 10  # caches the stored totals (none yet)
+    writing, release = threading.Event(), threading.Event()
+    add_usage = store.add_usage
+
+    def slow_add_usage(rows):
+        writing.set()
+        release.wait(5)
+        add_usage(rows)
+
+    store.add_usage = slow_add_usage
+    flush = threading.Thread(target=meter.flush)
+    flush.start()
+    assert writing.wait(5)
+    seen_during = meter.used_today("a")["items"]
+    release.set()
+    flush.join(5)
+    assert seen_during >= 10 and meter.used_today("a")["items"] == 10
+    meter.close()
