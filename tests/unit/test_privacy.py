@@ -188,3 +188,45 @@ def test_a_caller_without_the_right_gets_no_thumbnail_of_an_item_whose_text_it_s
     ]
     item = common_pb2.Item(id="r1", text=RECEIPT, thumbnail=jpeg)
     assert redact_response(privacy, reader, "GetItem", index_pb2.GetItemRequest(id="r1"), item).thumbnail == b""
+
+
+def test_metadata_sources_and_filters_follow_the_same_rule_for_a_caller_without_the_right() -> None:
+    from google.protobuf import struct_pb2
+
+    privacy = Privacy()
+    reader, auditor = _client("search", "delete"), _client("search", "personal_data")
+    metadata = struct_pb2.Struct()
+    metadata.update({"owner_email": "jane.doe@example.com", "team": "it", "contacts": ["tel (555) 010-3344"]})
+    item = common_pb2.Item(id="r1", text="a receipt", sources=["/scans/jane.doe@example.com/r.png"])
+    item.metadata.CopyFrom(metadata)
+    masked = common_pb2.Item()
+    masked.CopyFrom(item)
+    masked = redact_response(privacy, reader, "GetItem", index_pb2.GetItemRequest(id="r1"), masked)
+    shown = json_of(masked)
+    assert "jane.doe@example.com" not in shown and "010-3344" not in shown and '"team": "it"' in shown
+    assert redact_response(privacy, auditor, "GetItem", index_pb2.GetItemRequest(id="r1"), item) == item
+
+    # Filters: a guessed value cannot be tested (it is masked before it is matched).
+    where = common_pb2.Filter()
+    cond = where.must.add(field="owner_email")
+    cond.equals.string_value = "jane.doe@example.com"
+    other = where.must.add(field="team")
+    other.any_of.values.add().string_value = "it"
+    for rpc, request in (
+        ("Count", index_pb2.CountRequest(filter=where)),
+        ("Delete", index_pb2.DeleteRequest(filter=where)),
+        ("SearchImage", search_pb2.SearchImageRequest(id="x", options=search_pb2.SearchOptions(filter=where))),
+    ):
+        redact_request(privacy, reader, rpc, request)
+        conditions = request.filter if rpc != "SearchImage" else request.options.filter
+        assert conditions.must[0].equals.string_value == "[email hidden]", rpc
+        assert conditions.must[1].any_of.values[0].string_value == "it", rpc
+    kept = index_pb2.CountRequest(filter=where)
+    redact_request(privacy, auditor, "Count", kept)
+    assert kept.filter.must[0].equals.string_value == "jane.doe@example.com"
+
+
+def json_of(message) -> str:
+    from google.protobuf.json_format import MessageToJson
+
+    return MessageToJson(message)
