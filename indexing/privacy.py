@@ -16,6 +16,8 @@ collection replaces only the keys it sets; the longest matching pattern wins.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 
 from encoders.common.errors import InvalidInput
@@ -45,12 +47,27 @@ class Privacy:
     default: Rule = Rule()
     # pattern -> rule, pattern a collection name, "prefix*" or "*".
     collections: dict[str, Rule] = field(default_factory=dict)
+    # Key of `digest` for texts that hold personal data; b"": their plain sha256.
+    content_key: bytes = field(default=b"", repr=False)
 
     @classmethod
-    def from_config(cls, raw: dict) -> Privacy:
+    def from_config(cls, raw: dict, content_key: bytes = b"") -> Privacy:
         """From the `privacy:` mapping of the config (services.config.PrivacySettings.model_dump())."""
         default = _rule(raw, Rule())
-        return cls(default, {pattern: _rule(sub, default) for pattern, sub in (raw.get("collections") or {}).items()})
+        rules = {pattern: _rule(sub, default) for pattern, sub in (raw.get("collections") or {}).items()}
+        return cls(default, rules, content_key)
+
+    def digest(self, collection: str, text: str) -> str:
+        """The content digest of a text item (its `sha256` field and, without a caller id, its
+        id). A text that holds personal data the rule masks gets a keyed digest (HMAC-SHA256):
+        a plain sha256 of it would let anyone who sees the masked text test guesses of the
+        hidden values (a phone number has only 10^10) and hand the full card number to
+        everyone. Other texts keep their plain sha256, as before."""
+        data = text.encode()
+        rule = self.rule(collection)
+        if self.content_key and redact(text, rule.stored_masked | rule.shown_masked) != text:
+            return hmac.new(self.content_key, data, hashlib.sha256).hexdigest()
+        return hashlib.sha256(data).hexdigest()
 
     def rule(self, collection: str) -> Rule:
         best, length = self.default, -1

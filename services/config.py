@@ -296,6 +296,29 @@ class CalibrationSettings(BaseModel):
     negative_images: int = Field(default=120, ge=0, le=1000)
 
 
+# The privacy policy's content key in the data folder when `privacy.content_secret` is unset.
+CONTENT_SECRET_FILE = "privacy-content.key"
+
+
+def _data_folder_key(path: Path) -> bytes:
+    """32 random bytes kept in `path` (owner-only), made by the first process that needs them."""
+    import os
+    import secrets
+
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it just now
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "NAME", "ADDRESS"]
 
 
@@ -313,11 +336,18 @@ class PrivacySettings(PrivacyRuleSettings):
 
     # Per collection: a name, "prefix*" or "*"; the longest pattern that matches wins.
     collections: dict[str, PrivacyRuleSettings] = Field(default_factory=dict)
+    # Key of the digest (HMAC-SHA256) that stands for a text holding personal data in its
+    # `sha256` and default id, so the digest cannot be used to test guesses of the hidden
+    # values. None: a random key made once and kept in the data folder (CONTENT_SECRET_FILE);
+    # set it (or content_secret_file) when Ingress replicas on several machines share a
+    # Qdrant server, so the same text gets the same id everywhere.
+    content_secret: str | None = None
+    content_secret_file: str | None = None
 
-    def policy(self):
+    def policy(self, content_key: bytes = b""):
         from indexing.privacy import Privacy
 
-        return Privacy.from_config(self.model_dump())
+        return Privacy.from_config(self.model_dump(), content_key=content_key)
 
 
 class LoupeSettings(RedactedRepr, BaseSettings):
@@ -421,6 +451,13 @@ class LoupeSettings(RedactedRepr, BaseSettings):
         from services.events.store import default_url
 
         return self.events_url or default_url(self.data_dir)
+
+    def privacy_policy(self):
+        """The privacy policy (indexing.privacy.Privacy) with its content key: `privacy.
+        content_secret`, else the key kept in the data folder (made on first use)."""
+        secret = self.privacy.content_secret
+        key = secret.encode() if secret else _data_folder_key(Path(self.data_dir) / CONTENT_SECRET_FILE)
+        return self.privacy.policy(content_key=key)
 
     def clip_options(self) -> ClipOptions:
         e = self.encoder

@@ -19,7 +19,7 @@ from encoders.common.errors import InvalidInput
 from encoders.common.urls import MASK, SECRET_PARAM, redact_url
 
 # Fields whose whole value is secret (dotted paths in the settings).
-KEY_FIELDS = ("qdrant_api_key", "api_key")
+KEY_FIELDS = ("qdrant_api_key", "api_key", "privacy.content_secret")
 # URL fields: only their credentials are secret; the host, port and path stay readable.
 URL_FIELDS = ("qdrant_url", "events_url", "cache.redis_url", "tracing.endpoint", "ask.base_url", "ask.judge_base_url")
 SECRET_FIELDS = KEY_FIELDS + URL_FIELDS

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             ocr_engine=settings.ocr.engine,
             audio=None if args.no_audio else _audio(settings),
             image_limits=settings.limits.image_limits(),
-            privacy=settings.privacy.policy(),
+            privacy=settings.privacy_policy(),
             uri_column=args.uri_column,
             column_types=catalog.parse_column_types(args.column_type),
             optimize=not args.no_optimize,

@@ -121,6 +121,8 @@ class Item:
     duration_s: float = 0.0
     # A small JPEG preview, when asked for (with_thumbnails) and the caller may see it.
     thumbnail: bytes = b""
+    # The content digest (sha256 of the bytes; keyed for texts holding personal data).
+    sha256: str = ""
 
     @classmethod
     def from_proto(cls, m: common_pb2.Item) -> Item:
@@ -139,6 +141,7 @@ class Item:
             language=m.language,
             duration_s=m.duration_s,
             thumbnail=m.thumbnail,
+            sha256=m.sha256,
         )
 
 

@@ -7,6 +7,7 @@ responses. It raises domain errors only; `services.rpc.errors` turns them into s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -53,6 +54,11 @@ class LoupeApi:
         self.transcripts = open_cache(settings, "transcripts")
         self.answers = open_cache(settings, "answers")
 
+    @functools.cached_property
+    def privacy(self):
+        """The privacy policy with its content key (read or made in the data folder on first use)."""
+        return self.settings.privacy_policy()
+
     async def info(self) -> EncoderInfo:
         if self._info is None:
             self._info = await self.encoder.info()
@@ -94,7 +100,8 @@ class LoupeApi:
         for i, it in enumerate(req.items):
             try:
                 text = self._text(it.text, self.limits.max_text_chars, f"items[{i}].text")
-                prepared.append(self._prepare(it, i, content=text.encode(), text=text))
+                digest = self.privacy.digest(name, text)  # keyed when the text holds personal data
+                prepared.append(self._prepare(it, i, content=text.encode(), text=text, digest=digest))
             except InvalidInput as exc:
                 problems.append(exc)
         _raise_all(problems)
@@ -466,11 +473,13 @@ class LoupeApi:
             raise InvalidInput(f"{field} is {len(text)} characters; the limit is {max_chars}", field=field)
         return text
 
-    def _prepare(self, it, i: int | None, *, content: bytes, text: str | None, prefix: str | None = None) -> dict:
+    def _prepare(
+        self, it, i: int | None, *, content: bytes, text: str | None, prefix: str | None = None, digest: str = ""
+    ) -> dict:
         prefix = f"items[{i}]." if prefix is None else prefix
         return {
             "public_id": convert.caller_id(it.id, f"{prefix}id"),
-            "sha256": hashlib.sha256(content).hexdigest(),
+            "sha256": digest or hashlib.sha256(content).hexdigest(),
             "source": it.source or None,
             "text": text,
             "metadata": convert.metadata(it.metadata, self.limits, f"{prefix}metadata"),

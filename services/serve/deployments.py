@@ -187,7 +187,7 @@ class Ingress:
         self.meter = Meter(events)
         f = settings.feedback
         self.shown = ShownWriter(FeedbackStore(events), keep_days=f.keep_days, upload_keep_hours=f.upload_keep_hours)
-        self.privacy = settings.privacy.policy()
+        self.privacy = settings.privacy_policy()
         log.info("%s", self.gateway.describe())
         self.server = await grpcserver.start(self, settings, serve.get_replica_context().app_name)
 

@@ -231,7 +231,7 @@ class IndexWorker:
         self.backend = "qdrant-client" if settings.qdrant_url else "qdrant-edge"
         self.index = Index(
             open_store(data_dir=settings.data_dir, url=settings.qdrant_url, api_key=settings.qdrant_api_key),
-            privacy=settings.privacy.policy(),
+            privacy=settings.privacy_policy(),
         )
         self.optimizer = Optimizer(self.index, settings.optimize_after_points)
         self.calibrations = Calibrations(self.index)

@@ -229,3 +229,21 @@ def test_errors_never_name_the_data_folder(svc) -> None:
         ]
     assert not any(folder in r or "/tmp" in r for r in reasons), reasons
     assert json.dumps(reasons)
+
+
+def test_the_digest_of_a_text_with_hidden_values_cannot_test_guesses(svc) -> None:
+    import hashlib
+
+    text = "Refund contact: jane.doe@example.com, phone (555) 010-3344. Order 1182 shipped."
+    card = "Paid with VISA 4111 1111 1111 1111 on order 1183."
+    with as_client(svc, "a-app") as a:
+        (text_id, _), (card_id, _) = a.index_texts([TextInput(text), TextInput(card)], collection="a-docs")
+    with as_client(svc, "a-reader") as reader:
+        for item_id, raw in ((text_id, text), (card_id, card)):
+            plain = hashlib.sha256(raw.encode()).hexdigest()
+            item = reader.get(item_id, collection="a-docs")
+            assert plain not in item_id and item.sha256 != plain  # a guess hashed does not match
+            assert reader.count(where={"sha256": plain}, collection="a-docs") == 0
+        assert "4111 1111 1111 1111" not in reader.get(card_id, collection="a-docs").text
+    with as_client(svc, "a-app") as a:  # the same text again: the same item (idempotent)
+        assert a.index_texts([TextInput(text)], collection="a-docs")[0] == (text_id, False)

@@ -230,3 +230,28 @@ def json_of(message) -> str:
     from google.protobuf.json_format import MessageToJson
 
     return MessageToJson(message)
+
+
+def test_a_text_with_personal_data_gets_a_keyed_digest_that_cannot_test_guesses(tmp_path) -> None:
+    import hashlib
+
+    key = b"k" * 32
+    privacy = Privacy.from_config({}, content_key=key)
+    digest = privacy.digest("receipts", RECEIPT)
+    assert digest != hashlib.sha256(RECEIPT.encode()).hexdigest()  # not the plain hash of the text
+    card_masked = Privacy().stored("receipts", RECEIPT)
+    assert digest != hashlib.sha256(card_masked.encode()).hexdigest()
+    assert digest == privacy.digest("receipts", RECEIPT)  # deterministic: re-indexing is idempotent
+    assert Privacy.from_config({}, content_key=b"x" * 32).digest("receipts", RECEIPT) != digest
+    plain = "a red circle on a blue background"
+    assert privacy.digest("receipts", plain) == hashlib.sha256(plain.encode()).hexdigest()  # as before
+    shows_all = Privacy.from_config({"stored_masked": [], "shown_masked": []}, content_key=key)
+    assert shows_all.digest("x", RECEIPT) == hashlib.sha256(RECEIPT.encode()).hexdigest()  # nothing hidden
+
+    settings = LoupeSettings(data_dir=str(tmp_path / "data"))
+    made = settings.privacy_policy().content_key
+    assert len(made) == 32 and settings.privacy_policy().content_key == made  # kept in the data folder
+    key_file = tmp_path / "data" / "privacy-content.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    given = LoupeSettings(data_dir=str(tmp_path / "other"), privacy={"content_secret": "shared-secret"})
+    assert given.privacy_policy().content_key == b"shared-secret" and not (tmp_path / "other").exists()
