@@ -73,6 +73,17 @@ def where_of(flt) -> dict:
     return out
 
 
+def _masked(value):
+    """Filter values as the record keeps them: strings with every kind of personal data masked."""
+    if isinstance(value, str):
+        return _mask(value)
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    return value
+
+
 def _verdict(value: int) -> str:
     return qa_pb2.AnswerVerdict.Name(value).removeprefix("ANSWER_VERDICT_").lower()
 
@@ -90,7 +101,7 @@ def _search(rpc: str, request, response: search_pb2.SearchResponse) -> dict:
         "offset": o.offset,
         "mode": search_pb2.SearchMode.Name(o.mode).removeprefix("SEARCH_MODE_").lower(),
         "modalities": [m.lower() for m in MessageToDict(o).get("modalities", [])],
-        "where": where_of(o.filter),
+        "where": _masked(where_of(o.filter)),
     }
     if o.HasField("score_threshold"):
         options["score_threshold"] = o.score_threshold
@@ -109,7 +120,7 @@ def _search(rpc: str, request, response: search_pb2.SearchResponse) -> dict:
 
 def _ask(request: qa_pb2.AskRequest, response: qa_pb2.AskResponse) -> dict:
     r = request.retrieval
-    retrieval = {"k": r.k, "collection": r.collection, "where": where_of(r.filter)}
+    retrieval = {"k": r.k, "collection": r.collection, "where": _masked(where_of(r.filter))}
     if r.HasField("mode"):
         retrieval["mode"] = search_pb2.SearchMode.Name(r.mode).removeprefix("SEARCH_MODE_").lower()
     return {

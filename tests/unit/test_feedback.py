@@ -227,7 +227,8 @@ def test_a_search_is_recorded_as_shown_with_personal_data_masked() -> None:
         query="receipt of ann@example.com",
         options=search_pb2.SearchOptions(collection="support", limit=2, mode=search_pb2.SEARCH_MODE_HYBRID),
     )
-    request.options.filter.CopyFrom(build_filter({"team": "it", "year": {"gte": 2020}, "tag": ["a", "b"]}))
+    where = {"team": "it", "year": {"gte": 2020}, "tag": ["a", "b"], "owner": ["cc@example.com"]}
+    request.options.filter.CopyFrom(build_filter(where))
     response = search_pb2.SearchResponse(model_id="m")
     hit = response.hits.add(score=0.25)
     hit.item.CopyFrom(common_pb2.Item(id="r1", modality=common_pb2.MODALITY_TEXT, text="mail bob@example.org"))
@@ -235,7 +236,12 @@ def test_a_search_is_recorded_as_shown_with_personal_data_masked() -> None:
     assert shown.collection == "support" and shown.verdict == ""
     assert "ann@example.com" not in json.dumps(shown.shown) and "bob@example.org" not in json.dumps(shown.shown)
     assert shown.shown["options"]["mode"] == "hybrid" and shown.shown["options"]["limit"] == 2
-    assert shown.shown["options"]["where"] == {"team": "it", "year": {"gte": 2020.0}, "tag": ["a", "b"]}
+    assert shown.shown["options"]["where"] == {
+        "team": "it",
+        "year": {"gte": 2020.0},
+        "tag": ["a", "b"],
+        "owner": ["[email hidden]"],  # filter values are kept masked too
+    }
     assert shown.shown["hits"] == [
         {"id": "r1", "score": 0.25, "modality": "text", "source": "", "text": shown.shown["hits"][0]["text"]}
     ]
