@@ -29,7 +29,25 @@ from services.client.sdk import LoupeCallError, LoupeClient
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "ray_config.yaml"
 
 
+# Exit status of a command whose reader went away (`loupe search ... | head`): a shell's 128 +
+# SIGPIPE, as the Unix tools give when killed by it.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every command; one whose output pipe closed ends quietly (no trace) with 141."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here for output still buffered
+        return code
+    except BrokenPipeError:
+        # Python would print a second trace flushing stdout at exit: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         from services.cli.launch import serve

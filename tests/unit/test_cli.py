@@ -225,3 +225,25 @@ def test_tls_proxy_config_and_client_files(tmp_path, capsys):
     # The CLI says so and exits 2, no trace.
     assert cli.main(["--target", "localhost:1", "--tls", "--cert", str(cert), "status"]) == 2
     assert "both cert_file and key_file" in capsys.readouterr().err
+
+
+def test_a_command_whose_reader_goes_away_ends_quietly(tmp_path):
+    """`loupe ... | head -1`: no BrokenPipeError trace, the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from services.gateway.clients import hash_key, new_key
+
+    entries = [
+        {"id": f"client-{i}", "keys": [{"sha256": hash_key(new_key())}], "rights": ["search"], "collections": ["*"]}
+        for i in range(3000)
+    ]
+    clients = tmp_path / "clients.yaml"
+    clients.write_text(yaml.safe_dump({"clients": entries}))
+    cmd = f"{sys.executable} -m services.cli.main keys list --clients {clients} | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("client ") and done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
