@@ -50,6 +50,7 @@ class LoupeApi:
         self.transcriber = transcriber
         self.answerer = answerer
         self._info: EncoderInfo | None = None
+        self._identity: dict | None = None
         self.embeddings = open_cache(settings, "embeddings")
         self.transcripts = open_cache(settings, "transcripts")
         self.answers = open_cache(settings, "answers")
@@ -402,8 +403,15 @@ class LoupeApi:
             reveal_retrieved,
             info.model_id,
             info.model_version,
-            await self.answerer.identity(),
+            await self._answerer_identity(),
         )
+
+    async def _answerer_identity(self) -> dict:
+        """The Answerer's VLM, prompt and guard settings: fixed for the app's life, so asked once
+        (not one Ray call per Ask)."""
+        if self._identity is None:
+            self._identity = await self.answerer.identity()
+        return self._identity
 
     # -- AudioService -----------------------------------------------------------------------
     async def transcribe(self, req: audio_pb2.TranscribeRequest, stream):

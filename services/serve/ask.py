@@ -40,6 +40,8 @@ class AnswerWorker:
         from lmm.models import VlmOptions, create_vlm
         from lmm.prompts import load_prompt, render
 
+        self._info = None  # the Encoder's EncoderInfo, asked once (`_encoder_info`)
+
         a = settings.ask
         self.vlm = create_vlm(
             VlmOptions(
@@ -164,7 +166,7 @@ class AnswerWorker:
             score_threshold=self.min_score if filters.mode == SearchMode.DENSE.value else None,
             min_confidence=self.min_confidence,
         )
-        info = await self.encoder.info()
+        info = await self._encoder_info()
         vector = (await self.encoder.encode_texts([question])).vectors[0] if query.needs_vector else None
         query = query.with_vectors(vector, query_vector(question) if query.needs_keywords else None)
         found = await self.index.search(info.schema(), query)
@@ -176,6 +178,12 @@ class AnswerWorker:
             dense_query = replace(query, mode=SearchMode.DENSE.value, keywords=None, score_threshold=self.min_score)
             dense_ids = {p["id"] for p, _ in (await self.index.search(info.schema(), dense_query)).hits}
         return [self._context_item(p) for p, _ in found.hits if not hybrid or _relevant(question, p, dense_ids)]
+
+    async def _encoder_info(self):
+        """The CLIP model's identity: fixed for the app's life, so asked of the Encoder once."""
+        if self._info is None:
+            self._info = await self.encoder.info()
+        return self._info
 
     def _read(self, image: Image.Image) -> str:
         """An upload's OCR text, cached by its pixels and the reader's identity: a new question

@@ -123,6 +123,7 @@ class FakeAnswerer:
         return self.identity_value["vlm"]
 
     async def identity(self) -> dict:
+        self.identity_calls = getattr(self, "identity_calls", 0) + 1
         return dict(self.identity_value)
 
     async def ask(self, question, images, k, retrieval, reveal_retrieved=False):
@@ -324,6 +325,7 @@ def test_answers_are_cached_by_everything_they_depend_on(world):
     again = _ask(api, question=" what is  shown? ", images=[shot])
     assert answerer.asked == 1 and again.cached and again.text == first.text and not first.cached
     assert again.tokens_in == 0 and first.tokens_in == 7
+    assert answerer.identity_calls == 1  # a constant: asked of the Answerer once, not per call
     misses = [
         lambda: _ask(api, images=[shot, shot]),  # other uploads
         lambda: _ask(api, question="what colour is it?", images=[shot]),  # another question
@@ -334,6 +336,7 @@ def test_answers_are_cached_by_everything_they_depend_on(world):
         assert not miss().cached and answerer.asked == n
     for key, value in (("prompt_digest", "sha256:2"), ("vlm", "vlm-b"), ("ask", {"x": 2})):
         answerer.identity_value[key] = value  # a changed prompt file, another VLM, other guards
+        api._identity = None  # ... take effect with a new deployment (the Ingress asks again)
         assert not _ask(api, images=[shot]).cached
         assert _ask(api, images=[shot]).cached  # and then that answer is cached in turn
     api._info = replace(run(api.info()), model_version="v2")  # another CLIP model
