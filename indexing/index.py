@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from encoders.common.errors import BatchInvalid, InvalidInput, NotFound
-from encoders.text.keywords import SparseVector, keyword_vector
+from encoders.text.keywords import SparseVector, keyword_vector, with_terms
 from indexing import user_filter
 from indexing.ids import item_key, point_id
 from indexing.payloads import NewItem, build_payload, check_item, meta_types
@@ -95,14 +95,15 @@ class Index(ReembedMethods):
         """The item as the collection's privacy rule lets it be stored: its text with the
         `stored_masked` kinds masked; no thumbnail when that masked something (the picture
         would show what the text no longer holds); keywords from the text with the
-        `shown_masked` kinds masked too, so neither a value nor a fragment of it ("alice",
-        "example", a phone number's digit groups) finds the item for any caller."""
+        `shown_masked` kinds masked too, so no fragment of a value ("alice", "example", a phone
+        number's digit groups) finds the item, plus a keyed term per whole value
+        (`Privacy.personal_terms`), which only a query by a caller with the right holds."""
         text = self.privacy.stored(name, item.text)
         removed = text is not item.text and text != item.text
         searchable = self.privacy.shown(name, text) if text else text
         keywords = item.keywords
         if item.keywords is not None and (removed or searchable != text):
-            keywords = keyword_vector(searchable) if searchable else None
+            keywords = with_terms(keyword_vector(searchable or ""), self.privacy.personal_terms(name, text)) or None
         thumbnail = None if removed else item.thumbnail
         if text is item.text and keywords is item.keywords and thumbnail is item.thumbnail:
             return item

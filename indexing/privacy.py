@@ -21,7 +21,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from encoders.common.errors import InvalidInput
-from encoders.text.pii import KINDS, redact
+from encoders.text.pii import KINDS, find_pii, redact
 
 STORED_MASKED = frozenset({"CARD"})
 SHOWN_MASKED = frozenset(KINDS) - STORED_MASKED
@@ -56,6 +56,25 @@ class Privacy:
         default = _rule(raw, Rule())
         rules = {pattern: _rule(sub, default) for pattern, sub in (raw.get("collections") or {}).items()}
         return cls(default, rules, content_key)
+
+    def personal_terms(self, collection: str, text: str | None) -> list[int]:
+        """Keyword indices that stand for the whole values of `shown_masked` kinds in `text`
+        (an address, a phone number), keyed with the content key so that only this service can
+        make them. An item's keyword vector holds them instead of the values' words; a query
+        holds them when it carries such a value, which only a caller with the right can send
+        (everyone else's queries are masked first by the same rule). So a support agent with
+        the right finds a customer's receipts by the address, and no piece of it finds
+        anything for anyone."""
+        if not self.content_key or not text:
+            return []
+        kinds = self.rule(collection).shown_masked
+        return sorted({self._term(f.kind, f.value) for f in find_pii(text) if f.kind in kinds})
+
+    def _term(self, kind: str, value: str) -> int:
+        # Case, spaces and punctuation do not matter: "(555) 010-3344" is "555-010-3344".
+        normal = "".join(ch for ch in value.casefold() if ch.isalnum())
+        mac = hmac.new(self.content_key, f"personal:{kind}:{normal}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(mac[:4], "big")
 
     def digest(self, collection: str, text: str) -> str:
         """The content digest of a text item (its `sha256` field and, without a caller id, its

@@ -123,6 +123,17 @@ def keyword_vector(text: str, *, avg_doc_len: float = AVG_DOC_LEN) -> SparseVect
     return SparseVector(indices, values)
 
 
+def with_terms(vector: SparseVector, indices: list[int], weight: float = 1.0) -> SparseVector:
+    """`vector` with `indices` added at `weight` (or kept at their weight, if higher)."""
+    if not indices:
+        return vector
+    merged = vector.as_dict()
+    for i in indices:
+        merged[i] = max(merged.get(i, 0.0), weight)
+    keys = sorted(merged)
+    return SparseVector(keys, [merged[i] for i in keys])
+
+
 def query_vector(text: str) -> SparseVector:
     """Keyword vector of a query: weight 1.0 for every distinct term (tokens and parts)."""
     found, _ = terms(text)

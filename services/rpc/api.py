@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from encoders.common.errors import BatchInvalid, InvalidInput
 from encoders.text.chunking import timed_texts
-from encoders.text.keywords import query_vector
+from encoders.text.keywords import query_vector, with_terms
 from indexing.calibration import SIDES, Calibration, Probe, ProbeSpec, probe_specs
 from indexing.ids import item_key
 from indexing.index import NewItem
@@ -289,7 +289,11 @@ class LoupeApi:
     async def search_text(self, req: search_pb2.SearchTextRequest) -> search_pb2.SearchResponse:
         text = self._text(req.query, self.limits.max_query_chars, "query")
         query = self._query(req.options, convert.search_mode(req.options.mode), kind="text")
-        keywords = query_vector(text) if query.needs_keywords else None
+        keywords = None
+        if query.needs_keywords:
+            # A whole personal value in the query (only a caller with the right can send one:
+            # the gateway masks the others') matches the keyed term its items hold.
+            keywords = with_terms(query_vector(text), self.privacy.personal_terms(query.collection, text))
         if not query.needs_vector:
             return await self._search(query.with_vectors(keywords=keywords), req.options.with_thumbnails)
         vector, truncated = await self._text_vector(text)

@@ -162,6 +162,10 @@ def test_no_piece_of_a_hidden_value_finds_the_item_by_keyword(svc) -> None:
             for q in (EMAIL, "someone.else@elsewhere.org")
         )
         assert whole == decoy
+    with as_client(svc, "a-pd") as pd:  # with the right, the whole value finds it; pieces do not
+        assert "receipt" in {h.id for h in pd.search_text(EMAIL, mode="keyword", collection="a-docs")}
+        assert "receipt" in {h.id for h in pd.search_text("555 010 3344", mode="keyword", collection="a-docs")}
+        assert "receipt" not in {h.id for h in pd.search_text("jane", mode="keyword", collection="a-docs")}
 
 
 # -- 6: quotas count what a call adds --------------------------------------------------------------

@@ -255,3 +255,29 @@ def test_a_text_with_personal_data_gets_a_keyed_digest_that_cannot_test_guesses(
     assert key_file.stat().st_mode & 0o777 == 0o600
     given = LoupeSettings(data_dir=str(tmp_path / "other"), privacy={"content_secret": "shared-secret"})
     assert given.privacy_policy().content_key == b"shared-secret" and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_whole_personal_value_finds_its_item_only_through_the_keyed_term(backend, tmp_path) -> None:
+    from encoders.text.keywords import with_terms
+
+    privacy = Privacy.from_config({}, content_key=b"k" * 32)
+    index = Index(BACKENDS[backend](tmp_path), privacy=privacy)
+    index.upsert("receipts", [_item(RECEIPT)], SCHEMA)
+
+    def found(query: str, policy: Privacy = privacy) -> list[str]:
+        keywords = with_terms(query_vector(query), policy.personal_terms("receipts", query))
+        hits = index.search("receipts", None, limit=5, mode="keyword", keyword_query=keywords)
+        return [p["id"] for p, _ in hits]
+
+    # A caller with the right sends the whole value: found, however it is written.
+    assert found("r.okafor@example.net") == ["r1"]
+    assert found("receipt for R.Okafor@Example.NET") == ["r1"]
+    assert found("555-010-3344") == ["r1"] and found("(555) 010 3344") == ["r1"]
+    # Another value, pieces of this one, or the right value under another key: nothing.
+    assert found("j.doe@example.net") == [] and found("555-010-3345") == []
+    for piece in ("okafor", "example.net", "r okafor", "010 3344"):
+        assert found(piece) == [], piece
+    assert found("r.okafor@example.net", Privacy.from_config({}, content_key=b"x" * 32)) == []
+    # What a caller without the right sends: the gateway masked the value, no term is made.
+    assert privacy.personal_terms("receipts", privacy.shown("receipts", "r.okafor@example.net")) == []
