@@ -153,6 +153,7 @@ def test_ask_retrieves_only_what_passes_the_floor(world, encoder):
     worker = AnswerWorker.__new__(AnswerWorker)  # the retrieval step alone, without a VLM
     worker.encoder, worker.index = ThreadCalls(encoder), ThreadCalls(world["client"].index)
     worker.modalities, worker.min_score, worker.min_confidence, worker.roots = (), 0.2, 0.5, []
+    worker._info = None
     query = SearchQuery(collection=COLLECTION, mode="hybrid")
     assert asyncio.run(worker._retrieve("how do I change my login email", 3, query)) == []
     i, caption = captions()[7]
