@@ -86,7 +86,8 @@ class _Collected:
         self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        pass  # the generated code passes the same handlers by name too (below)
+        """Not kept: the generated code passes the same methods by name too (below), and those
+        are what gets wrapped; `_servicer_handlers` refuses code that registers none by name."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self.services[service] = handlers

@@ -277,7 +277,11 @@ async def _call(ingress, request: Request, rpc: str) -> Response:
 
 
 def _id_headers(rid: str, label: str) -> dict[str, str]:
-    return {HTTP_ID_HEADER: rid} | ({requests.LABEL_HEADER: label} if label else {}) if rid else {}
+    """The call's id and the caller's label as response headers (none for a call never made)."""
+    headers = {HTTP_ID_HEADER: rid} if rid else {}
+    if rid and label:
+        headers[requests.LABEL_HEADER] = label
+    return headers
 
 
 def _count_refused(ingress, rpc: str, code: str) -> None:
