@@ -33,7 +33,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,9 @@ class Observation:
     metrics: dict[str, float] = field(default_factory=dict)
     ann_recall: float | None = None
     error: str = ""
+    # The metrics of the ranking restricted to each result modality the case has relevant items
+    # of, against those items only: {"image": {"recall@10": ...}}.
+    by_modality: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def load_cases(path: Path) -> tuple[list[RetrievalCase], list[str]]:
@@ -266,6 +269,7 @@ def run_retrieval_eval(
     call fails is recorded with the error, not raised."""
     observations = []
     totals: dict[str, int] = {}
+    per_modality: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {}
     for case in cases:
         case_modes = tuple(modes) if modes and case.query_modality == "text" else case.modes
         for mode in case_modes:
@@ -276,6 +280,7 @@ def run_retrieval_eval(
             try:
                 if case.id not in totals:
                     totals[case.id] = _total_relevant(case, count)
+                    per_modality[case.id] = _relevant_by_modality(case, count)
                 start = time.perf_counter()
                 outcome = search(case, mode, False)
                 obs.latency_ms = (time.perf_counter() - start) * 1000
@@ -285,6 +290,9 @@ def run_retrieval_eval(
                 obs.scores = [h.score for h in hits]
                 obs.confidences = [h.confidence for h in hits]
                 obs.calibrated = outcome.calibrated
+                for modality, (ids, total) in per_modality[case.id].items():
+                    only = [h for h in hits if h.modality == modality]
+                    obs.by_modality[modality], _ = case_metrics(replace(case, relevant_ids=ids), only, total)
                 if exact and mode == "dense":
                     truth = [h.id for h in search(case, mode, True).hits[:K]]
                     obs.ann_recall = len(set(obs.ranked) & set(truth)) / len(truth) if truth else 1.0
@@ -304,30 +312,61 @@ def _total_relevant(case: RetrievalCase, count: Callable[[str, dict[str, Any]], 
     return total
 
 
+def _relevant_by_modality(
+    case: RetrievalCase, count: Callable[[str, dict[str, Any]], int]
+) -> dict[str, tuple[tuple[str, ...], int]]:
+    """Per result modality with relevant items: (the relevant ids of it, how many relevant items
+    of it in all). The modality of an id is asked of the collection (`count` with an id and a
+    modality condition), so it holds for relevant items no search returned."""
+    if not case.in_domain:
+        return {}
+    ids = tuple(dict.fromkeys(case.relevant_ids))
+    out = {}
+    for modality in MODALITIES:
+        found: tuple[str, ...] = ()
+        if ids:
+            n = count(case.collection, {"id": list(ids), "modality": modality})
+            if n >= len(ids):
+                found = ids
+            elif n:
+                found = tuple(i for i in ids if count(case.collection, {"id": i, "modality": modality}))
+        total = len(found)
+        if case.relevant_sources:
+            total += count(case.collection, {**case.where, "source": list(case.relevant_sources), "modality": modality})
+        if case.relevant_where:
+            total += count(case.collection, {**case.where, **case.relevant_where, "modality": modality})
+        if total:
+            out[modality] = (found, total)
+    return out
+
+
 @dataclass
 class RetrievalReport:
     observations: list[Observation]
     floor: float = 0.5
 
     def groups(self) -> dict[str, dict[str, Any]]:
-        """Metrics per mode, then per mode and query modality, per mode and result modality."""
-        buckets: dict[str, list[Observation]] = defaultdict(list)
+        """Metrics per mode, then per mode and query modality, per mode and the cases' result
+        modality filter, and per mode and result modality ("hybrid/image": each case's ranking
+        restricted to images, against its relevant images; only cases with relevant images)."""
+        buckets: dict[str, list[tuple[dict[str, float], Observation]]] = defaultdict(list)
         for o in self.observations:
             if o.error or not o.in_domain:
                 continue
-            buckets[o.mode].append(o)
-            buckets[f"{o.mode} / {o.query_modality} queries"].append(o)
-            buckets[f"{o.mode} / results: {o.result_modality}"].append(o)
+            for name in (o.mode, f"{o.mode} / {o.query_modality} queries", f"{o.mode} / results: {o.result_modality}"):
+                buckets[name].append((o.metrics, o))
+            for modality, metrics in o.by_modality.items():
+                buckets[f"{o.mode}/{modality}"].append((metrics, o))
         order = {m: i for i, m in enumerate(MODES)}
         out = {}
-        for name in sorted(buckets, key=lambda n: (order.get(n.split(" /")[0], 9), n)):
-            obs = buckets[name]
-            row: dict[str, Any] = {m: round(statistics.fmean(o.metrics[m] for o in obs), 4) for m in METRICS}
-            row["cases"] = len(obs)
-            lat = sorted(o.latency_ms for o in obs)
+        for name in sorted(buckets, key=lambda n: (order.get(_mode_of(n), 9), n)):
+            rows = buckets[name]
+            row: dict[str, Any] = {m: round(statistics.fmean(r[m] for r, _ in rows), 4) for m in METRICS}
+            row["cases"] = len(rows)
+            lat = sorted(o.latency_ms for _, o in rows)
             row["latency_ms"] = {"p50": round(statistics.median(lat), 2), "p95": round(_p95(lat), 2)}
-            ann = [o.ann_recall for o in obs if o.ann_recall is not None]
-            if ann:
+            ann = [o.ann_recall for _, o in rows if o.ann_recall is not None]
+            if ann and not _is_modality_group(name):  # the whole list's recall, not a modality's
                 row["ann_recall@10"] = round(statistics.fmean(ann), 4)
             out[name] = row
         return out
@@ -349,8 +388,9 @@ class RetrievalReport:
         return out
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """The per-mode rows: what a baseline compares."""
-        return {k: v for k, v in self.groups().items() if k in MODES}
+        """The per-mode rows and the per-mode, per-result-modality ones ("hybrid/image"): what a
+        baseline compares."""
+        return {k: v for k, v in self.groups().items() if k in MODES or _is_modality_group(k)}
 
     def errors(self) -> list[str]:
         return [f"{o.case} ({o.mode}): {o.error}" for o in self.observations if o.error]
@@ -363,6 +403,15 @@ class RetrievalReport:
             "errors": self.errors(),
             "cases": [asdict(o) for o in self.observations],
         }
+
+
+def _mode_of(group: str) -> str:
+    return group.split(" /")[0].split("/")[0]
+
+
+def _is_modality_group(group: str) -> bool:
+    mode, _, modality = group.partition("/")
+    return mode in MODES and modality in MODALITIES
 
 
 def _p95(ordered: Sequence[float]) -> float:

@@ -77,6 +77,35 @@ def test_metrics_equal_a_hand_computation():
     assert nm["out_of_domain"] == {"cases": 1, "no_match": 1.0}
 
 
+def test_figures_per_result_modality_restrict_the_ranking_and_the_relevant_items():
+    modality = {"i1": "image", "i2": "image", "t1": "text", "t2": "text", "r1": "image", "r2": "image"}
+
+    def count(collection, where):  # the collection: which ids are which modality, r1 r2 red
+        ids = where.get("id", list(modality))
+        ids = [ids] if isinstance(ids, str) else ids
+        red = {"r1", "r2"} if "colour" in where else set(modality)
+        return sum(modality[i] == where.get("modality", modality[i]) and i in red for i in ids)
+
+    cases = [
+        RetrievalCase("both", text="q1", relevant_ids=("i1", "t1")),
+        RetrievalCase("red", text="q2", relevant_where={"colour": "red"}),
+    ]
+    rankings = {
+        "both": [Hit("t2", 0.9, modality="text"), Hit("t1", 0.8, modality="text"), Hit("i1", 0.7, modality="image")],
+        "red": [Hit("t2", 0.9, modality="text"), Hit("r2", 0.8, modality="image", metadata={"colour": "red"})],
+    }
+    report = run_retrieval_eval(cases, fixed_search(rankings), count, exact=False)
+    both, red = (o.by_modality for o in report.observations)
+    assert set(both) == {"image", "text"} and set(red) == {"image"}  # a modality with nothing relevant: no row
+    assert both["image"]["recall@1"] == 1 and both["text"]["mrr"] == 0.5  # t2 first among texts
+    assert red["image"]["recall@1"] == 0.5 and red["image"]["mrr"] == 1  # one of two red images, first
+    summary = report.summary()
+    assert set(summary) == {"dense", "dense/image", "dense/text"}
+    assert summary["dense/image"]["cases"] == 2 and summary["dense/text"]["cases"] == 1
+    assert summary["dense/image"]["recall@1"] == pytest.approx(0.75)
+    assert summary["dense"]["recall@1"] == 0  # the whole lists start with an irrelevant text
+
+
 def test_a_failing_case_is_reported_not_raised():
     def search(case, mode, exact):
         raise RuntimeError("service down")
