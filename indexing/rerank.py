@@ -379,7 +379,7 @@ class CrossEncoderReranker(LazyModel):
         scores: list[float] = []
         with self._score_lock:
             for start in range(0, len(documents), CROSS_ENCODER_BATCH):
-                if time.monotonic() > deadline:
+                if start and time.monotonic() > deadline:  # between batches: the first always runs
                     raise RerankFailed(
                         f"timed out after {timeout_s:g} s ({start} of {len(documents)} documents scored)"
                     )
