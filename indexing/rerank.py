@@ -233,9 +233,9 @@ class HttpReranker(LazyModel):
         self.load()
         try:
             data = self._post(self.request_body(query, documents), timeout_s)
-        except RerankFailed as exc:
+            return _scores_from_answer(data, len(documents))
+        except RerankFailed as exc:  # reasons quote the server's answer, which may echo the key
             raise RerankFailed(self._scrub(exc.reason)) from None
-        return _scores_from_answer(data, len(documents))
 
     def _post(self, body: dict, timeout_s: float) -> object:
         import httpx
