@@ -185,7 +185,7 @@ class HttpReranker(LazyModel):
     """
 
     def __init__(self, config: RerankConfig) -> None:
-        parts = urlsplit(config.url) if config.url else None
+        parts = _split_url(config.url)
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise RerankConfigError(
                 f"rerank url {redact_url(config.url)!r} must be an http(s) URL with the full path, such as "
@@ -264,6 +264,17 @@ class HttpReranker(LazyModel):
         """The text without the api key, should a server have echoed it back."""
         key = self.config.api_key
         return text.replace(key, MASK) if key else text
+
+
+def _split_url(url: str):
+    """The parts of an http(s) URL, or None for one that cannot be used (e.g. a port that is
+    not a number, which urlsplit only notices when asked for the port)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return None
+    return parts if url else None
 
 
 def _read_capped(response, deadline: float, timeout_s: float, where: str) -> bytes:

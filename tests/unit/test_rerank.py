@@ -260,6 +260,7 @@ def test_kind_none_makes_no_reranker():
         (RerankConfig(kind="colbert"), "kind", "valid kinds: none, http, cross-encoder"),
         (RerankConfig(kind="http"), "url", "must be an http(s) URL"),
         (RerankConfig(kind="http", url="ftp://host/rerank"), "url", "must be an http(s) URL"),
+        (RerankConfig(kind="http", url="http://host:port/rerank"), "url", "must be an http(s) URL"),
         (RerankConfig(kind="http", url="http://h/rerank", api="openai"), "api", "valid apis: cohere, tei"),
         (RerankConfig(kind="cross-encoder", model="/nowhere/model"), "model", "does not exist"),
         (RerankConfig(kind="http", url="http://h/rerank", candidates=0), "candidates", ">= 1"),
