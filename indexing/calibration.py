@@ -29,24 +29,24 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
+import json
 import math
 import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexing.query import Found
-from indexing.ranking import rank_key
 from indexing.types import Condition, Filter, Modality, SearchMode
 
 if TYPE_CHECKING:
     from encoders.text.keywords import SparseVector
     from indexing.index import Index
-    from indexing.query import SearchQuery
     from indexing.types import CollectionSchema
 
 INFO_KEY = "calibration"
@@ -132,6 +132,15 @@ class Calibration:
 
     def map_for(self, kind: str, side: str, modality: str) -> Logistic | None:
         return self.maps.get(f"{kind}/{side}/{modality}") or self.maps.get(f"{kind}/{side}/*")
+
+    def with_fallback(self, prior: Calibration | None) -> Calibration:
+        """These maps, and the prior's for the keys this calibration has none of (a collection
+        without texts fits no keyword map; its hybrid hits still need one)."""
+        if prior is None:
+            return self
+        return Calibration(
+            self.model_id, self.model_version, {**prior.maps, **self.maps}, self.fitted_at, self.items, self.report
+        )
 
     def covers(self, kind: str, mode: str) -> bool:
         """Whether hits of this query kind in this mode get a confidence."""
@@ -284,12 +293,36 @@ def probe_specs(
         if p["thumbnail"] and modality == Modality.IMAGE.value:
             captions = _texts_of(p, caption_fields)
             relevant = {p["id"]} | {i for c in captions for i in owners[c]}
-            image = base64.b64decode(p["thumbnail"])
+            image = another_shot(base64.b64decode(p["thumbnail"]), rng)
             specs.append(ProbeSpec("image", "thumbnail", tuple(sorted(relevant)), image=image, sides=(SIDES[0],)))
     specs += cases
     specs += [ProbeSpec("text", "out-of-domain", text=t) for t in out_texts]
     specs += [ProbeSpec("image", "out-of-domain", image=b, sides=(SIDES[0],)) for b in out_images]
     return specs
+
+
+def another_shot(data: bytes, rng: random.Random) -> bytes:
+    """The picture as a second photo of the same thing would look: cropped to 70-90% of each
+    side at a random place, maybe mirrored, resized back. A thumbnail searched as it is finds
+    itself at a cosine near 1, which is not what a user's other shot of the scene scores; a
+    floor fitted on such positives would drop real matches. Unreadable bytes are returned
+    as they are (the encoder skips them)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return data
+    w, h = im.size
+    cw, ch = max(1, int(w * rng.uniform(0.7, 0.9))), max(1, int(h * rng.uniform(0.7, 0.9)))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    shot = im.crop((x, y, x + cw, y + ch)).resize((w, h))
+    if rng.random() < 0.5:
+        shot = ImageOps.mirror(shot)
+    buf = io.BytesIO()
+    shot.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _texts_of(p: dict, caption_fields: Sequence[str]) -> list[str]:
@@ -362,6 +395,10 @@ def collect(
             ev.examples += [
                 _example(probe, side, p, s, 1, i) for p, s in run(len(probe.relevant), _ids(probe.relevant))
             ]
+            # The best hits that are not relevant: near misses (a caption sharing most words,
+            # a similar picture) are what a floor must keep out, not random pairs.
+            misses = [(p, s) for p, s in top if p["id"] not in probe.relevant][:NEGATIVE_HITS]
+            ev.examples += [_example(probe, side, p, s, 0, i, hard=True) for p, s in misses]
             others = [p for p in pool if p["id"] not in probe.relevant]
             picked = rng.sample(others, min(SHUFFLED, len(others)))
             if picked:
@@ -415,15 +452,27 @@ def fit_maps(examples: Sequence[Example]) -> dict[str, Logistic]:
 
 
 def fit(
-    evidence: Evidence, probes: Sequence[Probe], schema: CollectionSchema, items: int, floor: float = 0.5
+    evidence: Evidence,
+    probes: Sequence[Probe],
+    schema: CollectionSchema,
+    items: int,
+    floor: float = 0.5,
+    prior: Prior | None = None,
 ) -> Calibration:
-    """Maps fitted on all probes; the report from maps fitted without the held-out quarter."""
+    """Maps fitted on all probes; the report from maps fitted without the held-out quarter.
+
+    Where the collection gives no positives for a map (pictures without captions give no text
+    query known to find them), the model's prior positives stand in, against this
+    collection's own negatives: how high a matching pair scores is the model's property, how
+    high the best non-matching items of this catalog score is the catalog's."""
+    evidence, sources = with_prior(evidence, prior)
     train = [e for e in evidence.examples if not held_out(e.probe)]
     test = [e for e in evidence.examples if held_out(e.probe)]
     trial = Calibration(schema.model_id, schema.model_version, fit_maps(train))
     report = {
         "probes": _probe_counts(probes),
         "examples": {"positive": sum(e.label for e in evidence.examples), "negative": _negatives(evidence.examples)},
+        "evidence": sources,
         "floor": floor,
         "held_out": {
             "no_match": _no_match_rates(trial, evidence, probes, floor),
@@ -434,6 +483,32 @@ def fit(
     report["thresholds"] = {k: m.score_at(floor) for k, m in maps.items()}
     at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return Calibration(schema.model_id, schema.model_version, maps, at, items, report)
+
+
+def with_prior(evidence: Evidence, prior: Prior | None) -> tuple[Evidence, dict[str, dict[str, str]]]:
+    """The evidence with the prior's positives added for every map the collection has
+    negatives but too few positives for; and, per map, where its examples came from."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in evidence.examples:
+        counts[e.key][e.label] += 1
+    added: list[Example] = []
+    sources: dict[str, dict[str, str]] = {}
+    for key in sorted(set(counts) | set(prior.positives if prior else ())):
+        neg, pos = counts[key]
+        borrowed = prior is not None and pos < MIN_EXAMPLES and neg >= MIN_EXAMPLES and key in prior.positives
+        if borrowed:
+            scores = prior.positives[key]
+            # Negative probe numbers: never one of this collection's probes (held out by the same hash).
+            added += [Example(key, float(x), 1, -1 - n) for n, x in enumerate(scores)]
+            pos = len(scores)
+        if pos or neg:
+            sources[key] = {
+                "positives": f"{pos} from {'the model prior (' + prior.source + ')' if borrowed else 'this collection'}",
+                "negatives": f"{neg} from this collection",
+            }
+    if not added:
+        return evidence, sources
+    return Evidence(evidence.examples + added, evidence.tops), sources
 
 
 def _negatives(examples: Sequence[Example]) -> int:
@@ -538,70 +613,63 @@ class Calibrations:
         self._cache.pop(name, None)
 
 
-def confident_search(index: Index, cal: Calibration, query: SearchQuery, vector_name: str) -> Found:
-    """The query's page of hits that reach `query.min_confidence`, with their confidences.
+@dataclass(frozen=True)
+class Prior:
+    """What a model's scores mean before any collection is seen, made from data the package ships
+    (`python -m services.cli.prior`): positive scores per map key (a caption and its picture,
+    a picture and another shot of its scene, a text and its reworded self), and maps fitted on
+    them against out-of-domain negatives. Collections rank hybrid hits with the maps until they
+    are calibrated; calibration borrows the positives where the collection has none."""
 
-    Dense and keyword mode: each result modality is searched with the score its map needs for
-    the floor (as the store's score threshold) and the rankings are merged by score, so pages
-    stay consistent. Hybrid mode: the fused page is read as usual, each hit's dense and keyword
-    scores are read back for its confidence, and hits under the floor are dropped (the page may
-    hold fewer than `limit` hits; `more` still says whether the fused ranking goes on)."""
-    kind, floor, limit = query.kind, query.min_confidence, query.limit
-    probe = query.page_probe()
-    if query.mode == SearchMode.HYBRID.value:
-        read = index.run_query(probe, vector_name=vector_name)
-        page = read[:limit]
-        confs = _hybrid_confidences(index, cal, query, vector_name, page)
-        kept = [(h, c) for h, c in zip(page, confs) if c >= floor]
-        return Found([h for h, _ in kept], len(read) > limit, [c for _, c in kept])
-    side = query.mode
-    if floor <= 0:
-        read = index.run_query(probe, vector_name=vector_name)
-    else:
-        window = probe.offset + probe.limit
-        merged: list[tuple[dict, float]] = []
-        for mods, m in cal.groups(kind, side, query.modalities):
-            threshold = m.score_at(floor)
-            if threshold is None:
-                continue
-            if query.score_threshold is not None:
-                threshold = max(threshold, query.score_threshold)
-            part = replace(probe, modalities=mods, offset=0, limit=window, score_threshold=threshold)
-            merged += index.run_query(part, vector_name=vector_name)
-        read = sorted(merged, key=lambda h: rank_key(h[1], h[0]))[probe.offset : window]
-    page = read[:limit]
-    dense = side == SearchMode.DENSE.value
-    confs = [
-        cal.confidence(kind, p.get("modality", "image"), s if dense else None, None if dense else s) for p, s in page
-    ]
-    return Found(page, len(read) > limit, confs)
+    model_id: str
+    model_version: str
+    source: str
+    positives: dict[str, list[float]]
+    maps: dict[str, Logistic]
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "source": self.source,
+            "positives": {k: [round(x, 5) for x in v] for k, v in sorted(self.positives.items())},
+            "maps": {k: asdict(v) for k, v in sorted(self.maps.items())},
+        }
 
-def _hybrid_confidences(
-    index: Index, cal: Calibration, query: SearchQuery, vector_name: str, hits: list[tuple[dict, float]]
-) -> list[float]:
-    if not hits:
-        return []
-    ids = [p["id"] for p, _ in hits]
-    only = _ids(ids)
-    vector = query.vector
-    if query.like_id is not None:
-        _, vector = index.get_vector(query.collection, query.like_id, vector_name)
-    scores = {}
-    for side in SIDES:
-        found = index.search(
-            query.collection,
-            vector,
-            limit=len(ids),
-            filter=only,
-            mode=side,
-            keyword_query=query.keywords,
-            vector_name=vector_name,
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Prior:
+        return cls(
+            model_id=raw["model_id"],
+            model_version=raw["model_version"],
+            source=raw.get("source", ""),
+            positives={k: [float(x) for x in v] for k, v in raw.get("positives", {}).items()},
+            maps={k: Logistic(**v) for k, v in raw.get("maps", {}).items()},
         )
-        scores[side] = {p["id"]: s for p, s in found}
-    return [
-        cal.confidence(
-            query.kind, p.get("modality", "image"), scores[SIDES[0]].get(p["id"]), scores[SIDES[1]].get(p["id"])
-        )
-        for p, _ in hits
-    ]
+
+    def as_calibration(self) -> Calibration:
+        return Calibration(self.model_id, self.model_version, self.maps)
+
+
+PRIORS_DIR = Path(__file__).resolve().parent / "calibration_data" / "priors"
+
+
+class Priors:
+    """The model priors in `PRIORS_DIR` and in `extra` files, found by model id and version."""
+
+    def __init__(self, extra: Sequence[str | Path] = ()) -> None:
+        self._files = [*sorted(PRIORS_DIR.glob("*.json")), *(Path(p) for p in extra)]
+        self._loaded: dict[tuple[str, str], Prior] | None = None
+
+    def prior(self, model_id: str, model_version: str) -> Prior | None:
+        if self._loaded is None:
+            self._loaded = {}
+            for path in self._files:
+                p = Prior.from_json(json.loads(path.read_text(encoding="utf-8")))
+                self._loaded[(p.model_id, p.model_version)] = p
+        return self._loaded.get((model_id, model_version))
+
+    def get(self, model_id: str, model_version: str) -> Calibration | None:
+        """The prior's maps as a Calibration (for ranking, not for reported confidences)."""
+        p = self.prior(model_id, model_version)
+        return p.as_calibration() if p is not None else None

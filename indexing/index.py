@@ -397,6 +397,11 @@ class Index(ReembedMethods):
             raise NotFound(f"item {public_id!r} in collection {name!r} has no vector {wanted!r}", field="id")
         return point.payload, vector
 
+    def points_with_vectors(self, name: str, public_ids: Sequence[str], vector_name: str) -> dict[str, np.ndarray]:
+        """Public id -> dense vector `vector_name` of those items that exist and have one."""
+        points = self._store.retrieve(name, [point_id(name, i) for i in public_ids], with_vectors=[vector_name])
+        return {p.payload["id"]: p.vectors[vector_name] for p in points if p.vectors.get(vector_name) is not None}
+
     def count(self, name: str, filter: Filter | None = None, modalities: tuple[Modality, ...] = ()) -> int:
         self.schema(name)
         return self._store.count(name, _scoped(filter, modalities))

@@ -8,7 +8,7 @@ it. The Ask worker builds its retrieval query the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from indexing.types import Condition, Modality, SearchMode
@@ -50,6 +50,9 @@ class SearchQuery:
     min_confidence: float = 0.0
     # Exact (brute-force) dense search instead of the approximate index: for evals.
     exact: bool = False
+    # The query's text as searched (masked where the caller may not see personal data): what
+    # a reranker reads. Empty for image queries.
+    text: str = ""
 
     @property
     def needs_vector(self) -> bool:
@@ -86,6 +89,14 @@ class Found:
     # calibrated for this query, and `uncalibrated` says why.
     confidences: list[float] | None = None
     uncalibrated: str = ""
+    # Seconds per retriever stage (candidates, fusion, rerank, diversity).
+    stages: dict[str, float] = field(default_factory=dict)
+    # The rerank stage: "" (not asked), "reranked", "skipped: ...", "failed: ..." (first-stage
+    # order kept); its scores per hit (None: not reranked). Never a confidence.
+    rerank: str = ""
+    rerank_scores: list[float | None] | None = None
+    # The diversity stage, when asked: what it did.
+    diversity: str = ""
 
     @property
     def calibrated(self) -> bool:

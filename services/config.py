@@ -294,6 +294,10 @@ class CalibrationSettings(BaseModel):
     caption_fields: list[str] = Field(default_factory=lambda: ["caption", "title", "description", "alt", "name"])
     # Out-of-domain images drawn (noise, gradients, patterns, rendered text) as negatives.
     negative_images: int = Field(default=120, ge=0, le=1000)
+    # Model priors (`python -m services.cli.prior`) beside the ones the package ships: what a
+    # model's scores mean before a collection is calibrated, and the positives calibration
+    # borrows where a collection has none (pictures without captions).
+    prior_files: list[str] = Field(default_factory=list)
 
 
 # The privacy policy's content key in the data folder when `privacy.content_secret` is unset.

@@ -19,9 +19,10 @@ from encoders.image.decode import decode_image
 from encoders.image.thumbnail import thumbnail
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.whisper.transcribe import TranscriptInfo
-from indexing.calibration import Calibrations, collect, confident_search, fit, sample_payloads
+from indexing.calibration import Calibrations, Priors, collect, fit, sample_payloads
 from indexing.ingest import VECTOR_NAME, TextReader, store_recording
 from indexing.query import Found, SearchQuery
+from indexing.retriever import Retriever, SecondStage
 from indexing.store.optimizer import Optimizer
 from indexing.types import CollectionSchema
 from services.cache import open_cache
@@ -235,6 +236,8 @@ class IndexWorker:
         )
         self.optimizer = Optimizer(self.index, settings.optimize_after_points)
         self.calibrations = Calibrations(self.index)
+        self.priors = Priors(settings.calibration.prior_files)
+        self.retriever = Retriever(self.index, self.calibrations, self.priors)
 
     def ping(self) -> str:
         self.index.collections()
@@ -274,17 +277,9 @@ class IndexWorker:
         self.optimizer.wrote(name, len(segments) + created)
         return public_id, created
 
-    def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
-        """The page of hits for `query`, in this service's model's vector; with confidences
-        when the collection is calibrated for that model and the query's kind and mode."""
-        resolved = self.index.schema_for(query.collection, schema)
-        cal, why = self.calibrations.get(query.collection, resolved)
-        if cal is not None and cal.covers(query.kind, query.mode):
-            return confident_search(self.index, cal, query, resolved.vector_name)
-        if cal is not None:
-            why = f"the calibration of {query.collection!r} has no map for {query.kind} queries in {query.mode} mode"
-        hits = self.index.run_query(query.page_probe(), vector_name=resolved.vector_name)
-        return Found(hits[: query.limit], len(hits) > query.limit, None, why)
+    def search(self, schema: CollectionSchema, query: SearchQuery, second: SecondStage = SecondStage()) -> Found:
+        """The page of hits for `query`, in this service's model's vector (indexing.retriever)."""
+        return self.retriever.search(schema, query, second)
 
     def calibration_pool(self, name: str, limit: int) -> list[dict]:
         """Payloads of up to `limit` items spread over the collection: what calibration probes
@@ -296,7 +291,8 @@ class IndexWorker:
         """Fit, store and return (as JSON) the calibration of `name` for `schema`'s model."""
         resolved = self.index.schema_for(name, schema)
         evidence = collect(self.index, name, resolved.vector_name, probes, pool)
-        cal = fit(evidence, probes, resolved, self.index.store.count(name), floor)
+        prior = self.priors.prior(resolved.model_id, resolved.model_version)
+        cal = fit(evidence, probes, resolved, self.index.store.count(name), floor, prior)
         if not cal.maps:
             raise InvalidInput(
                 f"collection {name!r}: too few examples to calibrate ({cal.report['examples']}); "
