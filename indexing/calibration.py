@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import io
 import json
 import math
 import random
@@ -293,36 +292,12 @@ def probe_specs(
         if p["thumbnail"] and modality == Modality.IMAGE.value:
             captions = _texts_of(p, caption_fields)
             relevant = {p["id"]} | {i for c in captions for i in owners[c]}
-            image = another_shot(base64.b64decode(p["thumbnail"]), rng)
+            image = base64.b64decode(p["thumbnail"])
             specs.append(ProbeSpec("image", "thumbnail", tuple(sorted(relevant)), image=image, sides=(SIDES[0],)))
     specs += cases
     specs += [ProbeSpec("text", "out-of-domain", text=t) for t in out_texts]
     specs += [ProbeSpec("image", "out-of-domain", image=b, sides=(SIDES[0],)) for b in out_images]
     return specs
-
-
-def another_shot(data: bytes, rng: random.Random) -> bytes:
-    """The picture as a second photo of the same thing would look: cropped to 70-90% of each
-    side at a random place, maybe mirrored, resized back. A thumbnail searched as it is finds
-    itself at a cosine near 1, which is not what a user's other shot of the scene scores; a
-    floor fitted on such positives would drop real matches. Unreadable bytes are returned
-    as they are (the encoder skips them)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError):
-        return data
-    w, h = im.size
-    cw, ch = max(1, int(w * rng.uniform(0.7, 0.9))), max(1, int(h * rng.uniform(0.7, 0.9)))
-    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    shot = im.crop((x, y, x + cw, y + ch)).resize((w, h))
-    if rng.random() < 0.5:
-        shot = ImageOps.mirror(shot)
-    buf = io.BytesIO()
-    shot.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _texts_of(p: dict, caption_fields: Sequence[str]) -> list[str]:
@@ -657,8 +632,8 @@ PRIORS_DIR = Path(__file__).resolve().parent / "calibration_data" / "priors"
 class Priors:
     """The model priors in `PRIORS_DIR` and in `extra` files, found by model id and version."""
 
-    def __init__(self, extra: Sequence[str | Path] = ()) -> None:
-        self._files = [*sorted(PRIORS_DIR.glob("*.json")), *(Path(p) for p in extra)]
+    def __init__(self, extra: Sequence[str | Path] = (), folder: Path = PRIORS_DIR) -> None:
+        self._files = [*sorted(folder.glob("*.json")), *(Path(p) for p in extra)]
         self._loaded: dict[tuple[str, str], Prior] | None = None
 
     def prior(self, model_id: str, model_version: str) -> Prior | None:

@@ -53,6 +53,11 @@ class SearchQuery:
     # The query's text as searched (masked where the caller may not see personal data): what
     # a reranker reads. Empty for image queries.
     text: str = ""
+    # Second stage: a reranker by name ("" the collection's default, "none" off), the hits it
+    # may reorder (0: its configured bound), and MMR's lambda (None: no diversity stage).
+    rerank: str = ""
+    rerank_candidates: int = 0
+    mmr_lambda: float | None = None
 
     @property
     def needs_vector(self) -> bool:
@@ -74,7 +79,8 @@ class SearchQuery:
             f"SearchQuery({self.collection!r}, mode={self.mode}, limit={self.limit}, offset={self.offset}, "
             f"modalities={[m.value for m in self.modalities]}, conditions={len(self.conditions)}, "
             f"threshold={self.score_threshold}, like_id={self.like_id!r}, kind={self.kind}, "
-            f"min_confidence={self.min_confidence}, exact={self.exact})"
+            f"min_confidence={self.min_confidence}, exact={self.exact}, rerank={self.rerank!r}, "
+            f"mmr_lambda={self.mmr_lambda})"
         )
 
 

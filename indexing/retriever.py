@@ -230,12 +230,16 @@ class Retriever:
         from indexing.rerank import mmr, rerank
 
         if second.reranker is not None and second.config is not None:
+            # The reranker reads what any caller may be shown: personal data is masked first
+            # (a rerank endpoint is another service; it gets no more than the page would).
             texts = [_text_of(h.payload) for h in hits]
+            texts = [self.index.privacy.shown(query.collection, t) if t else t for t in texts]
             done = timer.run("rerank", lambda: rerank(second.reranker, second.text, texts, second.config))
             for h, s in zip(hits, done.scores):
                 h.rerank_score = s
             hits = [hits[i] for i in done.order]
-            notes["rerank"] = done.status
+            status = done.status
+            notes["rerank"] = f"reranked by {second.reranker.identity}" if status == "reranked" else status
         if second.mmr_lambda is not None and hits:
 
             def diversify() -> list[_Hit]:

@@ -300,6 +300,73 @@ class CalibrationSettings(BaseModel):
     prior_files: list[str] = Field(default_factory=list)
 
 
+class RerankerSettings(BaseModel):
+    """One reranker (indexing.rerank): a rerank endpoint or a local cross-encoder."""
+
+    # "http" (a TEI / Infinity / Jina / Cohere-style endpoint) or "cross-encoder" (a local folder).
+    kind: Literal["http", "cross-encoder"]
+    # http: the endpoint with its path, e.g. http://127.0.0.1:7997/v1/rerank.
+    url: str = ""
+    # http: "cohere" (documents -> results[].relevance_score; Infinity, Jina, Cohere) or "tei".
+    api: Literal["cohere", "tei"] = "cohere"
+    # http: the model name sent; cross-encoder: the model folder (transformers or model.onnx).
+    model: str = ""
+    api_key: str = ""
+    api_key_file: str = ""
+    # Hits (from the top, those with text) a call reranks at most; requests may ask fewer.
+    candidates: int = Field(default=50, ge=1, le=500)
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    max_chars: int = Field(default=2000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> RerankerSettings:
+        from services.secrets import read_secret_file
+
+        if self.api_key_file:
+            key = read_secret_file(self.api_key_file, "rerank.rerankers.*.api_key_file")
+            if self.api_key and self.api_key != key:
+                raise ValueError("a reranker's api_key and api_key_file hold different keys; keep one")
+            self.api_key = key
+        return self
+
+    def config(self, candidates: int = 0):
+        """The indexing.rerank config, asking at most `candidates` hits (0: the configured bound)."""
+        from indexing.rerank import RerankConfig
+
+        bound = min(candidates, self.candidates) if candidates > 0 else self.candidates
+        return RerankConfig(
+            kind=self.kind,
+            url=self.url,
+            api=self.api,
+            model=self.model,
+            api_key=self.api_key,
+            candidates=bound,
+            timeout_s=self.timeout_s,
+            max_chars=self.max_chars,
+        )
+
+
+class RerankSettings(BaseModel):
+    """The optional second stage of search: named rerankers, which collection uses which by
+    default (a request names another, or "none"), and the diversity stage's window."""
+
+    rerankers: dict[str, RerankerSettings] = Field(default_factory=dict)
+    # Collection -> reranker name used when a request does not say.
+    collections: dict[str, str] = Field(default_factory=dict)
+    # Hits MMR reorders (SearchOptions.mmr_lambda turns it on per request).
+    mmr_candidates: int = Field(default=50, ge=2, le=500)
+
+    @model_validator(mode="after")
+    def _known_names(self) -> RerankSettings:
+        for collection, name in self.collections.items():
+            if name not in self.rerankers and name != "none":
+                raise ValueError(
+                    f"rerank.collections[{collection!r}] names {name!r}, which is not in rerank.rerankers "
+                    f"({', '.join(sorted(self.rerankers)) or 'none defined'})"
+                )
+        return self
+
+
 # The privacy policy's content key in the data folder when `privacy.content_secret` is unset.
 CONTENT_SECRET_FILE = "privacy-content.key"
 
@@ -400,6 +467,7 @@ class LoupeSettings(RedactedRepr, BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @classmethod

@@ -199,7 +199,18 @@ def _parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["dense", "keyword", "hybrid"],
         default="dense",
-        help="dense: CLIP; keyword: exact words/codes; hybrid: both, rank-fused",
+        help="dense: CLIP; keyword: exact words/codes; hybrid: both, fused by calibrated confidence",
+    )
+    q.add_argument(
+        "--rerank",
+        default=None,
+        metavar="NAME",
+        help="rerank with this configured reranker (settings rerank.rerankers); 'none': off "
+        "(default: the collection's)",
+    )
+    q.add_argument("--rerank-candidates", type=int, default=None, metavar="N", help="rerank at most N hits")
+    q.add_argument(
+        "--mmr", type=float, default=None, metavar="LAMBDA", help="diversify the page (0..1; 1: relevance only)"
     )
     q.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _collection(q)
@@ -271,6 +282,9 @@ def cmd_search(client: LoupeClient, args) -> int:
         "score_threshold": args.min_score,
         "min_confidence": args.min_confidence,
         "collection": args.collection,
+        "rerank": args.rerank,
+        "rerank_candidates": args.rerank_candidates,
+        "mmr_lambda": args.mmr,
     }
     if args.query and not (args.image or args.id):
         opts["mode"] = args.mode
@@ -291,6 +305,7 @@ def cmd_search(client: LoupeClient, args) -> int:
                 "id": h.id,
                 "score": round(h.score, 4),
                 "confidence": None if h.confidence is None else round(h.confidence, 4),
+                "rerank_score": None if h.rerank_score is None else round(h.rerank_score, 4),
                 "no_match": False,
                 "modality": h.item.modality,
                 "sources": h.item.sources,
@@ -326,6 +341,10 @@ def format_hits(result) -> str:
         footer += " (query was cut to the model's context length)"
     if result.calibration:
         footer += f"\nno confidence: {result.calibration}"
+    if result.rerank:
+        footer += f"\nrerank: {result.rerank}"
+    if result.diversity:
+        footer += f"\ndiversity: {result.diversity}"
     return "\n".join(lines + [footer])
 
 

@@ -151,6 +151,8 @@ class Hit:
     score: float
     # Probability (0..1) that the hit is relevant; None where the collection is not calibrated.
     confidence: float | None = None
+    # The reranker's score (its own scale); None where the hit was not reranked.
+    rerank_score: float | None = None
 
     @property
     def id(self) -> str:
@@ -170,6 +172,11 @@ class SearchResult:
     calibrated: bool = False
     # Why the hits carry no confidence (when not calibrated).
     calibration: str = ""
+    # The rerank stage ("reranked by ...", "skipped: ...", "failed: ..."; "" when none ran),
+    # the diversity stage, and milliseconds per retriever stage.
+    rerank: str = ""
+    diversity: str = ""
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.hits)
@@ -409,6 +416,9 @@ def search_options(
     min_confidence: float | None = None,
     exact: bool = False,
     with_thumbnails: bool = False,
+    rerank: str | None = None,
+    rerank_candidates: int | None = None,
+    mmr_lambda: float | None = None,
 ) -> search_pb2.SearchOptions:
     opts = search_pb2.SearchOptions(
         collection=collection,
@@ -425,6 +435,12 @@ def search_options(
         opts.min_confidence = min_confidence
     opts.exact = exact
     opts.with_thumbnails = with_thumbnails
+    if rerank is not None:
+        opts.rerank = rerank
+    if rerank_candidates is not None:
+        opts.rerank_candidates = rerank_candidates
+    if mmr_lambda is not None:
+        opts.mmr_lambda = mmr_lambda
     return opts
 
 
@@ -474,7 +490,12 @@ def _value(v: Any):
 def _result(response: search_pb2.SearchResponse) -> SearchResult:
     return SearchResult(
         hits=[
-            Hit(Item.from_proto(h.item), h.score, h.confidence if h.HasField("confidence") else None)
+            Hit(
+                Item.from_proto(h.item),
+                h.score,
+                h.confidence if h.HasField("confidence") else None,
+                h.rerank_score if h.HasField("rerank_score") else None,
+            )
             for h in response.hits
         ],
         model_id=response.model_id,
@@ -484,4 +505,7 @@ def _result(response: search_pb2.SearchResponse) -> SearchResult:
         no_match=response.no_match,
         calibrated=response.calibrated,
         calibration=response.calibration,
+        rerank=response.rerank,
+        diversity=response.diversity,
+        stage_ms=dict(response.stage_ms),
     )

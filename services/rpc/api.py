@@ -288,7 +288,7 @@ class LoupeApi:
     # -- SearchService ----------------------------------------------------------------------
     async def search_text(self, req: search_pb2.SearchTextRequest) -> search_pb2.SearchResponse:
         text = self._text(req.query, self.limits.max_query_chars, "query")
-        query = self._query(req.options, convert.search_mode(req.options.mode), kind="text")
+        query = replace(self._query(req.options, convert.search_mode(req.options.mode), kind="text"), text=text)
         keywords = None
         if query.needs_keywords:
             # A whole personal value in the query (only a caller with the right can send one:
@@ -337,12 +337,21 @@ class LoupeApi:
         info = await self.info()
         found = await self.index.search(info.schema(), query)
         response = search_pb2.SearchResponse(
-            model_id=info.model_id, calibrated=found.calibrated, calibration=found.uncalibrated
+            model_id=info.model_id,
+            calibrated=found.calibrated,
+            calibration=found.uncalibrated,
+            rerank=found.rerank,
+            diversity=found.diversity,
+            stage_ms={k: round(v * 1000, 3) for k, v in found.stages.items()},
         )
         confidences = found.confidences or [None] * len(found.hits)
-        for (payload, score), confidence in zip(found.hits, confidences):
+        reranked = found.rerank_scores or [None] * len(found.hits)
+        for (payload, score), confidence, rerank_score in zip(found.hits, confidences, reranked):
             response.hits.add(
-                item=convert.item(payload, query.collection, thumbnail=thumbnails), score=score, confidence=confidence
+                item=convert.item(payload, query.collection, thumbnail=thumbnails),
+                score=score,
+                confidence=confidence,
+                rerank_score=rerank_score,
             )
         response.no_match = found.calibrated and query.offset == 0 and not found.hits
         if found.more and query.offset + 2 * query.limit <= self.limits.max_window:
@@ -459,7 +468,19 @@ class LoupeApi:
         floor = o.min_confidence if o.HasField("min_confidence") else self.settings.calibration.min_confidence
         if not 0.0 <= floor <= 1.0:
             raise InvalidInput(f"min_confidence {floor} is outside 0..1", field="options.min_confidence")
+        mmr_lambda = o.mmr_lambda if o.HasField("mmr_lambda") else None
+        if mmr_lambda is not None and not 0.0 <= mmr_lambda <= 1.0:
+            raise InvalidInput(f"mmr_lambda {mmr_lambda} is outside 0..1", field="options.mmr_lambda")
+        if o.HasField("rerank_candidates") and o.rerank_candidates < 1:
+            raise InvalidInput(
+                f"rerank_candidates is {o.rerank_candidates}; it must be at least 1", field="options.rerank_candidates"
+            )
+        if len(o.rerank) > 64:
+            raise InvalidInput("rerank names a reranker: at most 64 characters", field="options.rerank")
         return SearchQuery(
+            rerank=o.rerank,
+            rerank_candidates=o.rerank_candidates,
+            mmr_lambda=mmr_lambda,
             collection=convert.collection_name(o.collection, "options.collection"),
             kind=kind,
             min_confidence=floor,

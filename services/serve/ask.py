@@ -27,14 +27,6 @@ log = logging.getLogger("loupe.ask")
 _NO_PIXELS = Image.new("RGB", (32, 32), (128, 128, 128))
 
 
-def _relevant(question: str, payload: dict, dense_ids: set[str]) -> bool:
-    """A hybrid hit is relevant when its dense similarity clears the floor, or when its text
-    shares a content word with the question (what the keyword side matched on)."""
-    from lmm.guards.answer import content_words
-
-    return payload["id"] in dense_ids or bool(content_words(question) & content_words(payload.get("text") or ""))
-
-
 class AnswerWorker:
     def __init__(self, settings: LoupeSettings, encoder: EncoderFace, index: IndexFace) -> None:
         from lmm.models import VlmOptions, create_vlm
@@ -156,28 +148,23 @@ class AnswerWorker:
 
     async def _retrieve(self, question: str, k: int, filters: SearchQuery) -> list[ContextImage]:
         """Context for the question: indexed images, texts and transcript segments found with the
-        (masked) question in the request's mode, above a relevance floor: the confidence floor
-        on a calibrated collection, else a raw cosine floor (see `_relevant`)."""
+        (masked) question in the request's mode, above a relevance floor, in one call to the
+        index: the confidence floor on a calibrated collection, else a raw cosine floor on the
+        dense side (in hybrid mode a keyword hit shares the question's words and stays)."""
         query = replace(
             filters,
             limit=k,
             offset=0,
             modalities=self.modalities,
-            score_threshold=self.min_score if filters.mode == SearchMode.DENSE.value else None,
+            score_threshold=self.min_score if filters.mode != SearchMode.KEYWORD.value else None,
             min_confidence=self.min_confidence,
+            text=question,
         )
         info = await self._encoder_info()
         vector = (await self.encoder.encode_texts([question])).vectors[0] if query.needs_vector else None
         query = query.with_vectors(vector, query_vector(question) if query.needs_keywords else None)
         found = await self.index.search(info.schema(), query)
-        if found.calibrated:  # every hit reached the collection's confidence floor
-            return [self._context_item(p) for p, _ in found.hits]
-        dense_ids = set()
-        hybrid = query.mode == SearchMode.HYBRID.value
-        if hybrid:  # fused scores are ranks, not similarities: take the floor from a dense search
-            dense_query = replace(query, mode=SearchMode.DENSE.value, keywords=None, score_threshold=self.min_score)
-            dense_ids = {p["id"] for p, _ in (await self.index.search(info.schema(), dense_query)).hits}
-        return [self._context_item(p) for p, _ in found.hits if not hybrid or _relevant(question, p, dense_ids)]
+        return [self._context_item(p) for p, _ in found.hits]
 
     async def _encoder_info(self):
         """The CLIP model's identity: fixed for the app's life, so asked of the Encoder once."""

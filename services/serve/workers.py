@@ -22,6 +22,7 @@ from encoders.whisper.transcribe import TranscriptInfo
 from indexing.calibration import Calibrations, Priors, collect, fit, sample_payloads
 from indexing.ingest import VECTOR_NAME, TextReader, store_recording
 from indexing.query import Found, SearchQuery
+from indexing.rerank import Reranker, make_reranker
 from indexing.retriever import Retriever, SecondStage
 from indexing.store.optimizer import Optimizer
 from indexing.types import CollectionSchema
@@ -238,6 +239,8 @@ class IndexWorker:
         self.calibrations = Calibrations(self.index)
         self.priors = Priors(settings.calibration.prior_files)
         self.retriever = Retriever(self.index, self.calibrations, self.priors)
+        self.settings = settings
+        self._rerankers: dict[str, Reranker] = {}
 
     def ping(self) -> str:
         self.index.collections()
@@ -277,9 +280,28 @@ class IndexWorker:
         self.optimizer.wrote(name, len(segments) + created)
         return public_id, created
 
-    def search(self, schema: CollectionSchema, query: SearchQuery, second: SecondStage = SecondStage()) -> Found:
+    def search(self, schema: CollectionSchema, query: SearchQuery) -> Found:
         """The page of hits for `query`, in this service's model's vector (indexing.retriever)."""
-        return self.retriever.search(schema, query, second)
+        return self.retriever.search(schema, query, self._second_stage(query))
+
+    def _second_stage(self, query: SearchQuery) -> SecondStage:
+        """The reranker the query names (or its collection's default) and MMR, if asked."""
+        r = self.settings.rerank
+        name = query.rerank or r.collections.get(query.collection, "none")
+        if name == "none":
+            return SecondStage(text=query.text, mmr_lambda=query.mmr_lambda, mmr_candidates=r.mmr_candidates)
+        if name not in r.rerankers:
+            known = ", ".join(sorted(r.rerankers)) or "none configured (settings rerank.rerankers)"
+            raise InvalidInput(f"unknown reranker {name!r}; rerankers: {known}", field="options.rerank")
+        if name not in self._rerankers:
+            self._rerankers[name] = make_reranker(r.rerankers[name].config())
+        return SecondStage(
+            reranker=self._rerankers[name],
+            config=r.rerankers[name].config(query.rerank_candidates),
+            text=query.text,
+            mmr_lambda=query.mmr_lambda,
+            mmr_candidates=r.mmr_candidates,
+        )
 
     def calibration_pool(self, name: str, limit: int) -> list[dict]:
         """Payloads of up to `limit` items spread over the collection: what calibration probes

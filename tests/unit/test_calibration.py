@@ -5,14 +5,16 @@ get no_match, in every mode; the fit survives a restart and is refused for anoth
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from encoders.common.errors import InvalidInput, NotFound
 from encoders.common.metrics import recall_at_k
-from indexing.calibration import INFO_KEY, Calibration, Example, Logistic, fit_logistic, weights
+from indexing.calibration import INFO_KEY, Calibration, Example, Logistic, Priors, fit_logistic, weights
 from indexing.negatives import out_of_domain_images, out_of_domain_texts
 from indexing.query import SearchQuery
 from services.client.sdk import TextInput
@@ -161,7 +163,7 @@ def test_ask_retrieves_only_what_passes_the_floor(world, encoder):
     assert found and {c.id for c in found} & {f"img-{i}", f"cap-{i}"}
 
 
-def test_calibrate_errors(world):
+def test_calibrate_errors(world, tmp_path):
     client = world["client"]
     with pytest.raises(InvalidInput) as info:
         client.calibrate(collection=COLLECTION, sample_items=5)
@@ -178,16 +180,25 @@ def test_calibrate_errors(world):
         client.calibrate(collection=COLLECTION, cases=[("a red star", ["img-1"]), (b"not an image", ["img-2"])])
     assert info.value.field == "cases[1].image" and "cases[1].image:" in info.value.reason
     client.index_texts([TextInput("just one note")], collection="tiny")
-    with pytest.raises(InvalidInput) as info:
-        client.calibrate(collection="tiny")
+    # One text gives no positives of its own; the model prior lends them.
+    fit = client.calibrate(collection="tiny")
+    assert "model prior" in json.loads(fit.report_json)["evidence"]["text/dense/text"]["positives"]
+    # Without a prior for the model there is nothing to fit.
+    worker = client.index
+    kept, worker.priors = worker.priors, Priors(folder=Path(tmp_path))
+    try:
+        client.index_texts([TextInput("another lone note")], collection="tiny2")
+        with pytest.raises(InvalidInput) as info:
+            client.calibrate(collection="tiny2")
+    finally:
+        worker.priors = kept
     assert "too few examples" in info.value.reason
-    assert client.search_text("note", collection="tiny").calibrated is False  # nothing stored
+    assert client.search_text("note", collection="tiny2").calibrated is False  # nothing stored
 
 
 def test_labelled_cases_join_the_probes(world):
     caption = captions()[4][1]
     fit = world["client"].calibrate(collection=COLLECTION, cases=[(caption, ["img-4"]), ("a spreadsheet of sales", [])])
-    import json
 
     probes = json.loads(fit.report_json)["probes"]
     assert probes["text case"] == 1 and probes["text case (negative)"] == 1

@@ -26,25 +26,29 @@ _sym_db = _symbol_database.Default()
 from protos.loupe.v1 import common_pb2 as loupe_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15loupe/v1/search.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\"\xc9\x02\n\rSearchOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12&\n\nmodalities\x18\x04 \x03(\x0e\x32\x12.loupe.v1.Modality\x12 \n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x10.loupe.v1.Filter\x12\x1c\n\x0fscore_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\"\n\x04mode\x18\x07 \x01(\x0e\x32\x14.loupe.v1.SearchMode\x12\x17\n\x0fwith_thumbnails\x18\x08 \x01(\x08\x12\x1b\n\x0emin_confidence\x18\t \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05\x65xact\x18\n \x01(\x08\x42\x08\n\x06_limitB\x12\n\x10_score_thresholdB\x11\n\x0f_min_confidence\"L\n\x11SearchTextRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.loupe.v1.SearchOptions\"f\n\x12SearchImageRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.loupe.v1.SearchOptionsB\x07\n\x05query\"Z\n\x03Hit\x12\x1c\n\x04item\x18\x01 \x01(\x0b\x32\x0e.loupe.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x17\n\nconfidence\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\r\n\x0b_confidence\"\xbc\x01\n\x0eSearchResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.loupe.v1.Hit\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x05\x12\x17\n\x0fquery_truncated\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08no_match\x18\x06 \x01(\x08\x12\x12\n\ncalibrated\x18\x07 \x01(\x08\x12\x13\n\x0b\x63\x61libration\x18\x08 \x01(\t*T\n\nSearchMode\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x00\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x01\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x02\x32\x9b\x01\n\rSearchService\x12\x43\n\nSearchText\x12\x1b.loupe.v1.SearchTextRequest\x1a\x18.loupe.v1.SearchResponse\x12\x45\n\x0bSearchImage\x12\x1c.loupe.v1.SearchImageRequest\x1a\x18.loupe.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15loupe/v1/search.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\"\xc7\x03\n\rSearchOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12&\n\nmodalities\x18\x04 \x03(\x0e\x32\x12.loupe.v1.Modality\x12 \n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x10.loupe.v1.Filter\x12\x1c\n\x0fscore_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\"\n\x04mode\x18\x07 \x01(\x0e\x32\x14.loupe.v1.SearchMode\x12\x17\n\x0fwith_thumbnails\x18\x08 \x01(\x08\x12\x1b\n\x0emin_confidence\x18\t \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05\x65xact\x18\n \x01(\x08\x12\x13\n\x06rerank\x18\x0b \x01(\tH\x03\x88\x01\x01\x12\x1e\n\x11rerank_candidates\x18\x0c \x01(\x05H\x04\x88\x01\x01\x12\x17\n\nmmr_lambda\x18\r \x01(\x02H\x05\x88\x01\x01\x42\x08\n\x06_limitB\x12\n\x10_score_thresholdB\x11\n\x0f_min_confidenceB\t\n\x07_rerankB\x14\n\x12_rerank_candidatesB\r\n\x0b_mmr_lambda\"L\n\x11SearchTextRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.loupe.v1.SearchOptions\"f\n\x12SearchImageRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.loupe.v1.SearchOptionsB\x07\n\x05query\"\x86\x01\n\x03Hit\x12\x1c\n\x04item\x18\x01 \x01(\x0b\x32\x0e.loupe.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x17\n\nconfidence\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x19\n\x0crerank_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\r\n\x0b_confidenceB\x0f\n\r_rerank_score\"\xc8\x02\n\x0eSearchResponse\x12\x1b\n\x04hits\x18\x01 \x03(\x0b\x32\r.loupe.v1.Hit\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x05\x12\x17\n\x0fquery_truncated\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08no_match\x18\x06 \x01(\x08\x12\x12\n\ncalibrated\x18\x07 \x01(\x08\x12\x13\n\x0b\x63\x61libration\x18\x08 \x01(\t\x12\x0e\n\x06rerank\x18\t \x01(\t\x12\x11\n\tdiversity\x18\n \x01(\t\x12\x37\n\x08stage_ms\x18\x0b \x03(\x0b\x32%.loupe.v1.SearchResponse.StageMsEntry\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01*T\n\nSearchMode\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x00\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x01\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x02\x32\x9b\x01\n\rSearchService\x12\x43\n\nSearchText\x12\x1b.loupe.v1.SearchTextRequest\x1a\x18.loupe.v1.SearchResponse\x12\x45\n\x0bSearchImage\x12\x1c.loupe.v1.SearchImageRequest\x1a\x18.loupe.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.loupe.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHMODE']._serialized_start=855
-  _globals['_SEARCHMODE']._serialized_end=939
+  _globals['_SEARCHRESPONSE_STAGEMSENTRY']._loaded_options = None
+  _globals['_SEARCHRESPONSE_STAGEMSENTRY']._serialized_options = b'8\001'
+  _globals['_SEARCHMODE']._serialized_start=1166
+  _globals['_SEARCHMODE']._serialized_end=1250
   _globals['_SEARCHOPTIONS']._serialized_start=59
-  _globals['_SEARCHOPTIONS']._serialized_end=388
-  _globals['_SEARCHTEXTREQUEST']._serialized_start=390
-  _globals['_SEARCHTEXTREQUEST']._serialized_end=466
-  _globals['_SEARCHIMAGEREQUEST']._serialized_start=468
-  _globals['_SEARCHIMAGEREQUEST']._serialized_end=570
-  _globals['_HIT']._serialized_start=572
-  _globals['_HIT']._serialized_end=662
-  _globals['_SEARCHRESPONSE']._serialized_start=665
-  _globals['_SEARCHRESPONSE']._serialized_end=853
-  _globals['_SEARCHSERVICE']._serialized_start=942
-  _globals['_SEARCHSERVICE']._serialized_end=1097
+  _globals['_SEARCHOPTIONS']._serialized_end=514
+  _globals['_SEARCHTEXTREQUEST']._serialized_start=516
+  _globals['_SEARCHTEXTREQUEST']._serialized_end=592
+  _globals['_SEARCHIMAGEREQUEST']._serialized_start=594
+  _globals['_SEARCHIMAGEREQUEST']._serialized_end=696
+  _globals['_HIT']._serialized_start=699
+  _globals['_HIT']._serialized_end=833
+  _globals['_SEARCHRESPONSE']._serialized_start=836
+  _globals['_SEARCHRESPONSE']._serialized_end=1164
+  _globals['_SEARCHRESPONSE_STAGEMSENTRY']._serialized_start=1118
+  _globals['_SEARCHRESPONSE_STAGEMSENTRY']._serialized_end=1164
+  _globals['_SEARCHSERVICE']._serialized_start=1253
+  _globals['_SEARCHSERVICE']._serialized_end=1408
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ SEARCH_MODE_KEYWORD: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
 
 class SearchOptions(_message.Message):
-    __slots__ = ("collection", "limit", "offset", "modalities", "filter", "score_threshold", "mode", "with_thumbnails", "min_confidence", "exact")
+    __slots__ = ("collection", "limit", "offset", "modalities", "filter", "score_threshold", "mode", "with_thumbnails", "min_confidence", "exact", "rerank", "rerank_candidates", "mmr_lambda")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,9 @@ class SearchOptions(_message.Message):
     WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    RERANK_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MMR_LAMBDA_FIELD_NUMBER: _ClassVar[int]
     collection: str
     limit: int
     offset: int
@@ -40,7 +43,10 @@ class SearchOptions(_message.Message):
     with_thumbnails: bool
     min_confidence: float
     exact: bool
-    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., with_thumbnails: _Optional[bool] = ..., min_confidence: _Optional[float] = ..., exact: _Optional[bool] = ...) -> None: ...
+    rerank: str
+    rerank_candidates: int
+    mmr_lambda: float
+    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., with_thumbnails: _Optional[bool] = ..., min_confidence: _Optional[float] = ..., exact: _Optional[bool] = ..., rerank: _Optional[str] = ..., rerank_candidates: _Optional[int] = ..., mmr_lambda: _Optional[float] = ...) -> None: ...
 
 class SearchTextRequest(_message.Message):
     __slots__ = ("query", "options")
@@ -61,17 +67,26 @@ class SearchImageRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., id: _Optional[str] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("item", "score", "confidence")
+    __slots__ = ("item", "score", "confidence", "rerank_score")
     ITEM_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     item: _common_pb2.Item
     score: float
     confidence: float
-    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
+    rerank_score: float
+    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., rerank_score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "model_id", "next_offset", "query_truncated", "request_id", "no_match", "calibrated", "calibration")
+    __slots__ = ("hits", "model_id", "next_offset", "query_truncated", "request_id", "no_match", "calibrated", "calibration", "rerank", "diversity", "stage_ms")
+    class StageMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     HITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +95,9 @@ class SearchResponse(_message.Message):
     NO_MATCH_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     model_id: str
     next_offset: int
@@ -88,4 +106,7 @@ class SearchResponse(_message.Message):
     no_match: bool
     calibrated: bool
     calibration: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_id: _Optional[str] = ..., next_offset: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., request_id: _Optional[str] = ..., no_match: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[str] = ...) -> None: ...
+    rerank: str
+    diversity: str
+    stage_ms: _containers.ScalarMap[str, float]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_id: _Optional[str] = ..., next_offset: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., request_id: _Optional[str] = ..., no_match: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., calibration: _Optional[str] = ..., rerank: _Optional[str] = ..., diversity: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...

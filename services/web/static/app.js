@@ -176,6 +176,9 @@ function searchOptions() {
   const where = $("where").value.trim();
   if (where) options.filter = parseWhere(where);
   if (state.showAll) options.min_confidence = 0;  // "show the nearest anyway" after a no match
+  const rerank = $("rerank").value.trim();
+  if (rerank) options.rerank = rerank;
+  if ($("diverse").checked) options.mmr_lambda = 0.7;
   return options;
 }
 
@@ -214,8 +217,9 @@ function renderHits(result) {
       card.append(el("img", { src: `data:image/jpeg;base64,${item.thumbnail}`, alt: item.sources[0] || item.id }));
     }
     const confidence = hit.confidence === undefined ? "" : ` · ${Math.round(hit.confidence * 100)}% likely relevant`;
+    const reranked = hit.rerank_score === undefined ? "" : ` · rerank ${hit.rerank_score.toFixed(3)}`;
     card.append(el("div", { class: "meta" }, el("span", { class: "score", text: hit.score.toFixed(4) }),
-      confidence, ` · ${modality} · `, el("span", { class: "source", text: item.sources.join(", ") || item.id })));
+      confidence, reranked, ` · ${modality} · `, el("span", { class: "source", text: item.sources.join(", ") || item.id })));
     if (modality === "audio_segment") {
       card.append(el("div", { class: "meta", text: `${clock(item.start_s)}–${clock(item.end_s)} of ${item.parent_id}` }));
     }
@@ -242,6 +246,8 @@ function renderHits(result) {
     line.textContent = result.hits.length
       ? `${result.hits.length} result(s)${state.offset ? ` from ${state.offset + 1}` : ""}, model ${result.model_id}`
       : "No results. Try other words, another mode, or fewer filters.";
+    const stages = [result.rerank && `rerank: ${result.rerank}`, result.diversity && `diversity: ${result.diversity}`];
+    if (stages.some(Boolean)) line.textContent += ` (${stages.filter(Boolean).join("; ")})`;
   }
   $("pager").hidden = !(result.next_offset || state.offset);
   $("prev").disabled = !state.offset;
