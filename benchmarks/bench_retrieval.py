@@ -289,7 +289,7 @@ def main() -> None:
     )
     report: dict = {
         "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "args": vars(args),
     }
     with tempfile.TemporaryDirectory() as tmp, ScriptedRerankServer() as server:
