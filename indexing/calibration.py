@@ -121,6 +121,26 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, side: str, w: np.ndarray | None =
 
 
 @dataclass(frozen=True)
+class Joint:
+    """Hybrid fusion's map for one (kind, modality): both rankers' evidence at once,
+
+        log-odds = a_dense * cosine + a_keyword * log(1 + BM25) + b
+
+    fitted on pairs scored by both, so it learns how far to trust each ranker on this
+    collection (keywords for screenshots' codes, the picture for uncaptioned photos, both for
+    captions). Coefficients are >= 0: more evidence never lowers a hit."""
+
+    a_dense: float
+    a_keyword: float
+    b: float
+    positives: int
+    negatives: int
+
+    def log_odds(self, dense: float, keyword: float) -> float:
+        return self.a_dense * dense + self.a_keyword * feature(SIDES[1], keyword) + self.b
+
+
+@dataclass(frozen=True)
 class Calibration:
     model_id: str
     model_version: str
@@ -128,9 +148,16 @@ class Calibration:
     fitted_at: str = ""
     items: int = 0
     report: dict[str, Any] = field(default_factory=dict)
+    # "<kind>/hybrid/<modality>" (and "<kind>/hybrid/*") -> the joint map hybrid fusion uses.
+    joint: dict[str, Joint] = field(default_factory=dict)
 
     def map_for(self, kind: str, side: str, modality: str) -> Logistic | None:
         return self.maps.get(f"{kind}/{side}/{modality}") or self.maps.get(f"{kind}/{side}/*")
+
+    def joint_for(self, kind: str, modality: str) -> Joint | None:
+        """The modality's own joint map only: how much keywords say differs too much between
+        modalities (a caption text, a screenshot's OCR, a photo with none) to pool."""
+        return self.joint.get(f"{kind}/{SearchMode.HYBRID.value}/{modality}")
 
     def with_fallback(self, prior: Calibration | None) -> Calibration:
         """These maps, and the prior's for the keys this calibration has none of (a collection
@@ -138,7 +165,13 @@ class Calibration:
         if prior is None:
             return self
         return Calibration(
-            self.model_id, self.model_version, {**prior.maps, **self.maps}, self.fitted_at, self.items, self.report
+            self.model_id,
+            self.model_version,
+            {**prior.maps, **self.maps},
+            self.fitted_at,
+            self.items,
+            self.report,
+            self.joint,
         )
 
     def covers(self, kind: str, mode: str) -> bool:
@@ -184,6 +217,7 @@ class Calibration:
             "fitted_at": self.fitted_at,
             "items": self.items,
             "maps": {k: asdict(v) for k, v in self.maps.items()},
+            "joint": {k: asdict(v) for k, v in self.joint.items()},
             "report": self.report,
         }
 
@@ -196,6 +230,7 @@ class Calibration:
             fitted_at=raw.get("fitted_at", ""),
             items=int(raw.get("items", 0)),
             report=raw.get("report", {}),
+            joint={k: Joint(**v) for k, v in raw.get("joint", {}).items()},
         )
 
 
@@ -328,9 +363,22 @@ class Example:
     hard: bool = False
 
 
+@dataclass(frozen=True)
+class JointExample:
+    """One (probe, item) pair scored by both rankers: what hybrid fusion's map learns from."""
+
+    key: str  # kind/hybrid/modality
+    dense: float
+    keyword: float  # BM25; 0 where no word is shared
+    label: int
+    probe: int
+    hard: bool = False
+
+
 @dataclass
 class Evidence:
     examples: list[Example] = field(default_factory=list)
+    joint: list[JointExample] = field(default_factory=list)
     # probe -> side -> [(modality, score)] of its top hits (for the no-match rates).
     tops: dict[int, dict[str, list[tuple[str, float]]]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -345,6 +393,7 @@ def collect(
     has_keywords = bool(index.schema(name).keyword_vector)
     ev = Evidence()
     for i, probe in enumerate(probes):
+        involved: dict[str, tuple[str, bool]] = {}  # item -> (modality, a near miss)
         for side in probe.sides:
             if side == SearchMode.DENSE.value and probe.vector is None:
                 continue
@@ -365,21 +414,70 @@ def collect(
             top = run(TOP)
             ev.tops[i][side] = [(p.get("modality", "image"), s) for p, s in top]
             if not probe.relevant:
-                ev.examples += [_example(probe, side, p, s, 0, i, hard=True) for p, s in top[:NEGATIVE_HITS]]
+                found = [_example(probe, side, p, s, 0, i, hard=True) for p, s in top[:NEGATIVE_HITS]]
+                involved.update((p["id"], (_modality(p), True)) for p, _ in top[:NEGATIVE_HITS])
+                ev.examples += found
                 continue
-            ev.examples += [
-                _example(probe, side, p, s, 1, i) for p, s in run(len(probe.relevant), _ids(probe.relevant))
-            ]
+            positives = run(len(probe.relevant), _ids(probe.relevant))
+            ev.examples += [_example(probe, side, p, s, 1, i) for p, s in positives]
             # The best hits that are not relevant: near misses (a caption sharing most words,
             # a similar picture) are what a floor must keep out, not random pairs.
             misses = [(p, s) for p, s in top if p["id"] not in probe.relevant][:NEGATIVE_HITS]
             ev.examples += [_example(probe, side, p, s, 0, i, hard=True) for p, s in misses]
+            involved.update((p["id"], (_modality(p), False)) for p, _ in positives)
+            involved.update((p["id"], (_modality(p), True)) for p, _ in misses)
             others = [p for p in pool if p["id"] not in probe.relevant]
             picked = rng.sample(others, min(SHUFFLED, len(others)))
             if picked:
                 hits = run(len(picked), _ids([p["id"] for p in picked]))
                 ev.examples += [_example(probe, side, p, s, 0, i) for p, s in hits]
+                involved.update((p["id"], (_modality(p), False)) for p, _ in hits if p["id"] not in involved)
+        # Every probe with both vectors, OCR text probes too (asked of the keyword side only,
+        # they are what teaches hybrid fusion that a screenshot's words outweigh its picture).
+        if probe.vector is not None and probe.keywords and has_keywords:
+            ev.joint += _joint_examples(index, name, vector_name, probe, i, involved)
     return ev
+
+
+def _joint_examples(
+    index: Index, name: str, vector_name: str, probe: Probe, i: int, involved: dict[str, tuple[str, bool]]
+) -> list[JointExample]:
+    """Both rankers' scores of every item a probe's examples hold (an item the keyword side
+    does not match scores 0 there)."""
+    if not involved:
+        return []
+    scores: dict[str, dict[str, float]] = {}
+    for side in SIDES:
+        found = index.search(
+            name,
+            probe.vector,
+            limit=len(involved),
+            filter=_ids(list(involved)),
+            mode=side,
+            keyword_query=probe.keywords,
+            vector_name=vector_name,
+        )
+        scores[side] = {p["id"]: s for p, s in found}
+    out = []
+    for item, (modality, hard) in involved.items():
+        if item not in scores[SIDES[0]]:
+            continue
+        label = int(item in probe.relevant)
+        out.append(
+            JointExample(
+                f"{probe.kind}/{SearchMode.HYBRID.value}/{modality}",
+                scores[SIDES[0]][item],
+                scores[SIDES[1]].get(item, 0.0),
+                label,
+                i,
+                hard and not label,
+            )
+        )
+    return out
+
+
+def _modality(payload: dict) -> str:
+    return payload.get("modality", "image")
 
 
 def _ids(ids: Sequence[str]) -> Filter:
@@ -455,9 +553,61 @@ def fit(
         },
     }
     maps = fit_maps(evidence.examples)
+    joint = fit_joint(evidence.joint)
     report["thresholds"] = {k: m.score_at(floor) for k, m in maps.items()}
+    report["joint"] = {k: {"dense": round(j.a_dense, 3), "keyword": round(j.a_keyword, 3)} for k, j in joint.items()}
     at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return Calibration(schema.model_id, schema.model_version, maps, at, items, report)
+    return Calibration(schema.model_id, schema.model_version, maps, at, items, report, joint)
+
+
+def fit_joint(examples: Sequence[JointExample]) -> dict[str, Joint]:
+    """A joint map per key with enough of both classes, and a pooled one per kind. A feature
+    whose coefficient comes out negative is dropped and the rest refitted (on this data it
+    only separates by accident)."""
+    by_key: dict[str, list[JointExample]] = defaultdict(list)
+    for e in examples:
+        kind, hybrid, _ = e.key.split("/")
+        by_key[e.key].append(e)
+        by_key[f"{kind}/{hybrid}/*"].append(e)
+    out = {}
+    for key, rows in sorted(by_key.items()):
+        pos = sum(r.label for r in rows)
+        if pos < MIN_EXAMPLES or len(rows) - pos < MIN_EXAMPLES:
+            continue
+        X = np.array([[r.dense, feature(SIDES[1], r.keyword)] for r in rows])
+        y = np.array([r.label for r in rows], dtype=np.float64)
+        w = weights(rows)
+        use = [0, 1]
+        while use:
+            coef, b = _fit_linear(X[:, use], y, w)
+            if (coef > 0).all():
+                break
+            use = [u for u, c in zip(use, coef) if c > 0]
+        if not use:
+            continue
+        a = dict(zip(use, coef))
+        out[key] = Joint(float(a.get(0, 0.0)), float(a.get(1, 0.0)), float(b), pos, len(rows) - pos)
+    return out
+
+
+def _fit_linear(X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, float]:
+    """Weighted logistic regression on the columns of X (Newton, standardised)."""
+    w = w / w.sum()
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd[sd == 0] = 1.0
+    Z = np.hstack([(X - mu) / sd, np.ones((len(X), 1))])
+    theta = np.zeros(Z.shape[1])
+    ridge = np.diag([l2] * (Z.shape[1] - 1) + [1e-9])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(Z @ theta, -60, 60)))
+        grad = Z.T @ (w * (p - y)) + ridge @ theta
+        hess = (Z * (w * p * (1 - p))[:, None]).T @ Z + ridge
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    coef = theta[:-1] / sd
+    return coef, float(theta[-1] - coef @ mu)
 
 
 def with_prior(evidence: Evidence, prior: Prior | None) -> tuple[Evidence, dict[str, dict[str, str]]]:
@@ -483,7 +633,7 @@ def with_prior(evidence: Evidence, prior: Prior | None) -> tuple[Evidence, dict[
             }
     if not added:
         return evidence, sources
-    return Evidence(evidence.examples + added, evidence.tops), sources
+    return Evidence(examples=evidence.examples + added, joint=evidence.joint, tops=evidence.tops), sources
 
 
 def _negatives(examples: Sequence[Example]) -> int:

@@ -392,6 +392,43 @@ class RetrievalReport:
         baseline compares."""
         return {k: v for k, v in self.groups().items() if k in MODES or _is_modality_group(k)}
 
+    def fusion(self, metrics: Sequence[str] = ("recall@10", "ndcg@10")) -> dict[str, dict[str, dict[str, float]]]:
+        """Hybrid against its parts on the same cases (those run in all three modes): per result
+        modality ("all" for the whole ranking), mode -> metric -> mean."""
+        by_case: dict[str, dict[str, Observation]] = defaultdict(dict)
+        for o in self.observations:
+            if not o.error and o.in_domain:
+                by_case[o.case][o.mode] = o
+        shared = [modes for modes in by_case.values() if set(MODES) <= set(modes)]
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        groups = {"all"} | {m for modes in shared for m in modes["hybrid"].by_modality}
+        for group in sorted(groups):
+            rows = {}
+            for mode in MODES:
+                values = [
+                    modes[mode].metrics if group == "all" else modes[mode].by_modality.get(group)
+                    for modes in shared
+                    if group == "all" or group in modes["hybrid"].by_modality
+                ]
+                values = [v for v in values if v is not None]
+                if values:
+                    rows[mode] = {m: round(statistics.fmean(v[m] for v in values), 4) for m in metrics}
+                    rows[mode]["cases"] = len(values)
+            out[group] = rows
+        return out
+
+    def fusion_gaps(self, tolerance: float = 0.02) -> list[str]:
+        """Where hybrid falls more than `tolerance` under the better of dense and keyword."""
+        gaps = []
+        for group, rows in self.fusion().items():
+            if len(rows) < len(MODES):
+                continue
+            for metric in ("recall@10", "ndcg@10"):
+                best = max(rows["dense"][metric], rows["keyword"][metric])
+                if rows["hybrid"][metric] < best - tolerance:
+                    gaps.append(f"{group} {metric}: hybrid {rows['hybrid'][metric]:.3f} < {best:.3f} - {tolerance}")
+        return gaps
+
     def errors(self) -> list[str]:
         return [f"{o.case} ({o.mode}): {o.error}" for o in self.observations if o.error]
 

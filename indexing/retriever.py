@@ -11,12 +11,14 @@
 Fusion needs a common currency. Reciprocal-rank fusion (what the store offers) rewards items
 both rankers found, so on a catalog mixing pictures and texts the texts bury the pictures:
 recall@10 0.57 against dense 0.98 on the shapes eval. Calibrated confidence is that currency:
-a cosine of 0.8 text-to-text and 0.3 text-to-image, and a BM25 of 12, each become a probability
-of relevance fitted for this collection (`indexing.calibration`). Hits are ranked by the
-larger log-odds (unsaturated, so near-certain hits still order), so a hybrid ranking keeps
-every item either ranker was sure of. A collection not calibrated yet is ranked with its
-model's prior maps (`indexing.calibration.Prior`); with neither, by reciprocal rank, and the
-response says so.
+a cosine of 0.8 text-to-text and 0.3 text-to-image, and a BM25 of 12, each become log-odds of
+relevance fitted for this collection (`indexing.calibration`). Each candidate is scored by
+both rankers (the one that did not find it is asked for its score) and ranked by the
+collection's joint map for its modality, `a * cosine + c * log(1 + BM25) + b`, which learned
+how far to trust each ranker here; where no joint map was fitted, by the larger of the two
+single-ranker log-odds. Log-odds, not probabilities, so near-certain hits still order. A
+collection not calibrated yet is ranked with its model's prior (`indexing.calibration.Prior`);
+with neither, by reciprocal rank.
 
 Stage timings land in `Found.stages` (seconds) for spans and metrics at the service.
 """
@@ -204,7 +206,11 @@ class Retriever:
                 d, k = dense.get(i), keyword.get(i)
                 if query.score_threshold is not None and (d is None or d < query.score_threshold) and not k:
                     continue
-                z = max(_log_odds(maps, query.kind, DENSE, p, d), _log_odds(maps, query.kind, KEYWORD, p, k))
+                joint = maps.joint_for(query.kind, _modality(p))
+                if joint is not None and d is not None:
+                    z = joint.log_odds(d, k or 0.0)
+                else:
+                    z = max(_log_odds(maps, query.kind, DENSE, p, d), _log_odds(maps, query.kind, KEYWORD, p, k))
                 conf = _sigmoid(z)
                 ranked.append((-z, str(i), _Hit(p, conf, conf if calibrated else None)))
             # By log-odds, not the rounded probability: near-certain hits still order.
@@ -232,9 +238,16 @@ class Retriever:
         if second.reranker is not None and second.config is not None:
             # The reranker reads what any caller may be shown: personal data is masked first
             # (a rerank endpoint is another service; it gets no more than the page would).
-            texts = [_text_of(h.payload) for h in hits]
-            texts = [self.index.privacy.shown(query.collection, t) if t else t for t in texts]
-            done = timer.run("rerank", lambda: rerank(second.reranker, second.text, texts, second.config))
+            def reranked():
+                texts: list[str | None] = [None] * len(hits)
+                sent = 0
+                for i, h in enumerate(hits):  # only the hits that will be sent are masked
+                    text = _text_of(h.payload)
+                    if text and sent < second.config.candidates:
+                        texts[i], sent = self.index.privacy.shown(query.collection, text), sent + 1
+                return rerank(second.reranker, second.text, texts, second.config)
+
+            done = timer.run("rerank", reranked)
             for h, s in zip(hits, done.scores):
                 h.rerank_score = s
             hits = [hits[i] for i in done.order]

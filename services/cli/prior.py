@@ -98,6 +98,8 @@ async def _make(api: LoupeApi, worker: IndexWorker, pairs: list[tuple[bytes, str
     for e in evidence.examples:
         if e.label:
             positives[e.key].append(e.score)
+    # No joint (hybrid) maps: how much a collection's keywords say depends on what text it
+    # holds (none on uncaptioned photos, most of it on screenshots); its own fit learns that.
     return Prior(schema.model_id, schema.model_version, source, dict(positives), fit_maps(evidence.examples))
 
 

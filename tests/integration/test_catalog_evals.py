@@ -45,3 +45,11 @@ def test_figures_are_no_worse_than_the_baseline(evaluated):
     eval_set, _, figures = evaluated
     baseline = json.loads(eval_set.baseline.read_text())["figures"]
     assert not regressions(figures, baseline, TOLERANCE), eval_set.name
+
+
+def test_hybrid_never_loses_to_its_parts(evaluated):
+    """On the same cases, overall and per result modality: hybrid recall@10 and nDCG@10 are at
+    least the better of dense and keyword minus 0.02."""
+    eval_set, report, _ = evaluated
+    print(json.dumps(report.fusion(), indent=1))
+    assert not report.fusion_gaps(TOLERANCE), eval_set.name

@@ -20,6 +20,8 @@ from services.serve.workers import EncoderWorker
 from tests.fixtures import shapes_eval
 from tests.fixtures.inprocess import ApiClient
 
+pytestmark = pytest.mark.slow  # trains or loads models: ~30 s
+
 COLLECTION = "camera-roll"
 SEED = 8080
 N = 80
