@@ -16,10 +16,10 @@ from services.client.sdk import ImageInput, TextInput
 from services.config import load_settings
 from services.serve.workers import EncoderWorker
 from tests.fixtures.inprocess import ApiClient
-
-pytestmark = pytest.mark.slow  # trains or loads models: ~30 s
 from tests.fixtures.rerank_server import ScriptedRerankServer
 from tests.fixtures.tiny_cross_encoder import build_tiny_cross_encoder
+
+pytestmark = pytest.mark.slow  # trains or loads models: ~30 s
 
 DOCS = "docs"
 PICS = "pics"
