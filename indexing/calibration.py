@@ -249,6 +249,8 @@ class ProbeSpec:
     # The request field it came from ("cases[3].image"): an unreadable one is refused there.
     # Empty for the probes Loupe makes (an unreadable thumbnail is skipped).
     field: str = ""
+    # Items judged not relevant to it (feedback's down-voted hits).
+    not_relevant: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ class Probe:
     # "out-of-domain"): reported.
     origin: str = ""
     sides: tuple[str, ...] = SIDES
+    not_relevant: tuple[str, ...] = ()
 
 
 def sample_payloads(index: Index, name: str, limit: int) -> list[dict]:
@@ -413,6 +416,10 @@ def collect(
 
             top = run(TOP)
             ev.tops[i][side] = [(p.get("modality", "image"), s) for p, s in top]
+            if probe.not_relevant:  # shown for this query and turned down by a person
+                rejected = run(len(probe.not_relevant), _ids(probe.not_relevant))
+                ev.examples += [_example(probe, side, p, s, 0, i, hard=True) for p, s in rejected]
+                involved.update((p["id"], (_modality(p), True)) for p, _ in rejected)
             if not probe.relevant:
                 found = [_example(probe, side, p, s, 0, i, hard=True) for p, s in top[:NEGATIVE_HITS]]
                 involved.update((p["id"], (_modality(p), True)) for p, _ in top[:NEGATIVE_HITS])

@@ -44,6 +44,10 @@ from indexing.types import Modality
 K = 10
 KS = (1, 5, 10)
 MODES = ("dense", "keyword", "hybrid")
+# What a report's rows are: the first-stage rankers, their fusion, and the fused ranking after
+# the second stage (`loupe eval retrieval --rerank NAME [--mmr L]`).
+RERANKED = "reranked"
+STAGES = (*MODES, RERANKED)
 METRICS = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
 MODALITIES = tuple(m.value for m in Modality)
 
@@ -357,7 +361,7 @@ class RetrievalReport:
                 buckets[name].append((o.metrics, o))
             for modality, metrics in o.by_modality.items():
                 buckets[f"{o.mode}/{modality}"].append((metrics, o))
-        order = {m: i for i, m in enumerate(MODES)}
+        order = {m: i for i, m in enumerate(STAGES)}
         out = {}
         for name in sorted(buckets, key=lambda n: (order.get(_mode_of(n), 9), n)):
             rows = buckets[name]
@@ -390,7 +394,7 @@ class RetrievalReport:
     def summary(self) -> dict[str, dict[str, Any]]:
         """The per-mode rows and the per-mode, per-result-modality ones ("hybrid/image"): what a
         baseline compares."""
-        return {k: v for k, v in self.groups().items() if k in MODES or _is_modality_group(k)}
+        return {k: v for k, v in self.groups().items() if k in STAGES or _is_modality_group(k)}
 
     def fusion(self, metrics: Sequence[str] = ("recall@10", "ndcg@10")) -> dict[str, dict[str, dict[str, float]]]:
         """Hybrid against its parts on the same cases (those run in all three modes): per result
@@ -448,7 +452,7 @@ def _mode_of(group: str) -> str:
 
 def _is_modality_group(group: str) -> bool:
     mode, _, modality = group.partition("/")
-    return mode in MODES and modality in MODALITIES
+    return mode in STAGES and modality in MODALITIES
 
 
 def _p95(ordered: Sequence[float]) -> float:

@@ -43,6 +43,12 @@ def add_arguments(e: argparse.ArgumentParser, c: argparse.ArgumentParser, collec
     )
     e.add_argument("--min-confidence", type=float, default=0.5, help="retrieval: the floor for the no-match figures")
     e.add_argument("--no-exact", action="store_true", help="retrieval: skip the exact-search comparison")
+    e.add_argument(
+        "--rerank",
+        metavar="NAME",
+        help="retrieval: also run text cases through this reranker after hybrid fusion (a 'reranked' row)",
+    )
+    e.add_argument("--mmr", type=float, metavar="LAMBDA", help="retrieval: with --rerank, diversify too")
     e.add_argument("--baseline", type=Path, help="exit 1 if a metric is worse than in this file by > --tolerance")
     e.add_argument("--tolerance", type=float, default=0.02)
     e.add_argument("--write-baseline", type=Path, metavar="FILE", help="write this run's gated figures to FILE")
@@ -101,7 +107,9 @@ def _ask(client: LoupeClient, args) -> tuple[dict[str, dict[str, Any]], int]:
 
 
 def _retrieval(client: LoupeClient, args) -> tuple[dict[str, dict[str, Any]], int]:
-    from indexing.evals import MODES, load_cases, run_retrieval_eval, write_report
+    from dataclasses import replace
+
+    from indexing.evals import MODES, RERANKED, load_cases, run_retrieval_eval, write_report
 
     cases, skipped = load_cases(args.cases)
     for line in skipped:
@@ -109,9 +117,13 @@ def _retrieval(client: LoupeClient, args) -> tuple[dict[str, dict[str, Any]], in
     modes = [m.strip() for m in args.modes.split(",")] if args.modes else None
     if modes and any(m not in MODES for m in modes):
         raise InvalidInput(f"--modes takes {', '.join(MODES)}", field="modes")
+    if args.rerank:  # the second stage, as one more row of every text case
+        modes = [*(modes or []), RERANKED] if modes else None
+        cases = [replace(c, modes=(*c.modes, RERANKED)) if c.text is not None and not modes else c for c in cases]
+    second = {"rerank": args.rerank, "mmr_lambda": args.mmr}
     report = run_retrieval_eval(
         cases,
-        lambda case, mode, exact: retrieval_outcome(client, case, mode, exact, args.collection),
+        lambda case, mode, exact: retrieval_outcome(client, case, mode, exact, args.collection, second),
         lambda collection, where: client.count(where=where, collection=collection or args.collection),
         modes=modes,
         floor=args.min_confidence,
@@ -137,9 +149,12 @@ def gated_figures(report) -> dict[str, dict[str, float]]:
     }
 
 
-def retrieval_outcome(client: LoupeClient, case, mode: str, exact: bool, collection: str = ""):
-    """One retrieval case through the service's search, as an indexing.evals.Outcome."""
-    from indexing.evals import Hit, K, Outcome
+def retrieval_outcome(
+    client: LoupeClient, case, mode: str, exact: bool, collection: str = "", second: dict | None = None
+):
+    """One retrieval case through the service's search, as an indexing.evals.Outcome. Mode
+    "reranked": hybrid, then the second stage `second` ({"rerank": name, "mmr_lambda": l})."""
+    from indexing.evals import RERANKED, Hit, K, Outcome
 
     options = {
         "limit": K,
@@ -149,6 +164,11 @@ def retrieval_outcome(client: LoupeClient, case, mode: str, exact: bool, collect
         "min_confidence": 0.0,
         "exact": exact,
     }
+    if mode == RERANKED:
+        options.update(second or {})
+        mode = "hybrid"
+    else:
+        options["rerank"] = "none"  # the first stage as it is, whatever the collection's default
     if case.text is not None:
         result = client.search_text(case.text, mode=mode, **options)
     elif case.image_id is not None:
@@ -191,7 +211,7 @@ def qa_verdict(value: int) -> str:
 
 
 def cmd_calibrate(client: LoupeClient, args) -> int:
-    cases: list[tuple[str | bytes, list[str]]] = []
+    cases: list[tuple[str | bytes, list[str], list[str]]] = []
     if args.cases:
         from indexing.evals import load_cases
 
@@ -205,7 +225,7 @@ def cmd_calibrate(client: LoupeClient, args) -> int:
                 print(f"skipped {case.id}: calibration cases name their query and relevant ids", file=sys.stderr)
                 continue
             query = case.text if case.text is not None else case.image.read_bytes()
-            cases.append((query, list(case.relevant_ids)))
+            cases.append((query, list(case.relevant_ids), list(case.not_relevant)))
     r = client.calibrate(collection=args.collection, cases=cases, sample_items=args.sample)
     if args.json:
         print(json.dumps({**json.loads(r.report_json), "summary": r.summary, "model_id": r.model_id}, indent=2))

@@ -445,11 +445,13 @@ def search_options(
 
 
 def calibrate_request(
-    collection: str = "", cases: Iterable[tuple[str | bytes, Iterable[str]]] = (), sample_items: int | None = None
+    collection: str = "", cases: Iterable[tuple] = (), sample_items: int | None = None
 ) -> index_pb2.CalibrateRequest:
+    """`cases`: (query, relevant ids) or (query, relevant ids, not-relevant ids); a query is a
+    text or image bytes."""
     request = index_pb2.CalibrateRequest(collection=collection)
-    for query, relevant in cases:
-        case = request.cases.add(relevant_ids=list(relevant))
+    for query, relevant, *rest in cases:
+        case = request.cases.add(relevant_ids=list(relevant), not_relevant_ids=list(rest[0] if rest else ()))
         if isinstance(query, bytes):
             case.image = query
         else:

@@ -250,14 +250,21 @@ class LoupeApi:
         at = f"cases[{i}]"
         if len(set(case.relevant_ids)) != len(case.relevant_ids) or any(not r for r in case.relevant_ids):
             raise InvalidInput(f"{at}.relevant_ids must be distinct non-empty ids", field=f"{at}.relevant_ids")
-        relevant = tuple(case.relevant_ids)
+        relevant, rejected = tuple(case.relevant_ids), tuple(case.not_relevant_ids)
+        if len(set(rejected)) != len(rejected) or any(not r for r in rejected) or set(rejected) & set(relevant):
+            raise InvalidInput(
+                f"{at}.not_relevant_ids must be distinct non-empty ids, none of them relevant",
+                field=f"{at}.not_relevant_ids",
+            )
+        origin = "case" if relevant else "case (negative)"
         which = case.WhichOneof("query")
         if which == "text":
             text = self._text(case.text, self.limits.max_query_chars, f"{at}.text")
-            return ProbeSpec("text", "case" if relevant else "case (negative)", relevant, text=text)
+            return ProbeSpec("text", origin, relevant, text=text, not_relevant=rejected)
         if which == "image" and case.image:
-            origin = "case" if relevant else "case (negative)"
-            return ProbeSpec("image", origin, relevant, image=case.image, sides=SIDES[:1], field=f"{at}.image")
+            return ProbeSpec(
+                "image", origin, relevant, image=case.image, sides=SIDES[:1], field=f"{at}.image", not_relevant=rejected
+            )
         raise InvalidInput(f"{at}: set text or image (bytes)", field=f"{at}.query")
 
     async def _encode_probes(self, specs: list[ProbeSpec], chunk: int = 32) -> list[Probe]:
@@ -282,7 +289,9 @@ class LoupeApi:
             if i not in vectors:
                 continue
             keywords = query_vector(spec.text) if spec.text and SIDES[1] in spec.sides else None
-            probes.append(Probe(spec.kind, vectors[i], keywords, spec.relevant, spec.origin, spec.sides))
+            probes.append(
+                Probe(spec.kind, vectors[i], keywords, spec.relevant, spec.origin, spec.sides, spec.not_relevant)
+            )
         return probes
 
     # -- SearchService ----------------------------------------------------------------------

@@ -489,7 +489,11 @@ class StoreCalls(ThreadCalls):
 
         async def timed(*args, **kwargs):
             with metrics.step(step):
-                return await call(*args, **kwargs)
+                started = time.time_ns()
+                result = await call(*args, **kwargs)
+                if name == "search":
+                    metrics.retrieval_stages(result.stages, started)
+                return result
 
         return timed
 

@@ -37,6 +37,12 @@ STEP_SECONDS = Histogram(
     ["step"],
     buckets=_LATENCY,
 )
+RETRIEVAL_STAGE_SECONDS = Histogram(
+    "loupe_retrieval_stage_seconds",
+    "Time per retriever stage of a search: candidates, fusion, rerank, diversity",
+    ["stage"],
+    buckets=_LATENCY,
+)
 BATCH_SIZE = Histogram(
     "loupe_encoder_batch_size", "Inputs per encoder forward pass", ["kind"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
@@ -70,6 +76,14 @@ def step(name: str, *, traced: bool = True) -> Iterator[None]:
             yield
     finally:
         STEP_SECONDS.labels(name).observe(time.perf_counter() - start)
+
+
+def retrieval_stages(stages: dict[str, float], started_ns: int) -> None:
+    """A search's stage timings (indexing.retriever, run in order from `started_ns`): the
+    histogram, and a span per stage under the current one when tracing is on."""
+    for name, seconds in stages.items():
+        RETRIEVAL_STAGE_SECONDS.labels(name).observe(seconds)
+    tracing.stages(stages, started_ns)
 
 
 def call(rpc: str, client: str, code: str, seconds: float) -> None:

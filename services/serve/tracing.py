@@ -59,6 +59,18 @@ def _span(name: str, attributes: dict) -> Iterator[None]:
         yield
 
 
+def stages(timings: dict[str, float], started_ns: int) -> None:
+    """Spans for steps timed elsewhere (a worker thread's retriever stages), laid end to end
+    from `started_ns` in the order they ran, as children of the current span."""
+    if _tracer is None:
+        return
+    at = started_ns
+    for name, seconds in timings.items():
+        end = at + int(seconds * 1e9)
+        _tracer.start_span(f"retrieval.{name}", start_time=at).end(end_time=end)
+        at = end
+
+
 def span(name: str, **attributes):
     """A span around a step of the current call; a no-op while tracing is off."""
     if _tracer is None:

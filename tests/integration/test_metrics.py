@@ -67,6 +67,7 @@ def test_a_known_sequence_of_calls_is_counted(service) -> None:
     assert delta("loupe_call_duration_seconds_count", rpc="SearchText") == 4
     assert delta("loupe_encoder_batch_size_sum", kind="text") >= 3  # the three texts, in one pass or more
     assert delta("loupe_step_duration_seconds_count", step="search") == 3
+    assert delta("loupe_retrieval_stage_seconds_count", stage="candidates") == 3
     assert delta("loupe_step_duration_seconds_count", step="store") == 1
     assert delta("loupe_admission_wait_seconds_count", lane="search") == 4
     assert value(after, "loupe_collection_points", collection="metrics") == 3

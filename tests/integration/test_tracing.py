@@ -81,7 +81,12 @@ def test_each_calls_spans_share_a_trace_and_its_request_id(tmp_path) -> None:
         s.name: s for s in spans_of(otlp, ids["trace-otel-1"]) if s.resource.get("loupe.deployment") == "Ingress"
     }
     assert ingress["SearchText"].attributes["rpc.method"] == "SearchText" and "search" in ingress, ingress
-    assert {s.name for s in spans_of(otlp, ids["trace-otel-1"])} >= {"SearchText", "encode_text", "search"}
+    assert {s.name for s in spans_of(otlp, ids["trace-otel-1"])} >= {
+        "SearchText",
+        "encode_text",
+        "search",
+        "retrieval.candidates",
+    }
     assert {s.name for s in spans_of(otlp, ids["trace-index-2"])} >= {"IndexTexts", "encode_text", "store"}
     ask_steps = {s.name for s in spans_of(otlp, ids["trace-ask-3"])}
     assert ask_steps >= {"Ask", "ask", "ask_input_guards", "ask_ocr", "ask_retrieval", "ask_draft"}, ask_steps

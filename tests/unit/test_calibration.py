@@ -202,6 +202,14 @@ def test_labelled_cases_join_the_probes(world):
 
     probes = json.loads(fit.report_json)["probes"]
     assert probes["text case"] == 1 and probes["text case (negative)"] == 1
+    # Down-voted hits (a feedback export's not_relevant ids) join as negatives of their query.
+    rejected = [f"img-{i}" for i in range(20, 30)]
+    plain = world["client"].calibrate(collection=COLLECTION, cases=[(caption, ["img-4"])])
+    more = world["client"].calibrate(collection=COLLECTION, cases=[(caption, ["img-4"], rejected)])
+    assert more.negatives >= plain.negatives + len(rejected)
+    with pytest.raises(InvalidInput) as info:
+        world["client"].calibrate(collection=COLLECTION, cases=[(caption, ["img-4"], ["img-4"])])
+    assert info.value.field == "cases[0].not_relevant_ids"
 
 
 def test_the_calibration_survives_a_restart_and_another_model_refuses_it(world, encoder):

@@ -168,3 +168,26 @@ def test_bad_second_stage_options_are_refused(stack, options, field):
 def test_a_collection_default_naming_an_unknown_reranker_is_a_settings_error(tmp_path):
     with pytest.raises(ValueError, match="rerank.collections"):
         load_settings({"profile": "bundled", "data_dir": str(tmp_path), "rerank": {"collections": {"a": "missing"}}})
+
+
+def test_the_eval_reports_the_reranked_stage_beside_the_first(stack, tmp_path):
+    from indexing.evals import RERANKED, load_cases, run_retrieval_eval
+    from services.cli.evals import retrieval_outcome
+
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        '{"id": "car", "text": "red car river", "modes": ["dense", "keyword", "hybrid"], '
+        '"relevant": {"ids": ["t-red-car"]}}\n'
+        '{"id": "boat", "text": "blue boat lake", "relevant": {"ids": ["t-blue-boat"]}}\n'
+    )
+    loaded, _ = load_cases(cases)
+    client = stack["client"]
+    report = run_retrieval_eval(
+        loaded,
+        lambda case, mode, exact: retrieval_outcome(client, case, mode, exact, DOCS, {"rerank": "words"}),
+        lambda collection, where: client.count(where=where, collection=DOCS),
+        modes=["dense", "hybrid", RERANKED],
+    )
+    groups = report.groups()
+    assert {"dense", "hybrid", RERANKED} <= set(groups) and not report.errors()
+    assert groups[RERANKED]["recall@1"] == 1.0  # the scripted reranker puts the word match first

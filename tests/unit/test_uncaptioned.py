@@ -131,6 +131,7 @@ def test_text_queries_in_and_out_of_domain(roll):
     inside = [client.search_text(s.caption, collection=COLLECTION) for s in scenes[::3]]
     outside = [client.search_text(q, collection=COLLECTION) for q in OUT_OF_DOMAIN]
     assert all(r.calibrated for r in inside + outside)
+    print(f"text queries: no match {no_match_rate(inside):.0%} in-domain, {no_match_rate(outside):.0%} out-of-domain")
     assert no_match_rate(inside) <= 0.05, [s.caption for s, r in zip(scenes[::3], inside) if r.no_match]
     assert no_match_rate(outside) >= 0.9, [q for q, r in zip(OUT_OF_DOMAIN, outside) if not r.no_match]
     found = [r.hits[0].item.id for r in inside if r.hits]

@@ -141,14 +141,16 @@ class CollectionStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., dim: _Optional[int] = ..., calibration: _Optional[str] = ...) -> None: ...
 
 class CalibrationCase(_message.Message):
-    __slots__ = ("text", "image", "relevant_ids")
+    __slots__ = ("text", "image", "relevant_ids", "not_relevant_ids")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     RELEVANT_IDS_FIELD_NUMBER: _ClassVar[int]
+    NOT_RELEVANT_IDS_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     relevant_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., relevant_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    not_relevant_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., relevant_ids: _Optional[_Iterable[str]] = ..., not_relevant_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CalibrateRequest(_message.Message):
     __slots__ = ("collection", "cases", "sample_items")
