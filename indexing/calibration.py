@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -285,6 +286,7 @@ def sample_payloads(index: Index, name: str, limit: int) -> list[dict]:
                     "text": p.get("text") or "",
                     "meta": {k: v for k, v in (p.get("meta") or {}).items() if isinstance(v, str)},
                     "thumbnail": p.get("thumbnail") or "",
+                    "sources": [s for s in p.get("sources") or [] if isinstance(s, str)][:3],
                 }
             )
         if after is None:
@@ -321,6 +323,10 @@ def probe_specs(
                 seen.add(caption)
                 specs.append(ProbeSpec("text", "caption", tuple(sorted(owners[caption])), text=caption))
         text, modality = p["text"].strip(), p["modality"]
+        for name in _file_name_texts(p):  # "red-mug-on-desk.jpg": a description; "IMG_0412.jpg": not
+            if name not in seen:
+                seen.add(name)
+                specs.append(ProbeSpec("text", "file name", (p["id"],), text=name))
         if text and modality in (Modality.TEXT.value, Modality.AUDIO_SEGMENT.value) and text not in seen:
             seen.add(text)
             origin = "text" if modality == Modality.TEXT.value else "transcript"
@@ -336,6 +342,24 @@ def probe_specs(
     specs += [ProbeSpec("text", "out-of-domain", text=t) for t in out_texts]
     specs += [ProbeSpec("image", "out-of-domain", image=b, sides=(SIDES[0],)) for b in out_images]
     return specs
+
+
+_WORD = re.compile(r"[^\W\d_]{3,}")
+
+
+def _file_name_texts(p: dict) -> list[str]:
+    """Words of a picture's file names, when they describe it: at least three words of three
+    letters or more ("blue_ceramic_mug_front.jpg" -> "blue ceramic mug front"). Camera names
+    (IMG_0412, DSC01234, PXL_20240611_...) and hashes have none and give nothing."""
+    if p.get("modality", Modality.IMAGE.value) != Modality.IMAGE.value:
+        return []
+    out = []
+    for source in p.get("sources", []):
+        stem = source.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        words = _WORD.findall(stem.replace("_", " ").replace("-", " "))
+        if len(words) >= 3:
+            out.append(" ".join(w.lower() for w in words))
+    return out
 
 
 def _texts_of(p: dict, caption_fields: Sequence[str]) -> list[str]:

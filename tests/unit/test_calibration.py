@@ -231,3 +231,22 @@ def test_the_calibration_survives_a_restart_and_another_model_refuses_it(world, 
     assert not refused.calibrated and not refused.no_match and len(refused.hits) == 10
     assert "calibrated for bundled:tiny-clip another-version" in refused.calibration
     assert "recalibrate" in client.status().collections[0].calibration
+
+
+def test_descriptive_file_names_are_probes_and_camera_names_are_not():
+    from indexing.calibration import probe_specs
+
+    pool = [
+        {
+            "id": "a",
+            "modality": "image",
+            "text": "",
+            "meta": {},
+            "thumbnail": "",
+            "sources": ["shop/blue_ceramic_mug.jpg"],
+        },
+        {"id": "b", "modality": "image", "text": "", "meta": {}, "thumbnail": "", "sources": ["DCIM/IMG_0412.JPG"]},
+        {"id": "c", "modality": "image", "text": "", "meta": {}, "thumbnail": "", "sources": ["PXL_20240611_0930.jpg"]},
+    ]
+    specs = [s for s in probe_specs(pool, ["caption"]) if s.origin == "file name"]
+    assert [(s.text, s.relevant) for s in specs] == [("blue ceramic mug", ("a",))]
