@@ -258,9 +258,12 @@ class Retriever:
             def diversify() -> list[_Hit]:
                 top = hits[: second.mmr_candidates]
                 vectors = self._vectors(query.collection, [h.payload["id"] for h in top], vector_name)
-                relevance = np.array(
-                    [h.rerank_score if h.rerank_score is not None else h.score for h in top], dtype=np.float64
-                )
+                if "rerank" in notes and notes["rerank"].startswith("reranked"):
+                    # Rerank scores and first-stage scores are on different scales: the
+                    # reranked order is the relevance.
+                    relevance = np.linspace(1.0, 0.0, num=len(top)) if len(top) > 1 else np.ones(1)
+                else:
+                    relevance = np.array([h.score for h in top], dtype=np.float64)
                 q = query.vector if query.vector is not None else np.zeros(vectors.shape[1], dtype=np.float32)
                 order = mmr(q, vectors, relevance, second.mmr_lambda)
                 return [top[i] for i in order] + hits[second.mmr_candidates :]

@@ -64,10 +64,14 @@ def stages(timings: dict[str, float], started_ns: int) -> None:
     from `started_ns` in the order they ran, as children of the current span."""
     if _tracer is None:
         return
+    rid = requests.current()
     at = started_ns
     for name, seconds in timings.items():
         end = at + int(seconds * 1e9)
-        _tracer.start_span(f"retrieval.{name}", start_time=at).end(end_time=end)
+        span = _tracer.start_span(f"retrieval.{name}", start_time=at)
+        if rid:
+            span.set_attribute("loupe.request_id", rid)
+        span.end(end_time=end)
         at = end
 
 

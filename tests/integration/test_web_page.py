@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from services.cli.launch import ServiceProcess
 from services.client import ImageInput, LoupeClient, TextInput
 from services.gateway.clients import hash_key, new_key
 from tests.fixtures import shapes_eval
+from tests.fixtures.rerank_server import ScriptedRerankServer
 from tests.fixtures.scripted_vlm import ScriptedVlmServer
 
 pytestmark = pytest.mark.slow
@@ -42,7 +44,7 @@ def site(tmp_path_factory):
         pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
     root = tmp_path_factory.mktemp("web")
     pairs = make_pairs(6, seed=4242, size=96, distinct=True)
-    with ScriptedVlmServer() as vlm:
+    with ScriptedVlmServer() as vlm, ScriptedRerankServer() as reranker:
         clients = [
             {
                 "id": "desk",
@@ -63,6 +65,7 @@ def site(tmp_path_factory):
             "LOUPE_ASK__BACKEND": "openai",
             "LOUPE_ASK__BASE_URL": vlm.url,
             "LOUPE_ASK__MODEL": "scripted-vlm",
+            "LOUPE_RERANK__RERANKERS": json.dumps({"scripted": {"kind": "http", "url": reranker.url}}),
         }
         args = ["--bundled-models", "--data-dir", str(root / "data"), "--clients", str(root / "clients.yaml")]
         with ServiceProcess(args, log_path=root / "serve.log", env=env) as svc:
@@ -173,6 +176,25 @@ def test_an_unrelated_query_says_no_match_and_can_show_the_nearest(site, browser
     first = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li.hit"))[0]
     assert "% likely relevant" in first.text and "No match" not in browser.find_element(By.ID, "search-state").text
     snap(browser, "confidence")
+
+
+def test_the_second_stage_controls_rerank_and_diversify(site, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    use_key(browser, site)
+    browser.get(f"{site['svc'].web_url}?collection=shapes")
+    wait(browser, lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+    browser.find_element(By.ID, "rerank").send_keys("scripted")
+    browser.find_element(By.ID, "diverse").click()
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=SEARCH_MODE_KEYWORD]").click()
+    browser.find_element(By.ID, "q").send_keys("ERR-77 bold")
+    browser.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    line = wait(browser, lambda d: "rerank:" in d.find_element(By.ID, "search-state").text)
+    text = browser.find_element(By.ID, "search-state").text
+    assert line and "rerank: reranked by http:cohere" in text and "diversity: mmr lambda 0.7" in text
+    first = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li.hit"))[0]
+    assert first.get_attribute("data-id") == "xss-text" and "rerank " in first.text
+    snap(browser, "rerank")
 
 
 def test_a_pasted_image_finds_itself_first(site, browser) -> None:
