@@ -12,7 +12,7 @@ import pytest
 from indexing.evals import load_cases
 from indexing.negatives import out_of_domain_texts
 from tests.fixtures import shapes_eval
-from tests.fixtures.catalog_evals import SETS
+from tests.fixtures.catalog_evals import AUDIO_OUT_OF_DOMAIN, CALLS, OUT_OF_DOMAIN, SETS
 
 CAMERA_NAME = re.compile(r"^(IMG_\d{4}\.JPG|DSC\d{5}\.JPG|PXL_\d{8}_\d{9}\.jpg)$")
 
@@ -42,7 +42,8 @@ def test_committed_cases_are_fresh(eval_set):
 
 def test_baseline_gates_every_mode(eval_set):
     figures = json.loads(eval_set.baseline.read_text())["figures"]
-    assert {"dense", "keyword", "hybrid", "dense/image"} <= set(figures)
+    found = "audio_segment" if eval_set.name == "audio" else "image"
+    assert {"dense", "keyword", "hybrid", f"dense/{found}"} <= set(figures)
 
 
 def test_queries_are_not_in_the_shipped_out_of_domain_lists(eval_set):
@@ -70,3 +71,17 @@ def test_mixed_has_pictures_and_texts_and_cases_for_each():
     wants = {frozenset(modality[i] for i in c.relevant_ids) for c in cases if c.in_domain}
     assert {frozenset({"image"}), frozenset({"text"}), frozenset({"image", "text"})} <= wants
     assert {c.result_modality for c in cases} >= {"all", "image", "text"}
+
+
+def test_audio_calls_are_speech_clips_found_by_their_segments():
+    references = json.loads((shapes_eval.FOLDER.parent / "audio" / "references.json").read_text())
+    items = SETS["audio"].catalog()
+    assert {it["modality"] for it in items} == {"audio"} and len({it["source"] for it in items}) == len(items)
+    assert all(it["metadata"] == {"call": it["id"]} for it in items)
+    assert all(references[name]["text"] for name, *_ in CALLS)
+    cases, _ = load_cases(SETS["audio"].cases_file)
+    calls = {it["id"] for it in items}
+    segments = [c for c in cases if c.relevant_where]
+    assert len(segments) >= 12 and all(c.modalities == ("audio_segment",) for c in segments)
+    assert {c.relevant_where["call"] for c in segments} <= calls
+    assert not set(AUDIO_OUT_OF_DOMAIN) & {t.lower() for t in (*OUT_OF_DOMAIN, *shapes_eval.OUT_OF_DOMAIN)}
