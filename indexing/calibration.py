@@ -306,7 +306,7 @@ def probe_specs(
 
     - a caption-like metadata string of an item (`caption_fields`) -> the items that carry it
       as a caption or as their text (an image and its caption text item);
-    - a text item's or transcript chunk's text with a quarter of its words dropped -> the same;
+    - a text item's, transcript chunk's or whole recording's text with a quarter of its words dropped -> the same;
     - an image's OCR text, words dropped, keyword side only -> the image;
     - an image's thumbnail -> the image, and the text items holding its caption."""
     rng = random.Random(seed)
@@ -327,7 +327,8 @@ def probe_specs(
             if name not in seen:
                 seen.add(name)
                 specs.append(ProbeSpec("text", "file name", (p["id"],), text=name))
-        if text and modality in (Modality.TEXT.value, Modality.AUDIO_SEGMENT.value) and text not in seen:
+        spoken = (Modality.AUDIO_SEGMENT.value, Modality.AUDIO.value)
+        if text and modality in (Modality.TEXT.value, *spoken) and text not in seen:
             seen.add(text)
             origin = "text" if modality == Modality.TEXT.value else "transcript"
             specs.append(ProbeSpec("text", origin, tuple(sorted(owners[text])), text=_drop_words(text, rng)))
@@ -364,7 +365,7 @@ def _file_name_texts(p: dict) -> list[str]:
 
 def _texts_of(p: dict, caption_fields: Sequence[str]) -> list[str]:
     found = [p["meta"].get(f, "").strip() for f in caption_fields]
-    if p["modality"] in (Modality.TEXT.value, Modality.AUDIO_SEGMENT.value):
+    if p["modality"] in (Modality.TEXT.value, Modality.AUDIO_SEGMENT.value, Modality.AUDIO.value):
         found.append(p["text"].strip())
     return [t for t in found if t]
 

@@ -162,6 +162,25 @@ def test_ask_retrieves_only_what_passes_the_floor(world, encoder):
     found = asyncio.run(worker._retrieve(caption, 3, query))
     assert found and {c.id for c in found} & {f"img-{i}", f"cap-{i}"}
 
+    # One call to the index per retrieval, on an uncalibrated collection too, and the
+    # encoder's identity asked once for the worker's life.
+    calls: list[str] = []
+
+    class Counting:
+        def __init__(self, target, name):
+            self.target, self.name = target, name
+
+        def __getattr__(self, attr):
+            calls.append(f"{self.name}.{attr}")
+            return getattr(self.target, attr)
+
+    worker.encoder, worker.index = Counting(ThreadCalls(encoder), "encoder"), Counting(worker.index, "index")
+    worker._info = None
+    world["client"].index_texts([TextInput("a plain note about cats")], collection="ask-plain")
+    for question in ("a note about cats", "cats"):
+        asyncio.run(worker._retrieve(question, 3, SearchQuery(collection="ask-plain", mode="hybrid")))
+    assert calls.count("index.search") == 2 and calls.count("encoder.info") == 1
+
 
 def test_calibrate_errors(world, tmp_path):
     client = world["client"]
