@@ -233,7 +233,8 @@ class Retriever:
         timer: _Timer,
         notes: dict[str, str],
     ) -> list[_Hit]:
-        from indexing.rerank import mmr, rerank
+        from indexing.diversity import mmr
+        from indexing.rerank import rerank
 
         if second.reranker is not None and second.config is not None:
             # The reranker reads what any caller may be shown: personal data is masked first

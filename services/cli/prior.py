@@ -6,7 +6,7 @@
 A reference collection is built in a temporary folder from pairs (a picture and its caption;
 for the bundled model, shape scenes the model was not trained on), indexed as pictures with
 caption metadata plus the captions as text items, then probed exactly as `loupe calibrate`
-probes a collection (`indexing.calibration.collect`). The prior keeps each map's positive
+probes a collection (`indexing.probes.collect`). The prior keeps each map's positive
 scores and maps fitted on them. Serve it with `calibration.prior_files: [prior.json]`; the
 package's own priors live in `indexing/calibration_data/priors/`.
 
@@ -24,8 +24,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from indexing.calibration import PRIORS_DIR, Prior, collect, fit_maps, probe_specs, sample_payloads
+from indexing.calibration import PRIORS_DIR, Prior
+from indexing.fitting import fit_maps
 from indexing.negatives import out_of_domain_images, out_of_domain_texts
+from indexing.probes import collect, probe_specs, sample_payloads
 from protos.loupe.v1 import index_pb2
 from services.config import load_settings
 from services.rpc.api import LoupeApi

@@ -16,11 +16,12 @@ from dataclasses import replace
 from encoders.common.errors import BatchInvalid, InvalidInput
 from encoders.text.chunking import timed_texts
 from encoders.text.keywords import query_vector, with_terms
-from indexing.calibration import SIDES, Calibration, Probe, ProbeSpec, probe_specs
+from indexing.calibration import SIDES, Calibration
 from indexing.ids import item_key
 from indexing.index import NewItem
 from indexing.ingest import image_item, text_item
 from indexing.negatives import out_of_domain_images, out_of_domain_texts
+from indexing.probes import Probe, ProbeSpec, probe_specs
 from indexing.query import ASK_MODE, DEFAULT_LIMIT, SearchQuery
 from indexing.recordings import recording_items
 from indexing.types import SearchMode
@@ -221,7 +222,7 @@ class LoupeApi:
 
     async def calibrate(self, req: index_pb2.CalibrateRequest) -> index_pb2.CalibrateResponse:
         """Probes from a sample of the collection, the request's cases and the shipped
-        out-of-domain queries, encoded here; the fit runs in the Index (indexing.calibration)."""
+        out-of-domain queries, encoded here; the fit runs in the Index (indexing.fitting)."""
         name = convert.collection_name(req.collection)
         c = self.settings.calibration
         n = req.sample_items if req.HasField("sample_items") else c.sample_items

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from encoders.clip.encoder import TextEmbedding
     from encoders.common.errors import InvalidInput
     from encoders.text.chunking import EmbeddedTranscript, TimedText
-    from indexing.calibration import Probe
     from indexing.payloads import NewItem
+    from indexing.probes import Probe
     from indexing.query import Found, SearchQuery
     from indexing.types import CollectionSchema, Condition, Modality
     from lmm.types import Answer

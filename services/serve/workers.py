@@ -19,8 +19,10 @@ from encoders.image.decode import decode_image
 from encoders.image.thumbnail import thumbnail
 from encoders.text.chunking import EmbeddedTranscript, TimedText, embed_transcript
 from encoders.whisper.transcribe import TranscriptInfo
-from indexing.calibration import Calibrations, Priors, collect, fit, sample_payloads
+from indexing.calibration import Calibrations, Priors
+from indexing.fitting import fit
 from indexing.ingest import VECTOR_NAME, TextReader, store_recording
+from indexing.probes import collect, sample_payloads
 from indexing.query import Found, SearchQuery
 from indexing.rerank import Reranker, make_reranker
 from indexing.retriever import Retriever, SecondStage

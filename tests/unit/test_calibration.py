@@ -14,8 +14,10 @@ import pytest
 
 from encoders.common.errors import InvalidInput, NotFound
 from encoders.common.metrics import recall_at_k
-from indexing.calibration import INFO_KEY, Calibration, Example, Logistic, Priors, fit_logistic, weights
+from indexing.calibration import INFO_KEY, Calibration, Logistic, Priors
+from indexing.fitting import fit_logistic, weights
 from indexing.negatives import out_of_domain_images, out_of_domain_texts
+from indexing.probes import Example
 from indexing.query import SearchQuery
 from services.client.sdk import TextInput
 from services.config import load_settings
@@ -249,11 +251,12 @@ def test_the_calibration_survives_a_restart_and_another_model_refuses_it(world, 
     refused = client.search_text(caption, collection=COLLECTION)
     assert not refused.calibrated and not refused.no_match and len(refused.hits) == 10
     assert "calibrated for bundled:tiny-clip another-version" in refused.calibration
-    assert "recalibrate" in client.status().collections[0].calibration
+    (status,) = [c for c in client.status().collections if c.name == COLLECTION]
+    assert "recalibrate" in status.calibration
 
 
 def test_descriptive_file_names_are_probes_and_camera_names_are_not():
-    from indexing.calibration import probe_specs
+    from indexing.probes import probe_specs
 
     pool = [
         {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from encoders.common.errors import InvalidInput
+from indexing.diversity import mmr
 from indexing.rerank import (
     CrossEncoderReranker,
     HttpReranker,
@@ -18,7 +19,6 @@ from indexing.rerank import (
     Reranked,
     RerankFailed,
     make_reranker,
-    mmr,
     rerank,
 )
 from tests.fixtures.rerank_server import ScriptedRerankServer
