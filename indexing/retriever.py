@@ -175,14 +175,18 @@ class Retriever:
         def candidates() -> tuple[dict[str, dict], dict[str, float], dict[str, float]]:
             base = replace(query, offset=0, limit=n, min_confidence=0.0)
             dense = self.index.run_query(replace(base, mode=DENSE), vector_name=vector_name)
-            keyword = self.index.run_query(replace(base, mode=KEYWORD, score_threshold=None), vector_name=vector_name)
+            keyword = []
+            if query.keywords is not None and query.keywords.indices:  # "???" has no words to match
+                keyword = self.index.run_query(
+                    replace(base, mode=KEYWORD, score_threshold=None), vector_name=vector_name
+                )
             payloads = {p["id"]: p for p, _ in dense + keyword}
             scores = {DENSE: {p["id"]: s for p, s in dense}, KEYWORD: {p["id"]: s for p, s in keyword}}
             # Each candidate's score from the ranker that did not find it (a keyword-only hit's
             # cosine, a dense-only hit's BM25): fusion compares whole evidence.
             for side in SIDES:
                 missing = [i for i in payloads if i not in scores[side]]
-                if missing and maps is not None:
+                if missing and maps is not None and (side == DENSE or keyword):
                     only = Filter(must=(Condition(key="id", any_of=tuple(missing)),))
                     found = self.index.search(
                         query.collection,

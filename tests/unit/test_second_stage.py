@@ -191,3 +191,12 @@ def test_the_eval_reports_the_reranked_stage_beside_the_first(stack, tmp_path):
     groups = report.groups()
     assert {"dense", "hybrid", RERANKED} <= set(groups) and not report.errors()
     assert groups[RERANKED]["recall@1"] == 1.0  # the scripted reranker puts the word match first
+
+
+def test_hybrid_with_no_words_to_match_is_the_dense_ranking(stack):
+    client = stack["client"]
+    hybrid = client.search_text("???", collection=DOCS, mode="hybrid", rerank="none", limit=6)
+    dense = client.search_text("???", collection=DOCS, mode="dense", rerank="none", limit=6)
+    assert [h.id for h in hybrid.hits] == [h.id for h in dense.hits]
+    with pytest.raises(InvalidInput):
+        client.search_text("???", collection=DOCS, mode="keyword")
