@@ -26,6 +26,7 @@ Stage timings land in `Found.stages` (seconds) for spans and metrics at the serv
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,8 @@ class SecondStage:
     config: RerankConfig | None = None
     # The query's text (what a reranker reads); empty for image queries.
     text: str = ""
+    # The operator's name for the reranker: what callers are told (never its address).
+    label: str = ""
     # 0..1; None: no diversity stage.
     mmr_lambda: float | None = None
     # Hits the diversity stage reorders (the reranker's bound is its config's `candidates`).
@@ -256,8 +259,7 @@ class Retriever:
             for h, s in zip(hits, done.scores):
                 h.rerank_score = s
             hits = [hits[i] for i in done.order]
-            status = done.status
-            notes["rerank"] = f"reranked by {second.reranker.identity}" if status == "reranked" else status
+            notes["rerank"] = _shown_status(done.status, second.label or second.reranker.identity)
         if second.mmr_lambda is not None and hits:
 
             def diversify() -> list[_Hit]:
@@ -287,6 +289,25 @@ class Retriever:
             if v is not None:
                 out[row] = v
         return out
+
+
+def _shown_status(status: str, label: str) -> str:
+    """The rerank stage's outcome as a caller sees it: which reranker, and why it failed in
+    words that name no host, port or answer body (the whole reason is in the service log)."""
+    if status == "reranked":
+        return f"reranked by {label}"
+    if not status.startswith("failed: "):
+        return status
+    reason = status.removeprefix("failed: ")
+    if reason.startswith("timed out"):
+        why = re.match(r"timed out after [0-9.]+ s", reason)
+        return f"failed: {label} {why.group(0) if why else 'timed out'}"
+    if "unreachable" in reason:
+        return f"failed: {label} is unreachable"
+    status_code = re.search(r"answered HTTP (\d{3})", reason)
+    if status_code:
+        return f"failed: {label} answered HTTP {status_code.group(1)}"
+    return f"failed: {label} gave an unusable answer"
 
 
 def _modality(payload: dict) -> str:

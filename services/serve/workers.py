@@ -300,6 +300,7 @@ class IndexWorker:
         return SecondStage(
             reranker=self._rerankers[name],
             config=r.rerankers[name].config(query.rerank_candidates),
+            label=name,
             text=query.text,
             mmr_lambda=query.mmr_lambda,
             mmr_candidates=r.mmr_candidates,

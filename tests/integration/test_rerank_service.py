@@ -39,15 +39,17 @@ def test_grpc_rerank_and_its_fallback(indexed):
         first = client.search_text("red car river", collection=COLLECTION, limit=5)
         assert first.rerank == ""  # no collection default configured: off
         reranked = client.search_text("red car river", collection=COLLECTION, limit=5, rerank="scripted")
-        assert reranked.rerank.startswith("reranked by http:cohere:127.0.0.1")
+        assert reranked.rerank == "reranked by scripted"
         assert reranked.hits[0].id == "w-car" and reranked.hits[0].rerank_score is not None
         assert {"candidates", "rerank"} <= set(reranked.stage_ms)
         server.behaviour = "slow"  # past the reranker's 1 s deadline
         slow = client.search_text("red car river", collection=COLLECTION, limit=5, rerank="scripted")
-        assert slow.rerank.startswith("failed: ") and [h.id for h in slow.hits] == [h.id for h in first.hits]
+        assert slow.rerank == "failed: scripted timed out after 1 s"
+        assert [h.id for h in slow.hits] == [h.id for h in first.hits]
         server.behaviour = "garbage"
         bad = client.search_text("red car river", collection=COLLECTION, limit=5, rerank="scripted")
-        assert bad.rerank.startswith("failed: ") and [h.id for h in bad.hits] == [h.id for h in first.hits]
+        assert bad.rerank == "failed: scripted gave an unusable answer"  # no host, port or body shown
+        assert [h.id for h in bad.hits] == [h.id for h in first.hits]
         server.behaviour = "good"
         diverse = client.search_text("red car river", collection=COLLECTION, limit=5, mmr_lambda=0.5)
         assert diverse.diversity.startswith("mmr lambda 0.5") and len(diverse.hits) == 5
@@ -76,5 +78,5 @@ def test_cli_rerank_flags(indexed):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "rerank: reranked by http:cohere" in run.stdout and "diversity: mmr lambda 0.9" in run.stdout
+    assert "rerank: reranked by scripted" in run.stdout and "diversity: mmr lambda 0.9" in run.stdout
     assert run.stdout.splitlines()[1].split()[4] == "w-bus"
