@@ -98,7 +98,7 @@ class Calibration:
     fitted_at: str = ""
     items: int = 0
     report: dict[str, Any] = field(default_factory=dict)
-    # "<kind>/hybrid/<modality>" (and "<kind>/hybrid/*") -> the joint map hybrid fusion uses.
+    # "<kind>/hybrid/<modality>" -> the joint map hybrid fusion uses for that modality.
     joint: dict[str, Joint] = field(default_factory=dict)
 
     def map_for(self, kind: str, side: str, modality: str) -> Logistic | None:

@@ -76,16 +76,8 @@ def held_out(probe: int, seed: int = 0) -> bool:
 
 def fit_maps(examples: Sequence[Example]) -> dict[str, Logistic]:
     """A map per key with enough of both classes, and a pooled one per (kind, side)."""
-    by_key: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        kind, side, _ = e.key.split("/")
-        by_key[e.key].append(e)
-        by_key[f"{kind}/{side}/*"].append(e)
     maps = {}
-    for key, rows in sorted(by_key.items()):
-        pos = sum(r.label for r in rows)
-        if pos < MIN_EXAMPLES or len(rows) - pos < MIN_EXAMPLES:
-            continue
+    for key, rows, _ in _fittable(examples, pooled=True):
         side = key.split("/")[1]
         x = np.array([feature(side, r.score) for r in rows])
         m = fit_logistic(x, np.array([r.label for r in rows]), side, weights(rows))
@@ -131,19 +123,12 @@ def fit(
 
 
 def fit_joint(examples: Sequence[JointExample]) -> dict[str, Joint]:
-    """A joint map per key with enough of both classes, and a pooled one per kind. A feature
+    """A joint map per key with enough of both classes; none pooled across modalities (how
+    much keywords say differs too much between them: `Calibration.joint_for`). A feature
     whose coefficient comes out negative is dropped and the rest refitted (on this data it
     only separates by accident)."""
-    by_key: dict[str, list[JointExample]] = defaultdict(list)
-    for e in examples:
-        kind, hybrid, _ = e.key.split("/")
-        by_key[e.key].append(e)
-        by_key[f"{kind}/{hybrid}/*"].append(e)
     out = {}
-    for key, rows in sorted(by_key.items()):
-        pos = sum(r.label for r in rows)
-        if pos < MIN_EXAMPLES or len(rows) - pos < MIN_EXAMPLES:
-            continue
+    for key, rows, pos in _fittable(examples, pooled=False):
         X = np.array([[r.dense, feature(SIDES[1], r.keyword)] for r in rows])
         y = np.array([r.label for r in rows], dtype=np.float64)
         w = weights(rows)
@@ -157,6 +142,23 @@ def fit_joint(examples: Sequence[JointExample]) -> dict[str, Joint]:
             continue
         a = dict(zip(use, coef))
         out[key] = Joint(float(a.get(0, 0.0)), float(a.get(1, 0.0)), float(b), pos, len(rows) - pos)
+    return out
+
+
+def _fittable(examples: Sequence, *, pooled: bool) -> list[tuple[str, list, int]]:
+    """(key, its examples, positives) for each key with at least MIN_EXAMPLES of both
+    classes; `pooled` adds "<kind>/<side>/*" over every modality."""
+    by_key: dict[str, list] = defaultdict(list)
+    for e in examples:
+        by_key[e.key].append(e)
+        if pooled:
+            kind, side, _ = e.key.split("/")
+            by_key[f"{kind}/{side}/*"].append(e)
+    out = []
+    for key, rows in sorted(by_key.items()):
+        pos = sum(r.label for r in rows)
+        if pos >= MIN_EXAMPLES and len(rows) - pos >= MIN_EXAMPLES:
+            out.append((key, rows, pos))
     return out
 
 
